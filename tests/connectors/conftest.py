@@ -1,0 +1,25 @@
+"""Fixtures for connector tests: a real PostgreSQL server for the whole session."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.postgres import PostgresUnavailable, running_postgres
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory):
+    """URL of a throwaway PostgreSQL database, ``postgresql://postgres@127.0.0.1:PORT/DB``.
+
+    Fails (never skips) when the server binaries are missing: users read from
+    PostgreSQL, so the connector is tested against the real thing.
+    """
+    try:
+        server = running_postgres(tmp_path_factory.mktemp("postgres"))
+        url = server.__enter__()
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suite: real services started for the duration of a session."""
