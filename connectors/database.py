@@ -177,10 +177,12 @@ def read_database(
                 statement = sa.text(source.query)
             try:
                 return pandas.read_sql(statement, connection, **options)
-            except sa.exc.DBAPIError as exc:
+            except (sa.exc.DBAPIError, pandas.errors.DatabaseError) as exc:
+                # pandas wraps the driver's error; its cause holds the driver's words.
+                cause = exc.__cause__ if isinstance(exc.__cause__, sa.exc.DBAPIError) else exc
                 what = f"table '{source.table}'" if source.table else "query"
                 raise SourceError(
-                    f"reading {what} failed: {_driver_message(exc)}", secrets=source.secrets
+                    f"reading {what} failed: {_driver_message(cause)}", secrets=source.secrets
                 ) from exc
             except (TypeError, ValueError) as exc:
                 raise SourceError(f"bad read options: {one_line(exc)}") from exc
@@ -214,11 +216,24 @@ def _postgresql_url(location: str, params: dict[str, str]) -> tuple[Any, tuple[s
     from psycopg import ProgrammingError
     from psycopg.conninfo import make_conninfo
 
+    secrets: tuple[str, ...] = ()
+    if "@" in location:
+        # The password is everything between the first ':' and the last '@',
+        # so that it is masked even when its special characters are not encoded.
+        userinfo = location.rsplit("@", 1)[0]
+        password = userinfo.partition(":")[2]
+        secrets = tuple(sorted({password, unquote(password)} - {""}, key=len, reverse=True))
+        if "@" in userinfo or "/" in userinfo:
+            raise SourceError(
+                "percent-encode '@' and '/' in the user name and password (%40, %2F)",
+                secrets=secrets,
+            )
     try:
         url = sa.engine.make_url(f"postgresql+psycopg://{location}")
     except (sa.exc.ArgumentError, ValueError) as exc:
-        raise SourceError(f"malformed PostgreSQL URI: {one_line(exc)}") from exc
-    secrets = (url.password,) if url.password else ()
+        raise SourceError(
+            f"malformed PostgreSQL URI: {one_line(exc)}", secrets=secrets
+        ) from exc
     if not url.database:
         raise SourceError(
             "no database name: postgresql://user@host:port/database?table=t", secrets=secrets
@@ -286,9 +301,7 @@ def _check_options(options: dict[str, Any]) -> None:
 
 
 def _driver_message(exc: Exception) -> str:
-    """The driver's own first line, without SQLAlchemy's SQL echo and links."""
+    """The driver's first line, without SQLAlchemy's SQL echo and links."""
     original = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(original).splitlines() if line.strip()]
-    if not lines:
-        return type(original).__name__
-    return one_line(lines[0]) if len(lines) == 1 else one_line(" ".join(lines[:2]))
+    return one_line(lines[0]) if lines else type(original).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas
 import pytest
 
 from tests.support.postgres import PostgresUnavailable, running_postgres
@@ -23,3 +24,16 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory):
         yield url
     finally:
         server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def frame() -> pandas.DataFrame:
+    """A small frame with a missing value, text, and column names that need quoting."""
+    return pandas.DataFrame(
+        {
+            "id": [1, 2, 3, 4],
+            "Age (years)": [31.5, None, 47.0, 22.25],
+            "city": ["Lyon", "Graz", "Porto", "Turku"],
+            "defaulted": [0, 1, 0, 1],
+        }
+    )
