@@ -1,0 +1,340 @@
+"""The federation config: pydantic models of the YAML file and its loading.
+
+A config names the canonical schema (``features``, ``label``), the
+organisations with their mapping onto it, the training parameters and where
+MLflow records the run. :func:`load_config` reads the YAML, applies
+``--set key=value`` overrides by dotted path, validates once and raises a
+one-line :class:`~fedmine.errors.ConfigError` naming the file, the key and what
+is allowed. docs/config.md documents every key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedmine.errors import ConfigError
+
+OBJECTIVES = ("binary", "multiclass", "regression")
+STRATEGIES = ("bagging", "cyclic", "local")
+FEATURE_TYPES = ("float", "int", "category", "bool")
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class FeatureSpec(_Strict):
+    """One canonical feature: its type and, for categories, the vocabulary."""
+
+    type: Literal["float", "int", "category", "bool"] = "float"
+    categories: list[str] | None = None
+    min: float | None = None
+    max: float | None = None
+    unit: str | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _categories_match_type(self) -> "FeatureSpec":
+        if self.type == "category" and not self.categories:
+            raise ValueError("a category feature needs 'categories' (its vocabulary)")
+        if self.type != "category" and self.categories is not None:
+            raise ValueError(f"'categories' is only allowed with type: category (type is {self.type})")
+        if self.categories is not None and len(set(self.categories)) != len(self.categories):
+            raise ValueError("'categories' has duplicates")
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
+
+
+class OrganisationSpec(_Strict):
+    """One organisation: where its rows are and how they map onto the canonical schema.
+
+    ``rename`` maps source columns to canonical names; ``values``, ``scale``,
+    ``offset`` and ``missing`` name canonical features (they apply after rename).
+    """
+
+    source: str
+    read: dict[str, Any] = Field(default_factory=dict)
+    rename: dict[str, str] = Field(default_factory=dict)
+    values: dict[str, dict[Any, Any]] = Field(default_factory=dict)
+    scale: dict[str, float] = Field(default_factory=dict)
+    offset: dict[str, float] = Field(default_factory=dict)
+    missing: dict[str, list[Any]] = Field(default_factory=dict)
+    industry: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("source is empty; give a path or URI (csv, parquet, sqlite:///..., postgresql://...)")
+        return v
+
+
+class TrainingSpec(_Strict):
+    """How the global model is trained. LightGBM parameter names where they exist."""
+
+    strategy: Literal["bagging", "cyclic", "local"] = "bagging"
+    rounds: int = Field(30, ge=1, le=100_000)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    num_leaves: int = Field(31, ge=2, le=131_072)
+    max_depth: int = Field(-1, ge=-1)
+    min_data_in_leaf: int = Field(20, ge=0)
+    min_sum_hessian_in_leaf: float = Field(1e-3, ge=0)
+    lambda_l1: float = Field(0.0, ge=0)
+    lambda_l2: float = Field(0.0, ge=0)
+    min_gain_to_split: float = Field(0.0, ge=0)
+    feature_fraction: float = Field(1.0, gt=0, le=1)
+    bagging_fraction: float = Field(1.0, gt=0, le=1)
+    bagging_freq: int = Field(0, ge=0)
+    max_bin: int = Field(255, ge=2, le=255)
+    validation_fraction: float = Field(0.2, ge=0, lt=1)
+    seed: int = 7
+    local_rounds: int = Field(1, ge=1, le=1000, description="trees each organisation adds per round (bagging, cyclic)")
+    server_learning_rate: float = Field(1.0, gt=0, le=10, description="beta in theta_global = theta_agg + beta * delta")
+    num_threads: int = Field(0, ge=0)
+
+    def lightgbm_params(self, objective: str, num_class: int | None) -> dict[str, Any]:
+        """The LightGBM parameters these settings mean, for local training."""
+        params: dict[str, Any] = {
+            "objective": objective,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "max_depth": self.max_depth,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "min_sum_hessian_in_leaf": self.min_sum_hessian_in_leaf,
+            "lambda_l1": self.lambda_l1,
+            "lambda_l2": self.lambda_l2,
+            "min_gain_to_split": self.min_gain_to_split,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": self.bagging_freq,
+            "max_bin": self.max_bin,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": self.num_threads,
+            "verbosity": -1,
+        }
+        if objective == "multiclass":
+            params["num_class"] = num_class
+        return params
+
+
+class TrackingSpec(_Strict):
+    """Where MLflow records runs. ``uri`` is any MLflow tracking URI."""
+
+    uri: str = DEFAULT_TRACKING_URI
+    artifacts: str | None = None
+    register_model: bool = True
+
+
+class FederationConfig(_Strict):
+    """The whole federation: canonical schema, organisations, training, tracking."""
+
+    name: str
+    objective: Literal["binary", "multiclass", "regression"] = "binary"
+    label: str
+    classes: list[Any] | None = None
+    features: dict[str, FeatureSpec]
+    organisations: dict[str, OrganisationSpec]
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    # Not part of the YAML: where it was read from, to resolve relative sources.
+    _path: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"{v!r} is not allowed; use letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _features_not_empty(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("no features; list the canonical features (name: {type: ...})")
+        return v
+
+    @field_validator("organisations")
+    @classmethod
+    def _organisations_named(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("no organisations; list at least one (name: {source: ...})")
+        for name in v:
+            if not _NAME.match(str(name)):
+                raise ValueError(f"organisation name {name!r} is not allowed; use letters, digits, '.', '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FederationConfig":
+        if self.label in self.features:
+            raise ValueError(f"label {self.label!r} is also listed under features; the label is not a feature")
+        if self.objective == "multiclass" and (not self.classes or len(self.classes) < 3):
+            raise ValueError("objective multiclass needs 'classes' with at least 3 values (the label vocabulary)")
+        if self.objective == "binary" and self.classes is not None and len(self.classes) != 2:
+            raise ValueError(f"objective binary needs exactly 2 'classes' [negative, positive]; got {len(self.classes)}")
+        if self.objective == "regression" and self.classes is not None:
+            raise ValueError("'classes' is not allowed with objective regression")
+        canonical = set(self.features) | {self.label}
+        for org, spec in self.organisations.items():
+            for key in ("values", "scale", "offset", "missing"):
+                for col in getattr(spec, key):
+                    if col not in canonical:
+                        raise ValueError(
+                            f"organisations.{org}.{key}.{col}: not a canonical column; "
+                            f"allowed: {', '.join(sorted(canonical))}"
+                        )
+            targets = list(spec.rename.values())
+            dup = sorted({t for t in targets if targets.count(t) > 1})
+            if dup:
+                sources = [s for s, t in spec.rename.items() if t == dup[0]]
+                raise ValueError(
+                    f"organisations.{org}.rename: {' and '.join(sources)} both map to {dup[0]!r}; map one column per feature"
+                )
+        return self
+
+    @property
+    def num_class(self) -> int:
+        """Trees per round: the number of classes for multiclass, else 1."""
+        return len(self.classes) if self.objective == "multiclass" else 1
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative sources resolve against: the config file's folder."""
+        return self._path.parent if self._path is not None else Path.cwd()
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    def canonical_columns(self) -> list[str]:
+        return list(self.features)
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any, *, source: str) -> None:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"--set {dotted}: a key is empty; use a dotted path such as training.rounds=50")
+    node = raw
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[: i + 1])} in {source} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key.path=value``; the value is read as YAML (``50`` is an int, ``[a, b]`` a list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example training.rounds=50")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names allowed at ``loc`` (for 'unknown key' messages)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            current = field.annotation
+        else:  # a dict[str, Model]: the part is the dict key
+            args = getattr(current, "__args__", ())
+            current = args[-1] if args else None
+        args = getattr(current, "__args__", None)
+        if args and not (isinstance(current, type) and issubclass(current, BaseModel)):
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            if models and getattr(current, "__origin__", None) is not dict:
+                current = models[0]
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line: the file, the dotted key, what is wrong and what is allowed."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    given = err.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(FederationConfig, loc)
+        msg = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        msg = f"{given!r} is not allowed; allowed: {expected.replace(chr(39), '').replace(' or ', ', ')}"
+    elif kind == "value_error":
+        msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        if key.startswith("(top level)") or not loc:
+            return f"{source}: {msg}"
+    else:
+        msg = f"{err['msg'].lower()} (got {given!r})"
+    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    return f"{source}: {key}: {msg}{more}"
+
+
+def config_from_dict(raw: Any, *, source: str = "<config>", path: Path | None = None) -> FederationConfig:
+    """Validate a parsed YAML document."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys (name, objective, label, features, organisations, ...); got {type(raw).__name__}")
+    try:
+        cfg = FederationConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+    cfg._path = path
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> FederationConfig:
+    """Read, override and validate a federation YAML file.
+
+    Parameters
+    ----------
+    path : the YAML file.
+    overrides : ``KEY=VALUE`` strings; KEY is a dotted path (``training.rounds``).
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(f"{source}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{source}: malformed YAML{where}: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{source}: the file is empty")
+    if isinstance(raw, dict):
+        for text in overrides or []:
+            key, value = parse_override(text)
+            _set_dotted(raw, key, value, source=source)
+    return config_from_dict(raw, source=source, path=path.resolve())
+
+
+def resolved_dict(cfg: FederationConfig) -> dict[str, Any]:
+    """The config with every default filled in, as plain data (logged to MLflow)."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,161 @@
+"""The coordinator: drives rounds over the parties and owns the global model.
+
+It sees only what parties answer: row counts, label sums, trees and
+validation sums. It never holds a row. One :class:`Coordinator` serves one
+training; the Prefect flow calls :meth:`start`, :meth:`run_round` for each
+round, :meth:`local_baselines` and :meth:`model_text`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedmine import metrics
+from fedmine.config import FederationConfig
+from fedmine.errors import DataError
+from fedmine.federation.ensemble import Ensemble
+from fedmine.federation.party import Link, Party
+from fedmine.federation.strategies import RoundContext, get_strategy
+
+
+def base_score(objective: str, label_sums: np.ndarray, rows: int) -> np.ndarray:
+    """The initial raw score from federation-wide label sums (LightGBM's boost_from_average).
+
+    binary: log-odds of the positive rate; multiclass: log of each class's
+    share (LightGBM's softmax init); regression: the mean label.
+    """
+    if rows == 0:
+        return np.zeros(max(len(label_sums), 1))
+    if objective == "binary":
+        p = float(np.clip(label_sums[0] / rows, 1e-15, 1 - 1e-15))
+        return np.array([np.log(p / (1 - p))])
+    if objective == "multiclass":
+        share = np.clip(label_sums / rows, 1e-15, 1.0)
+        return np.log(share)
+    return np.array([label_sums[0] / rows])
+
+
+@dataclass
+class RoundResult:
+    """What one round produced: metrics (global and per organisation), seconds, bytes."""
+
+    round_id: int
+    global_metrics: dict[str, float]
+    org_metrics: dict[str, dict[str, float]]
+    seconds: float
+    bytes_sent: int
+    bytes_received: int
+    trees: int
+
+    def flat(self, objective: str) -> dict[str, float]:
+        """MLflow metric names: ``global.<m>``, ``org.<name>.<m>``, timings and bytes."""
+        out = {f"global.{k}": v for k, v in self.global_metrics.items()}
+        for org, m in self.org_metrics.items():
+            out.update({f"org.{org}.{k}": v for k, v in m.items()})
+        out["round_seconds"] = self.seconds
+        out["bytes_sent"] = float(self.bytes_sent)
+        out["bytes_received"] = float(self.bytes_received)
+        out["trees"] = float(self.trees)
+        return {k: float(v) for k, v in out.items() if v == v}  # drop NaN
+
+
+@dataclass
+class Coordinator:
+    """Drives a training over ``parties`` with the configured strategy."""
+
+    cfg: FederationConfig
+    parties: list[Party]
+    links: list[Link] = field(init=False)
+    ensemble: Ensemble | None = field(init=False, default=None)
+    history: list[RoundResult] = field(init=False, default_factory=list)
+    descriptions: dict[str, dict[str, Any]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.links = [Link(p) for p in self.parties]
+        self.strategy = get_strategy(self.cfg.training.strategy)
+        self.params = self.cfg.training.lightgbm_params(self.cfg.objective, self.cfg.num_class)
+        self._ctx: RoundContext | None = None
+
+    @property
+    def objective(self) -> str:
+        return self.cfg.objective
+
+    @property
+    def federated(self) -> bool:
+        return self.strategy.federated
+
+    def bytes_sent(self) -> int:
+        return sum(link.bytes_sent for link in self.links)
+
+    def bytes_received(self) -> int:
+        return sum(link.bytes_received for link in self.links)
+
+    def start(self) -> None:
+        """Ask every party to describe itself, agree the base score, start the parties."""
+        for link in self.links:
+            d = link.call("describe")
+            if d["rows_train"] == 0:
+                raise DataError(f"organisation {link.name}: no training rows after the validation split")
+            if d["features"] != list(self.cfg.features):
+                raise DataError(f"organisation {link.name}: features {d['features']} differ from the canonical schema")
+            self.descriptions[link.name] = d
+        rows = sum(d["rows_train"] for d in self.descriptions.values())
+        sums = np.sum([d["label_sums"] for d in self.descriptions.values()], axis=0)
+        base = base_score(self.objective, sums, rows)
+        self.ensemble = Ensemble.for_config(self.cfg, base)
+        # Under `local` every organisation starts from its own average, as LightGBM would.
+        for link in self.links:
+            d = self.descriptions[link.name]
+            own = base_score(self.objective, d["label_sums"], d["rows_train"])
+            link.call("start", base if self.federated else own)
+        self._ctx = RoundContext(
+            round_id=0,
+            links=self.links,
+            ensemble=self.ensemble,
+            params=self.params,
+            local_rounds=self.cfg.training.local_rounds,
+            server_learning_rate=self.cfg.training.server_learning_rate,
+            train_rows={n: d["rows_train"] for n, d in self.descriptions.items()},
+        )
+
+    def evaluate(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """Federation-wide metrics (from merged sums) and each organisation's own."""
+        answers = {link.name: link.call("evaluate") for link in self.links}
+        merged = metrics.merge([a["sums"] for a in answers.values() if a["sums"]])
+        return metrics.from_sums(merged, self.objective), {n: a["metrics"] for n, a in answers.items()}
+
+    def run_round(self, round_id: int) -> RoundResult:
+        """One boosting round with the strategy; then evaluate the model every party follows."""
+        if self._ctx is None:
+            raise RuntimeError("start() must be called before run_round()")
+        t0 = time.perf_counter()
+        sent0, recv0 = self.bytes_sent(), self.bytes_received()
+        self._ctx.round_id = round_id
+        self.strategy.run_round(self._ctx)
+        global_m, org_m = self.evaluate()
+        result = RoundResult(
+            round_id=round_id,
+            global_metrics=global_m,
+            org_metrics=org_m,
+            seconds=time.perf_counter() - t0,
+            bytes_sent=self.bytes_sent() - sent0,
+            bytes_received=self.bytes_received() - recv0,
+            trees=self.ensemble.num_trees,
+        )
+        self.history.append(result)
+        return result
+
+    def local_baselines(self) -> dict[str, dict[str, Any]]:
+        """Each organisation trained alone with the same parameters and rounds."""
+        rounds = self.cfg.training.rounds
+        return {link.name: link.call("local_baseline", self.params, rounds) for link in self.links}
+
+    def model_text(self) -> str | None:
+        """The global model as LightGBM model text (None under ``local``)."""
+        if not self.federated or self.ensemble is None or not self.ensemble.trees:
+            return None
+        return self.ensemble.to_text()

@@ -1,0 +1,123 @@
+"""How a round is made. A strategy is a small class with one hook, ``run_round``.
+
+- ``local``: no federation. Every organisation boosts its own model on its own
+  rows; the baseline every federated model must beat.
+- ``bagging``: every organisation adds ``local_rounds`` iterations of trees
+  trained on its rows on top of the global model; the coordinator scales each
+  organisation's trees by ``beta * n_k / N`` (its share of the training rows
+  times the server learning rate) and appends them all. The global update is
+  theta_global = theta_agg + beta * delta, with delta the row-weighted average
+  of the organisations' trees.
+- ``cyclic``: the global model visits the organisations in turn, one per
+  round (round r visits organisation (r - 1) mod K, in config order); the
+  visitor adds ``local_rounds`` iterations on top of the model as the previous
+  one left it (scaled by beta).
+
+The maths of scaling lives in :mod:`fedmine.federation.ensemble`; strategies
+only decide who trains on what and how the trees combine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedmine.federation.ensemble import Ensemble, scale_tree
+from fedmine.federation.party import Link
+
+
+@dataclass
+class RoundContext:
+    """What a strategy may use in a round.
+
+    ``broadcast`` sends a delta (model text of new trees) to every party as
+    the next step; ``send`` sends one to a single party. Steps number every
+    score update, so a retried call is recognised and skipped by the party.
+    """
+
+    round_id: int
+    links: list[Link]
+    ensemble: Ensemble
+    params: dict[str, Any]
+    local_rounds: int
+    server_learning_rate: float
+    train_rows: dict[str, int]
+    step: int = 0
+
+    def next_step(self) -> int:
+        self.step += 1
+        return self.step
+
+    def broadcast(self, blocks: list[str]) -> None:
+        delta = self.ensemble.to_text(blocks) if blocks else None
+        step = self.next_step()
+        for link in self.links:
+            link.call("begin_round", step, delta)
+
+
+def bagging_weights(train_rows: dict[str, int], beta: float) -> dict[str, float]:
+    """beta * n_k / N for each organisation."""
+    total = sum(train_rows.values())
+    return {name: beta * n / total for name, n in train_rows.items()}
+
+
+class Strategy:
+    """A round-making policy. ``federated`` strategies grow one global ensemble."""
+
+    name = ""
+    federated = True
+
+    def run_round(self, ctx: RoundContext) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class LocalStrategy(Strategy):
+    name = "local"
+    federated = False
+
+    def run_round(self, ctx: RoundContext) -> None:
+        step = ctx.next_step()
+        for link in ctx.links:
+            blocks = link.call("train_local", ctx.params, 1)
+            # The party follows its own model: only it sees its trees.
+            link.call("begin_round", step, ctx.ensemble.to_text(blocks) if blocks else None)
+
+
+class BaggingStrategy(Strategy):
+    name = "bagging"
+
+    def run_round(self, ctx: RoundContext) -> None:
+        weights = bagging_weights(ctx.train_rows, ctx.server_learning_rate)
+        new: list[str] = []
+        for link in ctx.links:
+            blocks = link.call("train_local", ctx.params, ctx.local_rounds)
+            new.extend(scale_tree(b, weights[link.name]) for b in blocks)
+        ctx.ensemble.append(new)
+        ctx.broadcast(new)
+
+
+class CyclicStrategy(Strategy):
+    name = "cyclic"
+
+    def run_round(self, ctx: RoundContext) -> None:
+        # Round r visits organisation (r - 1) mod K; every party then applies
+        # the visitor's trees, so the next visitor trains on top of them.
+        visitor = ctx.links[(ctx.round_id - 1) % len(ctx.links)]
+        blocks = visitor.call("train_local", ctx.params, ctx.local_rounds)
+        new = [scale_tree(b, ctx.server_learning_rate) for b in blocks]
+        ctx.ensemble.append(new)
+        ctx.broadcast(new)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    s.name: s for s in (LocalStrategy, BaggingStrategy, CyclicStrategy)
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]()
+    except KeyError:
+        from fedmine.errors import ConfigError
+
+        raise ConfigError(f"training.strategy: {name!r} is not allowed; allowed: {', '.join(STRATEGIES)}") from None

@@ -1,0 +1,364 @@
+"""Global bins agreed without moving rows.
+
+This module owns the mapping from raw feature values to uint8 bins. Binning is
+agreed in three steps that only move aggregates::
+
+    party:        feature_ranges(X)            -> (min, max) per feature
+    coordinator:  merge_ranges(...), make_grids -> a fine shared grid per feature
+    party:        grid_counts(X, grids)         -> int64 counts per grid cell
+    coordinator:  edges_from_grid_counts(sum of counts) -> BinMapper
+    party:        bin_columns(X, mapper)        -> uint8 bins, column-major
+
+Bin layout of one feature (``max_bin = M``)::
+
+    numeric:      bin b in 0 .. n_bins-1 holds  edges[b-1] < x <= edges[b]
+                  (edges[-1] = -inf, edges[n_bins-1] = +inf); NaN -> bin M
+    categorical:  bin = category code c (0 <= c < M); NaN, negative or unseen
+                  codes -> bin M
+
+Edges are grid points, so they are real numbers lying between observed values:
+``bin <= b`` in the engine and ``value <= edges[b]`` in an exported LightGBM
+model are the same test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from fedmine.errors import ConfigError, DataError
+from fedmine.gbdt.dtypes import MAX_BIN_LIMIT, X_BINNED_DTYPE, X_DTYPE
+
+#: Default number of cells of the fine shared grid per numeric feature.
+DEFAULT_GRID_SIZE = 4096
+SPACINGS = ("uniform", "log")
+
+
+@dataclass(frozen=True)
+class BinMapper:
+    """Global bin edges, the same at every party.
+
+    Attributes
+    ----------
+    edges : ndarray of shape (n_features, max_bin - 1), float64
+        Upper bounds of numeric bins, padded with +inf; row ``f`` uses its first
+        ``n_bins[f] - 1`` entries. Unused for categorical features.
+    n_bins : ndarray of shape (n_features,), int32
+        Non-NaN bins per feature (categories for categorical features).
+    categorical : ndarray of shape (n_features,), bool
+    max_bin : int
+        Bin ``max_bin`` is the NaN bin of every feature.
+    feature_min, feature_max : ndarray of shape (n_features,), float64
+        Global range of each numeric feature (for the exported feature_infos).
+    """
+
+    edges: np.ndarray
+    n_bins: np.ndarray
+    categorical: np.ndarray
+    max_bin: int
+    feature_min: np.ndarray
+    feature_max: np.ndarray
+
+    @property
+    def n_features(self) -> int:
+        return int(self.n_bins.shape[0])
+
+    @property
+    def nan_bin(self) -> int:
+        return self.max_bin
+
+    def threshold(self, feature: int, bin_threshold: int) -> float:
+        """Raw threshold of the numeric split ``bin <= bin_threshold``."""
+        return float(self.edges[feature, bin_threshold])
+
+
+def check_max_bin(max_bin) -> int:
+    """Validate ``max_bin`` once, where it enters."""
+    if isinstance(max_bin, bool) or not isinstance(max_bin, (int, np.integer)) or not 2 <= max_bin <= MAX_BIN_LIMIT:
+        raise ConfigError(f"max_bin must be an integer in [2, {MAX_BIN_LIMIT}], got {max_bin!r}")
+    return int(max_bin)
+
+
+def _as_features(X) -> np.ndarray:
+    X = np.asarray(X, dtype=X_DTYPE)
+    if X.ndim != 2:
+        raise DataError(f"X must be a 2-D array of shape (n_rows, n_features), got shape {X.shape}")
+    return X
+
+
+def _as_mask(categorical, n_features: int) -> np.ndarray:
+    if categorical is None:
+        return np.zeros(n_features, dtype=bool)
+    mask = np.asarray(categorical)
+    if mask.dtype != bool:
+        idx = mask.astype(np.int64)
+        mask = np.zeros(n_features, dtype=bool)
+        mask[idx] = True
+    if mask.shape != (n_features,):
+        raise DataError(f"categorical mask must have shape ({n_features},), got {mask.shape}")
+    return mask
+
+
+def feature_ranges(X) -> np.ndarray:
+    """Party side: per-feature (min, max) over non-NaN values.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_features)
+
+    Returns
+    -------
+    ranges : ndarray of shape (n_features, 2), float64
+        ``+inf, -inf`` for a feature with no value. Merge with :func:`merge_ranges`.
+    """
+    X = _as_features(X)
+    out = np.empty((X.shape[1], 2), dtype=X_DTYPE)
+    out[:, 0] = np.inf
+    out[:, 1] = -np.inf
+    if X.shape[0]:
+        with np.errstate(invalid="ignore"):
+            finite = ~np.isnan(X)
+            out[:, 0] = np.where(finite, X, np.inf).min(axis=0)
+            out[:, 1] = np.where(finite, X, -np.inf).max(axis=0)
+    return out
+
+
+def merge_ranges(ranges) -> np.ndarray:
+    """Coordinator side: merge parties' :func:`feature_ranges` (min of mins, max of maxs)."""
+    ranges = np.asarray(ranges, dtype=X_DTYPE)
+    if ranges.ndim == 2:
+        return ranges.copy()
+    out = np.empty(ranges.shape[1:], dtype=X_DTYPE)
+    out[:, 0] = ranges[:, :, 0].min(axis=0)
+    out[:, 1] = ranges[:, :, 1].max(axis=0)
+    return out
+
+
+def make_grids(ranges, *, n_grid: int = DEFAULT_GRID_SIZE, spacing: str = "uniform") -> np.ndarray:
+    """Fine shared grid per feature from a global range.
+
+    Parameters
+    ----------
+    ranges : ndarray of shape (n_features, 2)
+        Declared or merged (min, max) per feature.
+    n_grid : int
+        Cells per feature.
+    spacing : {"uniform", "log"}
+        "log" spaces cells geometrically for features whose min is > 0 and
+        falls back to uniform elsewhere.
+
+    Returns
+    -------
+    grids : ndarray of shape (n_features, n_grid), float64
+        Cell upper bounds: cell ``j`` holds ``grids[j-1] < x <= grids[j]``;
+        the last point is the feature's max. Deterministic in its inputs.
+    """
+    if spacing not in SPACINGS:
+        raise ConfigError(f"spacing must be one of {list(SPACINGS)}, got {spacing!r}")
+    if isinstance(n_grid, bool) or not isinstance(n_grid, (int, np.integer)) or n_grid < 2:
+        raise ConfigError(f"n_grid must be an integer >= 2, got {n_grid!r}")
+    ranges = np.asarray(ranges, dtype=X_DTYPE)
+    lo = ranges[:, 0].copy()
+    hi = ranges[:, 1].copy()
+    empty = ~(lo <= hi)
+    lo[empty] = 0.0
+    hi[empty] = 0.0
+    frac = np.arange(1, n_grid + 1, dtype=X_DTYPE) / n_grid
+    grids = lo[:, None] + (hi - lo)[:, None] * frac[None, :]
+    if spacing == "log":
+        pos = lo > 0
+        if pos.any():
+            llo, lhi = np.log(lo[pos]), np.log(hi[pos])
+            grids[pos] = np.exp(llo[:, None] + (lhi - llo)[:, None] * frac[None, :])
+    grids[:, -1] = hi  # exact max, whatever the rounding above
+    return np.maximum.accumulate(grids, axis=1)
+
+
+def grid_counts(X, grids, *, categorical=None) -> np.ndarray:
+    """Party side: counts per feature on the shared grid.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_features)
+    grids : ndarray of shape (n_features, n_grid)
+        From :func:`make_grids`. Values above a feature's last grid point
+        (possible with declared ranges) count in the last cell.
+    categorical : bool mask or index list, optional
+        Categorical features count per category code instead (codes must be
+        ``< n_grid``); NaN and negative codes count as missing.
+
+    Returns
+    -------
+    counts : ndarray of shape (n_features, n_grid + 1), int64
+        Last column counts NaN. Sum these over parties.
+    """
+    X = _as_features(X)
+    grids = np.asarray(grids, dtype=X_DTYPE)
+    n_features = X.shape[1]
+    n_grid = grids.shape[1]
+    mask = _as_mask(categorical, n_features)
+    counts = np.zeros((n_features, n_grid + 1), dtype=np.int64)
+    for f in range(n_features):
+        col = X[:, f]
+        nan = np.isnan(col)
+        if mask[f]:
+            codes = np.where(nan, -1.0, np.floor(col))
+            bad = codes >= n_grid
+            if bad.any():
+                raise DataError(
+                    f"categorical feature {f} has code {col[bad][0]!r}; codes must be integers in [0, {n_grid})"
+                )
+            ok = codes >= 0
+            counts[f, :n_grid] = np.bincount(codes[ok].astype(np.int64), minlength=n_grid)
+            counts[f, n_grid] = int((~ok).sum())
+        else:
+            cell = np.minimum(np.searchsorted(grids[f], col[~nan], side="left"), n_grid - 1)
+            counts[f, :n_grid] = np.bincount(cell, minlength=n_grid)
+            counts[f, n_grid] = int(nan.sum())
+    return counts
+
+
+def _numeric_edges(cell_counts: np.ndarray, grid: np.ndarray, max_bin: int) -> np.ndarray:
+    """Upper edges (at most max_bin - 1) from counts of one feature's cells.
+
+    Each occupied cell is a candidate; if there are at most ``max_bin`` of them
+    each gets its own bin, else bins hold about ``total / max_bin`` rows each
+    (cut where the cumulative count crosses ``k * total / max_bin``).
+    """
+    occupied = np.flatnonzero(cell_counts)
+    if occupied.size <= 1:
+        return np.empty(0, dtype=X_DTYPE)
+    if occupied.size <= max_bin:
+        return grid[occupied[:-1]].copy()
+    cum = np.cumsum(cell_counts[occupied])
+    total = cum[-1]
+    targets = total * np.arange(1, max_bin, dtype=np.float64) / max_bin
+    cut = np.unique(np.searchsorted(cum, targets, side="left"))
+    cut = cut[cut < occupied.size - 1]
+    return grid[occupied[cut]].copy()
+
+
+def edges_from_grid_counts(counts, grids, *, max_bin: int = 255, categorical=None, ranges=None) -> BinMapper:
+    """Coordinator side: at most ``max_bin`` bins per feature from summed grid counts.
+
+    Parameters
+    ----------
+    counts : ndarray of shape (n_features, n_grid + 1), int64
+        Sum over parties of :func:`grid_counts`.
+    grids : ndarray of shape (n_features, n_grid)
+    max_bin : int
+        Numeric bins per feature at most; categorical features need fewer than
+        ``max_bin`` categories.
+    categorical : bool mask or index list, optional
+    ranges : ndarray of shape (n_features, 2), optional
+        Global (min, max), recorded for export.
+
+    Returns
+    -------
+    BinMapper
+        Deterministic in its inputs, so every party derives the same bins.
+    """
+    max_bin = check_max_bin(max_bin)
+    counts = np.asarray(counts, dtype=np.int64)
+    grids = np.asarray(grids, dtype=X_DTYPE)
+    n_features, n_grid = grids.shape
+    mask = _as_mask(categorical, n_features)
+    edges = np.full((n_features, max_bin - 1), np.inf, dtype=X_DTYPE)
+    n_bins = np.ones(n_features, dtype=np.int32)
+    for f in range(n_features):
+        if mask[f]:
+            seen = np.flatnonzero(counts[f, :n_grid])
+            k = int(seen[-1]) + 1 if seen.size else 1
+            if k > max_bin:
+                raise DataError(f"categorical feature {f} has {k} categories; at most max_bin={max_bin} are supported")
+            n_bins[f] = k
+        else:
+            e = _numeric_edges(counts[f, :n_grid], grids[f], max_bin)
+            edges[f, : e.size] = e
+            n_bins[f] = e.size + 1
+    if ranges is None:
+        ranges = np.stack([grids[:, 0], grids[:, -1]], axis=1)
+    ranges = np.asarray(ranges, dtype=X_DTYPE)
+    return BinMapper(
+        edges=edges,
+        n_bins=n_bins,
+        categorical=mask,
+        max_bin=max_bin,
+        feature_min=ranges[:, 0].copy(),
+        feature_max=ranges[:, 1].copy(),
+    )
+
+
+def fit_bins(X, *, max_bin: int = 255, categorical=None, n_grid: int = DEFAULT_GRID_SIZE) -> BinMapper:
+    """The whole agreement for one party holding all rows (pooled training, tests)."""
+    X = _as_features(X)
+    ranges = feature_ranges(X)
+    grids = make_grids(ranges, n_grid=n_grid)
+    counts = grid_counts(X, grids, categorical=categorical)
+    return edges_from_grid_counts(counts, grids, max_bin=max_bin, categorical=categorical, ranges=ranges)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bin_columns_kernel(X, edges, n_bins, categorical, nan_bin, out):  # pragma: no cover - numba
+    n_rows, n_features = X.shape
+    for f in numba.prange(n_features):
+        n_edges = n_bins[f] - 1
+        for i in range(n_rows):
+            x = X[i, f]
+            if np.isnan(x):
+                out[f, i] = nan_bin
+            elif categorical[f]:
+                if x < 0 or x >= n_bins[f]:
+                    out[f, i] = nan_bin
+                else:
+                    out[f, i] = np.uint8(int(x))
+            else:
+                lo = 0
+                hi = n_edges
+                while lo < hi:  # first edge >= x
+                    mid = (lo + hi) >> 1
+                    if edges[f, mid] < x:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                out[f, i] = lo
+
+
+def bin_columns(X, mapper: BinMapper) -> np.ndarray:
+    """Bin raw features, column-major.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_features)
+    mapper : BinMapper
+
+    Returns
+    -------
+    binned : ndarray of shape (n_features, n_rows), uint8, C-contiguous
+        ``binned[f]`` is feature ``f`` of every row, contiguous.
+    """
+    X = _as_features(X)
+    if X.shape[1] != mapper.n_features:
+        raise DataError(f"X has {X.shape[1]} features, the bins were agreed for {mapper.n_features}")
+    out = np.empty((X.shape[1], X.shape[0]), dtype=X_BINNED_DTYPE)
+    _bin_columns_kernel(X, mapper.edges, mapper.n_bins, mapper.categorical, mapper.nan_bin, out)
+    return out
+
+
+def bin_columns_numpy(X, mapper: BinMapper) -> np.ndarray:
+    """Plain numpy twin of :func:`bin_columns`."""
+    X = _as_features(X)
+    out = np.empty((X.shape[1], X.shape[0]), dtype=X_BINNED_DTYPE)
+    for f in range(X.shape[1]):
+        col = X[:, f]
+        nan = np.isnan(col)
+        if mapper.categorical[f]:
+            ok = ~nan & (col >= 0) & (col < mapper.n_bins[f])
+            b = np.where(ok, np.floor(np.where(ok, col, 0)), mapper.nan_bin)
+        else:
+            e = mapper.edges[f, : mapper.n_bins[f] - 1]
+            b = np.where(nan, mapper.nan_bin, np.searchsorted(e, np.where(nan, 0, col), side="left"))
+        out[f] = b.astype(X_BINNED_DTYPE)
+    return out

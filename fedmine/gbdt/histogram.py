@@ -1,0 +1,235 @@
+"""Integer gradient histograms over uint8 bins.
+
+This module owns the histogram kernels a party runs on its own rows. A
+histogram of one node is an int64 array of shape ``(n_features, max_bin + 1, 3)``
+holding, per feature and bin, the sums of fixed-point gradients, fixed-point
+hessians and the row count (``dtypes.GRAD, HESS, COUNT``).
+
+Two layouts of the rows feed the kernels:
+
+* the root of a tree without bagging reads every row in order;
+* any other node reads a contiguous segment of the data partition
+  (:mod:`fedmine.gbdt.partition`): ``rows = indices[start:start + count]``. Its
+  gradients are first gathered into that order ("ordered gradients", as in
+  LightGBM) so the inner loop reads them sequentially and only the uint8 bins
+  are gathered::
+
+      indices   [ 7 2 9 | 4 0 5 8 | 1 3 6 ]      leaf segments, contiguous
+      ordered_g [ g7 g2 g9 ]                      gathered once per node
+      hist[f, bins[f, 7]] += g7, ...              one pass per feature (prange)
+
+Packed accumulators: when the hessian scale was chosen with ``count_bits`` of
+headroom (:func:`fedmine.gbdt.quantize.choose_packing`), each row carries one
+int64 ``hc = q_h << count_bits | 1``: one add accumulates the hessian and the
+count, a third less memory traffic. :func:`unpack_histogram` restores the
+3-field layout, bit-identical to the unpacked kernels.
+
+Every kernel has a plain numpy twin (``*_numpy``) and a test that they agree.
+The sibling of a built child is ``parent - child`` (:func:`subtract`).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from fedmine.gbdt.dtypes import COUNT, G_INT_DTYPE, GRAD, HESS, HIST_FIELDS, ROW_INDEX_DTYPE, X_BINNED_DTYPE
+
+
+def empty_histograms(n_nodes: int, n_features: int, n_bins: int) -> np.ndarray:
+    """Zeroed batch of histograms, shape ``(n_nodes, n_features, n_bins, 3)``, int64."""
+    return np.zeros((n_nodes, n_features, n_bins, HIST_FIELDS), dtype=G_INT_DTYPE)
+
+
+# ---------------------------------------------------------------------------
+# numba kernels (private)
+# ---------------------------------------------------------------------------
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _gather_kernel(rows, g, h, og, oh):  # pragma: no cover - numba
+    for i in numba.prange(rows.shape[0]):
+        r = rows[i]
+        og[i] = g[r]
+        oh[i] = h[r]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _hist_all_rows_kernel(bins, g, h, hist):  # pragma: no cover - numba
+    n_features = bins.shape[0]
+    n = bins.shape[1]
+    for f in numba.prange(n_features):
+        col = bins[f]
+        hf = hist[f]
+        for i in range(n):
+            b = col[i]
+            hf[b, 0] += g[i]
+            hf[b, 1] += h[i]
+            hf[b, 2] += 1
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _hist_rows_kernel(bins, rows, og, oh, hist):  # pragma: no cover - numba
+    n_features = bins.shape[0]
+    n = rows.shape[0]
+    for f in numba.prange(n_features):
+        col = bins[f]
+        hf = hist[f]
+        for i in range(n):
+            b = col[rows[i]]
+            hf[b, 0] += og[i]
+            hf[b, 1] += oh[i]
+            hf[b, 2] += 1
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _hist_all_rows_packed_kernel(bins, g, hc, hist2):  # pragma: no cover - numba
+    n_features = bins.shape[0]
+    n = bins.shape[1]
+    for f in numba.prange(n_features):
+        col = bins[f]
+        hf = hist2[f]
+        for i in range(n):
+            b = col[i]
+            hf[b, 0] += g[i]
+            hf[b, 1] += hc[i]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _hist_rows_packed_kernel(bins, rows, og, ohc, hist2):  # pragma: no cover - numba
+    n_features = bins.shape[0]
+    n = rows.shape[0]
+    for f in numba.prange(n_features):
+        col = bins[f]
+        hf = hist2[f]
+        for i in range(n):
+            b = col[rows[i]]
+            hf[b, 0] += og[i]
+            hf[b, 1] += ohc[i]
+
+
+# ---------------------------------------------------------------------------
+# public wrappers: check dtypes once, then call a kernel
+# ---------------------------------------------------------------------------
+
+
+def _check(bins, g, h):
+    if bins.dtype != X_BINNED_DTYPE or bins.ndim != 2 or not bins.flags.c_contiguous:
+        raise TypeError("bins must be a C-contiguous uint8 array of shape (n_features, n_rows)")
+    if g.dtype != G_INT_DTYPE or h.dtype != G_INT_DTYPE:
+        raise TypeError("fixed-point gradients and hessians must be int64")
+
+
+def gather(rows: np.ndarray, g: np.ndarray, h: np.ndarray, og: np.ndarray, oh: np.ndarray) -> None:
+    """Ordered gradients: ``og[i] = g[rows[i]]``, ``oh[i] = h[rows[i]]`` (OUT: og, oh)."""
+    _gather_kernel(rows, g, h, og, oh)
+
+
+def build_histogram(bins, g, h, n_bins: int, rows=None, *, out=None) -> np.ndarray:
+    """Histogram of one node.
+
+    Parameters
+    ----------
+    bins : ndarray of shape (n_features, n_rows), uint8, C-contiguous
+    g, h : ndarray of shape (n_rows,), int64
+        Fixed-point gradient and hessian of every row of the party.
+    n_bins : int
+        ``max_bin + 1`` (the last bin is NaN).
+    rows : ndarray of shape (n_node_rows,), int32, optional
+        The node's rows; all rows in order if None.
+    out : ndarray of shape (n_features, n_bins, 3), int64, optional
+        Accumulated into (IN/OUT) if given, else a zeroed array is made.
+
+    Returns
+    -------
+    hist : ndarray of shape (n_features, n_bins, 3), int64
+    """
+    _check(bins, g, h)
+    if out is None:
+        out = np.zeros((bins.shape[0], n_bins, HIST_FIELDS), dtype=G_INT_DTYPE)
+    if rows is None:
+        _hist_all_rows_kernel(bins, g, h, out)
+    else:
+        rows = np.ascontiguousarray(rows, dtype=ROW_INDEX_DTYPE)
+        og = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
+        oh = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
+        _gather_kernel(rows, g, h, og, oh)
+        _hist_rows_kernel(bins, rows, og, oh, out)
+    return out
+
+
+def build_histogram_ordered(bins, rows, og, oh, out) -> np.ndarray:
+    """Histogram of a partition segment whose gradients are already gathered.
+
+    Parameters
+    ----------
+    bins : ndarray of shape (n_features, n_rows), uint8
+    rows : ndarray of shape (m,), int32
+    og, oh : ndarray of shape (m,), int64
+        Gradients of ``rows``, in that order (:func:`gather`).
+    out : ndarray of shape (n_features, n_bins, 3), int64, zeroed (IN/OUT)
+    """
+    _hist_rows_kernel(bins, rows, og, oh, out)
+    return out
+
+
+def build_histogram_packed(bins, g, hc, n_bins: int, count_bits: int, rows=None) -> np.ndarray:
+    """Histogram of one node from packed ``hc = q_h << count_bits | 1`` rows.
+
+    Same parameters as :func:`build_histogram` with ``hc`` in place of ``h``;
+    returns the unpacked ``(n_features, n_bins, 3)`` histogram.
+    """
+    _check(bins, g, hc)
+    hist2 = np.zeros((bins.shape[0], n_bins, 2), dtype=G_INT_DTYPE)
+    if rows is None:
+        _hist_all_rows_packed_kernel(bins, g, hc, hist2)
+    else:
+        rows = np.ascontiguousarray(rows, dtype=ROW_INDEX_DTYPE)
+        og = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
+        ohc = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
+        _gather_kernel(rows, g, hc, og, ohc)
+        _hist_rows_packed_kernel(bins, rows, og, ohc, hist2)
+    return unpack_histogram(hist2, count_bits)
+
+
+def build_histogram_packed_ordered(bins, rows, og, ohc, count_bits: int, out2) -> np.ndarray:
+    """Packed twin of :func:`build_histogram_ordered`; ``out2`` has shape (n_features, n_bins, 2)."""
+    if rows is None:
+        _hist_all_rows_packed_kernel(bins, og, ohc, out2)
+    else:
+        _hist_rows_packed_kernel(bins, rows, og, ohc, out2)
+    return unpack_histogram(out2, count_bits)
+
+
+def pack_hess_count(h: np.ndarray, count_bits: int) -> np.ndarray:
+    """``hc = h << count_bits | 1`` per row (``h`` int64, non-negative)."""
+    return (h << count_bits) | 1
+
+
+def unpack_histogram(hist2: np.ndarray, count_bits: int) -> np.ndarray:
+    """``(..., 2)`` packed (grad, hess|count) histograms -> ``(..., 3)`` (grad, hess, count)."""
+    out = np.empty(hist2.shape[:-1] + (HIST_FIELDS,), dtype=G_INT_DTYPE)
+    out[..., GRAD] = hist2[..., 0]
+    out[..., HESS] = hist2[..., 1] >> count_bits
+    out[..., COUNT] = hist2[..., 1] & ((1 << count_bits) - 1)
+    return out
+
+
+def subtract(parent: np.ndarray, child: np.ndarray) -> np.ndarray:
+    """Sibling histogram ``parent - child`` (exact in integers)."""
+    return parent - child
+
+
+def build_histogram_numpy(bins, g, h, n_bins: int, rows=None) -> np.ndarray:
+    """Plain numpy twin of :func:`build_histogram` (and of the packed kernels)."""
+    if rows is None:
+        rows = np.arange(bins.shape[1])
+    rows = np.asarray(rows, dtype=np.int64)
+    n_features = bins.shape[0]
+    out = np.zeros((n_features, n_bins, HIST_FIELDS), dtype=G_INT_DTYPE)
+    for f in range(n_features):
+        b = bins[f, rows].astype(np.int64)
+        np.add.at(out[f, :, GRAD], b, g[rows])
+        np.add.at(out[f, :, HESS], b, h[rows])
+        np.add.at(out[f, :, COUNT], b, 1)
+    return out
