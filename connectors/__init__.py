@@ -3,7 +3,7 @@
 The reader is chosen by the path's suffix or the URI's scheme::
 
     .csv .csv.gz .tsv .txt       connectors.delimited   (pandas.read_csv)
-    .parquet .pq                 connectors.parquet     (pyarrow; local, file://, any pyarrow filesystem)
+    .parquet .pq                 connectors.parquet     (pyarrow; local or any pyarrow filesystem)
     sqlite:// postgresql://      connectors.database    (SQLAlchemy; ?table= or ?query=)
 
 :func:`load` is the one public entry point and the one place where failures

@@ -28,6 +28,10 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import pandas
+import sqlalchemy as sa
+from psycopg import ProgrammingError
+from psycopg.conninfo import make_conninfo
+from sqlalchemy.pool import NullPool
 
 from connectors.source import (
     POSTGRESQL_SCHEMES,
@@ -150,9 +154,9 @@ def read_database(
     if columns is not None:
         columns = column_list(columns)
     if columns is not None and source.table is None:
-        raise SourceError("read option 'columns' applies to ?table= only; select them in the query")
-    import sqlalchemy as sa
-
+        raise SourceError(
+            "read option 'columns' applies to ?table= only; select them in the query"
+        )
     engine = _engine(source)
     try:
         try:
@@ -212,10 +216,6 @@ def _sqlite_path(location: str, base_dir: str | os.PathLike[str] | None) -> str:
 
 
 def _postgresql_url(location: str, params: dict[str, str]) -> tuple[Any, tuple[str, ...]]:
-    import sqlalchemy as sa
-    from psycopg import ProgrammingError
-    from psycopg.conninfo import make_conninfo
-
     secrets: tuple[str, ...] = ()
     if "@" in location:
         # The password is everything between the first ':' and the last '@',
@@ -250,9 +250,6 @@ def _postgresql_url(location: str, params: dict[str, str]) -> tuple[Any, tuple[s
 
 
 def _engine(source: DatabaseSource):
-    import sqlalchemy as sa
-    from sqlalchemy.pool import NullPool
-
     if source.dialect == "sqlite":
         path = source.path
         if os.path.isdir(path):
@@ -271,8 +268,6 @@ def _engine(source: DatabaseSource):
 
 def _check_table(connection, source: DatabaseSource) -> None:
     """Raise naming the table and listing those that exist when it is missing."""
-    import sqlalchemy as sa
-
     try:
         inspector = sa.inspect(connection)
         if inspector.has_table(source.table, schema=source.schema):

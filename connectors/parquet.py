@@ -85,7 +85,8 @@ def _filters(value: object) -> list:
         )
 
     def is_conjunction(item: object) -> bool:
-        return isinstance(item, (list, tuple)) and bool(item) and isinstance(item[0], (list, tuple))
+        nested = isinstance(item, (list, tuple)) and bool(item)
+        return nested and isinstance(item[0], (list, tuple))
 
     if all(is_conjunction(item) for item in value):
         return [[predicate(p) for p in conjunction] for conjunction in value]

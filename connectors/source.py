@@ -23,6 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote
 
+import pyarrow.fs
+
 # Suffix -> default separator. Matching is case-insensitive, longest suffix first.
 DELIMITED_SUFFIXES = {".csv": ",", ".csv.gz": ",", ".tsv": "\t", ".txt": ","}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -146,8 +148,6 @@ def locate(
         if not rest.startswith("/"):
             raise SourceError("a file:// URI needs an absolute path: file:///abs/path")
         return Location(kind, suffix, unquote(rest.split("?", 1)[0]), None)
-
-    import pyarrow.fs
 
     try:
         fs, path = pyarrow.fs.FileSystem.from_uri(source)
