@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas
 import pytest
 
@@ -15,15 +17,12 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory):
     Fails (never skips) when the server binaries are missing: users read from
     PostgreSQL, so the connector is tested against the real thing.
     """
-    try:
-        server = running_postgres(tmp_path_factory.mktemp("postgres"))
-        url = server.__enter__()
-    except PostgresUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(running_postgres(tmp_path_factory.mktemp("postgres")))
+        except PostgresUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
         yield url
-    finally:
-        server.__exit__(None, None, None)
 
 
 @pytest.fixture

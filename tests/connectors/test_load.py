@@ -5,9 +5,12 @@ from __future__ import annotations
 import ast
 import pathlib
 import re
+from urllib.parse import quote
 
 import pandas
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import connectors
 from connectors import SUPPORTED, load
@@ -147,3 +150,17 @@ def test_connectors_import_neither_prefect_nor_mlflow():
                 continue
             for name in names:
                 assert name.split(".")[0] not in {"prefect", "mlflow"}, f"{module.name}: {name}"
+
+
+@given(password=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=6))
+@settings(max_examples=200, deadline=None)
+def test_no_password_survives_into_a_message(password):
+    encoded = quote(password, safe="")
+    source = f"postgresql://analyst:{encoded}@127.0.0.1:1/bank"
+    rest = f"organisation 'bank': source '{source.replace(encoded, '***')}'"
+    assume(password not in rest and encoded not in rest)  # no coincidental matches
+    with pytest.raises(ConnectorError) as caught:
+        load(source, org="bank")  # no ?table=: fails before connecting
+    message = str(caught.value)
+    assert password not in message
+    assert encoded not in message
