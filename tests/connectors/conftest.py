@@ -21,7 +21,11 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory):
         try:
             url = stack.enter_context(running_postgres(tmp_path_factory.mktemp("postgres")))
         except PostgresUnavailable as exc:
-            pytest.fail(str(exc), pytrace=False)
+            missing = str(exc)
+        else:
+            missing = None
+        if missing:
+            pytest.fail(missing, pytrace=False)
         yield url
 
 
