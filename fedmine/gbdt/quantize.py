@@ -32,7 +32,7 @@ Exact float sums
 Label sums (for the initial score) and validation losses are float sums that
 must not depend on the partition either. :func:`exact_sum_parts` turns a vector
 of float64 into integer partial sums per binary exponent (a superaccumulator);
-parties' parts concatenate, and :func:`exact_total` returns the correctly
+parties' parts add elementwise, and :func:`exact_total` returns the correctly
 rounded float of the exact sum, whatever the partition.
 """
 
@@ -122,14 +122,18 @@ def dequantize(q, scale: float):
 # ---------------------------------------------------------------------------
 
 _LO_BITS = 26
+#: Binary exponents of frexp over finite nonzero float64: -1073 (5e-324) .. 1024.
+EXP_MIN, EXP_MAX = -1073, 1024
+N_EXP = EXP_MAX - EXP_MIN + 1
 
 
 def exact_sum_parts(values) -> np.ndarray:
-    """Integer partial sums of float64 values, grouped by binary exponent.
+    """Exact sum of float64 values as summable integers (a superaccumulator).
 
     Each finite value is ``m * 2**(e - 53)`` with an integer ``|m| < 2**53``;
-    ``m`` is split into ``hi * 2**26 + lo`` with ``0 <= lo < 2**26`` so that
-    sums over up to 2**36 rows fit int64.
+    ``m`` is split into ``hi * 2**26 + lo`` with ``0 <= lo < 2**26``, and
+    ``hi`` and ``lo`` are summed per exponent ``e``, so sums of up to 2**36
+    rows fit int64. Parties' parts add elementwise, like histograms.
 
     Parameters
     ----------
@@ -137,14 +141,15 @@ def exact_sum_parts(values) -> np.ndarray:
 
     Returns
     -------
-    parts : ndarray of shape (n_exponents, 3), int64
-        Rows ``(e, sum_hi, sum_lo)``. Concatenate parties' parts and call
-        :func:`exact_total`.
+    parts : ndarray of shape (N_EXP, 2), int64
+        Row ``e - EXP_MIN`` holds ``(sum_hi, sum_lo)``. Add parties' parts and
+        call :func:`exact_total`.
     """
+    out = np.zeros((N_EXP, 2), dtype=np.int64)
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[v != 0.0]
     if v.size == 0:
-        return np.zeros((0, 3), dtype=np.int64)
+        return out
     if not np.all(np.isfinite(v)):
         raise ValueError("exact_sum_parts needs finite values")
     mant, exp = np.frexp(v)
@@ -154,22 +159,24 @@ def exact_sum_parts(values) -> np.ndarray:
     order = np.argsort(exp, kind="stable")
     exp, hi, lo = exp[order], hi[order], lo[order]
     starts = np.flatnonzero(np.r_[True, exp[1:] != exp[:-1]])
-    return np.stack(
-        [exp[starts].astype(np.int64), np.add.reduceat(hi, starts), np.add.reduceat(lo, starts)], axis=1
-    )
+    slot = exp[starts].astype(np.int64) - EXP_MIN
+    out[slot, 0] = np.add.reduceat(hi, starts)
+    out[slot, 1] = np.add.reduceat(lo, starts)
+    return out
 
 
-def exact_total(*parts) -> float:
-    """Correctly rounded float of the exact sum described by :func:`exact_sum_parts` outputs."""
-    rows = [np.asarray(p, dtype=np.int64).reshape(-1, 3) for p in parts]
-    rows = np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.int64)
-    if rows.shape[0] == 0:
+def exact_total(parts) -> float:
+    """Correctly rounded float of the exact sum held in (summed) :func:`exact_sum_parts`."""
+    parts = np.asarray(parts, dtype=np.int64).reshape(N_EXP, 2)
+    used = np.flatnonzero(parts.any(axis=1))
+    if used.size == 0:
         return 0.0
-    emin = int(rows[:, 0].min())
+    base = int(used[0])
     total = 0
-    for e, h, lo in rows.tolist():
-        total += ((h << _LO_BITS) + lo) << (e - emin)
-    return float(Fraction(total) * Fraction(2) ** (emin - 53))
+    for slot in used.tolist():
+        hi, lo = int(parts[slot, 0]), int(parts[slot, 1])
+        total += ((hi << _LO_BITS) + lo) << (slot - base)
+    return float(Fraction(total) * Fraction(2) ** (base + EXP_MIN - 53))
 
 
 def exact_sum(values) -> float:

@@ -1,0 +1,229 @@
+"""The ``fedmine`` command: run, predict, demo, ui, schedule.
+
+Every command validates its input before anything starts, and every error a
+user can cause is one line on stderr with exit code 2 (see
+:mod:`fedmine.errors`). Prefect and MLflow are imported only by the commands
+that need them, so ``fedmine --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedmine.errors import ConfigError, FedmineError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Federated gradient-boosted trees across organisations that keep their rows.",
+)
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Prefect's console log stays quiet unless --verbose (the API still records everything)."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
+
+
+def _train(config: Path, overrides: list[str], summary_json: Optional[Path], verbose: bool) -> dict:
+    """Validate the config here (before Prefect starts), then run the training flow."""
+    from fedmine.config import load_config
+
+    cfg = load_config(config, overrides)  # a bad config fails fast, before any run exists
+    _quiet_prefect(verbose)
+    from fedmine import progress
+    from flows.train import federated_training
+
+    def run() -> dict:
+        return federated_training(str(config), overrides, str(summary_json) if summary_json else None)
+
+    if not sys.stderr.isatty():
+        return run()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[metric]}"), TimeElapsedColumn(), transient=False) as bar:
+        task = bar.add_task(f"{cfg.name} ({cfg.training.strategy})", total=cfg.training.rounds, metric="")
+
+        def on_round(r: int, total: int, metrics: dict) -> None:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in list(metrics.items())[:2])
+            bar.update(task, completed=r, metric=shown)
+
+        with progress.listening(on_round):
+            return run()
+
+
+def _print_summary(summary: dict) -> None:
+    from fedmine import report
+
+    typer.echo("")
+    typer.echo(report.gain_table(summary))
+    typer.echo("")
+    typer.echo(f"MLflow run {summary['run_id']} ({summary['rounds']} rounds, {summary['train_seconds']:.1f} s training, "
+               f"{summary['bytes_sent']:,} bytes sent by parties)")
+    if summary.get("model_file"):
+        typer.echo(f"global model: {summary['model_file']}")
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="The federation YAML file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path, e.g. training.rounds=50."),
+    summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Write the run summary as JSON here."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
+) -> None:
+    """Train the federation in CONFIG now (the ad-hoc trigger)."""
+    summary = _train(config, set_, summary_json, verbose)
+    _print_summary(summary)
+
+
+@app.command()
+def demo(
+    folder: Path = typer.Option(Path("fedmine-demo"), "--dir", help="Where to write the demo data and config."),
+    summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Write the run summary as JSON here."),
+    tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri", help="MLflow store."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
+) -> None:
+    """Write a bank, a retailer and a telecom operator's data and train them together."""
+    from fedmine.demo import write_demo
+
+    uri = tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    config = write_demo(folder, tracking_uri=uri)
+    typer.echo(f"demo data and config written to {folder}/ (bank.csv, retailer.parquet, telecom.db, federation.yaml)")
+    summary = _train(config, set_, summary_json, verbose)
+    _print_summary(summary)
+    typer.echo("")
+    typer.echo("See every round in the MLflow UI:  fedmine ui   (then open http://127.0.0.1:5000)")
+
+
+@app.command()
+def predict(
+    config: Path = typer.Argument(..., help="The federation YAML file (for the organisation's mapping)."),
+    model: str = typer.Option(..., "--model", help="A model file, an MLflow run id, or a model URI (models:/NAME/VERSION)."),
+    org: str = typer.Option(..., "--org", help="The organisation whose mapping the input follows."),
+    input: str = typer.Option(..., "--input", help="New rows: a path or URI, as in the config's sources."),
+    output: Path = typer.Option(..., "--output", help="CSV to write: the input's rows with a prediction column."),
+) -> None:
+    """Score new rows of one organisation with a trained model."""
+    import lightgbm as lgb
+    import numpy as np
+
+    import connectors
+    from fedmine import metrics
+    from fedmine.config import load_config
+    from fedmine.schema import harmonise_features
+    from fedmine.tracking import load_model_text
+
+    cfg = load_config(config)
+    if org not in cfg.organisations:
+        raise ConfigError(f"--org {org}: not in {config}; allowed: {', '.join(cfg.organisations)}")
+    spec = cfg.organisations[org]
+    frame = connectors.load(input, spec.read, org=org)
+    X = harmonise_features(frame, cfg, org)
+    booster = lgb.Booster(model_str=load_model_text(model, cfg.tracking.uri))
+    if booster.num_feature() != X.shape[1]:
+        raise ConfigError(f"--model {model}: expects {booster.num_feature()} features, the schema in {config} has {X.shape[1]}")
+    raw = booster.predict(X, raw_score=True)
+    out = frame.copy()
+    if cfg.objective == "multiclass":
+        raw = raw.reshape(len(X), cfg.num_class)
+        proba = metrics.transform(raw, "multiclass")
+        out["prediction"] = np.asarray(cfg.classes, dtype=object)[proba.argmax(axis=1)]
+        for i, c in enumerate(cfg.classes):
+            out[f"probability_{c}"] = proba[:, i]
+    else:
+        out["prediction"] = metrics.transform(raw, cfg.objective)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(output, index=False)
+    typer.echo(f"{len(out)} rows scored -> {output}")
+
+
+@app.command()
+def ui(
+    uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--uri", help="MLflow store to show."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (loopback by default)."),
+    port: int = typer.Option(5000, "--port", help="Port."),
+) -> None:
+    """Start the MLflow UI on the project's store."""
+    from fedmine.tracking import artifact_root, prepare_store
+
+    prepare_store(uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    root = artifact_root(uri, None)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    typer.echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+def schedule(
+    config: Path = typer.Argument(..., help="The federation YAML file."),
+    cron: str = typer.Option(..., "--cron", help='When to train, as cron, e.g. "0 2 * * *".'),
+    name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: the federation's name)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path."),
+) -> None:
+    """Serve the training flow on a schedule with Prefect (runs until stopped)."""
+    from fedmine.config import load_config
+
+    cfg = load_config(config, set_)
+    _check_cron(cron)
+    os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
+    from flows.train import federated_training
+
+    typer.echo(f"serving {cfg.name} on cron {cron!r}; Ctrl-C stops it")
+    federated_training.serve(
+        name=name or cfg.name,
+        cron=cron,
+        parameters={"config": str(config.resolve()), "overrides": list(set_)},
+        tags=["fedmine", cfg.training.strategy],
+    )
+
+
+def _check_cron(cron: str) -> None:
+    from cronsim import CronSim, CronSimError
+    from datetime import datetime
+
+    try:
+        CronSim(cron, datetime.now())
+    except CronSimError as exc:
+        raise ConfigError(f"--cron {cron!r}: not a cron expression ({exc}); for example \"0 2 * * *\"") from None
+
+
+def main() -> None:
+    """Entry point: run the app, turning input errors into one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except FedmineError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Objectives: gradients, hessians, initial scores, transforms and metrics.
+
+This module owns the per-row maths of each LightGBM objective the engine
+supports, and the aggregate statistics from which the initial score and the
+validation metrics are computed. Every aggregate is partition independent:
+counts are integers and float sums are exact (:mod:`fedmine.gbdt.quantize`).
+
+=========== ======================= ============ ================ ===============
+objective   LightGBM line           trees/round  initial score    |g| / h bound
+=========== ======================= ============ ================ ===============
+binary      ``binary sigmoid:1``    1            log(p / (1-p))   1 / 0.25
+multiclass  ``multiclass num_class:K`` K         log(n_k / n)     1 / K/(K-1)/4
+regression  ``regression``          1            mean(y)          per round / 1
+poisson     ``poisson``             1            log(mean(y))     per round
+tweedie     ``tweedie``             1            log(mean(y))     per round
+=========== ======================= ============ ================ ===============
+
+"per round" bounds are the max over parties of each party's max, a mergeable
+aggregate exchanged at the start of every round.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedmine.errors import DataError
+from fedmine.gbdt.quantize import exact_sum_parts, exact_total
+
+K_EPSILON = 1e-15
+#: Number of score cells per label in the AUC histogram (over the sigmoid).
+AUC_CELLS = 1 << 16
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class Objective:
+    """Base class: one instance per training, configured from params."""
+
+    name = ""
+    metric = ""
+    metrics: tuple = ()
+    n_trees = 1
+    grad_bound: float | None = None  # known a priori, else exchanged per round
+    hess_bound: float | None = None
+    higher_is_better = False
+
+    def lightgbm_line(self) -> str:
+        return self.name
+
+    def check_labels(self, y: np.ndarray) -> None:
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"labels of objective {self.name!r} must be finite")
+
+    # initial score -----------------------------------------------------
+    def label_stats(self, y: np.ndarray) -> np.ndarray:
+        """Party side: summable int64 statistics of the labels (here exact parts of sum(y))."""
+        return exact_sum_parts(y)
+
+    def init_scores(self, stats: np.ndarray, n_total: int) -> np.ndarray:
+        raise NotImplementedError
+
+    # gradients ---------------------------------------------------------
+    def gradients(self, y: np.ndarray, score: np.ndarray):
+        """Per-row gradient and hessian, each of shape (n_trees, n_rows), float64."""
+        raise NotImplementedError
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        """Raw scores of shape (n_trees, n_rows) -> predictions (n_rows,) or (n_rows, K)."""
+        return raw[0]
+
+    # metrics -----------------------------------------------------------
+    def metric_stats(self, metric: str, y: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """Party side: summable int64 statistics of ``metric`` over its rows (add parties' arrays)."""
+        if metric == "auc":
+            p = _sigmoid(score[0])
+            cell = np.minimum((p * AUC_CELLS).astype(np.int64), AUC_CELLS - 1)
+            pos = y > 0.5
+            out = np.zeros((2, AUC_CELLS), dtype=np.int64)
+            out[0] = np.bincount(cell[~pos], minlength=AUC_CELLS)
+            out[1] = np.bincount(cell[pos], minlength=AUC_CELLS)
+            return out
+        return exact_sum_parts(self.loss(metric, y, score))
+
+    def metric_value(self, metric: str, stats: np.ndarray, n_total: int) -> float:
+        if metric == "auc":
+            neg, pos = stats[0].astype(np.float64), stats[1].astype(np.float64)
+            n_pos, n_neg = pos.sum(), neg.sum()
+            if n_pos == 0 or n_neg == 0:
+                return 1.0
+            neg_below = np.cumsum(neg) - neg
+            return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
+        mean = exact_total(stats) / max(n_total, 1)
+        return float(np.sqrt(mean)) if metric == "rmse" else mean
+
+    def loss(self, metric: str, y: np.ndarray, score: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Binary(Objective):
+    name = "binary"
+    metric = "binary_logloss"
+    metrics = ("binary_logloss", "auc")
+    grad_bound = 1.0
+    hess_bound = 0.25
+    sigmoid = 1.0
+
+    def lightgbm_line(self) -> str:
+        return "binary sigmoid:1"
+
+    def check_labels(self, y):
+        if not np.all((y == 0) | (y == 1)):
+            raise DataError("labels of objective 'binary' must be 0 or 1")
+
+    def label_stats(self, y):
+        return np.array([int(np.count_nonzero(y == 1))], dtype=np.int64)
+
+    def init_scores(self, stats, n_total):
+        pavg = float(stats[0]) / max(n_total, 1)
+        pavg = min(max(pavg, K_EPSILON), 1.0 - K_EPSILON)
+        return np.array([np.log(pavg / (1.0 - pavg)) / self.sigmoid])
+
+    def gradients(self, y, score):
+        label = np.where(y > 0, 1.0, -1.0)
+        response = -label * self.sigmoid / (1.0 + np.exp(label * self.sigmoid * score[0]))
+        abs_r = np.abs(response)
+        return response[None, :], (abs_r * (self.sigmoid - abs_r))[None, :]
+
+    def transform(self, raw):
+        return _sigmoid(self.sigmoid * raw[0])
+
+    def loss(self, metric, y, score):
+        p = np.clip(_sigmoid(score[0]), K_EPSILON, 1.0 - K_EPSILON)
+        return -np.where(y > 0, np.log(p), np.log(1.0 - p))
+
+
+class Multiclass(Objective):
+    name = "multiclass"
+    metric = "multi_logloss"
+    metrics = ("multi_logloss",)
+    grad_bound = 1.0
+
+    def __init__(self, num_class: int):
+        self.n_trees = int(num_class)
+        self.factor = self.n_trees / (self.n_trees - 1.0)
+        self.hess_bound = self.factor * 0.25
+
+    def lightgbm_line(self) -> str:
+        return f"multiclass num_class:{self.n_trees}"
+
+    def check_labels(self, y):
+        if not np.all((y >= 0) & (y < self.n_trees) & (y == np.floor(y))):
+            raise DataError(f"labels of objective 'multiclass' must be integers in [0, {self.n_trees})")
+
+    def label_stats(self, y):
+        return np.bincount(y.astype(np.int64), minlength=self.n_trees).astype(np.int64)
+
+    def init_scores(self, stats, n_total):
+        probs = stats.astype(np.float64) / max(n_total, 1)
+        return np.log(np.maximum(probs, K_EPSILON))
+
+    def _softmax(self, score):
+        m = score.max(axis=0, keepdims=True)
+        e = np.exp(score - m)
+        return e / e.sum(axis=0, keepdims=True)
+
+    def gradients(self, y, score):
+        p = self._softmax(score)
+        onehot = (np.arange(self.n_trees)[:, None] == y[None, :].astype(np.int64)).astype(np.float64)
+        return p - onehot, self.factor * p * (1.0 - p)
+
+    def transform(self, raw):
+        return self._softmax(raw).T
+
+    def loss(self, metric, y, score):
+        p = self._softmax(score)
+        py = p[y.astype(np.int64), np.arange(y.shape[0])]
+        return -np.log(np.maximum(py, K_EPSILON))
+
+
+class Regression(Objective):
+    name = "regression"
+    metric = "l2"
+    metrics = ("l2", "rmse")
+    hess_bound = 1.0
+
+    def init_scores(self, stats, n_total):
+        return np.array([exact_total(stats) / max(n_total, 1)])
+
+    def gradients(self, y, score):
+        return (score[0] - y)[None, :], np.ones((1, y.shape[0]))
+
+    def loss(self, metric, y, score):
+        return (score[0] - y) ** 2
+
+
+class Poisson(Objective):
+    name = "poisson"
+    metric = "poisson"
+    metrics = ("poisson", "rmse", "l2")
+
+    def __init__(self, max_delta_step: float = 0.7):
+        self.max_delta_step = float(max_delta_step)
+
+    def check_labels(self, y):
+        if not np.all(np.isfinite(y) & (y >= 0)):
+            raise DataError(f"labels of objective {self.name!r} must be finite and >= 0")
+
+    def init_scores(self, stats, n_total):
+        mean = exact_total(stats) / max(n_total, 1)
+        return np.array([np.log(mean) if mean > 0 else -np.inf])
+
+    def gradients(self, y, score):
+        s = score[0]
+        return (np.exp(s) - y)[None, :], np.exp(s + self.max_delta_step)[None, :]
+
+    def transform(self, raw):
+        return np.exp(raw[0])
+
+    def loss(self, metric, y, score):
+        if metric in ("rmse", "l2"):
+            return (np.exp(score[0]) - y) ** 2
+        mu = np.exp(score[0])
+        return mu - y * score[0]
+
+
+class Tweedie(Poisson):
+    name = "tweedie"
+    metric = "tweedie"
+    metrics = ("tweedie", "rmse", "l2")
+
+    def __init__(self, variance_power: float = 1.5):
+        self.rho = float(variance_power)
+
+    def gradients(self, y, score):
+        s = score[0]
+        a = np.exp((1.0 - self.rho) * s)
+        b = np.exp((2.0 - self.rho) * s)
+        g = -y * a + b
+        h = -y * (1.0 - self.rho) * a + (2.0 - self.rho) * b
+        return g[None, :], h[None, :]
+
+    def loss(self, metric, y, score):
+        if metric in ("rmse", "l2"):
+            return (np.exp(score[0]) - y) ** 2
+        rho = self.rho
+        a = y * np.exp((1.0 - rho) * score[0]) / (1.0 - rho)
+        b = np.exp((2.0 - rho) * score[0]) / (2.0 - rho)
+        return -a + b
+
+
+OBJECTIVES = ("binary", "multiclass", "regression", "poisson", "tweedie")
+
+
+def make_objective(name: str, *, num_class: int = 1, poisson_max_delta_step: float = 0.7, tweedie_variance_power: float = 1.5):
+    """Objective instance from validated params."""
+    if name == "binary":
+        return Binary()
+    if name == "multiclass":
+        return Multiclass(num_class)
+    if name == "regression":
+        return Regression()
+    if name == "poisson":
+        return Poisson(poisson_max_delta_step)
+    if name == "tweedie":
+        obj = Tweedie(tweedie_variance_power)
+        obj.max_delta_step = 0.0
+        return obj
+    raise ValueError(name)

@@ -1,0 +1,264 @@
+"""A party's side of histogram training, and K parties seen as one.
+
+This module owns :class:`PartyState`, everything one organisation computes on
+its own rows during ``histogram`` training, and :class:`PartyGroup`, the
+in-process aggregation of K of them. The booster talks to either through the
+same calls, so pooled training (one PartyState holding every row) and
+federated training (a PartyGroup, or a remote federation implementing the same
+calls) run the same code path. Every answer is an aggregate:
+
+=================== ======================================== ===============
+call                answer                                    merge over K
+=================== ======================================== ===============
+describe()          {"n_rows", "n_valid", "n_features"}        sum
+feature_ranges()    float64 (n_features, 2) min / max         min / max
+grid_counts(grids)  int64 (n_features, n_grid + 1)            sum
+set_bins(mapper)    none                                      broadcast
+configure(params, init_scores)  none                          broadcast
+label_stats()       int64 (objective specific)                sum
+begin_round(it, trees) float64 (n_trees, 2): max |g|, max h   max
+start_trees(...)    none                                      broadcast
+histograms(nodes)   int64 (n_nodes, n_features, n_bins, 3)    sum
+apply_split(...)    none                                      broadcast
+evaluate(metric)    int64 (metric specific)                   sum
+=================== ======================================== ===============
+
+Round life cycle at a party::
+
+    begin_round(iteration, last_trees)   scores += last trees; g, h as floats
+    start_trees(iteration, scales, ...)  g, h -> int64; bag rows; reset partitions
+    histograms / apply_split ...         while the coordinator grows the trees
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedmine.errors import DataError
+from fedmine.gbdt import binning
+from fedmine.gbdt.dtypes import ROW_ID_DTYPE, X_DTYPE, Y_DTYPE
+from fedmine.gbdt.objectives import make_objective
+from fedmine.gbdt.predict import tree_values_binned
+from fedmine.gbdt.quantize import quantize
+from fedmine.gbdt.sampling import bag_rows
+from fedmine.gbdt.source import NODE_STRIDE, LocalRows, SumOfSources
+
+#: Call names, in the order a training uses them (the federation layer's
+#: message keys).
+CALLS = (
+    "describe",
+    "feature_ranges",
+    "grid_counts",
+    "set_bins",
+    "configure",
+    "label_stats",
+    "begin_round",
+    "start_trees",
+    "histograms",
+    "apply_split",
+    "evaluate",
+)
+
+
+class PartyState(LocalRows):
+    """One party's rows, labels and scores.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_features)
+        Raw features; categorical columns hold integer codes (NaN = missing).
+    y : array-like of shape (n_rows,)
+    row_ids : array-like of shape (n_rows,), optional
+        Global ids of the rows (for bagging); ``arange(n_rows)`` if omitted.
+    categorical : bool mask or index list, optional
+    X_valid, y_valid : optional
+        The party's validation rows.
+    """
+
+    def __init__(self, X, y, *, row_ids=None, categorical=None, X_valid=None, y_valid=None):
+        self.X = np.ascontiguousarray(X, dtype=X_DTYPE)
+        if self.X.ndim != 2:
+            raise DataError(f"X must have shape (n_rows, n_features), got {self.X.shape}")
+        self.y = np.ascontiguousarray(y, dtype=Y_DTYPE).ravel()
+        if self.y.shape[0] != self.X.shape[0]:
+            raise DataError(f"X has {self.X.shape[0]} rows but y has {self.y.shape[0]}")
+        self.row_ids = (
+            np.arange(self.X.shape[0], dtype=ROW_ID_DTYPE)
+            if row_ids is None
+            else np.ascontiguousarray(row_ids, dtype=ROW_ID_DTYPE)
+        )
+        self.categorical = binning._as_mask(categorical, self.X.shape[1])
+        self.X_valid = None if X_valid is None else np.ascontiguousarray(X_valid, dtype=X_DTYPE)
+        self.y_valid = None if y_valid is None else np.ascontiguousarray(y_valid, dtype=Y_DTYPE).ravel()
+        self.partitions_ = []
+        self.bins = None
+
+    # --- binning --------------------------------------------------------
+    def describe(self) -> dict:
+        n_valid = 0 if self.y_valid is None else int(self.y_valid.shape[0])
+        return {"n_rows": int(self.X.shape[0]), "n_valid": n_valid, "n_features": int(self.X.shape[1])}
+
+    def feature_ranges(self) -> np.ndarray:
+        return binning.feature_ranges(self.X)
+
+    def grid_counts(self, grids: np.ndarray) -> np.ndarray:
+        return binning.grid_counts(self.X, grids, categorical=self.categorical)
+
+    def set_bins(self, mapper: binning.BinMapper) -> None:
+        """Bin the local rows once (and the validation rows)."""
+        LocalRows.__init__(self, binning.bin_columns(self.X, mapper), max_bin=mapper.max_bin)
+        self.bins_valid_ = None if self.X_valid is None else binning.bin_columns(self.X_valid, mapper)
+
+    # --- training -------------------------------------------------------
+    def configure(self, params, init_scores: np.ndarray) -> None:
+        """Set the objective and start scores at the initial score."""
+        self.params_ = params
+        self.objective_ = make_objective(
+            params.objective,
+            num_class=params.num_class,
+            poisson_max_delta_step=params.poisson_max_delta_step,
+            tweedie_variance_power=params.tweedie_variance_power,
+        )
+        self.objective_.check_labels(self.y)
+        init = np.asarray(init_scores, dtype=Y_DTYPE)
+        self.scores_ = np.repeat(init[:, None], self.y.shape[0], axis=1)
+        if self.y_valid is not None:
+            self.scores_valid_ = np.repeat(init[:, None], self.y_valid.shape[0], axis=1)
+
+    def label_stats(self) -> np.ndarray:
+        obj = make_objective(self._objective_name, num_class=self._num_class)
+        obj.check_labels(self.y)
+        return obj.label_stats(self.y)
+
+    def set_objective_name(self, name: str, num_class: int) -> None:
+        """Which objective the label statistics are for (before :meth:`configure`)."""
+        self._objective_name, self._num_class = name, num_class
+
+    def _apply_trees(self, trees) -> None:
+        """Add the last round's trees to the scores (partition for in-bag rows)."""
+        for k, tree in enumerate(trees):
+            if tree is None:
+                continue
+            part = self.partitions_[k] if k < len(self.partitions_) else None
+            covered = np.zeros(self.n_rows, dtype=bool)
+            if part is not None:
+                for leaf in tree.leaf_ids():
+                    rows = part.rows(int(leaf))
+                    self.scores_[k, rows] += tree.nodes[leaf]["value"]
+                    covered[rows] = True
+            rest = np.flatnonzero(~covered).astype(np.int64)
+            if rest.size:
+                self.scores_[k, rest] += tree_values_binned(tree, self.bins, rest, self.max_bin)
+            if self.y_valid is not None and self.y_valid.shape[0]:
+                allv = np.arange(self.y_valid.shape[0], dtype=np.int64)
+                self.scores_valid_[k] += tree_values_binned(tree, self.bins_valid_, allv, self.max_bin)
+
+    def begin_round(self, iteration: int, trees) -> np.ndarray:
+        """Apply the last round's trees, compute float gradients.
+
+        Returns
+        -------
+        bounds : ndarray of shape (n_trees, 2), float64
+            Local ``max |g|`` and ``max h`` per tree (merge: max).
+        """
+        if trees:
+            self._apply_trees(trees)
+        g, h = self.objective_.gradients(self.y, self.scores_)
+        self._g_float, self._h_float = g, h
+        bounds = np.zeros((g.shape[0], 2), dtype=np.float64)
+        if g.shape[1]:
+            bounds[:, 0] = np.abs(g).max(axis=1)
+            bounds[:, 1] = np.abs(h).max(axis=1)
+        return bounds
+
+    def start_trees(self, iteration: int, grad_scales, hess_scales, *, count_bits: int, max_nodes: int) -> None:
+        """Quantise gradients with the global scales, bag rows, reset partitions."""
+        p = self.params_
+        n_trees = self._g_float.shape[0]
+        qg = np.empty(self._g_float.shape, dtype=np.int64)
+        qh = np.empty(self._h_float.shape, dtype=np.int64)
+        for k in range(n_trees):
+            qg[k] = quantize(self._g_float[k], grad_scales[k])
+            qh[k] = quantize(self._h_float[k], hess_scales[k])
+        rows = None
+        if p.bagging_freq > 0 and p.bagging_fraction < 1.0:
+            rows = bag_rows(self.row_ids, seed=p.seed, bag_round=iteration // p.bagging_freq, fraction=p.bagging_fraction)
+        self.set_gradients(qg, qh, rows, max_nodes=max_nodes, count_bits=count_bits)
+        self._g_float = self._h_float = None
+
+    def finish(self, trees) -> None:
+        """Apply the final round's trees (scores then match the model)."""
+        if trees:
+            self._apply_trees(trees)
+        self.partitions_ = []
+
+    def evaluate(self, metric: str) -> np.ndarray:
+        """Summable statistics of ``metric`` on the validation rows."""
+        if self.y_valid is None:
+            return self.objective_.metric_stats(metric, np.zeros(0), np.zeros((self.objective_.n_trees, 0)))
+        return self.objective_.metric_stats(metric, self.y_valid, self.scores_valid_)
+
+
+class PartyGroup:
+    """K parties seen as one party: the in-process federation.
+
+    Answers are merged as the table in the module docstring says; histograms
+    and splits go through a :class:`~fedmine.gbdt.source.SumOfSources`, whose
+    counters say what crossed the boundary.
+    """
+
+    def __init__(self, parties):
+        self.parties = list(parties)
+        self.source = SumOfSources(self.parties)
+
+    def describe(self) -> dict:
+        ds = [p.describe() for p in self.parties]
+        n_features = {d["n_features"] for d in ds}
+        if len(n_features) != 1:
+            raise DataError(f"parties disagree on the number of features: {sorted(n_features)}")
+        return {"n_rows": sum(d["n_rows"] for d in ds), "n_valid": sum(d["n_valid"] for d in ds),
+                "n_features": n_features.pop()}
+
+    def feature_ranges(self):
+        return binning.merge_ranges([p.feature_ranges() for p in self.parties])
+
+    def grid_counts(self, grids):
+        return np.sum([p.grid_counts(grids) for p in self.parties], axis=0)
+
+    def set_bins(self, mapper):
+        for p in self.parties:
+            p.set_bins(mapper)
+
+    def set_objective_name(self, name, num_class):
+        for p in self.parties:
+            p.set_objective_name(name, num_class)
+
+    def label_stats(self):
+        return np.sum([p.label_stats() for p in self.parties], axis=0)
+
+    def configure(self, params, init_scores):
+        for p in self.parties:
+            p.configure(params, init_scores)
+
+    def begin_round(self, iteration, trees):
+        return np.max([p.begin_round(iteration, trees) for p in self.parties], axis=0)
+
+    def start_trees(self, iteration, grad_scales, hess_scales, *, count_bits, max_nodes):
+        for p in self.parties:
+            p.start_trees(iteration, grad_scales, hess_scales, count_bits=count_bits, max_nodes=max_nodes)
+
+    def histograms(self, node_ids):
+        return self.source.histograms(node_ids)
+
+    def apply_split(self, *args):
+        self.source.apply_split(*args)
+
+    def finish(self, trees):
+        for p in self.parties:
+            p.finish(trees)
+
+    def evaluate(self, metric):
+        return np.sum([p.evaluate(metric) for p in self.parties], axis=0)
+
+
+assert NODE_STRIDE > 0

@@ -1,0 +1,203 @@
+"""The aggregation boundary: where histograms come from.
+
+This module owns the protocol between the tree grower (coordinator side) and
+the rows (party side), and its two in-process implementations:
+
+* :class:`LocalRows`: one party's binned rows and fixed-point gradients, with a
+  :class:`~fedmine.gbdt.partition.DataPartition` per tree of the round;
+* :class:`SumOfSources`: K sources seen as one; it sums their integer
+  histograms, broadcasts splits, and counts exchanges and bytes.
+
+Node ids
+--------
+Trees of one round (one per class) grow together. A node id carries its tree:
+``node_id = tree * NODE_STRIDE + local`` where ``local`` is the node's index in
+its tree's node array (root 0, children appended in split order).
+
+Messages
+--------
+``histograms(node_ids)`` is the only call with an answer that grows with the
+data: int64 ``(n_nodes, n_features, max_bin + 1, 3)``. ``apply_split`` has no
+answer; a transport may queue splits and send them with the next
+``histograms`` request, so one exchange per batch is enough.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from fedmine.gbdt.dtypes import COUNT, G_INT_DTYPE, HIST_FIELDS, ROW_INDEX_DTYPE, X_BINNED_DTYPE
+from fedmine.gbdt.histogram import (
+    _gather_kernel,
+    _hist_all_rows_kernel,
+    _hist_all_rows_packed_kernel,
+    _hist_rows_kernel,
+    _hist_rows_packed_kernel,
+)
+from fedmine.gbdt.partition import DataPartition
+
+#: Node-id stride between the trees of one round (num_leaves <= 2**15, so a
+#: tree has fewer than 2**16 nodes).
+NODE_STRIDE = 1 << 16
+
+
+def split_node_id(node_id: int) -> tuple[int, int]:
+    """``(tree, local)`` of a node id."""
+    return int(node_id) // NODE_STRIDE, int(node_id) % NODE_STRIDE
+
+
+@runtime_checkable
+class HistogramSource(Protocol):
+    """What the grower needs from the rows (one party, or the sum of many)."""
+
+    def histograms(self, node_ids: np.ndarray) -> np.ndarray:
+        """Int64 ``(n_nodes, n_features, max_bin + 1, 3)`` over all rows of those nodes."""
+
+    def apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id) -> None:
+        """Send the rows of ``node_id`` to ``left_id`` / ``right_id``."""
+
+
+class LocalRows:
+    """One party's binned rows and fixed-point gradients: a HistogramSource.
+
+    Parameters
+    ----------
+    bins : ndarray of shape (n_features, n_rows), uint8, C-contiguous
+    max_bin : int
+        The NaN bin; histograms have ``max_bin + 1`` bins.
+
+    Attributes
+    ----------
+    partitions_ : list of DataPartition
+        One per tree of the current round (set by :meth:`set_gradients`).
+    """
+
+    def __init__(self, bins: np.ndarray, *, max_bin: int):
+        if bins.dtype != X_BINNED_DTYPE or bins.ndim != 2 or not bins.flags.c_contiguous:
+            raise TypeError("bins must be a C-contiguous uint8 array of shape (n_features, n_rows)")
+        self.bins = bins
+        self.max_bin = int(max_bin)
+        self.partitions_ = []
+        self._g = None
+        self._h = None
+        self._count_bits = 0
+        self._all_rows = False
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.bins.shape[1])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.bins.shape[0])
+
+    def set_gradients(self, g: np.ndarray, h: np.ndarray, rows: np.ndarray | None, *, max_nodes: int, count_bits: int = 0):
+        """Start the trees of a round.
+
+        Parameters
+        ----------
+        g, h : ndarray of shape (n_trees, n_rows), int64
+            Fixed-point gradient and hessian per tree and row.
+        rows : ndarray of shape (n_bag,), int32, or None for every row
+            In-bag rows: the root of every tree.
+        max_nodes : int
+            Node slots per tree.
+        count_bits : int
+            If > 0, histograms use packed ``(grad, hess << count_bits | 1)``
+            accumulators; the caller guarantees the bits fit.
+        """
+        if g.dtype != G_INT_DTYPE or h.dtype != G_INT_DTYPE or g.shape != h.shape or g.shape[1] != self.n_rows:
+            raise TypeError("g and h must be int64 arrays of shape (n_trees, n_rows)")
+        self._all_rows = rows is None
+        if rows is None:
+            rows = np.arange(self.n_rows, dtype=ROW_INDEX_DTYPE)
+        self._g = np.ascontiguousarray(g)
+        self._count_bits = int(count_bits)
+        self._h = (h << self._count_bits) | 1 if self._count_bits else np.ascontiguousarray(h)
+        self.partitions_ = [DataPartition(rows, max_nodes) for _ in range(g.shape[0])]
+
+    def histograms(self, node_ids: np.ndarray) -> np.ndarray:
+        node_ids = np.asarray(node_ids, dtype=np.int64).ravel()
+        n_bins = self.max_bin + 1
+        out = np.zeros((node_ids.shape[0], self.n_features, n_bins, HIST_FIELDS), dtype=G_INT_DTYPE)
+        packed = self._count_bits > 0
+        if packed:
+            acc = np.zeros((self.n_features, n_bins, 2), dtype=G_INT_DTYPE)
+        for j, nid in enumerate(node_ids):
+            tree, local = split_node_id(nid)
+            g, h = self._g[tree], self._h[tree]
+            dest = acc if packed else out[j]
+            if packed:
+                acc[...] = 0
+            if local == 0 and self._all_rows:
+                (_hist_all_rows_packed_kernel if packed else _hist_all_rows_kernel)(self.bins, g, h, dest)
+            else:
+                rows = self.partitions_[tree].rows(local)
+                og = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
+                oh = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
+                _gather_kernel(rows, g, h, og, oh)
+                (_hist_rows_packed_kernel if packed else _hist_rows_kernel)(self.bins, rows, og, oh, dest)
+            if packed:
+                out[j, ..., 0] = acc[..., 0]
+                out[j, ..., 1] = acc[..., 1] >> self._count_bits
+                out[j, ..., COUNT] = acc[..., 1] & ((1 << self._count_bits) - 1)
+        return out
+
+    def apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id) -> None:
+        tree, local = split_node_id(node_id)
+        _, left = split_node_id(left_id)
+        _, right = split_node_id(right_id)
+        self.partitions_[tree].split(
+            local, self.bins[int(feature)], bin_threshold, default_left, cat_bitset, left, right, self.max_bin
+        )
+
+    def leaf_rows(self, node_id) -> np.ndarray:
+        """Rows of a node of the current round (positions into this party's rows)."""
+        tree, local = split_node_id(node_id)
+        return self.partitions_[tree].rows(local)
+
+
+class SumOfSources:
+    """K sources seen as one: sums their histograms, broadcasts splits.
+
+    Parameters
+    ----------
+    sources : list of HistogramSource
+
+    Attributes
+    ----------
+    exchanges_ : int
+        ``histograms`` round trips (one per batch, whatever K).
+    bytes_to_coordinator_ : int
+        ``nbytes`` of every histogram array the parties sent.
+    bytes_to_parties_ : int
+        ``nbytes`` of the node ids and split messages sent to the parties.
+    """
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        if not self.sources:
+            raise ValueError("SumOfSources needs at least one source")
+        self.exchanges_ = 0
+        self.bytes_to_coordinator_ = 0
+        self.bytes_to_parties_ = 0
+
+    def histograms(self, node_ids: np.ndarray) -> np.ndarray:
+        node_ids = np.asarray(node_ids, dtype=np.int64).ravel()
+        self.exchanges_ += 1
+        total = None
+        for s in self.sources:
+            self.bytes_to_parties_ += node_ids.nbytes
+            h = s.histograms(node_ids)
+            self.bytes_to_coordinator_ += h.nbytes
+            total = h if total is None else total + h
+        return total
+
+    def apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id) -> None:
+        # node, feature, threshold, default_left, left, right: 6 int64; the bitset if categorical
+        size = 6 * 8 + (np.asarray(cat_bitset).nbytes if cat_bitset is not None else 0)
+        for s in self.sources:
+            self.bytes_to_parties_ += size
+            s.apply_split(node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id)

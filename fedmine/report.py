@@ -1,0 +1,200 @@
+"""The federation report: gain table, learning curves, feature importance.
+
+:func:`summarise` turns a finished training into the summary dictionary (the
+``--summary-json`` file); :func:`write_report` renders it as Markdown and HTML
+with PNG plots into a folder, which the flow logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fedmine import metrics  # noqa: E402
+from fedmine.federation.coordinator import Coordinator  # noqa: E402
+
+
+def summarise(
+    coord: Coordinator,
+    baselines: dict[str, dict[str, Any]],
+    *,
+    run_id: str,
+    model_file: str | None,
+    train_seconds: float,
+    total_seconds: float,
+) -> dict[str, Any]:
+    """The summary of a training (what ``--summary-json`` writes)."""
+    cfg = coord.cfg
+    last = coord.history[-1]
+    orgs = {}
+    for org, d in coord.descriptions.items():
+        orgs[org] = {
+            "rows": d["rows_train"] + d["rows_valid"],
+            "rows_train": d["rows_train"],
+            "rows_valid": d["rows_valid"],
+            "federated": last.org_metrics.get(org, {}),
+            "local_only": baselines[org]["metrics"],
+        }
+    return {
+        "run_id": run_id,
+        "name": cfg.name,
+        "strategy": cfg.training.strategy,
+        "objective": cfg.objective,
+        "rounds": len(coord.history),
+        "primary_metric": metrics.primary(cfg.objective),
+        "model_file": model_file,
+        "feature_names": list(cfg.features),
+        "global": last.global_metrics,
+        "organisations": orgs,
+        "bytes_sent": coord.bytes_sent(),
+        "bytes_received": coord.bytes_received(),
+        "train_seconds": train_seconds,
+        "total_seconds": total_seconds,
+    }
+
+
+def gain_rows(summary: dict[str, Any]) -> list[tuple[str, int, float, float, float]]:
+    """(organisation, rows, local-only, federated, gain) on the primary metric; gain > 0 is better."""
+    key = summary["primary_metric"]
+    sign = 1.0 if metrics.PRIMARY[summary["objective"]][1] else -1.0
+    rows = []
+    for org, o in summary["organisations"].items():
+        local = o["local_only"].get(key, float("nan"))
+        fed = o["federated"].get(key, float("nan"))
+        rows.append((org, o["rows"], local, fed, sign * (fed - local)))
+    return rows
+
+
+def gain_table(summary: dict[str, Any]) -> str:
+    """The federation gain as a plain-text table (what the CLI prints)."""
+    key = summary["primary_metric"]
+    head = f"{'organisation':<16}{'rows':>8}{'local-only ' + key:>22}{'federated ' + key:>22}{'gain':>10}"
+    lines = [head, "-" * len(head)]
+    for org, n, local, fed, gain in gain_rows(summary):
+        lines.append(f"{org:<16}{n:>8}{local:>22.4f}{fed:>22.4f}{gain:>+10.4f}")
+    g = summary["global"].get(key)
+    if g is not None:
+        lines.append(f"{'federation':<16}{sum(o['rows'] for o in summary['organisations'].values()):>8}"
+                     f"{'':>22}{g:>22.4f}")
+    return "\n".join(lines)
+
+
+def _plot_curves(coord: Coordinator, baselines: dict, key: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    rounds = [r.round_id for r in coord.history]
+    ax.plot(rounds, [r.global_metrics.get(key, np.nan) for r in coord.history], color="black", lw=2, label="federation")
+    for i, org in enumerate(coord.descriptions):
+        color = f"C{i}"
+        ax.plot(rounds, [r.org_metrics.get(org, {}).get(key, np.nan) for r in coord.history], color=color,
+                label=f"{org} (federated)")
+        curve = baselines[org].get("curve", {}).get(key)
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, color=color, ls="--", label=f"{org} (local only)")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"validation {key}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_gain(summary: dict, path: Path) -> None:
+    rows = gain_rows(summary)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r[2] for r in rows], 0.4, label="local only")
+    ax.bar(x + 0.2, [r[3] for r in rows], 0.4, label="federated")
+    ax.set_xticks(x, [r[0] for r in rows])
+    ax.set_ylabel(summary["primary_metric"])
+    lo = min(min(r[2], r[3]) for r in rows)
+    hi = max(max(r[2], r[3]) for r in rows)
+    if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
+        ax.set_ylim(lo - 0.1 * (hi - lo) - 1e-3, hi + 0.1 * (hi - lo) + 1e-3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_importance(names: list[str], gains: np.ndarray, path: Path) -> None:
+    order = np.argsort(gains)
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1))
+    ax.barh([names[i] for i in order], gains[order])
+    ax.set_xlabel("total gain")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(coord: Coordinator, baselines: dict, summary: dict, model_text: str | None, folder: Path) -> Path:
+    """Render the report (report.md, report.html, PNG plots) into ``folder``; return report.md."""
+    import lightgbm as lgb
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = summary["primary_metric"]
+    _plot_curves(coord, baselines, key, folder / "learning_curves.png")
+    _plot_gain(summary, folder / "federation_gain.png")
+    importance = None
+    if model_text:
+        booster = lgb.Booster(model_str=model_text)
+        importance = booster.feature_importance("gain")
+        _plot_importance(summary["feature_names"], importance, folder / "feature_importance.png")
+
+    md = [f"# Federation report: {summary['name']}", "",
+          f"Strategy **{summary['strategy']}**, objective {summary['objective']}, {summary['rounds']} rounds, "
+          f"run `{summary['run_id']}`.", "",
+          "## Federation gain (validation rows of each organisation)", "",
+          f"| organisation | rows | local-only {key} | federated {key} | gain |", "|---|---:|---:|---:|---:|"]
+    for org, n, local, fed, gain in gain_rows(summary):
+        md.append(f"| {org} | {n} | {local:.4f} | {fed:.4f} | {gain:+.4f} |")
+    md += ["", f"Federation-wide {key}: {summary['global'].get(key, float('nan')):.4f}", "",
+           "![gain](federation_gain.png)", "", "## Learning curves", "", "![curves](learning_curves.png)", ""]
+    if importance is not None:
+        md += ["## Feature importance (gain)", "", "| feature | gain |", "|---|---:|"]
+        md += [f"| {n} | {g:.1f} |" for n, g in sorted(zip(summary["feature_names"], importance), key=lambda t: -t[1])]
+        md += ["", "![importance](feature_importance.png)", ""]
+    md += ["## Traffic", "", f"Bytes sent by parties: {summary['bytes_sent']:,}; "
+           f"bytes sent to parties: {summary['bytes_received']:,}.", ""]
+    (folder / "report.md").write_text("\n".join(md))
+
+    body = []
+    for line in md:
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1 : -1]
+            body.append(f'<img src="{src}" alt="{src}">')
+        elif line.startswith("|---"):
+            continue
+        elif line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        elif line:
+            body.append(f"<p>{html.escape(line)}</p>")
+    page, in_table = [], False
+    for item in body:
+        if item.startswith("<tr>") and not in_table:
+            page.append("<table>")
+            in_table = True
+        if not item.startswith("<tr>") and in_table:
+            page.append("</table>")
+            in_table = False
+        page.append(item)
+    if in_table:
+        page.append("</table>")
+    (folder / "report.html").write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>fedmine report</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td{padding:2px 10px;border-bottom:1px solid #ddd}</style>"
+        "</head><body>" + "\n".join(page) + "</body></html>"
+    )
+    return folder / "report.md"

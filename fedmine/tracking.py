@@ -1,0 +1,261 @@
+"""The one place that talks to MLflow.
+
+Layout of a training in MLflow:
+
+- experiment = the federation's ``name``; store = ``tracking.uri``
+  (default ``sqlite:///mlruns/mlflow.db``, artifacts beside the database);
+- one parent run per training: parameters, the resolved config, the canonical
+  schema, per-round metrics (``step`` = round): ``global.<metric>``,
+  ``org.<organisation>.<metric>``, ``round_seconds``, ``bytes_sent``;
+  the federation report; the model (lightgbm flavour), registered under
+  ``name``;
+- one nested run per organisation: its rows, its local-only baseline (final
+  metrics and learning curve) and its metrics of the global model per round.
+
+A run that fails is marked FAILED with the error as a tag. Every call goes
+through :class:`MlflowClient` with explicit run ids, so it is safe from any
+thread; only :meth:`Tracker.log_model` uses MLflow's fluent API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from fedmine.config import FederationConfig, resolved_dict
+from fedmine.errors import ConfigError
+
+_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative to the working folder), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def artifact_root(uri: str, artifacts: str | None) -> str | None:
+    """Where artifacts go: ``tracking.artifacts`` or, for SQLite, ``artifacts/`` beside the database."""
+    if artifacts:
+        return artifacts if "://" in artifacts else Path(artifacts).resolve().as_uri()
+    db = sqlite_path(uri)
+    return (db.resolve().parent / "artifacts").as_uri() if db else None
+
+
+def local_artifact_path(artifact_uri: str) -> Path | None:
+    """A ``file://`` artifact URI as a local path."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme in ("", "file"):
+        return Path(url2pathname(parsed.path))
+    return None
+
+
+def prepare_store(uri: str) -> None:
+    """Create the folder of a SQLite store so a fresh clone can write to it."""
+    db = sqlite_path(uri)
+    if db is not None:
+        db.resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = str(value)[:6000]
+
+
+class Tracker:
+    """One training's MLflow records.
+
+    Parameters
+    ----------
+    cfg : the federation config; ``cfg.tracking`` says where.
+    """
+
+    def __init__(self, cfg: FederationConfig) -> None:
+        self.cfg = cfg
+        self.uri = cfg.tracking.uri
+        prepare_store(self.uri)
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.run_id: str | None = None
+        self.org_runs: dict[str, str] = {}
+        self.experiment_id: str | None = None
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self, *, tags: dict[str, str] | None = None) -> str:
+        """Create (or reuse) the experiment and start the parent run; return its id."""
+        name = self.cfg.name
+        try:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                self.experiment_id = self.client.create_experiment(
+                    name, artifact_location=artifact_root(self.uri, self.cfg.tracking.artifacts)
+                )
+            else:
+                self.experiment_id = exp.experiment_id
+        except Exception as exc:  # one conversion point for the store
+            raise ConfigError(f"tracking.uri: cannot open MLflow store {self.uri!r}: {exc}".splitlines()[0]) from None
+        t = self.cfg.training
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{t.strategy}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={"fedmine.strategy": t.strategy, "fedmine.organisations": ",".join(self.cfg.organisations), **(tags or {})},
+        )
+        self.run_id = run.info.run_id
+        params: dict[str, str] = {"objective": self.cfg.objective, "label": self.cfg.label,
+                                  "organisations": str(len(self.cfg.organisations)),
+                                  "features": str(len(self.cfg.features))}
+        _flatten("", t.model_dump(), params)
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+        resolved = resolved_dict(self.cfg)
+        self.client.log_dict(self.run_id, resolved, "config/federation.yaml")
+        schema = {"label": self.cfg.label, "objective": self.cfg.objective, "classes": self.cfg.classes,
+                  "features": resolved["features"]}
+        self.client.log_dict(self.run_id, schema, "config/canonical_schema.json")
+        return self.run_id
+
+    def start_organisation(self, org: str, *, rows: int, report: dict[str, Any] | None = None) -> str:
+        """The nested run of one organisation."""
+        spec = self.cfg.organisations[org]
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"org:{org}",
+            tags={"mlflow.parentRunId": self.run_id, "fedmine.organisation": org,
+                  "fedmine.industry": spec.industry or ""},
+        )
+        rid = run.info.run_id
+        self.org_runs[org] = rid
+        self.client.log_batch(rid, params=[Param("organisation", org), Param("rows", str(rows)),
+                                           Param("source_scheme", spec.source.split("://")[0] if "://" in spec.source else Path(spec.source).suffix)])
+        if report:
+            self.client.log_dict(rid, report, "harmonisation_report.json")
+        return rid
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the nested runs and the parent run with ``status``."""
+        for rid in self.org_runs.values():
+            self.client.set_terminated(rid, status)
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            mlflow.end_run(status)
+        elif self.run_id:
+            self.client.set_terminated(self.run_id, status)
+
+    def fail(self, exc: BaseException) -> None:
+        """Mark the parent and nested runs FAILED, with the reason as a tag."""
+        if not self.run_id:
+            return
+        reason = str(exc).splitlines()[0][:4000] if str(exc) else type(exc).__name__
+        try:
+            self.client.set_tag(self.run_id, "fedmine.error", reason)
+        finally:
+            self.finish("FAILED")
+
+    # -- metrics ---------------------------------------------------------
+    def _log_metrics(self, run_id: str, values: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in values.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, metrics=items[i : i + _BATCH])
+
+    def log_round(self, round_id: int, values: dict[str, float], org_values: dict[str, dict[str, float]]) -> None:
+        """Metrics of one round: on the parent run, and each organisation's on its nested run."""
+        self._log_metrics(self.run_id, values, round_id)
+        for org, m in org_values.items():
+            if org in self.org_runs and m:
+                self._log_metrics(self.org_runs[org], {f"federated.{k}": v for k, v in m.items()}, round_id)
+
+    def log_baseline(self, org: str, baseline: dict[str, Any]) -> None:
+        """An organisation's local-only model: final metrics and its learning curve."""
+        rid = self.org_runs[org]
+        final = {f"local_only.{k}": v for k, v in baseline["metrics"].items() if v == v}
+        self._log_metrics(rid, final, 0)
+        ts = int(time.time() * 1000)
+        curve = [Metric(f"local_only_curve.{k}", float(v), ts, i + 1)
+                 for k, vals in baseline.get("curve", {}).items() for i, v in enumerate(vals)]
+        for i in range(0, len(curve), _BATCH):
+            self.client.log_batch(rid, metrics=curve[i : i + _BATCH])
+
+    def log_final(self, values: dict[str, float], org_values: dict[str, dict[str, float]]) -> None:
+        """Final figures: on the parent (``final.*``, ``gain.*``) and nested runs (``federated.final.*``)."""
+        self._log_metrics(self.run_id, {k: v for k, v in values.items() if v == v}, 0)
+        for org, m in org_values.items():
+            if org in self.org_runs:
+                self._log_metrics(self.org_runs[org], {k: v for k, v in m.items() if v == v}, 0)
+
+    # -- artifacts -------------------------------------------------------
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
+    def log_artifacts(self, folder: str | Path, path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), path)
+
+    def artifact_path(self, path: str) -> Path | None:
+        """The local path of an artifact of the parent run (file stores only)."""
+        base = local_artifact_path(self.client.get_run(self.run_id).info.artifact_uri)
+        return base / path if base else None
+
+    def log_model(self, model_text: str) -> str | None:
+        """Log the global model with the lightgbm flavour and register it under ``name``.
+
+        Returns the registered version (None when registration is off).
+        """
+        import lightgbm as lgb
+        import numpy as np
+        import pandas as pd
+
+        booster = lgb.Booster(model_str=model_text)
+        requirements = [f"lightgbm=={lgb.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}",
+                        f"mlflow=={mlflow.__version__}"]
+        register = self.cfg.name if self.cfg.tracking.register_model else None
+        self.log_text(model_text, "model.txt")
+        # The fluent API needs the run active in this thread; finish() ends it.
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != self.run_id:
+            mlflow.start_run(run_id=self.run_id)
+        info = mlflow.lightgbm.log_model(booster, name="model", pip_requirements=requirements,
+                                         registered_model_name=register)
+        version = getattr(info, "registered_model_version", None)
+        return str(version) if version is not None else None
+
+
+def load_model_text(model: str, tracking_uri: str) -> str:
+    """Model text from a file, an MLflow run id or a model URI (``models:/name/1``, ``runs:/id/model``)."""
+    path = Path(model)
+    if path.is_file():
+        return path.read_text()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        if "://" in model or model.startswith("models:/") or model.startswith("runs:/"):
+            booster = mlflow.lightgbm.load_model(model)
+            return booster.model_to_string()
+        if len(model) == 32 and all(c in "0123456789abcdef" for c in model):
+            with tempfile.TemporaryDirectory() as tmp:
+                local = MlflowClient(tracking_uri).download_artifacts(model, "model.txt", tmp)
+                return Path(local).read_text()
+    except Exception as exc:
+        raise ConfigError(f"--model {model}: cannot load it from {tracking_uri}: {str(exc).splitlines()[0]}") from None
+    raise ConfigError(f"--model {model}: not a file, a run id or a model URI (models:/NAME/VERSION, runs:/ID/model)")
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2, sort_keys=False, default=float)
+
+
+def env_tracking_uri(default: str) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", default)

@@ -1,0 +1,1 @@
+"""Prefect flows: thin recipes that chain tasks and decide concurrency and retries."""

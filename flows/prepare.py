@@ -1,0 +1,21 @@
+"""Per-organisation preparation: a subflow that runs inside the organisation.
+
+The raw frame is loaded, harmonised and split here; only the party (holding
+canonical rows it never sends) leaves the subflow.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from fedmine.config import FederationConfig
+from fedmine.federation.party import LocalParty
+from tasks.prepare import harmonise_frame, load_source, make_party
+
+
+@flow(name="prepare-organisation", flow_run_name="prepare-{org}", validate_parameters=False)
+def prepare_organisation(cfg: FederationConfig, org: str) -> LocalParty:
+    """Load the organisation's source, map it onto the canonical schema, split it."""
+    raw = load_source(cfg, org)
+    canonical = harmonise_frame(raw, cfg, org)
+    return make_party(canonical, cfg, org)

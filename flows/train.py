@@ -1,0 +1,87 @@
+"""The flow users schedule: federated training from a config file.
+
+Recipe: prepare every organisation concurrently (a subflow each), start the
+federation, run the rounds (each one MLflow step), train each organisation's
+local-only baseline, then evaluate, report and export the global model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from fedmine import progress, report
+from fedmine.config import FederationConfig, load_config
+from fedmine.tracking import Tracker, summary_json
+from flows.prepare import prepare_organisation
+from tasks.train import local_baselines, run_round, start_federation
+
+
+@task(name="prepare", cache_policy=NO_CACHE, task_run_name="prepare-{org}")
+def _prepare(cfg: FederationConfig, org: str):
+    return prepare_organisation(cfg, org)
+
+
+@flow(name="federated-training", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=False)
+def federated_training(
+    config: str,
+    overrides: list[str] | None = None,
+    summary_path: str | None = None,
+) -> dict[str, Any]:
+    """Train the federation described by ``config`` (a YAML path) and return its summary."""
+    t_start = time.perf_counter()
+    cfg = load_config(config, overrides)
+    tracker = Tracker(cfg)
+    tracker.start(tags={"fedmine.config": str(Path(config).resolve())})
+    try:
+        futures = [_prepare.submit(cfg, org) for org in cfg.organisations]
+        parties = [f.result() for f in futures]
+        coord = start_federation(cfg, parties)
+        for org, d in coord.descriptions.items():
+            tracker.start_organisation(org, rows=d["rows_train"] + d["rows_valid"],
+                                       report=parties[list(cfg.organisations).index(org)].report)
+
+        t_train = time.perf_counter()
+        rounds = cfg.training.rounds
+        for r in range(1, rounds + 1):
+            result = run_round(coord, r)
+            tracker.log_round(r, result.flat(cfg.objective), result.org_metrics)
+            progress.report(r, rounds, result.global_metrics)
+        train_seconds = time.perf_counter() - t_train
+
+        baselines = local_baselines(coord)
+        for org, b in baselines.items():
+            tracker.log_baseline(org, b)
+
+        model_text = coord.model_text()
+        model_file = None
+        if model_text:
+            tracker.log_model(model_text)
+            path = tracker.artifact_path("model.txt")
+            model_file = str(path) if path else None
+        summary = report.summarise(coord, baselines, run_id=tracker.run_id, model_file=model_file,
+                                   train_seconds=train_seconds, total_seconds=time.perf_counter() - t_start)
+        gains = {f"gain.{org}": g for org, _, _, _, g in report.gain_rows(summary)}
+        tracker.log_final({**{f"final.{k}": v for k, v in summary["global"].items()}, **gains},
+                          {org: {f"federated.final.{k}": v for k, v in o["federated"].items()}
+                           for org, o in summary["organisations"].items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            report.write_report(coord, baselines, summary, model_text, Path(tmp))
+            tracker.log_artifacts(tmp, "report")
+        summary["total_seconds"] = time.perf_counter() - t_start
+        text = summary_json(summary)
+        tracker.log_text(text, "summary.json")
+        if summary_path:
+            Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(summary_path).write_text(text)
+        tracker.finish("FINISHED")
+        return summary
+    except BaseException as exc:
+        tracker.fail(exc)
+        raise
