@@ -12,10 +12,10 @@ call                answer                                    merge over K
 =================== ======================================== ===============
 describe()          {"n_rows", "n_valid", "n_features"}        sum
 feature_ranges()    float64 (n_features, 2) min / max         min / max
-grid_counts(grids)  int64 (n_features, n_grid + 1)            sum
+grid_counts(grids, cat) int64 (n_features, n_grid + 1)            sum
 set_bins(mapper)    none                                      broadcast
 configure(params, init_scores)  none                          broadcast
-label_stats()       int64 (objective specific)                sum
+label_stats(params) int64 (objective specific)                sum
 begin_round(it, trees) float64 (n_trees, 2): max |g|, max h   max
 start_trees(...)    none                                      broadcast
 histograms(nodes)   int64 (n_nodes, n_features, n_bins, 3)    sum
@@ -41,7 +41,7 @@ from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.predict import tree_values_binned
 from fedmine.gbdt.quantize import quantize
 from fedmine.gbdt.sampling import bag_rows
-from fedmine.gbdt.source import NODE_STRIDE, LocalRows, SumOfSources
+from fedmine.gbdt.source import LocalRows, SumOfSources
 
 #: Call names, in the order a training uses them (the federation layer's
 #: message keys).
@@ -60,6 +60,15 @@ CALLS = (
 )
 
 
+def _objective(params):
+    return make_objective(
+        params.objective,
+        num_class=params.num_class,
+        poisson_max_delta_step=params.poisson_max_delta_step,
+        tweedie_variance_power=params.tweedie_variance_power,
+    )
+
+
 class PartyState(LocalRows):
     """One party's rows, labels and scores.
 
@@ -70,12 +79,11 @@ class PartyState(LocalRows):
     y : array-like of shape (n_rows,)
     row_ids : array-like of shape (n_rows,), optional
         Global ids of the rows (for bagging); ``arange(n_rows)`` if omitted.
-    categorical : bool mask or index list, optional
     X_valid, y_valid : optional
         The party's validation rows.
     """
 
-    def __init__(self, X, y, *, row_ids=None, categorical=None, X_valid=None, y_valid=None):
+    def __init__(self, X, y, *, row_ids=None, X_valid=None, y_valid=None):
         self.X = np.ascontiguousarray(X, dtype=X_DTYPE)
         if self.X.ndim != 2:
             raise DataError(f"X must have shape (n_rows, n_features), got {self.X.shape}")
@@ -87,7 +95,6 @@ class PartyState(LocalRows):
             if row_ids is None
             else np.ascontiguousarray(row_ids, dtype=ROW_ID_DTYPE)
         )
-        self.categorical = binning._as_mask(categorical, self.X.shape[1])
         self.X_valid = None if X_valid is None else np.ascontiguousarray(X_valid, dtype=X_DTYPE)
         self.y_valid = None if y_valid is None else np.ascontiguousarray(y_valid, dtype=Y_DTYPE).ravel()
         self.partitions_ = []
@@ -101,8 +108,8 @@ class PartyState(LocalRows):
     def feature_ranges(self) -> np.ndarray:
         return binning.feature_ranges(self.X)
 
-    def grid_counts(self, grids: np.ndarray) -> np.ndarray:
-        return binning.grid_counts(self.X, grids, categorical=self.categorical)
+    def grid_counts(self, grids: np.ndarray, categorical: np.ndarray) -> np.ndarray:
+        return binning.grid_counts(self.X, grids, categorical=categorical)
 
     def set_bins(self, mapper: binning.BinMapper) -> None:
         """Bin the local rows once (and the validation rows)."""
@@ -113,26 +120,18 @@ class PartyState(LocalRows):
     def configure(self, params, init_scores: np.ndarray) -> None:
         """Set the objective and start scores at the initial score."""
         self.params_ = params
-        self.objective_ = make_objective(
-            params.objective,
-            num_class=params.num_class,
-            poisson_max_delta_step=params.poisson_max_delta_step,
-            tweedie_variance_power=params.tweedie_variance_power,
-        )
+        self.objective_ = _objective(params)
         self.objective_.check_labels(self.y)
         init = np.asarray(init_scores, dtype=Y_DTYPE)
         self.scores_ = np.repeat(init[:, None], self.y.shape[0], axis=1)
         if self.y_valid is not None:
             self.scores_valid_ = np.repeat(init[:, None], self.y_valid.shape[0], axis=1)
 
-    def label_stats(self) -> np.ndarray:
-        obj = make_objective(self._objective_name, num_class=self._num_class)
+    def label_stats(self, params) -> np.ndarray:
+        """Summable statistics of the labels for the initial score (checks the labels)."""
+        obj = _objective(params)
         obj.check_labels(self.y)
         return obj.label_stats(self.y)
-
-    def set_objective_name(self, name: str, num_class: int) -> None:
-        """Which objective the label statistics are for (before :meth:`configure`)."""
-        self._objective_name, self._num_class = name, num_class
 
     def _apply_trees(self, trees) -> None:
         """Add the last round's trees to the scores (partition for in-bag rows)."""
@@ -222,19 +221,15 @@ class PartyGroup:
     def feature_ranges(self):
         return binning.merge_ranges([p.feature_ranges() for p in self.parties])
 
-    def grid_counts(self, grids):
-        return np.sum([p.grid_counts(grids) for p in self.parties], axis=0)
+    def grid_counts(self, grids, categorical):
+        return np.sum([p.grid_counts(grids, categorical) for p in self.parties], axis=0)
 
     def set_bins(self, mapper):
         for p in self.parties:
             p.set_bins(mapper)
 
-    def set_objective_name(self, name, num_class):
-        for p in self.parties:
-            p.set_objective_name(name, num_class)
-
-    def label_stats(self):
-        return np.sum([p.label_stats() for p in self.parties], axis=0)
+    def label_stats(self, params):
+        return np.sum([p.label_stats(params) for p in self.parties], axis=0)
 
     def configure(self, params, init_scores):
         for p in self.parties:
@@ -260,5 +255,3 @@ class PartyGroup:
     def evaluate(self, metric):
         return np.sum([p.evaluate(metric) for p in self.parties], axis=0)
 
-
-assert NODE_STRIDE > 0

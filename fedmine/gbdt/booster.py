@@ -1,0 +1,244 @@
+"""The boosting loop: one code path for pooled and federated training.
+
+This module owns :func:`train`, which drives a *party-like* object (one
+:class:`~fedmine.gbdt.party.PartyState` holding every row, an in-process
+:class:`~fedmine.gbdt.party.PartyGroup`, or a remote federation implementing
+the same calls) through binning, the initial score and the rounds::
+
+    describe, feature_ranges -> grids; grid_counts -> BinMapper; set_bins
+    label_stats -> initial scores; configure
+    for each round:
+        begin_round(it, last trees) -> gradient bounds -> fixed-point scales
+        start_trees(it, scales)      (parties quantise and bag)
+        TreeGrower(...).grow()       (histograms / apply_split)
+        evaluate(metric)             (early stopping, from summed statistics)
+
+Every quantity the coordinator uses is an integer sum, a max, or an exact
+float sum, so the trees are the same bits whatever the partition of the rows.
+:func:`train_pooled` and :func:`train_partitioned` are the two in-process
+entry points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedmine.errors import DataError
+from fedmine.gbdt import binning
+from fedmine.gbdt.grower import TreeGrower
+from fedmine.gbdt.model import Model, Tree
+from fedmine.gbdt.objectives import make_objective
+from fedmine.gbdt.params import make_params
+from fedmine.gbdt.party import PartyGroup, PartyState
+from fedmine.gbdt.quantize import choose_scale
+from fedmine.gbdt.sampling import feature_mask
+
+#: Packing needs at least this hessian scale (2**16 levels per unit hessian),
+#: else two accumulators are used.
+MIN_PACKED_HESS_SCALE = 2.0**16
+
+HIGHER_IS_BETTER = {"auc"}
+
+
+def canonical_feature_names(n_features: int, names=None) -> list:
+    """``names`` made LightGBM-safe (no spaces or special characters), or ``Column_i``."""
+    if names is None:
+        return [f"Column_{i}" for i in range(n_features)]
+    names = [str(n) for n in names]
+    if len(names) != n_features:
+        raise DataError(f"feature_names has {len(names)} names for {n_features} features")
+    out = []
+    for n in names:
+        clean = "".join(ch if (ch.isalnum() or ch == "_") else "_" for ch in n) or "_"
+        out.append(clean)
+    if len(set(out)) != len(out):
+        raise DataError(f"feature names are not unique after canonicalisation: {out}")
+    return out
+
+
+def _feature_infos(mapper: binning.BinMapper) -> list:
+    infos = []
+    for f in range(mapper.n_features):
+        if mapper.categorical[f]:
+            k = int(mapper.n_bins[f])
+            infos.append(":".join(str(c) for c in range(k)) if k > 0 else "none")
+        elif not mapper.feature_min[f] <= mapper.feature_max[f]:
+            infos.append("none")
+        else:
+            infos.append(f"[{mapper.feature_min[f]!r}:{mapper.feature_max[f]!r}]")
+    return infos
+
+
+def packing_bits(n_total: int, hess_bound: float) -> int:
+    """Count bits for packed (grad, hess|count) accumulators, 0 if the bits do not allow.
+
+    ``count_bits = bit_length(n_total)`` keeps any count below ``2**count_bits``;
+    the hessian scale is then chosen with ``n_total * bound * s * 2**count_bits
+    < 2**62``, which must leave at least :data:`MIN_PACKED_HESS_SCALE`.
+    """
+    bits = int(n_total).bit_length()
+    if choose_scale(hess_bound * 2.0**bits, n_total) < MIN_PACKED_HESS_SCALE:
+        return 0
+    return bits
+
+
+def train(party, params, *, categorical=None, feature_names=None, n_grid: int = binning.DEFAULT_GRID_SIZE,
+          callback=None) -> Model:
+    """Train a model through a party-like object.
+
+    Parameters
+    ----------
+    party : PartyState, PartyGroup, or any object with their calls
+    params : dict or Params
+        LightGBM-style parameters (see :mod:`fedmine.gbdt.params`).
+    categorical : bool mask or index list, optional
+        Categorical features (integer codes, NaN missing).
+    feature_names : list of str, optional
+    n_grid : int
+        Cells of the fine shared grid used to agree bins.
+    callback : callable, optional
+        ``callback(iteration, metric_value_or_None)`` after each round.
+
+    Returns
+    -------
+    Model
+    """
+    params = make_params(params)
+    obj = make_objective(params.objective, num_class=params.num_class,
+                         poisson_max_delta_step=params.poisson_max_delta_step,
+                         tweedie_variance_power=params.tweedie_variance_power)
+    desc = party.describe()
+    n_total, n_features, n_valid = desc["n_rows"], desc["n_features"], desc["n_valid"]
+    if n_total == 0:
+        raise DataError("no training rows")
+    mask = binning._as_mask(categorical, n_features)
+    names = canonical_feature_names(n_features, feature_names)
+
+    # bins --------------------------------------------------------------
+    ranges = party.feature_ranges()
+    grids = binning.make_grids(ranges, n_grid=n_grid)
+    counts = party.grid_counts(grids, mask)
+    mapper = binning.edges_from_grid_counts(counts, grids, max_bin=params.max_bin, categorical=mask, ranges=ranges)
+    party.set_bins(mapper)
+
+    # initial score -----------------------------------------------------
+    init = obj.init_scores(party.label_stats(params), n_total)
+    if not np.all(np.isfinite(init)):
+        raise DataError(f"objective {params.objective!r} needs labels with a positive mean, got initial score {init}")
+    party.configure(params, init)
+
+    n_trees = obj.n_trees
+    count_bits = 0
+    if params.packed == "auto" and obj.hess_bound is not None:
+        count_bits = packing_bits(n_total, obj.hess_bound)
+    max_nodes = 2 * params.num_leaves - 1
+
+    trees: list = []
+    last = None
+    history = []
+    best_score, best_round = None, -1
+    sign = 1.0 if params.metric in HIGHER_IS_BETTER else -1.0
+    use_valid = n_valid > 0
+    for it in range(params.num_boost_round):
+        bounds = party.begin_round(it, last)
+        if last is not None and use_valid:
+            value = obj.metric_value(params.metric, party.evaluate(params.metric), n_valid)
+            history.append(value)
+            if best_score is None or sign * value > sign * best_score:
+                best_score, best_round = value, it - 1
+            if callback:
+                callback(it - 1, value)
+            if params.early_stopping_rounds and (it - 1) - best_round >= params.early_stopping_rounds:
+                last = None
+                break
+        elif last is not None and callback:
+            callback(it - 1, None)
+        gs = np.empty(n_trees)
+        hs = np.empty(n_trees)
+        for k in range(n_trees):
+            gb = obj.grad_bound if obj.grad_bound is not None else bounds[k, 0]
+            hb = obj.hess_bound if obj.hess_bound is not None else bounds[k, 1]
+            gs[k] = choose_scale(gb, n_total)
+            hs[k] = choose_scale(hb * 2.0**count_bits, n_total)
+        party.start_trees(it, gs, hs, count_bits=count_bits, max_nodes=max_nodes)
+        masks = np.stack([
+            feature_mask(n_features, seed=params.seed, iteration=it, tree=k, fraction=params.feature_fraction)
+            for k in range(n_trees)
+        ])
+        grower = TreeGrower(party, mapper=mapper, rules=params.rules, num_leaves=params.num_leaves,
+                            max_depth=params.max_depth, learning_rate=params.learning_rate,
+                            grad_scales=gs, hess_scales=hs, feature_masks=masks)
+        new = grower.grow()
+        if all(t.n_leaves == 1 for t in new):
+            # LightGBM stops when no tree of the round can split; keep a
+            # constant round only if it is the first (it carries the init score).
+            if not trees:
+                trees.extend(Tree.single_leaf(0.0, int(t.nodes[0]["count"]), float(t.nodes[0]["hess"])) for t in new)
+            last = None
+            break
+        trees.extend(new)
+        last = new
+    if last is not None:
+        party.finish(last)
+        if use_valid:
+            value = obj.metric_value(params.metric, party.evaluate(params.metric), n_valid)
+            history.append(value)
+            it_done = len(trees) // n_trees - 1
+            if best_score is None or sign * value > sign * best_score:
+                best_score, best_round = value, it_done
+            if callback:
+                callback(it_done, value)
+        elif callback:
+            callback(len(trees) // n_trees - 1, None)
+    n_rounds = len(trees) // n_trees
+    if params.early_stopping_rounds and use_valid and best_round >= 0:
+        n_rounds = best_round + 1
+        trees = trees[: n_rounds * n_trees]
+    return Model(
+        trees=trees,
+        init_scores=np.asarray(init, dtype=np.float64),
+        objective=params.objective,
+        objective_line=obj.lightgbm_line(),
+        n_trees_per_round=n_trees,
+        n_features=n_features,
+        feature_names=names,
+        categorical=mask,
+        feature_infos=_feature_infos(mapper),
+        params=params.as_dict(),
+        best_iteration=n_rounds,
+        history=history,
+    )
+
+
+def train_pooled(X, y, params, *, categorical=None, feature_names=None, X_valid=None, y_valid=None,
+                 n_grid: int = binning.DEFAULT_GRID_SIZE) -> Model:
+    """Train on rows held in one place: one PartyState, the same code path."""
+    party = PartyState(X, y, X_valid=X_valid, y_valid=y_valid)
+    return train(party, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid)
+
+
+def train_partitioned(parts, params, *, categorical=None, feature_names=None, row_ids=None, valid_parts=None,
+                      n_grid: int = binning.DEFAULT_GRID_SIZE, return_group: bool = False):
+    """Train over K in-process parties, summing their integer histograms.
+
+    Parameters
+    ----------
+    parts : list of (X_k, y_k)
+    row_ids : list of ndarray, optional
+        Global ids of each party's rows (bagging); by default the parties'
+        rows are numbered in order, as if concatenated.
+    valid_parts : list of (X_k, y_k) or None, optional
+    return_group : bool
+        Also return the PartyGroup (its ``source`` counts exchanges and bytes).
+    """
+    if row_ids is None:
+        offsets = np.cumsum([0] + [len(y) for _, y in parts])
+        row_ids = [np.arange(offsets[i], offsets[i + 1], dtype=np.uint64) for i in range(len(parts))]
+    valid_parts = valid_parts or [None] * len(parts)
+    parties = [
+        PartyState(X, y, row_ids=rid, X_valid=None if v is None else v[0], y_valid=None if v is None else v[1])
+        for (X, y), rid, v in zip(parts, row_ids, valid_parts)
+    ]
+    group = PartyGroup(parties)
+    model = train(group, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid)
+    return (model, group) if return_group else model
