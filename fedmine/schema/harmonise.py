@@ -128,16 +128,17 @@ def encode_label(col: pd.Series, cfg: FederationConfig, *, org: str) -> np.ndarr
         return _to_float(col, org=org, name=name)
     if cfg.classes is not None:
         return _to_codes(col, cfg.classes, org=org, name=name, what="label value")
-    # binary without declared classes: 0/1 or booleans.
-    y = _to_bool(col, org=org, name=name) if not pd.api.types.is_numeric_dtype(col) else None
-    if y is None:
-        y = col.to_numpy(dtype=np.float64)
-        bad = ~np.isin(y, (0.0, 1.0))
-        if bad.any():
-            raise DataError(
-                f"organisation {org}: label {name!r} is not binary: value {_example(col[bad])}; "
-                f"allowed: 0, 1 (or declare classes: [negative, positive])"
-            )
+    # binary without declared classes: 0/1, true/false or yes/no.
+    text = col.map(lambda v: _map_key(v).strip().lower())
+    y = np.full(len(col), np.nan)
+    y[text.isin(_TRUE).to_numpy()] = 1.0
+    y[text.isin(_FALSE).to_numpy()] = 0.0
+    bad = np.isnan(y)
+    if bad.any():
+        raise DataError(
+            f"organisation {org}: label {name!r} is not binary: value {_example(col[bad])} "
+            f"({int(bad.sum())} rows); allowed: 0, 1, true/false, yes/no (or declare classes: [negative, positive])"
+        )
     return y
 
 
