@@ -81,7 +81,7 @@ class DataPartition:
     """
 
     def __init__(self, rows: np.ndarray, max_nodes: int):
-        self.indices = np.ascontiguousarray(rows, dtype=ROW_INDEX_DTYPE)
+        self.indices = np.array(rows, dtype=ROW_INDEX_DTYPE, copy=True)  # owned: split rewrites it
         self.start = np.zeros(max_nodes, dtype=np.int64)
         self.count = np.full(max_nodes, -1, dtype=np.int64)
         self.count[0] = self.indices.shape[0]
