@@ -119,7 +119,7 @@ class Tracker:
         params: dict[str, str] = {"objective": self.cfg.objective, "label": self.cfg.label,
                                   "organisations": str(len(self.cfg.organisations)),
                                   "features": str(len(self.cfg.features))}
-        _flatten("", t.model_dump(), params)
+        _flatten("training", t.model_dump(), params)
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         resolved = resolved_dict(self.cfg)
         self.client.log_dict(self.run_id, resolved, "config/federation.yaml")

@@ -20,7 +20,7 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 from tests.support.postgres import PostgresUnavailable, running_postgres  # noqa: E402
 
-DEMO_ROUNDS = 12
+DEMO_ROUNDS = 40  # the demo config's training.rounds
 
 
 @pytest.fixture(scope="session")
@@ -67,9 +67,9 @@ def demo_config(tmp_path_factory, store) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(prefect_harness, demo_config, tmp_path_factory) -> dict:
-    """The demo federation trained once through the Prefect flow (bagging, a few rounds)."""
+    """The demo federation trained once through the Prefect flow, as configured (bagging)."""
     from flows.train import federated_training
 
     summary_path = tmp_path_factory.mktemp("summary") / "summary.json"
-    summary = federated_training(str(demo_config), [f"training.rounds={DEMO_ROUNDS}"], str(summary_path))
+    summary = federated_training(str(demo_config), [], str(summary_path))
     return {"summary": summary, "summary_path": summary_path, "config": demo_config}
