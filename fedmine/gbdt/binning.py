@@ -117,12 +117,28 @@ def feature_ranges(X) -> np.ndarray:
     out = np.empty((X.shape[1], 2), dtype=X_DTYPE)
     out[:, 0] = np.inf
     out[:, 1] = -np.inf
-    if X.shape[0]:
-        with np.errstate(invalid="ignore"):
-            finite = ~np.isnan(X)
-            out[:, 0] = np.where(finite, X, np.inf).min(axis=0)
-            out[:, 1] = np.where(finite, X, -np.inf).max(axis=0)
+    _ranges_kernel(np.ascontiguousarray(X), out)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _ranges_kernel(X, out):  # pragma: no cover - numba
+    for i in range(X.shape[0]):  # row-major X: read in order
+        for f in range(X.shape[1]):
+            x = X[i, f]
+            if x < out[f, 0]:  # False for NaN
+                out[f, 0] = x
+            if x > out[f, 1]:
+                out[f, 1] = x
+
+
+def feature_ranges_numpy(X) -> np.ndarray:
+    """Plain numpy twin of :func:`feature_ranges`."""
+    X = _as_features(X)
+    with np.errstate(invalid="ignore"):
+        lo = np.where(np.isnan(X), np.inf, X).min(axis=0, initial=np.inf)
+        hi = np.where(np.isnan(X), -np.inf, X).max(axis=0, initial=-np.inf)
+    return np.stack([lo, hi], axis=1).astype(X_DTYPE)
 
 
 def merge_ranges(ranges) -> np.ndarray:
@@ -176,6 +192,44 @@ def make_grids(ranges, *, n_grid: int = DEFAULT_GRID_SIZE, spacing: str = "unifo
     return np.maximum.accumulate(grids, axis=1)
 
 
+@numba.njit(cache=True, nogil=True)
+def _grid_counts_kernel(X, grids, categorical, counts):  # pragma: no cover - numba
+    n_grid = grids.shape[1]
+    step = np.empty(grids.shape[0])
+    for f in range(grids.shape[0]):
+        step[f] = (grids[f, n_grid - 1] - grids[f, 0]) / (n_grid - 1)
+    for i0 in range(0, X.shape[0], _BLOCK):
+        i1 = min(i0 + _BLOCK, X.shape[0])
+        for f in range(X.shape[1]):
+            g = grids[f]
+            for i in range(i0, i1):
+                x = X[i, f]
+                if np.isnan(x):
+                    counts[f, n_grid] += 1
+                elif categorical[f]:
+                    c = int(x)
+                    if c < 0:
+                        counts[f, n_grid] += 1
+                    elif c >= n_grid:
+                        return f  # caller raises
+                    else:
+                        counts[f, c] += 1
+                else:
+                    # first grid point >= x (clipped to the last cell): guess it
+                    # as if the grid were uniform, then walk to the exact cell
+                    c = 0
+                    if step[f] > 0.0:
+                        t = (x - g[0]) / step[f]
+                        if t > 0.0:
+                            c = min(int(np.ceil(t)), n_grid - 1)
+                    while c > 0 and g[c - 1] >= x:
+                        c -= 1
+                    while c < n_grid - 1 and g[c] < x:
+                        c += 1
+                    counts[f, c] += 1
+    return -1
+
+
 def grid_counts(X, grids, *, categorical=None) -> np.ndarray:
     """Party side: counts per feature on the shared grid.
 
@@ -187,13 +241,30 @@ def grid_counts(X, grids, *, categorical=None) -> np.ndarray:
         (possible with declared ranges) count in the last cell.
     categorical : bool mask or index list, optional
         Categorical features count per category code instead (codes must be
-        ``< n_grid``); NaN and negative codes count as missing.
+        ``< n_grid``, read with truncation); NaN and negative codes count as
+        missing.
 
     Returns
     -------
     counts : ndarray of shape (n_features, n_grid + 1), int64
         Last column counts NaN. Sum these over parties.
     """
+    X = _as_features(X)
+    grids = np.ascontiguousarray(grids, dtype=X_DTYPE)
+    mask = _as_mask(categorical, X.shape[1])
+    counts = np.zeros((X.shape[1], grids.shape[1] + 1), dtype=np.int64)
+    bad = _grid_counts_kernel(np.ascontiguousarray(X), grids, mask, counts)
+    if bad >= 0:
+        col = X[:, bad]
+        raise DataError(
+            f"categorical feature {bad} has code {col[np.trunc(col) >= grids.shape[1]][0]!r}; "
+            f"codes must be integers in [0, {grids.shape[1]})"
+        )
+    return counts
+
+
+def grid_counts_numpy(X, grids, *, categorical=None) -> np.ndarray:
+    """Plain numpy twin of :func:`grid_counts`."""
     X = _as_features(X)
     grids = np.asarray(grids, dtype=X_DTYPE)
     n_features = X.shape[1]
@@ -204,12 +275,9 @@ def grid_counts(X, grids, *, categorical=None) -> np.ndarray:
         col = X[:, f]
         nan = np.isnan(col)
         if mask[f]:
-            codes = np.where(nan, -1.0, np.floor(col))
-            bad = codes >= n_grid
-            if bad.any():
-                raise DataError(
-                    f"categorical feature {f} has code {col[bad][0]!r}; codes must be integers in [0, {n_grid})"
-                )
+            codes = np.trunc(np.where(nan, -1.0, col))
+            if (codes >= n_grid).any():
+                raise DataError(f"categorical feature {f} has a code >= {n_grid}")
             ok = codes >= 0
             counts[f, :n_grid] = np.bincount(codes[ok].astype(np.int64), minlength=n_grid)
             counts[f, n_grid] = int((~ok).sum())
@@ -300,20 +368,25 @@ def fit_bins(X, *, max_bin: int = 255, categorical=None, n_grid: int = DEFAULT_G
     return edges_from_grid_counts(counts, grids, max_bin=max_bin, categorical=categorical, ranges=ranges)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _bin_columns_kernel(X, edges, n_bins, categorical, nan_bin, out):  # pragma: no cover - numba
-    n_rows, n_features = X.shape
-    for f in numba.prange(n_features):
+#: Rows per block in the binning kernels: a block of row-major X stays in cache
+#: while every feature of it is read.
+_BLOCK = 2048
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bin_block(X, i0, i1, edges, n_bins, categorical, nan_bin, out):  # pragma: no cover - numba
+    for f in range(X.shape[1]):
         n_edges = n_bins[f] - 1
-        for i in range(n_rows):
+        for i in range(i0, i1):
             x = X[i, f]
             if np.isnan(x):
                 out[f, i] = nan_bin
             elif categorical[f]:
-                if x < 0 or x >= n_bins[f]:
+                c = int(x)  # truncation, as LightGBM reads a category
+                if c < 0 or c >= n_bins[f]:
                     out[f, i] = nan_bin
                 else:
-                    out[f, i] = np.uint8(int(x))
+                    out[f, i] = c
             else:
                 lo = 0
                 hi = n_edges
@@ -326,13 +399,28 @@ def _bin_columns_kernel(X, edges, n_bins, categorical, nan_bin, out):  # pragma:
                 out[f, i] = lo
 
 
-def bin_columns(X, mapper: BinMapper) -> np.ndarray:
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bin_columns_kernel(X, edges, n_bins, categorical, nan_bin, out):  # pragma: no cover - numba
+    n_blocks = (X.shape[0] + _BLOCK - 1) // _BLOCK
+    for blk in numba.prange(n_blocks):
+        _bin_block(X, blk * _BLOCK, min((blk + 1) * _BLOCK, X.shape[0]), edges, n_bins, categorical, nan_bin, out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bin_columns_serial_kernel(X, edges, n_bins, categorical, nan_bin, out):  # pragma: no cover - numba
+    for i0 in range(0, X.shape[0], _BLOCK):
+        _bin_block(X, i0, min(i0 + _BLOCK, X.shape[0]), edges, n_bins, categorical, nan_bin, out)
+
+
+def bin_columns(X, mapper: BinMapper, *, parallel: bool = True) -> np.ndarray:
     """Bin raw features, column-major.
 
     Parameters
     ----------
     X : array-like of shape (n_rows, n_features)
     mapper : BinMapper
+    parallel : bool
+        Use numba threads (over blocks of rows).
 
     Returns
     -------
@@ -343,7 +431,8 @@ def bin_columns(X, mapper: BinMapper) -> np.ndarray:
     if X.shape[1] != mapper.n_features:
         raise DataError(f"X has {X.shape[1]} features, the bins were agreed for {mapper.n_features}")
     out = np.empty((X.shape[1], X.shape[0]), dtype=X_BINNED_DTYPE)
-    _bin_columns_kernel(X, mapper.edges, mapper.n_bins, mapper.categorical, mapper.nan_bin, out)
+    kernel = _bin_columns_kernel if parallel else _bin_columns_serial_kernel
+    kernel(np.ascontiguousarray(X), mapper.edges, mapper.n_bins, mapper.categorical, mapper.nan_bin, out)
     return out
 
 
@@ -355,8 +444,9 @@ def bin_columns_numpy(X, mapper: BinMapper) -> np.ndarray:
         col = X[:, f]
         nan = np.isnan(col)
         if mapper.categorical[f]:
-            ok = ~nan & (col >= 0) & (col < mapper.n_bins[f])
-            b = np.where(ok, np.floor(np.where(ok, col, 0)), mapper.nan_bin)
+            c = np.trunc(np.where(nan, -1, col))
+            ok = ~nan & (c >= 0) & (c < mapper.n_bins[f])
+            b = np.where(ok, c, mapper.nan_bin)
         else:
             e = mapper.edges[f, : mapper.n_bins[f] - 1]
             b = np.where(nan, mapper.nan_bin, np.searchsorted(e, np.where(nan, 0, col), side="left"))

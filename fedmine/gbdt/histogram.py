@@ -46,66 +46,99 @@ def empty_histograms(n_nodes: int, n_features: int, n_bins: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True)
 def _gather_kernel(rows, g, h, og, oh):  # pragma: no cover - numba
-    for i in numba.prange(rows.shape[0]):
+    # serial: memory bound, and a parallel region costs more than it saves
+    for i in range(rows.shape[0]):
         r = rows[i]
         og[i] = g[r]
         oh[i] = h[r]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _feature_all_rows(col, g, h, hf):  # pragma: no cover - numba
+    for i in range(col.shape[0]):
+        b = col[i]
+        hf[b, 0] += g[i]
+        hf[b, 1] += h[i]
+        hf[b, 2] += 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _feature_rows(col, rows, og, oh, hf):  # pragma: no cover - numba
+    for i in range(rows.shape[0]):
+        b = col[rows[i]]
+        hf[b, 0] += og[i]
+        hf[b, 1] += oh[i]
+        hf[b, 2] += 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _feature_all_rows_packed(col, g, hc, hf):  # pragma: no cover - numba
+    for i in range(col.shape[0]):
+        b = col[i]
+        hf[b, 0] += g[i]
+        hf[b, 1] += hc[i]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _feature_rows_packed(col, rows, og, ohc, hf):  # pragma: no cover - numba
+    for i in range(rows.shape[0]):
+        b = col[rows[i]]
+        hf[b, 0] += og[i]
+        hf[b, 1] += ohc[i]
+
+
+# Parallel (prange over features) and serial twins of each loop. The serial ones
+# serve small nodes, and parties run concurrently on their own threads.
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _hist_all_rows_kernel(bins, g, h, hist):  # pragma: no cover - numba
-    n_features = bins.shape[0]
-    n = bins.shape[1]
-    for f in numba.prange(n_features):
-        col = bins[f]
-        hf = hist[f]
-        for i in range(n):
-            b = col[i]
-            hf[b, 0] += g[i]
-            hf[b, 1] += h[i]
-            hf[b, 2] += 1
+    for f in numba.prange(bins.shape[0]):
+        _feature_all_rows(bins[f], g, h, hist[f])
+
+
+@numba.njit(cache=True, nogil=True)
+def _hist_all_rows_serial_kernel(bins, g, h, hist):  # pragma: no cover - numba
+    for f in range(bins.shape[0]):
+        _feature_all_rows(bins[f], g, h, hist[f])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _hist_rows_kernel(bins, rows, og, oh, hist):  # pragma: no cover - numba
-    n_features = bins.shape[0]
-    n = rows.shape[0]
-    for f in numba.prange(n_features):
-        col = bins[f]
-        hf = hist[f]
-        for i in range(n):
-            b = col[rows[i]]
-            hf[b, 0] += og[i]
-            hf[b, 1] += oh[i]
-            hf[b, 2] += 1
+    for f in numba.prange(bins.shape[0]):
+        _feature_rows(bins[f], rows, og, oh, hist[f])
+
+
+@numba.njit(cache=True, nogil=True)
+def _hist_rows_serial_kernel(bins, rows, og, oh, hist):  # pragma: no cover - numba
+    for f in range(bins.shape[0]):
+        _feature_rows(bins[f], rows, og, oh, hist[f])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _hist_all_rows_packed_kernel(bins, g, hc, hist2):  # pragma: no cover - numba
-    n_features = bins.shape[0]
-    n = bins.shape[1]
-    for f in numba.prange(n_features):
-        col = bins[f]
-        hf = hist2[f]
-        for i in range(n):
-            b = col[i]
-            hf[b, 0] += g[i]
-            hf[b, 1] += hc[i]
+    for f in numba.prange(bins.shape[0]):
+        _feature_all_rows_packed(bins[f], g, hc, hist2[f])
+
+
+@numba.njit(cache=True, nogil=True)
+def _hist_all_rows_packed_serial_kernel(bins, g, hc, hist2):  # pragma: no cover - numba
+    for f in range(bins.shape[0]):
+        _feature_all_rows_packed(bins[f], g, hc, hist2[f])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _hist_rows_packed_kernel(bins, rows, og, ohc, hist2):  # pragma: no cover - numba
-    n_features = bins.shape[0]
-    n = rows.shape[0]
-    for f in numba.prange(n_features):
-        col = bins[f]
-        hf = hist2[f]
-        for i in range(n):
-            b = col[rows[i]]
-            hf[b, 0] += og[i]
-            hf[b, 1] += ohc[i]
+    for f in numba.prange(bins.shape[0]):
+        _feature_rows_packed(bins[f], rows, og, ohc, hist2[f])
+
+
+@numba.njit(cache=True, nogil=True)
+def _hist_rows_packed_serial_kernel(bins, rows, og, ohc, hist2):  # pragma: no cover - numba
+    for f in range(bins.shape[0]):
+        _feature_rows_packed(bins[f], rows, og, ohc, hist2[f])
 
 
 # ---------------------------------------------------------------------------
@@ -148,28 +181,39 @@ def build_histogram(bins, g, h, n_bins: int, rows=None, *, out=None) -> np.ndarr
     if out is None:
         out = np.zeros((bins.shape[0], n_bins, HIST_FIELDS), dtype=G_INT_DTYPE)
     if rows is None:
-        _hist_all_rows_kernel(bins, g, h, out)
+        build_histogram_ordered(bins, None, g, h, out)
     else:
         rows = np.ascontiguousarray(rows, dtype=ROW_INDEX_DTYPE)
         og = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
         oh = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
         _gather_kernel(rows, g, h, og, oh)
-        _hist_rows_kernel(bins, rows, og, oh, out)
+        build_histogram_ordered(bins, rows, og, oh, out)
     return out
 
 
-def build_histogram_ordered(bins, rows, og, oh, out) -> np.ndarray:
+#: Nodes with fewer rows than this are built on one thread.
+SERIAL_ROWS = 4096
+
+
+def build_histogram_ordered(bins, rows, og, oh, out, *, parallel: bool = True) -> np.ndarray:
     """Histogram of a partition segment whose gradients are already gathered.
 
     Parameters
     ----------
     bins : ndarray of shape (n_features, n_rows), uint8
-    rows : ndarray of shape (m,), int32
+    rows : ndarray of shape (m,), int32, or None for every row in order
     og, oh : ndarray of shape (m,), int64
         Gradients of ``rows``, in that order (:func:`gather`).
     out : ndarray of shape (n_features, n_bins, 3), int64, zeroed (IN/OUT)
+    parallel : bool
+        Use numba threads (over features) for nodes of at least SERIAL_ROWS rows.
     """
-    _hist_rows_kernel(bins, rows, og, oh, out)
+    n = bins.shape[1] if rows is None else rows.shape[0]
+    serial = not parallel or n < SERIAL_ROWS
+    if rows is None:
+        (_hist_all_rows_serial_kernel if serial else _hist_all_rows_kernel)(bins, og, oh, out)
+    else:
+        (_hist_rows_serial_kernel if serial else _hist_rows_kernel)(bins, rows, og, oh, out)
     return out
 
 
@@ -182,22 +226,27 @@ def build_histogram_packed(bins, g, hc, n_bins: int, count_bits: int, rows=None)
     _check(bins, g, hc)
     hist2 = np.zeros((bins.shape[0], n_bins, 2), dtype=G_INT_DTYPE)
     if rows is None:
-        _hist_all_rows_packed_kernel(bins, g, hc, hist2)
+        return build_histogram_packed_ordered(bins, None, g, hc, count_bits, hist2)
     else:
         rows = np.ascontiguousarray(rows, dtype=ROW_INDEX_DTYPE)
         og = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
         ohc = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
         _gather_kernel(rows, g, hc, og, ohc)
-        _hist_rows_packed_kernel(bins, rows, og, ohc, hist2)
+        return build_histogram_packed_ordered(bins, rows, og, ohc, count_bits, hist2)
     return unpack_histogram(hist2, count_bits)
 
 
-def build_histogram_packed_ordered(bins, rows, og, ohc, count_bits: int, out2) -> np.ndarray:
-    """Packed twin of :func:`build_histogram_ordered`; ``out2`` has shape (n_features, n_bins, 2)."""
+def build_histogram_packed_ordered(bins, rows, og, ohc, count_bits: int, out2, *, parallel: bool = True) -> np.ndarray:
+    """Packed twin of :func:`build_histogram_ordered`; ``out2`` has shape (n_features, n_bins, 2).
+
+    Returns the unpacked ``(n_features, n_bins, 3)`` histogram.
+    """
+    n = bins.shape[1] if rows is None else rows.shape[0]
+    serial = not parallel or n < SERIAL_ROWS
     if rows is None:
-        _hist_all_rows_packed_kernel(bins, og, ohc, out2)
+        (_hist_all_rows_packed_serial_kernel if serial else _hist_all_rows_packed_kernel)(bins, og, ohc, out2)
     else:
-        _hist_rows_packed_kernel(bins, rows, og, ohc, out2)
+        (_hist_rows_packed_serial_kernel if serial else _hist_rows_packed_kernel)(bins, rows, og, ohc, out2)
     return unpack_histogram(out2, count_bits)
 
 

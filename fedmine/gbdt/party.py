@@ -32,6 +32,7 @@ Round life cycle at a party::
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from fedmine.errors import DataError
@@ -111,10 +112,13 @@ class PartyState(LocalRows):
     def grid_counts(self, grids: np.ndarray, categorical: np.ndarray) -> np.ndarray:
         return binning.grid_counts(self.X, grids, categorical=categorical)
 
-    def set_bins(self, mapper: binning.BinMapper) -> None:
+    def set_bins(self, mapper: binning.BinMapper, *, parallel: bool = True) -> None:
         """Bin the local rows once (and the validation rows)."""
-        LocalRows.__init__(self, binning.bin_columns(self.X, mapper), max_bin=mapper.max_bin)
-        self.bins_valid_ = None if self.X_valid is None else binning.bin_columns(self.X_valid, mapper)
+        LocalRows.__init__(self, binning.bin_columns(self.X, mapper, parallel=parallel), max_bin=mapper.max_bin,
+                           parallel=parallel)
+        self.bins_valid_ = (
+            None if self.X_valid is None else binning.bin_columns(self.X_valid, mapper, parallel=parallel)
+        )
 
     # --- training -------------------------------------------------------
     def configure(self, params, init_scores: np.ndarray) -> None:
@@ -206,9 +210,12 @@ class PartyGroup:
     counters say what crossed the boundary.
     """
 
-    def __init__(self, parties):
+    def __init__(self, parties, *, n_threads: int | None = None):
         self.parties = list(parties)
-        self.source = SumOfSources(self.parties)
+        if n_threads is None:
+            n_threads = numba.get_num_threads()
+        self.source = SumOfSources(self.parties, n_threads=n_threads)
+        self._concurrent = self.source.n_threads > 1
 
     def describe(self) -> dict:
         ds = [p.describe() for p in self.parties]
@@ -219,14 +226,13 @@ class PartyGroup:
                 "n_features": n_features.pop()}
 
     def feature_ranges(self):
-        return binning.merge_ranges([p.feature_ranges() for p in self.parties])
+        return binning.merge_ranges(self.source.map(lambda p: p.feature_ranges()))
 
     def grid_counts(self, grids, categorical):
-        return np.sum([p.grid_counts(grids, categorical) for p in self.parties], axis=0)
+        return np.sum(self.source.map(lambda p: p.grid_counts(grids, categorical)), axis=0)
 
     def set_bins(self, mapper):
-        for p in self.parties:
-            p.set_bins(mapper)
+        self.source.map(lambda p: p.set_bins(mapper, parallel=not self._concurrent))
 
     def label_stats(self, params):
         return np.sum([p.label_stats(params) for p in self.parties], axis=0)
@@ -236,11 +242,11 @@ class PartyGroup:
             p.configure(params, init_scores)
 
     def begin_round(self, iteration, trees):
-        return np.max([p.begin_round(iteration, trees) for p in self.parties], axis=0)
+        return np.max(self.source.map(lambda p: p.begin_round(iteration, trees)), axis=0)
 
     def start_trees(self, iteration, grad_scales, hess_scales, *, count_bits, max_nodes):
-        for p in self.parties:
-            p.start_trees(iteration, grad_scales, hess_scales, count_bits=count_bits, max_nodes=max_nodes)
+        self.source.map(lambda p: p.start_trees(iteration, grad_scales, hess_scales, count_bits=count_bits,
+                                                max_nodes=max_nodes))
 
     def histograms(self, node_ids):
         return self.source.histograms(node_ids)
@@ -249,8 +255,8 @@ class PartyGroup:
         self.source.apply_split(*args)
 
     def finish(self, trees):
-        for p in self.parties:
-            p.finish(trees)
+        self.source.map(lambda p: p.finish(trees))
+        self.source.close()
 
     def evaluate(self, metric):
         return np.sum([p.evaluate(metric) for p in self.parties], axis=0)

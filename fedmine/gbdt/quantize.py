@@ -81,9 +81,10 @@ def max_abs_quantized(bound: float, scale: float) -> int:
     return int(np.rint(bound * scale))
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True)
 def _quantize_kernel(values, scale, out):  # pragma: no cover - numba
-    for i in numba.prange(values.shape[0]):
+    # serial: memory bound; a parallel region costs more than it saves
+    for i in range(values.shape[0]):
         out[i] = np.int64(np.rint(values[i] * scale))
 
 

@@ -24,18 +24,13 @@ answer; a transport may queue splits and send them with the next
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fedmine.gbdt.dtypes import COUNT, G_INT_DTYPE, HIST_FIELDS, ROW_INDEX_DTYPE, X_BINNED_DTYPE
-from fedmine.gbdt.histogram import (
-    _gather_kernel,
-    _hist_all_rows_kernel,
-    _hist_all_rows_packed_kernel,
-    _hist_rows_kernel,
-    _hist_rows_packed_kernel,
-)
+from fedmine.gbdt.dtypes import G_INT_DTYPE, HIST_FIELDS, ROW_INDEX_DTYPE, X_BINNED_DTYPE
+from fedmine.gbdt.histogram import build_histogram_ordered, build_histogram_packed_ordered, gather
 from fedmine.gbdt.partition import DataPartition
 
 #: Node-id stride between the trees of one round (num_leaves <= 2**15, so a
@@ -67,6 +62,9 @@ class LocalRows:
     bins : ndarray of shape (n_features, n_rows), uint8, C-contiguous
     max_bin : int
         The NaN bin; histograms have ``max_bin + 1`` bins.
+    parallel : bool
+        Build large histograms with numba threads (over features). Off when
+        several sources share the machine and run concurrently instead.
 
     Attributes
     ----------
@@ -74,11 +72,12 @@ class LocalRows:
         One per tree of the current round (set by :meth:`set_gradients`).
     """
 
-    def __init__(self, bins: np.ndarray, *, max_bin: int):
+    def __init__(self, bins: np.ndarray, *, max_bin: int, parallel: bool = True):
         if bins.dtype != X_BINNED_DTYPE or bins.ndim != 2 or not bins.flags.c_contiguous:
             raise TypeError("bins must be a C-contiguous uint8 array of shape (n_features, n_rows)")
         self.bins = bins
         self.max_bin = int(max_bin)
+        self.parallel = parallel
         self.partitions_ = []
         self._g = None
         self._h = None
@@ -122,27 +121,24 @@ class LocalRows:
         node_ids = np.asarray(node_ids, dtype=np.int64).ravel()
         n_bins = self.max_bin + 1
         out = np.zeros((node_ids.shape[0], self.n_features, n_bins, HIST_FIELDS), dtype=G_INT_DTYPE)
-        packed = self._count_bits > 0
-        if packed:
+        bits = self._count_bits
+        if bits:
             acc = np.zeros((self.n_features, n_bins, 2), dtype=G_INT_DTYPE)
         for j, nid in enumerate(node_ids):
             tree, local = split_node_id(nid)
             g, h = self._g[tree], self._h[tree]
-            dest = acc if packed else out[j]
-            if packed:
-                acc[...] = 0
             if local == 0 and self._all_rows:
-                (_hist_all_rows_packed_kernel if packed else _hist_all_rows_kernel)(self.bins, g, h, dest)
+                rows, og, oh = None, g, h  # the root reads every row in order
             else:
                 rows = self.partitions_[tree].rows(local)
                 og = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
                 oh = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
-                _gather_kernel(rows, g, h, og, oh)
-                (_hist_rows_packed_kernel if packed else _hist_rows_kernel)(self.bins, rows, og, oh, dest)
-            if packed:
-                out[j, ..., 0] = acc[..., 0]
-                out[j, ..., 1] = acc[..., 1] >> self._count_bits
-                out[j, ..., COUNT] = acc[..., 1] & ((1 << self._count_bits) - 1)
+                gather(rows, g, h, og, oh)
+            if bits:
+                acc[...] = 0
+                out[j] = build_histogram_packed_ordered(self.bins, rows, og, oh, bits, acc, parallel=self.parallel)
+            else:
+                build_histogram_ordered(self.bins, rows, og, oh, out[j], parallel=self.parallel)
         return out
 
     def apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id) -> None:
@@ -165,6 +161,9 @@ class SumOfSources:
     Parameters
     ----------
     sources : list of HistogramSource
+    n_threads : int
+        Ask up to this many sources at once (Python threads; the numba kernels
+        release the GIL). Sums are integers, so the order does not matter.
 
     Attributes
     ----------
@@ -176,28 +175,40 @@ class SumOfSources:
         ``nbytes`` of the node ids and split messages sent to the parties.
     """
 
-    def __init__(self, sources):
+    def __init__(self, sources, *, n_threads: int = 1):
         self.sources = list(sources)
         if not self.sources:
             raise ValueError("SumOfSources needs at least one source")
+        self.n_threads = max(1, min(int(n_threads), len(self.sources)))
+        self._pool = ThreadPoolExecutor(self.n_threads) if self.n_threads > 1 else None
         self.exchanges_ = 0
         self.bytes_to_coordinator_ = 0
         self.bytes_to_parties_ = 0
 
+    def map(self, fn, *args, **kwargs) -> list:
+        """``[fn(source, *args, **kwargs) for source in sources]``, concurrently if n_threads > 1."""
+        if self._pool is None:
+            return [fn(s, *args, **kwargs) for s in self.sources]
+        return list(self._pool.map(lambda s: fn(s, *args, **kwargs), self.sources))
+
     def histograms(self, node_ids: np.ndarray) -> np.ndarray:
         node_ids = np.asarray(node_ids, dtype=np.int64).ravel()
         self.exchanges_ += 1
-        total = None
-        for s in self.sources:
-            self.bytes_to_parties_ += node_ids.nbytes
-            h = s.histograms(node_ids)
-            self.bytes_to_coordinator_ += h.nbytes
-            total = h if total is None else total + h
+        answers = self.map(lambda s: s.histograms(node_ids))
+        total = answers[0]
+        for h in answers[1:]:
+            total = total + h
+        self.bytes_to_parties_ += node_ids.nbytes * len(self.sources)
+        self.bytes_to_coordinator_ += sum(h.nbytes for h in answers)
         return total
 
     def apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id) -> None:
         # node, feature, threshold, default_left, left, right: 6 int64; the bitset if categorical
         size = 6 * 8 + (np.asarray(cat_bitset).nbytes if cat_bitset is not None else 0)
-        for s in self.sources:
-            self.bytes_to_parties_ += size
-            s.apply_split(node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id)
+        self.bytes_to_parties_ += size * len(self.sources)
+        self.map(lambda s: s.apply_split(node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None

@@ -1,0 +1,124 @@
+"""The histogram engine over K in-process parties against lightgbm.train on pooled rows.
+
+Usage::
+
+    python benchmarks/histogram_vs_lightgbm.py --rows 1000000 --features 28 --parties 4 \
+        [--rounds 100 --num-leaves 31 --max-bin 255 --threads 2]
+
+Generates a binary task (HIGGS-like: dense floats, a nonlinear signal), trains
+both with the same parameters, each in its own child process (so peak memory
+is each one's own), and prints training wall time (binning included for both),
+their ratio, peak resident memory, test AUC and what the engine's parties sent
+per tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def make_data(n_rows: int, n_features: int, seed: int = 0):
+    w = np.random.default_rng(12345).normal(size=n_features) / np.sqrt(n_features)  # the same task for every seed
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_rows, n_features))
+    z = X @ w + 0.5 * np.sin(2 * X[:, 0]) * X[:, 1] + 0.3 * (X[:, 2] > 0.5) - 0.3 * np.abs(X[:, 3])
+    y = (z + rng.logistic(size=n_rows) * 0.7 > 0).astype(np.float64)
+    X = np.round(X, 3)
+    return X, y
+
+
+def auc(y, s) -> float:
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    ranks[order] = np.arange(1, len(s) + 1)
+    n_pos = y.sum()
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos)))
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_lightgbm(args, X, y, Xt, yt, out):
+    import lightgbm as lgb
+
+    params = dict(objective="binary", num_leaves=args.num_leaves, max_bin=args.max_bin, learning_rate=0.1,
+                  num_threads=args.threads, verbose=-1, min_data_in_leaf=20, seed=0)
+    base = _peak_mb()
+    t0 = time.perf_counter()
+    booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=args.rounds)
+    wall = time.perf_counter() - t0
+    out.put(dict(name="lightgbm", wall=wall, peak=_peak_mb(), base=base,
+                 auc=auc(yt, booster.predict(Xt, raw_score=True)), bytes_per_tree=0, exchanges=0))
+
+
+def run_engine(args, X, y, Xt, yt, out):
+    import numba
+
+    numba.set_num_threads(args.threads)
+    from fedmine.gbdt import predict_raw, train_partitioned
+
+    params = dict(objective="binary", num_leaves=args.num_leaves, max_bin=args.max_bin, learning_rate=0.1,
+                  min_data_in_leaf=20, num_boost_round=args.rounds)
+    # warm the numba cache on a tiny run so compile time is not counted
+    train_partitioned([(X[:2000], y[:2000])], dict(params, num_boost_round=2))
+    parts = np.array_split(np.arange(X.shape[0]), args.parties)
+    data = [(X[p], y[p]) for p in parts]
+    base = _peak_mb()
+    t0 = time.perf_counter()
+    model, group = train_partitioned(data, params, return_group=True)
+    wall = time.perf_counter() - t0
+    raw = predict_raw(model.trees, Xt, init_scores=model.init_scores)[0]
+    src = group.source
+    n_trees = max(len(model.trees), 1)
+    out.put(dict(name="engine", wall=wall, peak=_peak_mb(), base=base, auc=auc(yt, raw),
+                 bytes_per_tree=(src.bytes_to_coordinator_ + src.bytes_to_parties_) / n_trees,
+                 exchanges=src.exchanges_ / n_trees))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--features", type=int, default=28)
+    ap.add_argument("--parties", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--num-leaves", type=int, default=31)
+    ap.add_argument("--max-bin", type=int, default=255)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=["lightgbm", "engine"], default=None)
+    args = ap.parse_args(argv)
+
+    X, y = make_data(args.rows, args.features)
+    Xt, yt = make_data(max(args.rows // 10, 10_000), args.features, seed=1)
+    ctx = mp.get_context("spawn")
+    results = {}
+    for name, fn in (("lightgbm", run_lightgbm), ("engine", run_engine)):
+        if args.only and args.only != name:
+            continue
+        q = ctx.Queue()
+        proc = ctx.Process(target=fn, args=(args, X, y, Xt, yt, q))
+        proc.start()
+        results[name] = q.get()
+        proc.join()
+
+    print(f"rows={args.rows} features={args.features} parties={args.parties} rounds={args.rounds} "
+          f"num_leaves={args.num_leaves} max_bin={args.max_bin} threads={args.threads}")
+    print(f"{'':<10}{'train s':>10}{'ratio':>8}{'peak MB':>10}{'AUC':>9}{'KB/tree':>10}{'exch/tree':>11}")
+    ref = results.get("lightgbm", {}).get("wall")
+    for name, r in results.items():
+        ratio = r["wall"] / ref if ref else float("nan")
+        print(f"{name:<10}{r['wall']:>10.2f}{ratio:>8.2f}{r['peak']:>10.0f}{r['auc']:>9.4f}"
+              f"{r['bytes_per_tree'] / 1024:>10.0f}{r['exchanges']:>11.1f}")
+
+
+if __name__ == "__main__":
+    main()
