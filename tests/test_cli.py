@@ -1,0 +1,195 @@
+"""The fedmine command: help, the demo as a subprocess, bad input, predict, and the MLflow UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedmine.cli import main
+from tests.conftest import DEMO_ROUNDS
+
+FEDMINE = [sys.executable, "-m", "fedmine.cli"]
+
+
+def fedmine(*args, cwd=None, timeout=300):
+    """Run the command in a fresh process with a user's environment (no test logging settings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_LOGGING", "MLFLOW_LOGGING"))}
+    return subprocess.run([*FEDMINE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+
+
+def call_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["fedmine", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "predict", "ui", "schedule"])
+def test_every_command_has_help(command):
+    result = fedmine(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_subprocess_smoke(tmp_path):
+    """`fedmine demo` end to end in a fresh process: data, Prefect, MLflow, summary."""
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    result = fedmine("demo", "--dir", tmp_path / "demo", "--tracking-uri", uri, "--set", "training.rounds=3",
+                     "--summary-json", tmp_path / "s.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "local-only auc" in result.stdout and "federated auc" in result.stdout
+    assert "fedmine ui" in result.stdout
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["rounds"] == 3 and summary["strategy"] == "bagging"
+    assert Path(summary["model_file"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        ("name: x\nfeatures: [\n", [], r"malformed YAML at line"),
+        (None, ["--set", "training.strategy=boosting"], r"training.strategy: 'boosting' is not allowed; allowed: bagging, cyclic, local"),
+        (None, ["--set", "training.nope=1"], r"training.nope: unknown key; allowed: strategy, rounds"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line(tmp_path, demo_config, content, args, message):
+    import re
+
+    path = tmp_path / "f.yaml"
+    path.write_text(content if content is not None else demo_config.read_text())
+    result = fedmine("run", path, *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), result.stderr
+
+
+@pytest.mark.slow
+def test_bad_data_exits_2_and_marks_run_failed(demo_config, tmp_path):
+    """In a fresh process: NaN labels in one organisation -> one line, exit 2, the MLflow run FAILED."""
+    import sqlite3
+
+    folder = tmp_path / "fed"
+    shutil.copytree(demo_config.parent, folder)
+    with sqlite3.connect(folder / "data" / "telecom.db") as con:
+        con.execute("UPDATE customers SET bad_debt = NULL WHERE rowid IN (5, 9)")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = fedmine("run", folder / "federation.yaml", "--set", "training.rounds=2", "--set", f"tracking.uri={uri}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: organisation telecom: label 'defaulted' is missing in 2 rows (first at row 4); "
+        "drop those rows or map them under values:"
+    ]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("retail-credit")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_predict_scores_rows_in_order(trained, tmp_path, monkeypatch, capsys):
+    cfg_path = trained["config"]
+    raw = pd.read_csv(cfg_path.parent / "data" / "bank.csv", sep=";")
+    new_rows = raw.drop(columns=["default_flag"]).sample(frac=1.0, random_state=3).head(50)
+    new_rows.to_csv(tmp_path / "new.csv", sep=";", index=False)
+    out = tmp_path / "scored.csv"
+    code, stdout, err = call_main(monkeypatch, capsys, "predict", cfg_path, "--model", trained["summary"]["model_file"],
+                                  "--org", "bank", "--input", tmp_path / "new.csv", "--output", out)
+    assert code == 0, err
+    scored = pd.read_csv(out)
+    assert list(scored["customer_id"]) == list(new_rows["customer_id"])
+    assert scored["prediction"].between(0, 1).all()
+    # the same as the model applied to the harmonised rows
+    from fedmine.config import load_config
+    from fedmine.schema import harmonise_features
+
+    cfg = load_config(cfg_path)
+    frame = pd.read_csv(tmp_path / "new.csv", sep=";", na_values=["?"])
+    expected = lgb.Booster(model_file=trained["summary"]["model_file"]).predict(harmonise_features(frame, cfg, "bank"))
+    np.testing.assert_allclose(scored["prediction"].to_numpy(), expected, rtol=1e-12)
+
+
+def test_predict_accepts_run_id_and_registered_model(trained, tmp_path, monkeypatch, capsys):
+    cfg_path = trained["config"]
+    src = cfg_path.parent / "data" / "retailer.parquet"
+    outputs = []
+    for model in (trained["summary"]["run_id"], "models:/retail-credit/1"):
+        out = tmp_path / f"{len(outputs)}.csv"
+        code, _, err = call_main(monkeypatch, capsys, "predict", cfg_path, "--model", model, "--org", "retailer",
+                                 "--input", src, "--output", out)
+        assert code == 0, err
+        outputs.append(pd.read_csv(out)["prediction"].to_numpy())
+    assert len(outputs[0]) == len(pd.read_parquet(src))
+
+
+def test_predict_unknown_org(trained, monkeypatch, capsys):
+    code, _, err = call_main(monkeypatch, capsys, "predict", trained["config"], "--model", "x", "--org", "insurer",
+                             "--input", "x.csv", "--output", "y.csv")
+    assert code == 2
+    assert "--org insurer: not in" in err and "allowed: bank, retailer, telecom" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_ui_serves_run_and_round_history(trained, store):
+    """`fedmine ui` on loopback: the run, its per-round metric history and the nested runs over HTTP."""
+    port = _free_port()
+    proc = subprocess.Popen([*FEDMINE, "ui", "--uri", store, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise AssertionError("MLflow UI did not start")
+                time.sleep(0.5)
+        run_id = trained["summary"]["run_id"]
+        run = _get(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
+        assert run["info"]["status"] == "FINISHED"
+        history = _get(f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=global.auc")["metrics"]
+        assert sorted(m["step"] for m in history) == list(range(1, DEMO_ROUNDS + 1))
+        req = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            data=json.dumps({"experiment_ids": [run["info"]["experiment_id"]],
+                             "filter": f"tags.mlflow.parentRunId = '{run_id}'"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            children = json.loads(r.read())["runs"]
+        assert len(children) == 3
+        with urllib.request.urlopen(base + "/", timeout=10) as r:
+            assert r.status == 200 and b"<html" in r.read().lower()
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
