@@ -9,7 +9,7 @@ Public API
 ----------
 Training::
 
-    train(party, params, *, categorical=None, feature_names=None, n_grid=4096, callback=None) -> Model
+    train(party, params, *, categorical=None, feature_names=None, n_grid=16384, callback=None) -> Model
     train_pooled(X, y, params, *, categorical=None, feature_names=None, X_valid=None, y_valid=None) -> Model
     train_partitioned(parts, params, *, categorical=None, feature_names=None, row_ids=None,
                       valid_parts=None, return_group=False) -> Model | (Model, PartyGroup)
@@ -49,7 +49,7 @@ from fedmine.gbdt.model import Model, Tree
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.params import Params, make_params
 from fedmine.gbdt.party import PartyGroup, PartyState
-from fedmine.gbdt.predict import predict_raw
+from fedmine.gbdt.predictor import predict_raw
 from fedmine.gbdt.source import NODE_STRIDE, HistogramSource, LocalRows, SumOfSources
 
 

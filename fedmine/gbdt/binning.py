@@ -32,7 +32,7 @@ from fedmine.errors import ConfigError, DataError
 from fedmine.gbdt.dtypes import MAX_BIN_LIMIT, X_BINNED_DTYPE, X_DTYPE
 
 #: Default number of cells of the fine shared grid per numeric feature.
-DEFAULT_GRID_SIZE = 4096
+DEFAULT_GRID_SIZE = 16384
 SPACINGS = ("uniform", "log")
 
 
@@ -288,24 +288,63 @@ def grid_counts_numpy(X, grids, *, categorical=None) -> np.ndarray:
     return counts
 
 
+@numba.njit(cache=True, nogil=True)
+def _greedy_cuts(counts, max_bin):  # pragma: no cover - numba
+    """LightGBM's GreedyFindBin over occupied cells; returns cut positions.
+
+    A cut after cell ``i`` puts cells ``<= i`` and ``> i`` in different bins.
+    Cells holding at least ``total / max_bin`` rows get a bin of their own; the
+    others fill bins of about the mean size of what is left.
+    """
+    n = counts.shape[0]
+    cuts = np.empty(max_bin, dtype=np.int64)
+    total = 0.0
+    for i in range(n):
+        total += counts[i]
+    mean_size = total / max_bin
+    big = np.zeros(n, dtype=np.bool_)
+    rest_bins = max_bin
+    rest = total
+    for i in range(n):
+        if counts[i] >= mean_size:
+            big[i] = True
+            rest_bins -= 1
+            rest -= counts[i]
+    mean_size = rest / rest_bins if rest_bins > 0 else np.inf
+    n_cuts = 0
+    in_bin = 0.0
+    for i in range(n - 1):
+        if not big[i]:
+            rest -= counts[i]
+        in_bin += counts[i]
+        if big[i] or in_bin >= mean_size or (big[i + 1] and in_bin >= max(1.0, mean_size * 0.5)):
+            cuts[n_cuts] = i
+            n_cuts += 1
+            if n_cuts >= max_bin - 1:
+                break
+            in_bin = 0.0
+            if not big[i]:
+                rest_bins -= 1
+                mean_size = rest / rest_bins if rest_bins > 0 else np.inf
+    return cuts[:n_cuts]
+
+
 def _numeric_edges(cell_counts: np.ndarray, grid: np.ndarray, max_bin: int) -> np.ndarray:
     """Upper edges (at most max_bin - 1) from counts of one feature's cells.
 
-    Each occupied cell is a candidate; if there are at most ``max_bin`` of them
-    each gets its own bin, else bins hold about ``total / max_bin`` rows each
-    (cut where the cumulative count crosses ``k * total / max_bin``).
+    Occupied cells play the part of LightGBM's distinct values: if there are
+    at most ``max_bin`` of them each gets its own bin, else they are grouped
+    by LightGBM's greedy rule (:func:`_greedy_cuts`). An edge is the upper grid
+    point of the last cell of a bin, a real number below every value of the
+    next bin.
     """
     occupied = np.flatnonzero(cell_counts)
     if occupied.size <= 1:
         return np.empty(0, dtype=X_DTYPE)
     if occupied.size <= max_bin:
         return grid[occupied[:-1]].copy()
-    cum = np.cumsum(cell_counts[occupied])
-    total = cum[-1]
-    targets = total * np.arange(1, max_bin, dtype=np.float64) / max_bin
-    cut = np.unique(np.searchsorted(cum, targets, side="left"))
-    cut = cut[cut < occupied.size - 1]
-    return grid[occupied[cut]].copy()
+    cuts = _greedy_cuts(cell_counts[occupied].astype(np.float64), max_bin)
+    return grid[occupied[cuts]].copy()
 
 
 def edges_from_grid_counts(counts, grids, *, max_bin: int = 255, categorical=None, ranges=None) -> BinMapper:

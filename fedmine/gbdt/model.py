@@ -3,7 +3,7 @@
 This module owns :class:`Tree` (a flat :data:`~fedmine.gbdt.dtypes.NODE_DTYPE`
 array plus its categorical bitsets) and :class:`Model` (the trees of every
 round, the initial scores and what export needs). Neither holds behaviour
-beyond accessors; prediction lives in :mod:`fedmine.gbdt.predict`, export in
+beyond accessors; prediction lives in :mod:`fedmine.gbdt.predictor`, export in
 :mod:`fedmine.gbdt.export`.
 """
 

@@ -39,7 +39,7 @@ from fedmine.errors import DataError
 from fedmine.gbdt import binning
 from fedmine.gbdt.dtypes import ROW_ID_DTYPE, X_DTYPE, Y_DTYPE
 from fedmine.gbdt.objectives import make_objective
-from fedmine.gbdt.predict import tree_values_binned
+from fedmine.gbdt.predictor import tree_values_binned
 from fedmine.gbdt.quantize import quantize
 from fedmine.gbdt.sampling import bag_rows
 from fedmine.gbdt.source import LocalRows, SumOfSources
