@@ -288,19 +288,40 @@ def grid_counts_numpy(X, grids, *, categorical=None) -> np.ndarray:
     return counts
 
 
-@numba.njit(cache=True, nogil=True)
-def _greedy_cuts(counts, max_bin):  # pragma: no cover - numba
-    """LightGBM's GreedyFindBin over occupied cells; returns cut positions.
+#: LightGBM's ``min_data_in_bin`` default: a bin of distinct values holds at least this many rows.
+MIN_DATA_IN_BIN = 3
 
-    A cut after cell ``i`` puts cells ``<= i`` and ``> i`` in different bins.
-    Cells holding at least ``total / max_bin`` rows get a bin of their own; the
-    others fill bins of about the mean size of what is left.
+
+@numba.njit(cache=True, nogil=True)
+def _greedy_cuts(counts, max_bin, min_data_in_bin):  # pragma: no cover - numba
+    """LightGBM's ``GreedyFindBin`` over occupied cells; returns cut positions.
+
+    ``counts`` are the row counts of consecutive occupied cells (LightGBM's
+    distinct values). A cut after cell ``i`` puts cells ``<= i`` and ``> i``
+    in different bins. With at most ``max_bin`` cells, a bin closes once it
+    holds ``min_data_in_bin`` rows; otherwise cells holding at least the mean
+    bin size get a bin of their own and the others fill bins of about the
+    mean size of what is left.
     """
     n = counts.shape[0]
-    cuts = np.empty(max_bin, dtype=np.int64)
+    cuts = np.empty(max(n, 1), dtype=np.int64)
+    n_cuts = 0
+    if n <= 1 or max_bin <= 1:
+        return cuts[:0]
     total = 0.0
     for i in range(n):
         total += counts[i]
+    if n <= max_bin:
+        in_bin = 0.0
+        for i in range(n - 1):
+            in_bin += counts[i]
+            if in_bin >= min_data_in_bin:
+                cuts[n_cuts] = i
+                n_cuts += 1
+                in_bin = 0.0
+        return cuts[:n_cuts]
+    if min_data_in_bin > 0:
+        max_bin = max(min(max_bin, int(total / min_data_in_bin)), 1)
     mean_size = total / max_bin
     big = np.zeros(n, dtype=np.bool_)
     rest_bins = max_bin
@@ -311,7 +332,6 @@ def _greedy_cuts(counts, max_bin):  # pragma: no cover - numba
             rest_bins -= 1
             rest -= counts[i]
     mean_size = rest / rest_bins if rest_bins > 0 else np.inf
-    n_cuts = 0
     in_bin = 0.0
     for i in range(n - 1):
         if not big[i]:
@@ -329,22 +349,54 @@ def _greedy_cuts(counts, max_bin):  # pragma: no cover - numba
     return cuts[:n_cuts]
 
 
-def _numeric_edges(cell_counts: np.ndarray, grid: np.ndarray, max_bin: int) -> np.ndarray:
-    """Upper edges (at most max_bin - 1) from counts of one feature's cells.
+def _numeric_edges(cell_counts: np.ndarray, grid: np.ndarray, max_bin: int, *, lo: float, has_nan: bool = False,
+                   min_data_in_bin: int = MIN_DATA_IN_BIN) -> np.ndarray:
+    """Upper edges (fewer than max_bin) of one feature's bins from its cell counts.
 
-    Occupied cells play the part of LightGBM's distinct values: if there are
-    at most ``max_bin`` of them each gets its own bin, else they are grouped
-    by LightGBM's greedy rule (:func:`_greedy_cuts`). An edge is the upper grid
-    point of the last cell of a bin, a real number below every value of the
-    next bin.
+    Mirrors LightGBM's ``FindBinWithZeroAsOneBin``: occupied cells play the
+    part of distinct values; cells below zero and above zero are binned
+    separately (:func:`_greedy_cuts`), sharing ``max_bin - 1`` bins in
+    proportion to their rows, and the cell holding zero is a bin of its own.
+    A feature with NaN leaves one of ``max_bin`` to the NaN bin, as LightGBM
+    does. An edge is the upper grid point of the last cell of a bin: a real
+    number below every value of the next bin.
     """
+    if has_nan:
+        max_bin -= 1
     occupied = np.flatnonzero(cell_counts)
-    if occupied.size <= 1:
+    if occupied.size <= 1 or max_bin < 2:
         return np.empty(0, dtype=X_DTYPE)
-    if occupied.size <= max_bin:
-        return grid[occupied[:-1]].copy()
-    cuts = _greedy_cuts(cell_counts[occupied].astype(np.float64), max_bin)
-    return grid[occupied[cuts]].copy()
+    counts = cell_counts[occupied].astype(np.float64)
+    upper = grid[occupied]
+    # the cell holding zero (cell j holds (grid[j-1], grid[j]], cell 0 holds [lo, grid[0]])
+    if lo > 0.0:
+        j0 = -1
+    elif grid[-1] < 0.0:
+        j0 = grid.shape[0]
+    else:
+        j0 = int(np.searchsorted(grid, 0.0, side="left"))
+    neg = occupied < j0
+    pos = occupied > j0
+    zero = occupied == j0
+    total = counts.sum()
+    n_zero = counts[zero].sum()
+    edges = []
+    if neg.any():
+        left_max = max(1, int(counts[neg].sum() / max(total - n_zero, 1.0) * (max_bin - 1)))
+        idx = np.flatnonzero(neg)
+        cuts = _greedy_cuts(counts[idx], left_max, min_data_in_bin)
+        edges.extend(upper[idx[cuts]].tolist())
+        edges.append(float(upper[idx[-1]]))  # closes the negative side (LightGBM's -kZeroThreshold)
+    right_max = max_bin - 1 - len(edges)  # before the zero cell's edge, as LightGBM counts
+    if pos.any() and right_max > 0:
+        idx = np.flatnonzero(pos)
+        if zero.any():
+            edges.append(float(upper[zero][0]))  # closes the zero cell (LightGBM's kZeroThreshold)
+        # all values positive: LightGBM's empty (-inf, 0] bin holds no rows and changes no split
+        cuts = _greedy_cuts(counts[idx], right_max, min_data_in_bin)
+        edges.extend(upper[idx[cuts]].tolist())
+    out = np.unique(np.asarray(edges, dtype=X_DTYPE))
+    return out[out < upper[-1]]  # the last edge is +inf, implicit
 
 
 def edges_from_grid_counts(counts, grids, *, max_bin: int = 255, categorical=None, ranges=None) -> BinMapper:
@@ -372,6 +424,9 @@ def edges_from_grid_counts(counts, grids, *, max_bin: int = 255, categorical=Non
     grids = np.asarray(grids, dtype=X_DTYPE)
     n_features, n_grid = grids.shape
     mask = _as_mask(categorical, n_features)
+    if ranges is None:  # cell 0 starts about one cell below its upper point
+        ranges = np.stack([2 * grids[:, 0] - grids[:, 1], grids[:, -1]], axis=1)
+    ranges = np.asarray(ranges, dtype=X_DTYPE)
     edges = np.full((n_features, max_bin - 1), np.inf, dtype=X_DTYPE)
     n_bins = np.ones(n_features, dtype=np.int32)
     for f in range(n_features):
@@ -382,12 +437,10 @@ def edges_from_grid_counts(counts, grids, *, max_bin: int = 255, categorical=Non
                 raise DataError(f"categorical feature {f} has {k} categories; at most max_bin={max_bin} are supported")
             n_bins[f] = k
         else:
-            e = _numeric_edges(counts[f, :n_grid], grids[f], max_bin)
+            e = _numeric_edges(counts[f, :n_grid], grids[f], max_bin, lo=float(ranges[f, 0]),
+                               has_nan=bool(counts[f, n_grid] > 0))
             edges[f, : e.size] = e
             n_bins[f] = e.size + 1
-    if ranges is None:
-        ranges = np.stack([grids[:, 0], grids[:, -1]], axis=1)
-    ranges = np.asarray(ranges, dtype=X_DTYPE)
     return BinMapper(
         edges=edges,
         n_bins=n_bins,
