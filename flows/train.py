@@ -43,9 +43,9 @@ def federated_training(
         futures = [_prepare.submit(cfg, org) for org in cfg.organisations]
         parties = [f.result() for f in futures]
         coord = start_federation(cfg, parties)
-        for org, d in coord.descriptions.items():
-            tracker.start_organisation(org, rows=d["rows_train"] + d["rows_valid"],
-                                       report=parties[list(cfg.organisations).index(org)].report)
+        for party in parties:
+            d = coord.descriptions[party.name]
+            tracker.start_organisation(party.name, rows=d["rows_train"] + d["rows_valid"], report=party.report)
 
         t_train = time.perf_counter()
         rounds = cfg.training.rounds
