@@ -49,7 +49,7 @@ def _splits_lightgbm(tree_info):
 
     def walk(n):
         if "split_feature" in n:
-            out.append((n["split_index"], n["split_feature"], n["internal_count"], round(n["split_gain"], 2)))
+            out.append((n["split_index"], n["split_feature"], n["internal_count"], n["split_gain"]))
             walk(n["left_child"])
             walk(n["right_child"])
 
@@ -61,7 +61,7 @@ def _splits_ours(tree):
     nd = tree.nodes
     internal = np.flatnonzero(nd["is_leaf"] == 0)
     internal = internal[np.argsort(nd["split_order"][internal])]
-    return [(int(nd[i]["feature"]), int(nd[i]["count"]), round(float(nd[i]["gain"]), 2)) for i in internal]
+    return [(int(nd[i]["feature"]), int(nd[i]["count"]), float(nd[i]["gain"])) for i in internal]
 
 
 def test_first_trees_are_lightgbm_trees(binary):
@@ -72,7 +72,9 @@ def test_first_trees_are_lightgbm_trees(binary):
     theirs = lgb.train(dict(PARAMS, objective="binary", verbose=-1, num_threads=2), lgb.Dataset(X, y), rounds)
     info = theirs.dump_model()["tree_info"]
     for i in range(rounds):
-        assert _splits_ours(ours.trees[i]) == _splits_lightgbm(info[i]), f"tree {i}"
+        a, b = _splits_ours(ours.trees[i]), _splits_lightgbm(info[i])
+        assert [s[:2] for s in a] == [s[:2] for s in b], f"tree {i}"
+        np.testing.assert_allclose([s[2] for s in a], [s[2] for s in b], rtol=1e-5)
 
 
 def test_binary_federated_auc_matches_lightgbm(binary):
