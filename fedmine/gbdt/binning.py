@@ -52,6 +52,12 @@ class BinMapper:
         Bin ``max_bin`` is the NaN bin of every feature.
     feature_min, feature_max : ndarray of shape (n_features,), float64
         Global range of each numeric feature (for the exported feature_infos).
+    grids : ndarray of shape (n_features, n_grid), float64, optional
+        The shared grid the edges were chosen from (every edge is a grid point).
+    lut : ndarray of shape (n_features, n_grid), uint8, optional
+        ``lut[f, c]`` = bin of every value in grid cell ``c``: binning finds a
+        value's cell arithmetically and looks its bin up, instead of a binary
+        search over the edges.
     """
 
     edges: np.ndarray
@@ -60,6 +66,8 @@ class BinMapper:
     max_bin: int
     feature_min: np.ndarray
     feature_max: np.ndarray
+    grids: np.ndarray | None = None
+    lut: np.ndarray | None = None
 
     @property
     def n_features(self) -> int:
@@ -441,6 +449,10 @@ def edges_from_grid_counts(counts, grids, *, max_bin: int = 255, categorical=Non
                                has_nan=bool(counts[f, n_grid] > 0))
             edges[f, : e.size] = e
             n_bins[f] = e.size + 1
+    lut = np.zeros(grids.shape, dtype=X_BINNED_DTYPE)
+    for f in range(n_features):
+        if not mask[f]:  # bin of cell c = number of edges below its upper point
+            lut[f] = np.searchsorted(edges[f, : n_bins[f] - 1], grids[f], side="left")
     return BinMapper(
         edges=edges,
         n_bins=n_bins,
@@ -448,6 +460,8 @@ def edges_from_grid_counts(counts, grids, *, max_bin: int = 255, categorical=Non
         max_bin=max_bin,
         feature_min=ranges[:, 0].copy(),
         feature_max=ranges[:, 1].copy(),
+        grids=np.ascontiguousarray(grids),
+        lut=lut,
     )
 
 
@@ -491,6 +505,52 @@ def _bin_block(X, i0, i1, edges, n_bins, categorical, nan_bin, out):  # pragma: 
                 out[f, i] = lo
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bin_block_lut(X, i0, i1, grids, step, lut, n_bins, categorical, nan_bin, out):  # pragma: no cover - numba
+    n_grid = grids.shape[1]
+    for f in range(X.shape[1]):
+        g = grids[f]
+        last = g[n_grid - 1]
+        top = n_bins[f] - 1
+        for i in range(i0, i1):
+            x = X[i, f]
+            if np.isnan(x):
+                out[f, i] = nan_bin
+            elif categorical[f]:
+                c = int(x)
+                if c < 0 or c >= n_bins[f]:
+                    out[f, i] = nan_bin
+                else:
+                    out[f, i] = c
+            elif x > last:
+                out[f, i] = top
+            else:
+                c = 0  # first grid point >= x: guess as if uniform, then walk
+                if step[f] > 0.0:
+                    t = (x - g[0]) / step[f]
+                    if t > 0.0:
+                        c = min(int(np.ceil(t)), n_grid - 1)
+                while c > 0 and g[c - 1] >= x:
+                    c -= 1
+                while c < n_grid - 1 and g[c] < x:
+                    c += 1
+                out[f, i] = lut[f, c]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bin_columns_lut_kernel(X, grids, step, lut, n_bins, categorical, nan_bin, out):  # pragma: no cover - numba
+    n_blocks = (X.shape[0] + _BLOCK - 1) // _BLOCK
+    for blk in numba.prange(n_blocks):
+        _bin_block_lut(X, blk * _BLOCK, min((blk + 1) * _BLOCK, X.shape[0]), grids, step, lut, n_bins, categorical,
+                       nan_bin, out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bin_columns_lut_serial_kernel(X, grids, step, lut, n_bins, categorical, nan_bin, out):  # pragma: no cover
+    for i0 in range(0, X.shape[0], _BLOCK):
+        _bin_block_lut(X, i0, min(i0 + _BLOCK, X.shape[0]), grids, step, lut, n_bins, categorical, nan_bin, out)
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _bin_columns_kernel(X, edges, n_bins, categorical, nan_bin, out):  # pragma: no cover - numba
     n_blocks = (X.shape[0] + _BLOCK - 1) // _BLOCK
@@ -523,8 +583,15 @@ def bin_columns(X, mapper: BinMapper, *, parallel: bool = True) -> np.ndarray:
     if X.shape[1] != mapper.n_features:
         raise DataError(f"X has {X.shape[1]} features, the bins were agreed for {mapper.n_features}")
     out = np.empty((X.shape[1], X.shape[0]), dtype=X_BINNED_DTYPE)
-    kernel = _bin_columns_kernel if parallel else _bin_columns_serial_kernel
-    kernel(np.ascontiguousarray(X), mapper.edges, mapper.n_bins, mapper.categorical, mapper.nan_bin, out)
+    X = np.ascontiguousarray(X)
+    if mapper.lut is not None:
+        g = mapper.grids
+        step = (g[:, -1] - g[:, 0]) / max(g.shape[1] - 1, 1)
+        kernel = _bin_columns_lut_kernel if parallel else _bin_columns_lut_serial_kernel
+        kernel(X, g, step, mapper.lut, mapper.n_bins, mapper.categorical, mapper.nan_bin, out)
+    else:
+        kernel = _bin_columns_kernel if parallel else _bin_columns_serial_kernel
+        kernel(X, mapper.edges, mapper.n_bins, mapper.categorical, mapper.nan_bin, out)
     return out
 
 

@@ -55,90 +55,164 @@ def _gather_kernel(rows, g, h, og, oh):  # pragma: no cover - numba
         oh[i] = h[r]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _feature_all_rows(col, g, h, hf):  # pragma: no cover - numba
-    for i in range(col.shape[0]):
-        b = col[i]
-        hf[b, 0] += g[i]
-        hf[b, 1] += h[i]
-        hf[b, 2] += 1
+# Features are accumulated two at a time: one read of the row index and of its
+# gradients feeds two independent histograms (about a quarter faster than one
+# feature per pass). ``rows is None`` kernels read every row in order.
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _feature_rows(col, rows, og, oh, hf):  # pragma: no cover - numba
-    for i in range(rows.shape[0]):
-        b = col[rows[i]]
-        hf[b, 0] += og[i]
-        hf[b, 1] += oh[i]
-        hf[b, 2] += 1
+def _pair_all_rows(bins, f, g, h, hist):  # pragma: no cover - numba
+    if f + 1 < bins.shape[0]:
+        c0, c1 = bins[f], bins[f + 1]
+        h0, h1 = hist[f], hist[f + 1]
+        for i in range(c0.shape[0]):
+            a, c = g[i], h[i]
+            b = c0[i]
+            h0[b, 0] += a
+            h0[b, 1] += c
+            h0[b, 2] += 1
+            b = c1[i]
+            h1[b, 0] += a
+            h1[b, 1] += c
+            h1[b, 2] += 1
+    else:
+        c0, h0 = bins[f], hist[f]
+        for i in range(c0.shape[0]):
+            b = c0[i]
+            h0[b, 0] += g[i]
+            h0[b, 1] += h[i]
+            h0[b, 2] += 1
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _feature_all_rows_packed(col, g, hc, hf):  # pragma: no cover - numba
-    for i in range(col.shape[0]):
-        b = col[i]
-        hf[b, 0] += g[i]
-        hf[b, 1] += hc[i]
+def _pair_rows(bins, f, rows, og, oh, hist):  # pragma: no cover - numba
+    if f + 1 < bins.shape[0]:
+        c0, c1 = bins[f], bins[f + 1]
+        h0, h1 = hist[f], hist[f + 1]
+        for i in range(rows.shape[0]):
+            r = rows[i]
+            a, c = og[i], oh[i]
+            b = c0[r]
+            h0[b, 0] += a
+            h0[b, 1] += c
+            h0[b, 2] += 1
+            b = c1[r]
+            h1[b, 0] += a
+            h1[b, 1] += c
+            h1[b, 2] += 1
+    else:
+        c0, h0 = bins[f], hist[f]
+        for i in range(rows.shape[0]):
+            b = c0[rows[i]]
+            h0[b, 0] += og[i]
+            h0[b, 1] += oh[i]
+            h0[b, 2] += 1
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _feature_rows_packed(col, rows, og, ohc, hf):  # pragma: no cover - numba
-    for i in range(rows.shape[0]):
-        b = col[rows[i]]
-        hf[b, 0] += og[i]
-        hf[b, 1] += ohc[i]
+def _pair_all_rows_packed(bins, f, g, hc, hist2):  # pragma: no cover - numba
+    if f + 1 < bins.shape[0]:
+        c0, c1 = bins[f], bins[f + 1]
+        h0, h1 = hist2[f], hist2[f + 1]
+        for i in range(c0.shape[0]):
+            a, c = g[i], hc[i]
+            b = c0[i]
+            h0[b, 0] += a
+            h0[b, 1] += c
+            b = c1[i]
+            h1[b, 0] += a
+            h1[b, 1] += c
+    else:
+        c0, h0 = bins[f], hist2[f]
+        for i in range(c0.shape[0]):
+            b = c0[i]
+            h0[b, 0] += g[i]
+            h0[b, 1] += hc[i]
 
 
-# Parallel (prange over features) and serial twins of each loop. The serial ones
-# serve small nodes, and parties run concurrently on their own threads.
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pair_rows_packed(bins, f, rows, og, ohc, hist2):  # pragma: no cover - numba
+    if f + 1 < bins.shape[0]:
+        c0, c1 = bins[f], bins[f + 1]
+        h0, h1 = hist2[f], hist2[f + 1]
+        for i in range(rows.shape[0]):
+            r = rows[i]
+            a, c = og[i], ohc[i]
+            b = c0[r]
+            h0[b, 0] += a
+            h0[b, 1] += c
+            b = c1[r]
+            h1[b, 0] += a
+            h1[b, 1] += c
+    else:
+        c0, h0 = bins[f], hist2[f]
+        for i in range(rows.shape[0]):
+            b = c0[rows[i]]
+            h0[b, 0] += og[i]
+            h0[b, 1] += ohc[i]
+
+
+# Parallel (prange over feature pairs) and serial twins of each loop. The serial
+# ones serve small nodes, and parties that run concurrently on their own threads.
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _hist_all_rows_kernel(bins, g, h, hist):  # pragma: no cover - numba
-    for f in numba.prange(bins.shape[0]):
-        _feature_all_rows(bins[f], g, h, hist[f])
+    for p in numba.prange((bins.shape[0] + 1) // 2):
+        _pair_all_rows(bins, 2 * p, g, h, hist)
 
 
 @numba.njit(cache=True, nogil=True)
 def _hist_all_rows_serial_kernel(bins, g, h, hist):  # pragma: no cover - numba
-    for f in range(bins.shape[0]):
-        _feature_all_rows(bins[f], g, h, hist[f])
+    for p in range((bins.shape[0] + 1) // 2):
+        _pair_all_rows(bins, 2 * p, g, h, hist)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _hist_rows_kernel(bins, rows, og, oh, hist):  # pragma: no cover - numba
-    for f in numba.prange(bins.shape[0]):
-        _feature_rows(bins[f], rows, og, oh, hist[f])
+    for p in numba.prange((bins.shape[0] + 1) // 2):
+        _pair_rows(bins, 2 * p, rows, og, oh, hist)
 
 
 @numba.njit(cache=True, nogil=True)
 def _hist_rows_serial_kernel(bins, rows, og, oh, hist):  # pragma: no cover - numba
-    for f in range(bins.shape[0]):
-        _feature_rows(bins[f], rows, og, oh, hist[f])
+    for p in range((bins.shape[0] + 1) // 2):
+        _pair_rows(bins, 2 * p, rows, og, oh, hist)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _hist_all_rows_packed_kernel(bins, g, hc, hist2):  # pragma: no cover - numba
-    for f in numba.prange(bins.shape[0]):
-        _feature_all_rows_packed(bins[f], g, hc, hist2[f])
+    for p in numba.prange((bins.shape[0] + 1) // 2):
+        _pair_all_rows_packed(bins, 2 * p, g, hc, hist2)
 
 
 @numba.njit(cache=True, nogil=True)
 def _hist_all_rows_packed_serial_kernel(bins, g, hc, hist2):  # pragma: no cover - numba
-    for f in range(bins.shape[0]):
-        _feature_all_rows_packed(bins[f], g, hc, hist2[f])
+    for p in range((bins.shape[0] + 1) // 2):
+        _pair_all_rows_packed(bins, 2 * p, g, hc, hist2)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _hist_rows_packed_kernel(bins, rows, og, ohc, hist2):  # pragma: no cover - numba
-    for f in numba.prange(bins.shape[0]):
-        _feature_rows_packed(bins[f], rows, og, ohc, hist2[f])
+    for p in numba.prange((bins.shape[0] + 1) // 2):
+        _pair_rows_packed(bins, 2 * p, rows, og, ohc, hist2)
 
 
 @numba.njit(cache=True, nogil=True)
 def _hist_rows_packed_serial_kernel(bins, rows, og, ohc, hist2):  # pragma: no cover - numba
-    for f in range(bins.shape[0]):
-        _feature_rows_packed(bins[f], rows, og, ohc, hist2[f])
+    for p in range((bins.shape[0] + 1) // 2):
+        _pair_rows_packed(bins, 2 * p, rows, og, ohc, hist2)
+
+
+@numba.njit(cache=True, nogil=True)
+def _unpack_kernel(hist2, count_bits, out):  # pragma: no cover - numba
+    mask = (np.int64(1) << count_bits) - 1
+    for f in range(hist2.shape[0]):
+        for b in range(hist2.shape[1]):
+            v = hist2[f, b, 1]
+            out[f, b, 0] = hist2[f, b, 0]
+            out[f, b, 1] = v >> count_bits
+            out[f, b, 2] = v & mask
 
 
 # ---------------------------------------------------------------------------
@@ -236,10 +310,12 @@ def build_histogram_packed(bins, g, hc, n_bins: int, count_bits: int, rows=None)
     return unpack_histogram(hist2, count_bits)
 
 
-def build_histogram_packed_ordered(bins, rows, og, ohc, count_bits: int, out2, *, parallel: bool = True) -> np.ndarray:
+def build_histogram_packed_ordered(bins, rows, og, ohc, count_bits: int, out2, *, parallel: bool = True,
+                                   out=None) -> np.ndarray:
     """Packed twin of :func:`build_histogram_ordered`; ``out2`` has shape (n_features, n_bins, 2).
 
-    Returns the unpacked ``(n_features, n_bins, 3)`` histogram.
+    Returns the unpacked ``(n_features, n_bins, 3)`` histogram (written into
+    ``out`` if given).
     """
     n = bins.shape[1] if rows is None else rows.shape[0]
     serial = not parallel or n < SERIAL_ROWS
@@ -247,7 +323,7 @@ def build_histogram_packed_ordered(bins, rows, og, ohc, count_bits: int, out2, *
         (_hist_all_rows_packed_serial_kernel if serial else _hist_all_rows_packed_kernel)(bins, og, ohc, out2)
     else:
         (_hist_rows_packed_serial_kernel if serial else _hist_rows_packed_kernel)(bins, rows, og, ohc, out2)
-    return unpack_histogram(out2, count_bits)
+    return unpack_histogram(out2, count_bits, out)
 
 
 def pack_hess_count(h: np.ndarray, count_bits: int) -> np.ndarray:
@@ -255,8 +331,14 @@ def pack_hess_count(h: np.ndarray, count_bits: int) -> np.ndarray:
     return (h << count_bits) | 1
 
 
-def unpack_histogram(hist2: np.ndarray, count_bits: int) -> np.ndarray:
-    """``(..., 2)`` packed (grad, hess|count) histograms -> ``(..., 3)`` (grad, hess, count)."""
+def unpack_histogram(hist2: np.ndarray, count_bits: int, out=None) -> np.ndarray:
+    """``(..., 2)`` packed (grad, hess|count) histograms -> ``(..., 3)`` (grad, hess, count).
+
+    ``out`` (OUT), if given, receives a 3-D ``(n_features, n_bins, 3)`` result.
+    """
+    if out is not None and hist2.ndim == 3:
+        _unpack_kernel(hist2, int(count_bits), out)
+        return out
     out = np.empty(hist2.shape[:-1] + (HIST_FIELDS,), dtype=G_INT_DTYPE)
     out[..., GRAD] = hist2[..., 0]
     out[..., HESS] = hist2[..., 1] >> count_bits

@@ -35,16 +35,16 @@ def _goes_left(b, bin_threshold, default_left, is_categorical, bitset, nan_bin):
 @numba.njit(cache=True, nogil=True)
 def _split_segment(indices, start, count, col, bin_threshold, default_left, is_categorical, bitset, nan_bin, buf):
     # pragma: no cover - numba
+    # branch-free: write every row to both places, advance the side it goes to
     n_left = 0
     n_right = 0
     for i in range(start, start + count):
         r = indices[i]
-        if _goes_left(np.int64(col[r]), bin_threshold, default_left, is_categorical, bitset, nan_bin):
-            indices[start + n_left] = r  # write position never passes the read position
-            n_left += 1
-        else:
-            buf[n_right] = r
-            n_right += 1
+        go = _goes_left(np.int64(col[r]), bin_threshold, default_left, is_categorical, bitset, nan_bin)
+        indices[start + n_left] = r  # write position never passes the read position
+        buf[n_right] = r
+        n_left += go
+        n_right += 1 - go
     for j in range(n_right):
         indices[start + n_left + j] = buf[j]
     return n_left

@@ -136,7 +136,7 @@ class LocalRows:
                 gather(rows, g, h, og, oh)
             if bits:
                 acc[...] = 0
-                out[j] = build_histogram_packed_ordered(self.bins, rows, og, oh, bits, acc, parallel=self.parallel)
+                build_histogram_packed_ordered(self.bins, rows, og, oh, bits, acc, parallel=self.parallel, out=out[j])
             else:
                 build_histogram_ordered(self.bins, rows, og, oh, out[j], parallel=self.parallel)
         return out

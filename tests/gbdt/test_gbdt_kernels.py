@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import numpy as np
@@ -45,10 +46,14 @@ def test_grid_counts_kernel_matches_numpy(data, spacing):
     assert (got.sum(axis=1) == data.shape[0]).all()
 
 
+@pytest.mark.parametrize("lut", [True, False])
 @pytest.mark.parametrize("parallel", [True, False])
-def test_bin_columns_kernel_matches_numpy(data, mapper, parallel):
+def test_bin_columns_kernel_matches_numpy(data, mapper, parallel, lut):
     # unseen values: below the min, above the max, unseen and negative categories
     X = np.vstack([data, [[-99, 99, 0, 50, -7, 2], [99, -99, 1e9, -0.5, 7, 0]]])
+    X = np.vstack([X, mapper.grids.T[::7], np.nextafter(mapper.grids.T[::7], np.inf)])  # on and just above grid points
+    if not lut:
+        mapper = dataclasses.replace(mapper, grids=None, lut=None)
     got = binning.bin_columns(X, mapper, parallel=parallel)
     assert got.dtype == np.uint8 and got.flags.c_contiguous and got.shape == (6, X.shape[0])
     assert np.array_equal(got, binning.bin_columns_numpy(X, mapper))
