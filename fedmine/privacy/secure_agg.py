@@ -1,0 +1,426 @@
+"""Secure aggregation: pairwise additive masks over the integers mod 2**64.
+
+This module owns the masks that hide each party's integer arrays from the
+coordinator (Bonawitz et al. 2017, the semi-honest protocol without dropout
+recovery). It holds no party or coordinator logic: a party builds a
+:class:`Masker` once per training and masks each outgoing array; the
+coordinator adds what it receives with :func:`unmask_sum`.
+
+Protocol
+--------
+::
+
+    setup     every party   generate_keypair() -> publishes KeyPair.public_bytes
+              every pair    pairwise_seed(...)  -> the same 32-byte key at both ends
+    message   party i       mask(x_i, id) = x_i + sum_{j > i} s_ij - sum_{j < i} s_ij  (mod 2**64)
+              coordinator   unmask_sum([...]) = sum_i x_i  (mod 2**64) -> int64
+    restart   every party   restart(remaining, epoch=e)  (a party dropped out: fresh masks)
+
+``j > i`` compares organisation names, so each pair agrees on who adds and who
+subtracts. ``s_ij`` is a ChaCha20 keystream read as little-endian uint64, under
+the pair's key and a nonce derived from ``(epoch, message id)``; the two
+streams of a pair cancel in the sum, every other stream is uniform to anyone
+without the pair's key. A one-time pad must never be reused, hence the rules a
+:class:`Masker` enforces: a message id is used once per epoch, and a restart
+moves to a strictly larger epoch.
+
+Exactness: int64 arrays are reinterpreted as uint64 (two's complement), so the
+sum mod 2**64 reinterpreted as int64 is the true sum whenever the true sum fits
+int64, which the fixed-point scales guarantee (see :mod:`fedmine.gbdt.quantize`).
+Federated equals pooled bit for bit, with or without masks.
+
+Errors raised by the ``cryptography`` package (a malformed or low-order public
+key) are converted here, in :func:`pairwise_seed`, into
+:class:`SecureAggregationError`; nothing else in the project calls it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence, Union
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fedmine.errors import ConfigError, FedmineError
+
+#: Masked arrays travel as uint64: arithmetic wraps mod 2**64 without warnings.
+MASKED_DTYPE = np.dtype(np.uint64)
+#: What a party masks and what the coordinator gets back.
+PLAIN_DTYPE = np.dtype(np.int64)
+
+#: Lengths fixed by the primitives: X25519 keys, the HKDF output used as a
+#: ChaCha20 key, and cryptography's ChaCha20 nonce (4-byte block counter, then
+#: a 12-byte nonce; the counter always starts at 0 here).
+PUBLIC_KEY_BYTES = 32
+KEY_BYTES = 32
+NONCE_BYTES = 16
+_COUNTER_BYTES = 4
+
+#: ChaCha20's 32-bit block counter bounds one stream to 2**32 blocks of 64 bytes.
+MAX_STREAM_ENTRIES = (2**32 * 64) // MASKED_DTYPE.itemsize
+
+#: Domain separation labels, versioned so a change of derivation changes every key.
+_PAIR_KEY_LABEL = b"fedmine/secure-agg/pair-key/v1"
+_NONCE_LABEL = b"fedmine/secure-agg/nonce/v1"
+
+MessageId = Union[int, str]
+
+
+class SecureAggregationError(FedmineError):
+    """The masking protocol was misused or a peer's key is unusable; the message says which."""
+
+
+class SecureAggregationWarning(UserWarning):
+    """Secure aggregation runs but hides less than one might expect (e.g. two parties)."""
+
+
+# ---------------------------------------------------------------------------
+# keys
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A party's X25519 key pair for one training.
+
+    Attributes
+    ----------
+    private : X25519PrivateKey
+        Never leaves the party.
+    public_bytes : bytes of length 32
+        Raw public key, published to the other parties (through the coordinator).
+    """
+
+    private: X25519PrivateKey
+    public_bytes: bytes
+
+    def __repr__(self) -> str:  # never print key material
+        return f"KeyPair(public_bytes={self.public_bytes.hex()[:16]}...)"
+
+
+def generate_keypair() -> KeyPair:
+    """Fresh X25519 key pair from the operating system's randomness."""
+    private = X25519PrivateKey.generate()
+    return KeyPair(private=private, public_bytes=private.public_key().public_bytes_raw())
+
+
+def _length_prefixed(*parts: bytes) -> bytes:
+    """Unambiguous concatenation: each part preceded by its length (8 bytes, big-endian)."""
+    return b"".join(struct.pack(">Q", len(p)) + p for p in parts)
+
+
+def _check_name(name, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise SecureAggregationError(f"{what} must be a non-empty organisation name, got {name!r}")
+    return name
+
+
+def pairwise_seed(my_private: X25519PrivateKey, their_public: bytes, *, my_name: str, their_name: str,
+                  training_id: str) -> bytes:
+    """The 32-byte mask key shared by two parties for one training.
+
+    X25519 agreement, then HKDF-SHA256 whose ``info`` binds both organisation
+    names (sorted), both public keys (in the same order) and the training id.
+    Both ends derive the same key; a party that assumes a different name, peer
+    key or training derives an unrelated key.
+
+    Parameters
+    ----------
+    my_private : X25519PrivateKey
+    their_public : bytes of length 32
+        The peer's raw public key.
+    my_name, their_name : str
+        Organisation names, distinct.
+    training_id : str
+        Identifies the training; keys of two trainings are independent.
+
+    Returns
+    -------
+    key : bytes of length 32
+
+    Raises
+    ------
+    SecureAggregationError
+        Equal names, a public key of the wrong length, or a low-order public
+        key (whose shared secret would be all zeros).
+    """
+    _check_name(my_name, "my_name")
+    _check_name(their_name, "their_name")
+    if my_name == their_name:
+        raise SecureAggregationError(f"a party cannot derive a mask key with itself ({my_name!r})")
+    if not isinstance(training_id, str) or not training_id:
+        raise SecureAggregationError(f"training_id must be a non-empty string, got {training_id!r}")
+    their_public = bytes(their_public)
+    if len(their_public) != PUBLIC_KEY_BYTES:
+        raise SecureAggregationError(
+            f"public key of {their_name!r} must be {PUBLIC_KEY_BYTES} bytes, got {len(their_public)}")
+    # the one call into the X25519 implementation: its errors become ours
+    try:
+        shared = my_private.exchange(X25519PublicKey.from_public_bytes(their_public))
+    except ValueError as exc:
+        raise SecureAggregationError(f"public key of {their_name!r} is unusable for X25519: {exc}") from None
+    my_public = my_private.public_key().public_bytes_raw()
+    (lo_name, lo_key), (hi_name, hi_key) = sorted([(my_name, my_public), (their_name, their_public)])
+    info = _PAIR_KEY_LABEL + _length_prefixed(lo_name.encode(), lo_key, hi_name.encode(), hi_key,
+                                               training_id.encode())
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
+
+
+# ---------------------------------------------------------------------------
+# streams
+# ---------------------------------------------------------------------------
+
+
+def message_nonce(message_id: MessageId, *, epoch: int = 0) -> bytes:
+    """The 16-byte ChaCha20 nonce of one message: counter 0, then 12 bytes of SHA-256.
+
+    ``message_id`` is tagged with its type, so ``1`` and ``"1"`` differ.
+    """
+    if isinstance(message_id, bool) or not isinstance(message_id, (int, str)):
+        raise SecureAggregationError(f"message id must be an int or a str, got {message_id!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise SecureAggregationError(f"epoch must be an integer >= 0, got {epoch!r}")
+    tagged = (b"i:" + str(message_id).encode()) if isinstance(message_id, int) else (b"s:" + message_id.encode())
+    digest = hashlib.sha256(_NONCE_LABEL + _length_prefixed(str(epoch).encode(), tagged)).digest()
+    return bytes(_COUNTER_BYTES) + digest[: NONCE_BYTES - _COUNTER_BYTES]
+
+
+def mask_stream(key: bytes, nonce: bytes, n: int) -> np.ndarray:
+    """``n`` pseudo-random uint64 words: the ChaCha20 keystream read little-endian.
+
+    Parameters
+    ----------
+    key : bytes of length 32
+    nonce : bytes of length 16
+        cryptography's layout: 4-byte little-endian block counter, 12-byte nonce.
+    n : int
+        Number of words, ``0 <= n <= MAX_STREAM_ENTRIES``.
+
+    Returns
+    -------
+    stream : ndarray of shape (n,), uint64, read-only
+        The keystream, generated in one call (encrypting ``8 * n`` zero bytes).
+    """
+    if len(key) != KEY_BYTES:
+        raise SecureAggregationError(f"mask key must be {KEY_BYTES} bytes, got {len(key)}")
+    if len(nonce) != NONCE_BYTES:
+        raise SecureAggregationError(f"ChaCha20 nonce must be {NONCE_BYTES} bytes, got {len(nonce)}")
+    n = int(n)
+    if not 0 <= n <= MAX_STREAM_ENTRIES:
+        raise SecureAggregationError(f"stream length must be in [0, {MAX_STREAM_ENTRIES}], got {n}")
+    if n == 0:
+        return np.empty(0, dtype=MASKED_DTYPE)
+    encryptor = Cipher(algorithms.ChaCha20(bytes(key), bytes(nonce)), mode=None).encryptor()
+    raw = encryptor.update(bytes(n * MASKED_DTYPE.itemsize))
+    return np.frombuffer(raw, dtype=MASKED_DTYPE.newbyteorder("<")).astype(MASKED_DTYPE, copy=False)
+
+
+# ---------------------------------------------------------------------------
+# party side
+# ---------------------------------------------------------------------------
+
+
+def _two_party_warning(name: str, peer: str) -> None:
+    warnings.warn(
+        f"secure aggregation with two parties hides nothing between them: {name!r} can subtract its own "
+        f"array from the sum and read {peer!r}'s", SecureAggregationWarning, stacklevel=3)
+
+
+class Masker:
+    """One party's masks for one training.
+
+    Parameters
+    ----------
+    name : str
+        This party's organisation name.
+    keypair : KeyPair
+        This party's key pair; its public key is the one the peers hold.
+    peers : dict of str to bytes
+        Every other party's name and raw public key. An entry for ``name``
+        itself is accepted if it carries this party's own public key.
+    training_id : str
+        Identifies the training; bound into every pair key.
+
+    Attributes
+    ----------
+    active_peers_ : tuple of str
+        Peers whose masks are added, sorted; narrowed by :meth:`restart`.
+    epoch_ : int
+        Restart counter, bound into every nonce; starts at 0.
+
+    Warns
+    -----
+    SecureAggregationWarning
+        With a single peer (two parties), each learns the other's array.
+    """
+
+    def __init__(self, name: str, keypair: KeyPair, peers: Mapping[str, bytes], training_id: str):
+        self.name = name
+        self.keypair = keypair
+        self.peers = peers
+        self.training_id = training_id
+        _check_name(name, "name")
+        others = {}
+        for peer, public in dict(peers).items():
+            if peer == name:
+                if bytes(public) != keypair.public_bytes:
+                    raise SecureAggregationError(
+                        f"peers lists {name!r} itself with a public key that is not this party's")
+                continue
+            others[peer] = public
+        if not others:
+            raise SecureAggregationError(f"secure aggregation needs at least one peer besides {name!r}, got none")
+        # pair keys are secrets: private and never printed
+        self._pair_keys = {
+            peer: pairwise_seed(keypair.private, public, my_name=name, their_name=peer, training_id=training_id)
+            for peer, public in others.items()
+        }
+        self.active_peers_: tuple[str, ...] = tuple(sorted(others))
+        self.epoch_ = 0
+        self._used_ids: set = set()
+        if len(self.active_peers_) == 1:
+            _two_party_warning(name, self.active_peers_[0])
+
+    def __repr__(self) -> str:
+        return f"Masker(name={self.name!r}, active_peers_={self.active_peers_!r}, epoch_={self.epoch_})"
+
+    def mask(self, array, message_id: MessageId) -> np.ndarray:
+        """Masked copy of ``array`` for message ``message_id``.
+
+        Parameters
+        ----------
+        array : ndarray of int64, any shape
+            The party's share of the sum (histograms, counts, ...). Not modified.
+        message_id : int or str
+            The same at every party for the same message; used once per epoch.
+
+        Returns
+        -------
+        masked : ndarray of uint64, same shape as ``array``
+            ``array + sum_{peer > name} s - sum_{peer < name} s`` (mod 2**64).
+
+        Raises
+        ------
+        SecureAggregationError
+            A repeated message id, or an array that is not int64.
+        """
+        if not isinstance(array, np.ndarray) or array.dtype != PLAIN_DTYPE:
+            got = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+            raise SecureAggregationError(f"secure aggregation masks int64 arrays, got {got}")
+        nonce = message_nonce(message_id, epoch=self.epoch_)  # validates the id's type
+        if message_id in self._used_ids:
+            raise SecureAggregationError(
+                f"message id {message_id!r} was already masked in epoch {self.epoch_}: a mask is used once")
+        self._used_ids.add(message_id)
+        out = np.ascontiguousarray(array).view(MASKED_DTYPE).ravel().copy()  # OUT: becomes the masked message
+        n = out.shape[0]
+        for peer in self.active_peers_:
+            stream = mask_stream(self._pair_keys[peer], nonce, n)
+            if peer > self.name:
+                out += stream
+            else:
+                out -= stream
+        return out.reshape(array.shape)
+
+    def restart(self, remaining: Iterable[str], *, epoch: int) -> None:
+        """Continue with a subset of the parties and fresh masks.
+
+        Parameters
+        ----------
+        remaining : iterable of str
+            Names of the parties still in; this party's own name may be listed.
+        epoch : int
+            New epoch, strictly larger than :attr:`epoch_`; every party of the
+            restart uses the same one. Message ids may be reused in it.
+
+        Raises
+        ------
+        SecureAggregationError
+            An epoch that does not increase, a name that is not an active peer,
+            or no peer left.
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch <= self.epoch_:
+            raise SecureAggregationError(
+                f"restart epoch must be an integer greater than {self.epoch_}, got {epoch!r}")
+        if isinstance(remaining, str):
+            raise SecureAggregationError(f"remaining must be a collection of names, got the string {remaining!r}")
+        keep = set(remaining) - {self.name}
+        unknown = sorted(keep - set(self.active_peers_), key=str)
+        if unknown:
+            raise SecureAggregationError(
+                f"cannot restart with {unknown!r}: not active peers of {self.name!r} "
+                f"(active: {list(self.active_peers_)})")
+        if not keep:
+            raise SecureAggregationError(f"cannot restart {self.name!r} without any peer")
+        self.active_peers_ = tuple(sorted(keep))
+        self.epoch_ = epoch
+        self._used_ids = set()
+        if len(self.active_peers_) == 1:
+            _two_party_warning(self.name, self.active_peers_[0])
+
+
+# ---------------------------------------------------------------------------
+# coordinator side
+# ---------------------------------------------------------------------------
+
+
+def unmask_sum(masked: Sequence[np.ndarray]) -> np.ndarray:
+    """Sum of the parties' masked arrays: the masks cancel, the plain sum remains.
+
+    Parameters
+    ----------
+    masked : sequence of ndarray of uint64, all of the same shape
+        One array per party of the (restarted) round, masked for the same id.
+
+    Returns
+    -------
+    total : ndarray of int64, that shape
+        The sum mod 2**64 read as two's complement: the true sum of the
+        parties' int64 arrays whenever it fits int64.
+    """
+    masked = list(masked)
+    if not masked:
+        raise SecureAggregationError("unmask_sum needs at least one masked array, got none")
+    shape = masked[0].shape
+    for i, part in enumerate(masked):
+        if not isinstance(part, np.ndarray) or part.dtype != MASKED_DTYPE:
+            got = part.dtype if isinstance(part, np.ndarray) else type(part).__name__
+            raise SecureAggregationError(f"masked array {i} must be uint64, got {got}")
+        if part.shape != shape:
+            raise SecureAggregationError(f"masked array {i} has shape {part.shape}, expected {shape}")
+    total = masked[0].copy()
+    for part in masked[1:]:
+        total += part  # wraps mod 2**64
+    return total.view(PLAIN_DTYPE)
+
+
+Masker.unmask_sum = staticmethod(unmask_sum)
+
+
+def require_min_parties(n_parties: int, min_parties: int) -> None:
+    """Refuse a federation smaller than ``privacy.min_parties``.
+
+    Raises
+    ------
+    ConfigError
+        ``min_parties`` below 2, or fewer parties than it.
+
+    Warns
+    -----
+    SecureAggregationWarning
+        Exactly two parties: each can read the other's arrays from the sum.
+    """
+    if isinstance(min_parties, bool) or not isinstance(min_parties, int) or min_parties < 2:
+        raise ConfigError(f"privacy.min_parties must be an integer >= 2, got {min_parties!r}")
+    if n_parties < min_parties:
+        raise ConfigError(f"privacy.min_parties is {min_parties} but the federation has {n_parties} parties")
+    if n_parties == 2:
+        warnings.warn("secure aggregation with two parties hides nothing between them: each can subtract "
+                      "its own array from the sum", SecureAggregationWarning, stacklevel=2)
