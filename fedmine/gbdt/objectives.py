@@ -21,6 +21,7 @@ aggregate exchanged at the start of every round.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from fedmine.errors import DataError
@@ -66,6 +67,15 @@ class Objective:
         """Per-row gradient and hessian, each of shape (n_trees, n_rows), float64."""
         raise NotImplementedError
 
+    def gradients_and_bounds(self, y: np.ndarray, score: np.ndarray):
+        """:meth:`gradients` and, per tree, ``(max |g|, max h)`` of shape (n_trees, 2).
+
+        Objectives with a numba kernel override this (one pass, no temporaries,
+        the GIL released so parties can run concurrently).
+        """
+        g, h = self.gradients(y, score)
+        return g, h, _bounds(g, h)
+
     def transform(self, raw: np.ndarray) -> np.ndarray:
         """Raw scores of shape (n_trees, n_rows) -> predictions (n_rows,) or (n_rows, K)."""
         return raw[0]
@@ -98,6 +108,77 @@ class Objective:
         raise NotImplementedError
 
 
+def _bounds(g, h):
+    out = np.zeros((g.shape[0], 2), dtype=np.float64)
+    if g.shape[1]:
+        out[:, 0] = np.abs(g).max(axis=1)
+        out[:, 1] = np.abs(h).max(axis=1)
+    return out
+
+
+# One-pass gradient kernels (numpy twins: the ``gradients`` methods). Each
+# returns max |g| and max |h| of its rows.
+
+
+@numba.njit(cache=True, nogil=True)
+def _binary_kernel(y, s, sigmoid, g, h):  # pragma: no cover - numba
+    mg = 0.0
+    mh = 0.0
+    for i in range(y.shape[0]):
+        label = 1.0 if y[i] > 0 else -1.0
+        r = -label * sigmoid / (1.0 + np.exp(label * sigmoid * s[i]))
+        a = abs(r)
+        g[i] = r
+        h[i] = a * (sigmoid - a)
+        mg = max(mg, a)
+        mh = max(mh, h[i])
+    return mg, mh
+
+
+@numba.njit(cache=True, nogil=True)
+def _l2_kernel(y, s, g, h):  # pragma: no cover - numba
+    mg = 0.0
+    for i in range(y.shape[0]):
+        g[i] = s[i] - y[i]
+        h[i] = 1.0
+        mg = max(mg, abs(g[i]))
+    return mg, 1.0 if y.shape[0] else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _poisson_kernel(y, s, mds, g, h):  # pragma: no cover - numba
+    mg = 0.0
+    mh = 0.0
+    for i in range(y.shape[0]):
+        g[i] = np.exp(s[i]) - y[i]
+        h[i] = np.exp(s[i] + mds)
+        mg = max(mg, abs(g[i]))
+        mh = max(mh, h[i])
+    return mg, mh
+
+
+@numba.njit(cache=True, nogil=True)
+def _tweedie_kernel(y, s, rho, g, h):  # pragma: no cover - numba
+    mg = 0.0
+    mh = 0.0
+    for i in range(y.shape[0]):
+        a = np.exp((1.0 - rho) * s[i])
+        b = np.exp((2.0 - rho) * s[i])
+        g[i] = -y[i] * a + b
+        h[i] = -y[i] * (1.0 - rho) * a + (2.0 - rho) * b
+        mg = max(mg, abs(g[i]))
+        mh = max(mh, abs(h[i]))
+    return mg, mh
+
+
+def _run(kernel, y, score, *args):
+    n = y.shape[0]
+    g = np.empty((1, n))
+    h = np.empty((1, n))
+    mg, mh = kernel(np.ascontiguousarray(y), np.ascontiguousarray(score[0]), *args, g[0], h[0])
+    return g, h, np.array([[mg, mh]])
+
+
 class Binary(Objective):
     name = "binary"
     metric = "binary_logloss"
@@ -126,6 +207,9 @@ class Binary(Objective):
         response = -label * self.sigmoid / (1.0 + np.exp(label * self.sigmoid * score[0]))
         abs_r = np.abs(response)
         return response[None, :], (abs_r * (self.sigmoid - abs_r))[None, :]
+
+    def gradients_and_bounds(self, y, score):
+        return _run(_binary_kernel, y, score, self.sigmoid)
 
     def transform(self, raw):
         return _sigmoid(self.sigmoid * raw[0])
@@ -191,6 +275,9 @@ class Regression(Objective):
     def gradients(self, y, score):
         return (score[0] - y)[None, :], np.ones((1, y.shape[0]))
 
+    def gradients_and_bounds(self, y, score):
+        return _run(_l2_kernel, y, score)
+
     def loss(self, metric, y, score):
         return (score[0] - y) ** 2
 
@@ -214,6 +301,9 @@ class Poisson(Objective):
     def gradients(self, y, score):
         s = score[0]
         return (np.exp(s) - y)[None, :], np.exp(s + self.max_delta_step)[None, :]
+
+    def gradients_and_bounds(self, y, score):
+        return _run(_poisson_kernel, y, score, self.max_delta_step)
 
     def transform(self, raw):
         return np.exp(raw[0])
@@ -240,6 +330,9 @@ class Tweedie(Poisson):
         g = -y * a + b
         h = -y * (1.0 - self.rho) * a + (2.0 - self.rho) * b
         return g[None, :], h[None, :]
+
+    def gradients_and_bounds(self, y, score):
+        return _run(_tweedie_kernel, y, score, self.rho)
 
     def loss(self, metric, y, score):
         if metric in ("rmse", "l2"):

@@ -120,3 +120,28 @@ class DataPartition:
         self.start[left], self.count[left] = s, n_left
         self.start[right], self.count[right] = s + n_left, c - n_left
         return n_left
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_segments(indices, starts, counts, values, out):  # pragma: no cover - numba
+    for j in range(starts.shape[0]):
+        v = values[j]
+        for i in range(starts[j], starts[j] + counts[j]):
+            out[indices[i]] += v
+
+
+def add_leaf_values(part: DataPartition, leaves: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
+    """``out[rows of leaf j] += values[j]`` for the leaves of a grown tree (IN/OUT: out).
+
+    Parameters
+    ----------
+    part : DataPartition
+        The partition the tree was grown on.
+    leaves : ndarray of shape (n_leaves,), int
+        Leaf node ids (indices into the tree's nodes).
+    values : ndarray of shape (n_leaves,), float64
+    out : ndarray of shape (n_rows,), float64
+    """
+    leaves = np.asarray(leaves, dtype=np.int64)
+    _add_segments(part.indices, part.start[leaves], part.count[leaves],
+                  np.ascontiguousarray(values, dtype=np.float64), out)

@@ -39,6 +39,7 @@ from fedmine.errors import DataError
 from fedmine.gbdt import binning
 from fedmine.gbdt.dtypes import ROW_ID_DTYPE, X_DTYPE, Y_DTYPE
 from fedmine.gbdt.objectives import make_objective
+from fedmine.gbdt.partition import add_leaf_values
 from fedmine.gbdt.predictor import tree_values_binned
 from fedmine.gbdt.quantize import quantize
 from fedmine.gbdt.sampling import bag_rows
@@ -143,15 +144,16 @@ class PartyState(LocalRows):
             if tree is None:
                 continue
             part = self.partitions_[k] if k < len(self.partitions_) else None
-            covered = np.zeros(self.n_rows, dtype=bool)
+            leaves = tree.leaf_ids()
             if part is not None:
-                for leaf in tree.leaf_ids():
-                    rows = part.rows(int(leaf))
-                    self.scores_[k, rows] += tree.nodes[leaf]["value"]
-                    covered[rows] = True
-            rest = np.flatnonzero(~covered).astype(np.int64)
-            if rest.size:
-                self.scores_[k, rest] += tree_values_binned(tree, self.bins, rest, self.max_bin)
+                add_leaf_values(part, leaves, tree.nodes["value"][leaves], self.scores_[k])
+            if part is None or part.indices.shape[0] < self.n_rows:  # out-of-bag rows: walk the tree
+                covered = np.zeros(self.n_rows, dtype=bool)
+                if part is not None:
+                    covered[part.indices] = True
+                rest = np.flatnonzero(~covered).astype(np.int64)
+                if rest.size:
+                    self.scores_[k, rest] += tree_values_binned(tree, self.bins, rest, self.max_bin)
             if self.y_valid is not None and self.y_valid.shape[0]:
                 allv = np.arange(self.y_valid.shape[0], dtype=np.int64)
                 self.scores_valid_[k] += tree_values_binned(tree, self.bins_valid_, allv, self.max_bin)
@@ -166,12 +168,7 @@ class PartyState(LocalRows):
         """
         if trees:
             self._apply_trees(trees)
-        g, h = self.objective_.gradients(self.y, self.scores_)
-        self._g_float, self._h_float = g, h
-        bounds = np.zeros((g.shape[0], 2), dtype=np.float64)
-        if g.shape[1]:
-            bounds[:, 0] = np.abs(g).max(axis=1)
-            bounds[:, 1] = np.abs(h).max(axis=1)
+        self._g_float, self._h_float, bounds = self.objective_.gradients_and_bounds(self.y, self.scores_)
         return bounds
 
     def start_trees(self, iteration: int, grad_scales, hess_scales, *, count_bits: int, max_nodes: int) -> None:
@@ -242,6 +239,7 @@ class PartyGroup:
             p.configure(params, init_scores)
 
     def begin_round(self, iteration, trees):
+        self.source.flush()
         return np.max(self.source.map(lambda p: p.begin_round(iteration, trees)), axis=0)
 
     def start_trees(self, iteration, grad_scales, hess_scales, *, count_bits, max_nodes):
@@ -252,9 +250,10 @@ class PartyGroup:
         return self.source.histograms(node_ids)
 
     def apply_split(self, *args):
-        self.source.apply_split(*args)
+        self.source.apply_split(*args)  # queued until the next request
 
     def finish(self, trees):
+        self.source.flush()
         self.source.map(lambda p: p.finish(trees))
         self.source.close()
 

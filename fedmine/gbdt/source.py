@@ -18,8 +18,9 @@ Messages
 --------
 ``histograms(node_ids)`` is the only call with an answer that grows with the
 data: int64 ``(n_nodes, n_features, max_bin + 1, 3)``. ``apply_split`` has no
-answer; a transport may queue splits and send them with the next
-``histograms`` request, so one exchange per batch is enough.
+answer; :class:`SumOfSources` queues splits and sends them with the next
+``histograms`` request (or on ``flush()``), so one exchange per batch is
+enough, and a transport can do the same.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ class SumOfSources:
             raise ValueError("SumOfSources needs at least one source")
         self.n_threads = max(1, min(int(n_threads), len(self.sources)))
         self._pool = ThreadPoolExecutor(self.n_threads) if self.n_threads > 1 else None
+        self._pending = []
         self.exchanges_ = 0
         self.bytes_to_coordinator_ = 0
         self.bytes_to_parties_ = 0
@@ -194,7 +196,14 @@ class SumOfSources:
     def histograms(self, node_ids: np.ndarray) -> np.ndarray:
         node_ids = np.asarray(node_ids, dtype=np.int64).ravel()
         self.exchanges_ += 1
-        answers = self.map(lambda s: s.histograms(node_ids))
+        pending, self._pending = self._pending, []
+
+        def ask(s):
+            for split in pending:  # queued splits travel with the request
+                s.apply_split(*split)
+            return s.histograms(node_ids)
+
+        answers = self.map(ask)
         total = answers[0]
         for h in answers[1:]:
             total = total + h
@@ -203,10 +212,17 @@ class SumOfSources:
         return total
 
     def apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id) -> None:
+        """Queue a split; it reaches the sources with the next request (or :meth:`flush`)."""
         # node, feature, threshold, default_left, left, right: 6 int64; the bitset if categorical
         size = 6 * 8 + (np.asarray(cat_bitset).nbytes if cat_bitset is not None else 0)
         self.bytes_to_parties_ += size * len(self.sources)
-        self.map(lambda s: s.apply_split(node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id))
+        self._pending.append((node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id))
+
+    def flush(self) -> None:
+        """Deliver queued splits now (before anything reads the partitions)."""
+        pending, self._pending = self._pending, []
+        if pending:
+            self.map(lambda s: [s.apply_split(*split) for split in pending])
 
     def close(self) -> None:
         if self._pool is not None:

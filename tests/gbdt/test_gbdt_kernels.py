@@ -181,3 +181,20 @@ def test_binned_tree_values_match_numpy_and_raw(data, mapper, model):
         a = predictor.tree_values_binned(t, bins, rows, m.nan_bin)
         assert np.array_equal(a, predictor.tree_values_binned_numpy(t, bins, rows, m.nan_bin))
         assert np.array_equal(a, predictor.predict_raw([t], data[rows])[0])
+
+
+@pytest.mark.parametrize("name", ["binary", "regression", "poisson", "tweedie", "multiclass"])
+def test_gradient_kernels_match_numpy(name):
+    from fedmine.gbdt.objectives import _bounds, make_objective
+
+    rng = np.random.default_rng(7)
+    obj = make_objective(name, num_class=3)
+    n = 1000
+    y = {"binary": rng.integers(0, 2, n), "multiclass": rng.integers(0, 3, n)}.get(name, rng.gamma(1.0, 2.0, n))
+    y = np.asarray(y, dtype=float)
+    score = rng.normal(size=(obj.n_trees, n))
+    g, h, b = obj.gradients_and_bounds(y, score)
+    g2, h2 = obj.gradients(y, score)
+    np.testing.assert_allclose(g, g2, rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(h, h2, rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(b, _bounds(g2, h2), rtol=1e-15)
