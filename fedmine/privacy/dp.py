@@ -1,0 +1,316 @@
+"""Differential privacy for integer histograms: bounds, Skellam noise, calibration.
+
+This module owns what a party does to its integer histograms before they are
+masked, and the choice of how much noise that takes.
+
+Why Skellam
+-----------
+The released value is a *sum over parties* of int64 arrays, computed exactly
+(secure aggregation works mod 2**64). The noise must therefore be integer, and
+its sum over parties must have a distribution we can account for. Symmetric
+Skellam noise, ``Poisson(v/2) - Poisson(v/2)`` with variance ``v``, is closed
+under addition: if each of ``K`` parties adds Skellam with variance ``v/K``,
+the sum carries Skellam with variance ``v`` *exactly* (Agarwal, Kairouz, Liu
+2021). The discrete Gaussian (Canonne, Kamath, Steinke 2020) is not: a sum of
+discrete Gaussians is only close to one, which would need an extra slack term
+in the accounting. Skellam's exact RDP (:mod:`fedmine.privacy.accountant`)
+approaches the Gaussian mechanism's as the variance grows.
+
+Sampling uses numpy's Poisson generator (PTRS transformed rejection for means of
+10 and more): exact up to floating-point arithmetic, which is why the variance
+is capped at :data:`MAX_SKELLAM_VARIANCE`: each Poisson mean stays below
+2**51, so every value the sampler handles is an exactly represented double.
+
+What one row can change
+-----------------------
+With the ``histogram`` strategy a release is one message of node histograms of
+shape ``(n_nodes, n_features, n_bins, 3)`` (grad, hess, count). Adding or
+removing one row changes, in each node that holds it, one bin per feature:
+``|grad| <= ceil(G * s_g)``, ``0 <= hess <= ceil(H * s_h)``, ``count`` by 1
+(:func:`histogram_sensitivity`). The nodes of one message are disjoint within a
+tree, so a row is in at most one node per tree of the message.
+
+Fixed-point scales under DP
+---------------------------
+The engine's scales put ``n_total * bound * s`` just below 2**62, i.e. a
+single row is worth up to ``2**62 / n_total`` units: far too fine, and a
+variance of ``(z * that)**2`` cannot be sampled. Under DP the noise dwarfs any
+resolution finer than a fraction of the per-row bound, so :func:`dp_scale`
+picks ``s`` with ``bound * s <= 2**row_bits`` (default 2**12).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from fedmine.errors import ConfigError
+from fedmine.privacy.accountant import (
+    GAUSSIAN,
+    RDP,
+    SKELLAM,
+    PrivacyAccountant,
+    Sensitivity,
+    check_count,
+    check_delta,
+    check_epsilon,
+)
+
+#: Largest Skellam variance sampled: Poisson means up to 2**51 keep every value
+#: inside numpy's sampler an exactly represented double.
+MAX_SKELLAM_VARIANCE = 2.0**52
+
+#: Default per-row resolution under DP: a row's largest |value| is 2**12 units.
+DEFAULT_ROW_BITS = 12
+
+#: Headroom of any fixed-point sum (the same rule as fedmine.gbdt.quantize).
+_SUM_BITS = 62
+
+HISTOGRAM_FIELDS = ("grad", "hess", "count")
+
+
+# ---------------------------------------------------------------------------
+# bounds
+# ---------------------------------------------------------------------------
+
+
+def _check_bound(bound, key: str) -> float:
+    if isinstance(bound, bool) or not isinstance(bound, (int, float, np.floating)) or not 0.0 < float(bound) < math.inf:
+        raise ConfigError(f"{key} must be a positive finite number, got {bound!r}")
+    return float(bound)
+
+
+def clip_gradients(grad, bound: float) -> np.ndarray:
+    """Gradients clipped to ``[-bound, bound]`` (regression's bound comes from ``privacy.gradient_clip``).
+
+    Parameters
+    ----------
+    grad : ndarray of shape (n_rows,) or (n_rows, n_trees), float64
+    bound : float > 0
+
+    Returns
+    -------
+    clipped : ndarray, same shape, float64 (a new array)
+    """
+    bound = _check_bound(bound, "privacy.gradient_clip")
+    return np.clip(np.asarray(grad, dtype=np.float64), -bound, bound)
+
+
+def clip_hessians(hess, bound: float) -> np.ndarray:
+    """Hessians clipped to ``[0, bound]`` (for objectives whose hessian is unbounded).
+
+    Parameters
+    ----------
+    hess : ndarray of shape (n_rows,) or (n_rows, n_trees), float64
+    bound : float > 0
+
+    Returns
+    -------
+    clipped : ndarray, same shape, float64 (a new array)
+    """
+    bound = _check_bound(bound, "privacy.hessian_clip")
+    return np.clip(np.asarray(hess, dtype=np.float64), 0.0, bound)
+
+
+def dp_scale(bound: float, *, n_total: int, row_bits: int = DEFAULT_ROW_BITS) -> float:
+    """Fixed-point scale under DP: largest power of two ``s`` with ``bound * s <= 2**row_bits``.
+
+    Also keeps ``n_total * bound * s < 2**62`` (no overflow), like the engine's
+    own rule, so it is never finer than the engine's scale.
+
+    Parameters
+    ----------
+    bound : float > 0
+        Bound on one row's ``|g|`` (or ``h``), after clipping.
+    n_total : int
+        Global number of rows.
+    row_bits : int
+        Resolution: a row is worth at most ``2**row_bits`` units.
+
+    Returns
+    -------
+    scale : float, a power of two
+    """
+    bound = _check_bound(bound, "gradient bound")
+    if isinstance(row_bits, bool) or not isinstance(row_bits, int) or not 1 <= row_bits <= 40:
+        raise ValueError(f"row_bits must be an integer in [1, 40], got {row_bits!r}")
+    _, e = math.frexp(bound)  # bound < 2**e
+    k = row_bits - e  # bound * 2**k < 2**row_bits
+    _, e_tot = math.frexp(max(int(n_total), 1) * bound)
+    k = min(k, _SUM_BITS - e_tot)
+    return math.ldexp(1.0, k)
+
+
+def histogram_sensitivity(n_features: int, *, grad_bound: float, hess_bound: float, grad_scale: float,
+                          hess_scale: float, nodes_per_row: int = 1) -> Sensitivity:
+    """What one row can change in one histogram release, in fixed-point units.
+
+    Parameters
+    ----------
+    n_features : int
+        Features in each node histogram (one bin per feature holds the row).
+    grad_bound, hess_bound : float
+        ``|g| <= grad_bound`` and ``0 <= h <= hess_bound`` for every row
+        (binary: 1 and 1/4; regression: the clip and 1).
+    grad_scale, hess_scale : float
+        Fixed-point scales of the round.
+    nodes_per_row : int
+        Node histograms of one release that can hold the same row: 1 when the
+        message's nodes belong to one tree, the number of trees when it
+        batches several trees' nodes (multiclass).
+
+    Returns
+    -------
+    Sensitivity
+        Fields ``grad, hess, count``, each with ``n_features * nodes_per_row``
+        coordinates, bounds ``ceil(grad_bound * grad_scale)``,
+        ``ceil(hess_bound * hess_scale)`` and 1.
+    """
+    if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1:
+        raise ValueError(f"n_features must be an integer >= 1, got {n_features!r}")
+    if isinstance(nodes_per_row, bool) or not isinstance(nodes_per_row, (int, np.integer)) or nodes_per_row < 1:
+        raise ValueError(f"nodes_per_row must be an integer >= 1, got {nodes_per_row!r}")
+    g = _check_bound(grad_bound, "gradient bound") * _check_bound(grad_scale, "gradient scale")
+    h = _check_bound(hess_bound, "hessian bound") * _check_bound(hess_scale, "hessian scale")
+    coords = int(n_features) * int(nodes_per_row)
+    # |rint(v * s)| <= rint(bound * s) <= ceil(bound * s): rounding is monotone
+    return Sensitivity(fields=HISTOGRAM_FIELDS, coords=(coords,) * 3,
+                       bounds=(max(math.ceil(g), 1), max(math.ceil(h), 1), 1))
+
+
+# ---------------------------------------------------------------------------
+# noise
+# ---------------------------------------------------------------------------
+
+
+def skellam_noise(shape, variance, *, n_parties: int = 1, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """One party's share of symmetric Skellam noise.
+
+    Each of ``n_parties`` parties adds ``Poisson(v / (2 K)) - Poisson(v / (2 K))``;
+    the sum of the ``K`` shares is Skellam with variance ``v`` exactly.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    variance : float or ndarray broadcastable to ``shape``
+        Variance ``v`` of the noise in the *sum*, per entry (e.g. shape (3,)
+        for the grad, hess, count fields along a histogram's last axis).
+    n_parties : int
+        Parties that add a share. To keep the full noise when up to ``t``
+        parties may collude with the coordinator, pass ``K - t``.
+    rng : numpy Generator, optional
+        Defaults to a fresh generator seeded from the operating system. Never
+        pass a generator whose seed another organisation could know.
+
+    Returns
+    -------
+    noise : ndarray of shape ``shape``, int64
+    """
+    n_parties = check_count(n_parties)
+    if n_parties < 1:
+        raise ValueError(f"n_parties must be >= 1, got {n_parties}")
+    v = np.asarray(variance, dtype=np.float64)
+    if not np.all(np.isfinite(v)) or np.any(v < 0):
+        raise ValueError(f"Skellam variance must be finite and >= 0, got {variance!r}")
+    if np.any(v > MAX_SKELLAM_VARIANCE):
+        raise ValueError(f"Skellam variance {float(v.max()):.3g} exceeds {MAX_SKELLAM_VARIANCE:.3g}: use a coarser "
+                         f"fixed-point scale (dp_scale) or a smaller noise multiplier")
+    rng = np.random.default_rng() if rng is None else rng
+    lam = np.broadcast_to(v / (2.0 * n_parties), shape)
+    return rng.poisson(lam).astype(np.int64) - rng.poisson(lam).astype(np.int64)
+
+
+def add_noise_share(hist, variances, *, n_parties: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """``hist`` plus this party's Skellam share, as a new int64 array.
+
+    Parameters
+    ----------
+    hist : ndarray of int64, shape ``(..., n_fields)``
+        E.g. node histograms ``(n_nodes, n_features, n_bins, 3)``. Not modified.
+    variances : ndarray of shape (n_fields,)
+        From :meth:`Sensitivity.variances`: variance of the summed noise per field.
+    n_parties : int
+    rng : numpy Generator, optional
+
+    Returns
+    -------
+    noisy : ndarray of int64, same shape as ``hist``
+    """
+    if not isinstance(hist, np.ndarray) or hist.dtype != np.int64:
+        got = hist.dtype if isinstance(hist, np.ndarray) else type(hist).__name__
+        raise ValueError(f"noise is added to int64 histograms, got {got}")
+    variances = np.asarray(variances, dtype=np.float64)
+    if hist.ndim == 0 or variances.shape != (hist.shape[-1],):
+        raise ValueError(f"variances of shape {variances.shape} do not match the last axis of a histogram "
+                         f"of shape {hist.shape}")
+    return hist + skellam_noise(hist.shape, variances, n_parties=n_parties, rng=rng)
+
+
+# ---------------------------------------------------------------------------
+# calibration
+# ---------------------------------------------------------------------------
+
+
+def calibrate(epsilon: float, delta: float, releases: int, sensitivity: Optional[Sensitivity], *,
+              mechanism: str = SKELLAM, accounting: str = RDP, rtol: float = 1e-4) -> float:
+    """Smallest noise multiplier with which ``releases`` releases cost at most ``epsilon``.
+
+    A bisection on ``log z`` over :class:`PrivacyAccountant`'s own epsilon, so
+    the result and the accountant agree: spending ``releases`` releases at the
+    returned ``z`` gives an epsilon ``<= epsilon``.
+
+    Parameters
+    ----------
+    epsilon : float > 0
+        ``privacy.epsilon``, the budget of the whole training.
+    delta : float in (0, 1)
+    releases : int >= 1
+        Releases the budget must cover (e.g. rounds times messages per round).
+    sensitivity : Sensitivity or None
+        Of one release (None only for ``mechanism="gaussian"``).
+    mechanism, accounting : str
+        As for :class:`PrivacyAccountant`.
+    rtol : float
+        Relative width of the final bracket.
+
+    Returns
+    -------
+    noise_multiplier : float
+        ``z``; the noise variance per field is ``sensitivity.variances(z)``.
+    """
+    epsilon = check_epsilon(epsilon)
+    check_delta(delta)
+    releases = check_count(releases)
+    if releases < 1:
+        raise ValueError(f"releases must be >= 1, got {releases}")
+    acc = PrivacyAccountant(delta, mechanism=mechanism, sensitivity=sensitivity, accounting=accounting)
+
+    def fits(z: float) -> bool:
+        return acc.epsilon_of(z, releases) <= epsilon
+
+    hi = 1.0
+    while not fits(hi):
+        hi *= 2.0
+        if hi > 2.0**60:  # unreachable for a positive epsilon; guards the loop
+            raise ValueError(f"no noise multiplier reaches epsilon={epsilon} at delta={delta}")
+    lo = hi / 2.0
+    while fits(lo):
+        hi, lo = lo, lo / 2.0
+        if lo < 1e-12:
+            return hi
+    while hi / lo > 1.0 + rtol:
+        mid = math.sqrt(hi * lo)
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+__all__ = [
+    "DEFAULT_ROW_BITS", "GAUSSIAN", "HISTOGRAM_FIELDS", "MAX_SKELLAM_VARIANCE", "SKELLAM", "Sensitivity",
+    "add_noise_share", "calibrate", "clip_gradients", "clip_hessians", "dp_scale", "histogram_sensitivity",
+    "skellam_noise",
+]

@@ -1,0 +1,118 @@
+"""Privacy receipt: what protected a training, in numbers that can be logged.
+
+This module owns the record of a training's privacy settings and spend. It is
+plain data; tracking code logs :meth:`PrivacyReceipt.as_dict` (flat keys,
+JSON-able values) and never needs to know how the numbers were computed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+#: What the epsilon covers; anything else a training sends is not accounted.
+COVERS_HISTOGRAMS = "histogram releases"
+NO_DP = "none"
+
+
+@dataclass(frozen=True)
+class PrivacyReceipt:
+    """Privacy of one training.
+
+    Attributes
+    ----------
+    secure_aggregation : bool
+        Whether parties' arrays were masked (the coordinator saw sums only).
+    n_parties : int
+    mechanism : str
+        ``"skellam"``, ``"gaussian"`` or ``"none"`` (no differential privacy).
+    parameters : dict
+        The mechanism's parameters, e.g. ``noise_multiplier``, per-field
+        ``variance_*``, ``sensitivity_l2``; flattened into ``as_dict`` as
+        ``param.<name>``.
+    epsilon_per_round : float or None
+        Epsilon of one round's releases alone, at ``delta``.
+    epsilon_total : float or None
+        Epsilon of every release of the training, at ``delta`` (composition,
+        not ``rounds * epsilon_per_round``).
+    delta : float or None
+    releases : int
+        Noisy releases accounted.
+    covers : str
+        What the epsilon covers.
+    """
+
+    secure_aggregation: bool
+    n_parties: int
+    mechanism: str = NO_DP
+    parameters: dict = field(default_factory=dict)
+    epsilon_per_round: Optional[float] = None
+    epsilon_total: Optional[float] = None
+    delta: Optional[float] = None
+    releases: int = 0
+    covers: str = COVERS_HISTOGRAMS
+
+    def as_dict(self) -> dict:
+        """Flat dict of str keys to bool, int, float, str or None, for MLflow params and metrics."""
+        out = {
+            "secure_aggregation": bool(self.secure_aggregation),
+            "n_parties": int(self.n_parties),
+            "mechanism": str(self.mechanism),
+            "epsilon_per_round": _number(self.epsilon_per_round),
+            "epsilon_total": _number(self.epsilon_total),
+            "delta": _number(self.delta),
+            "releases": int(self.releases),
+            "covers": self.covers if self.mechanism != NO_DP else NO_DP,
+        }
+        for key in sorted(self.parameters):
+            value = self.parameters[key]
+            if isinstance(value, (bool, int, str)) or value is None:
+                out[f"param.{key}"] = value
+            elif isinstance(value, (list, tuple, np.ndarray)):
+                out[f"param.{key}"] = [_number(v) for v in value]
+            else:
+                out[f"param.{key}"] = _number(value)
+        return out
+
+    @classmethod
+    def from_accountant(cls, accountant, *, secure_aggregation: bool, n_parties: int, noise_multiplier: float,
+                        releases_per_round: int) -> "PrivacyReceipt":
+        """Receipt of a training whose releases all used ``noise_multiplier``.
+
+        Parameters
+        ----------
+        accountant : PrivacyAccountant
+            After the training's releases were spent.
+        secure_aggregation : bool
+        n_parties : int
+        noise_multiplier : float
+        releases_per_round : int
+            Releases of one round, for ``epsilon_per_round``.
+        """
+        params = {"noise_multiplier": float(noise_multiplier), "accounting": accountant.accounting}
+        sens = accountant.sensitivity
+        if sens is not None:
+            params["sensitivity_l1"] = int(sens.l1)
+            params["sensitivity_l2"] = float(sens.l2)
+            for name, var in zip(sens.fields, sens.variances(noise_multiplier)):
+                params[f"variance_{name}"] = float(var)
+        return cls(
+            secure_aggregation=secure_aggregation,
+            n_parties=n_parties,
+            mechanism=accountant.mechanism,
+            parameters=params,
+            epsilon_per_round=accountant.epsilon_of(noise_multiplier, releases_per_round),
+            epsilon_total=accountant.epsilon(),
+            delta=float(accountant.delta),
+            releases=accountant.releases_,
+        )
+
+
+def _number(value) -> Optional[float]:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
