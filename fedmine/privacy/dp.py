@@ -136,8 +136,8 @@ def dp_scale(bound: float, *, n_total: int, row_bits: int = DEFAULT_ROW_BITS) ->
     bound = _check_bound(bound, "gradient bound")
     if isinstance(row_bits, bool) or not isinstance(row_bits, int) or not 1 <= row_bits <= 40:
         raise ValueError(f"row_bits must be an integer in [1, 40], got {row_bits!r}")
-    _, e = math.frexp(bound)  # bound < 2**e
-    k = row_bits - e  # bound * 2**k < 2**row_bits
+    m, e = math.frexp(bound)  # bound = m * 2**e, 0.5 <= m < 1
+    k = row_bits - e + (1 if m == 0.5 else 0)  # the largest k with bound * 2**k <= 2**row_bits
     _, e_tot = math.frexp(max(int(n_total), 1) * bound)
     k = min(k, _SUM_BITS - e_tot)
     return math.ldexp(1.0, k)

@@ -230,7 +230,7 @@ def mask_stream(key: bytes, nonce: bytes, n: int) -> np.ndarray:
 def _two_party_warning(name: str, peer: str) -> None:
     warnings.warn(
         f"secure aggregation with two parties hides nothing between them: {name!r} can subtract its own "
-        f"array from the sum and read {peer!r}'s", SecureAggregationWarning, stacklevel=3)
+        f"array from the sum and read the array of {peer!r}", SecureAggregationWarning, stacklevel=3)
 
 
 class Masker:
