@@ -25,7 +25,7 @@ import numpy as np
 
 from fedmine.errors import DataError
 from fedmine.gbdt import binning
-from fedmine.gbdt.grower import TreeGrower
+from fedmine.gbdt.grower import TreeGrower, max_slots
 from fedmine.gbdt.model import Model, Tree
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.params import make_params
@@ -131,7 +131,7 @@ def train(party, params, *, categorical=None, feature_names=None, n_grid: int = 
     count_bits = 0
     if params.packed == "auto" and obj.hess_bound is not None:
         count_bits = packing_bits(n_total, obj.hess_bound)
-    max_nodes = 2 * params.num_leaves - 1
+    max_nodes = max_slots(params.num_leaves, params.lookahead)
 
     trees: list = []
     last = None
@@ -167,7 +167,7 @@ def train(party, params, *, categorical=None, feature_names=None, n_grid: int = 
         ])
         grower = TreeGrower(party, mapper=mapper, rules=params.rules, num_leaves=params.num_leaves,
                             max_depth=params.max_depth, learning_rate=params.learning_rate,
-                            grad_scales=gs, hess_scales=hs, feature_masks=masks)
+                            grad_scales=gs, hess_scales=hs, feature_masks=masks, lookahead=params.lookahead)
         new = grower.grow()
         if all(t.n_leaves == 1 for t in new):
             # LightGBM stops when no tree of the round can split; keep a

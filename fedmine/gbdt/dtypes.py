@@ -64,6 +64,7 @@ NODE_DTYPE = np.dtype(
         ("parent", np.int32),  # -1 for the root
         ("depth", np.int32),  # root has depth 0
         ("split_order", np.int32),  # i-th split of the tree, -1 for leaves
+        ("slot", np.int32),  # node id used on the wire while growing (partition segment)
         ("value", np.float64),  # output after shrinkage (leaf: prediction)
         ("count", np.int64),  # rows (in the bag) reaching the node
         ("sum_grad", np.int64),  # fixed-point sums of the node's rows

@@ -1,16 +1,27 @@
 """Leaf-wise growth of the trees of one round against a HistogramSource.
 
 This module owns the coordinator's side of tree growth. It sees only summed
-integer histograms (:mod:`fedmine.gbdt.source`) and never a row. The trees of
-a round (one per class) grow in lockstep, so every exchange carries a batch:
-the roots of all trees first, then at each step the smaller child of the leaf
-each tree splits::
+integer histograms (:mod:`fedmine.gbdt.source`) and never a row. Every
+exchange carries a batch of nodes:
+
+* the trees of a round (one per class) grow in lockstep, one node each;
+* with ``lookahead = L > 0`` each tree also opens up to ``L`` more leaves, the
+  next best by gain, speculatively: their split is sent and their smaller
+  child's histogram travels in the same exchange. A leaf's histogram never
+  changes, so neither does its best split: if the leaf-wise rule later picks
+  it, its children are ready and no exchange is needed; if it never does, the
+  party's partition simply holds the leaf's rows as two adjacent segments.
+  The tree is the same for every ``L``; only the number of exchanges (fewer)
+  and the histograms computed (a few more) change.
+
+::
 
     step 0   histograms([root_0, ..., root_{K-1}])
-    step s   for each tree: split its best leaf (LightGBM's leaf-wise rule),
-             apply_split(...) to the parties, pick the smaller child by the
-             *global* counts of the split (ties: left)
-             histograms([smaller child of each tree])   one exchange
+    step s   for each tree: split its best leaf (LightGBM's leaf-wise rule);
+             if its children are not known yet: apply_split(...), ask for the
+             smaller child by the *global* counts of the split (ties: left);
+             open up to L more leaves the same way
+             histograms([...])     one exchange for the whole batch
              sibling = parent - smaller, on the coordinator (exact in int64)
 
 Rules follow LightGBM's ``SerialTreeLearner``: the leaf with the largest gain
@@ -19,6 +30,10 @@ splits (ties: lowest leaf index, LightGBM's numbering), growth stops at
 with fewer than ``2 * min_data_in_leaf`` rows is not searched, and children are
 not searched after the last split. Leaf outputs are computed when a leaf is
 created, from its integer sums, and shrunk by ``learning_rate`` at the end.
+
+Node ids on the wire are *slots* (``tree * NODE_STRIDE + slot``), handed out
+when a split is sent; each node records its slot so a party can find the
+node's rows in its partition.
 """
 
 from __future__ import annotations
@@ -30,6 +45,14 @@ from fedmine.gbdt.model import Tree
 from fedmine.gbdt.source import NODE_STRIDE
 from fedmine.gbdt.splitting import find_best_split, leaf_output
 
+#: Largest ``lookahead``.
+MAX_LOOKAHEAD = 7
+
+
+def max_slots(num_leaves: int, lookahead: int) -> int:
+    """Slots one tree may use: its nodes plus the children of opened leaves never split."""
+    return 1 + 2 * (num_leaves - 1) * (1 + lookahead)
+
 
 class _TreeState:
     """Scratch state of one growing tree (dropped when the tree is built)."""
@@ -38,9 +61,11 @@ class _TreeState:
         self.nodes = np.zeros(max_nodes, dtype=NODE_DTYPE)
         self.out = np.zeros(max_nodes, dtype=np.float64)  # unshrunk outputs
         self.n_nodes = 1
+        self.n_slots = 1
         self.leaf_slots = [0]  # LightGBM leaf index -> node
         self.best = {}  # node -> (split record, bitset), leaves only
         self.hist = {}  # node -> histogram, leaves that may split
+        self.opened = {}  # node -> [left slot, right slot, left hist, right hist] of a sent split
         self.bitsets = []
         self.n_splits = 0
         self.active = True
@@ -61,10 +86,12 @@ class TreeGrower:
     grad_scales, hess_scales : ndarray of shape (n_trees,)
         Fixed-point scales of the round, per tree.
     feature_masks : ndarray of shape (n_trees, n_features), bool
+    lookahead : int
+        Extra leaves opened per tree and exchange (0: one node per tree).
     """
 
     def __init__(self, source, *, mapper, rules, num_leaves, max_depth, learning_rate, grad_scales, hess_scales,
-                 feature_masks):
+                 feature_masks, lookahead: int = 0):
         self.source = source
         self.mapper = mapper
         self.rules = rules
@@ -74,6 +101,7 @@ class TreeGrower:
         self.grad_scales = np.asarray(grad_scales, dtype=np.float64)
         self.hess_scales = np.asarray(hess_scales, dtype=np.float64)
         self.feature_masks = np.asarray(feature_masks, dtype=bool)
+        self.lookahead = int(lookahead)
         self._rules_array = rules.as_array()
 
     # ------------------------------------------------------------------
@@ -98,10 +126,44 @@ class TreeGrower:
         st.best[node] = (split, bits)
         st.hist[node] = hist
 
-    def _split(self, k: int, st: _TreeState, leaf_index: int):
-        """Split the leaf at ``leaf_index``; returns (parent, left, right)."""
+    def _children_wanted(self, st: _TreeState, node: int) -> bool:
+        """Will a child of ``node``'s split be searched if ``node`` splits next?"""
+        if len(st.leaf_slots) + 1 >= self.num_leaves:
+            return False
+        if self.max_depth > 0 and st.nodes[node]["depth"] + 1 >= self.max_depth:
+            return False
+        split = st.best[node][0]
+        need = max(2 * self.rules.min_data_in_leaf, 2)
+        return split["left_count"] >= need or split["right_count"] >= need
+
+    def _send_split(self, k: int, st: _TreeState, node: int, requests: list, pending: list, *,
+                    want_hist: bool = True) -> None:
+        """Send ``node``'s best split to the parties and ask for its smaller child."""
+        split, bits = st.best[node]
+        left, right = st.n_slots, st.n_slots + 1
+        st.n_slots += 2
+        is_cat = bool(split["is_categorical"])
+        self.source.apply_split(
+            k * NODE_STRIDE + int(st.nodes[node]["slot"]),
+            int(split["feature"]),
+            int(split["bin_threshold"]) if not is_cat else 0,
+            bool(split["default_left"]),
+            bits if is_cat else None,
+            k * NODE_STRIDE + left,
+            k * NODE_STRIDE + right,
+        )
+        st.opened[node] = [left, right, None, None]
+        if not want_hist:
+            return
+        small_left = split["left_count"] <= split["right_count"]
+        requests.append(k * NODE_STRIDE + (left if small_left else right))
+        pending.append((k, st, node, small_left))
+
+    def _commit(self, k: int, st: _TreeState, leaf_index: int):
+        """Make the leaf at ``leaf_index`` an internal node; returns (left, right) nodes."""
         parent = st.leaf_slots[leaf_index]
         split, bits = st.best.pop(parent)
+        left_slot, right_slot, _, _ = st.opened[parent]
         left, right = st.n_nodes, st.n_nodes + 1
         st.n_nodes += 2
         nd = st.nodes
@@ -125,9 +187,10 @@ class TreeGrower:
             p["bin_threshold"] = split["bin_threshold"]
             p["threshold"] = self.mapper.threshold(f, int(split["bin_threshold"]))
             p["default_left"] = split["default_left"]
-        for child, side in ((left, "left"), (right, "right")):
+        for child, slot, side in ((left, left_slot, "left"), (right, right_slot, "right")):
             c = nd[child]
             c["is_leaf"] = 1
+            c["slot"] = slot
             c["feature"] = -1
             c["cat_index"] = -1
             c["left"] = c["right"] = -1
@@ -141,37 +204,40 @@ class TreeGrower:
             st.out[child] = split[side + "_value"]
         st.leaf_slots[leaf_index] = left
         st.leaf_slots.append(right)
-        self.source.apply_split(
-            k * NODE_STRIDE + parent,
-            f,
-            int(p["bin_threshold"]),
-            bool(p["default_left"]),
-            bits if is_cat else None,
-            k * NODE_STRIDE + left,
-            k * NODE_STRIDE + right,
-        )
         return parent, left, right
 
-    def _best_leaf(self, st: _TreeState) -> int:
-        best_i, best_gain = -1, 0.0
+    def _ranked_leaves(self, st: _TreeState) -> list:
+        """Leaf indices with a positive best gain, best first (ties: lower leaf index)."""
+        cand = []
         for i, node in enumerate(st.leaf_slots):
             entry = st.best.get(node)
-            if entry is not None and entry[0]["gain"] > best_gain:
-                best_i, best_gain = i, float(entry[0]["gain"])
-        return best_i
+            if entry is not None and entry[0]["gain"] > 0.0:
+                cand.append((-float(entry[0]["gain"]), i))
+        cand.sort()
+        return [i for _, i in cand]
+
+    def _children_ready(self, k: int, st: _TreeState, node: int, left: int, right: int) -> None:
+        """Search the children of a committed split whose histograms have arrived."""
+        _, _, h_left, h_right = st.opened.pop(node)
+        st.hist.pop(node, None)
+        if len(st.leaf_slots) >= self.num_leaves:
+            return
+        for child, h in ((left, h_left), (right, h_right)):
+            if self._searchable(st, child):
+                self._search(k, st, child, h)
 
     # ------------------------------------------------------------------
     def grow(self) -> list:
         """Grow every tree of the round; returns one :class:`Tree` per tree."""
         n_trees = self.grad_scales.shape[0]
-        max_nodes = 2 * self.num_leaves - 1
-        states = [_TreeState(max_nodes) for _ in range(n_trees)]
+        states = [_TreeState(max_slots(self.num_leaves, self.lookahead)) for _ in range(n_trees)]
         roots = self.source.histograms(np.arange(n_trees, dtype=np.int64) * NODE_STRIDE)
         l1, l2 = self.rules.lambda_l1, self.rules.lambda_l2
         for k, st in enumerate(states):
             h = roots[k]
             r = st.nodes[0]
             r["is_leaf"] = 1
+            r["slot"] = 0
             r["feature"] = r["left"] = r["right"] = r["parent"] = r["cat_index"] = r["split_order"] = -1
             r["sum_grad"] = h[0, :, GRAD].sum()
             r["sum_hess"] = h[0, :, HESS].sum()
@@ -183,39 +249,50 @@ class TreeGrower:
         del roots
 
         while True:
-            requests, pending = [], []
+            requests, pending, ready = [], [], []
             for k, st in enumerate(states):
-                if not st.active:
-                    continue
-                leaf_index = self._best_leaf(st) if len(st.leaf_slots) < self.num_leaves else -1
-                if leaf_index < 0:
-                    st.active = False
-                    st.hist.clear()
-                    st.best.clear()
-                    continue
-                parent, left, right = self._split(k, st, leaf_index)
-                parent_hist = st.hist.pop(parent)
-                last = len(st.leaf_slots) >= self.num_leaves
-                want = [c for c in (left, right) if not last and self._searchable(st, c)]
-                if not want:
-                    continue
-                smaller = left if st.nodes[left]["count"] <= st.nodes[right]["count"] else right
-                larger = right if smaller == left else left
-                requests.append(k * NODE_STRIDE + smaller)
-                pending.append((k, st, smaller, larger, parent_hist, want))
-            if not requests:
-                if all(not st.active for st in states):
-                    break
-                continue
-            hists = self.source.histograms(np.asarray(requests, dtype=np.int64))
-            for j, (k, st, smaller, larger, parent_hist, want) in enumerate(pending):
-                small_h = hists[j]
-                for node, h in ((smaller, small_h), (larger, None)):
-                    if node not in want:
+                while st.active:  # split this tree's best leaves until one needs an exchange
+                    ranked = self._ranked_leaves(st) if len(st.leaf_slots) < self.num_leaves else []
+                    if not ranked:
+                        st.active = False
+                        st.hist.clear()
+                        st.best.clear()
+                        st.opened.clear()
+                        break
+                    node = st.leaf_slots[ranked[0]]
+                    if node in st.opened:  # opened in an earlier exchange: its children are here
+                        parent, left, right = self._commit(k, st, ranked[0])
+                        self._children_ready(k, st, parent, left, right)
                         continue
-                    if h is None:
-                        h = parent_hist - small_h
-                    self._search(k, st, node, h)
+                    want = self._children_wanted(st, node)
+                    self._send_split(k, st, node, requests, pending, want_hist=want)
+                    parent, left, right = self._commit(k, st, ranked[0])
+                    if not want:  # no child will be searched: nothing to wait for
+                        st.opened.pop(parent)
+                        st.hist.pop(parent, None)
+                        continue
+                    ready.append((k, st, parent, left, right))
+                    # open the next best leaves while the budget of splits may reach them
+                    budget = self.num_leaves - len(st.leaf_slots)
+                    extra = 0
+                    for leaf_index in ranked[1:]:
+                        if budget <= 0 or extra >= self.lookahead:
+                            break
+                        other = st.leaf_slots[leaf_index]
+                        if other not in st.opened:
+                            self._send_split(k, st, other, requests, pending)
+                            extra += 1
+                        budget -= 1
+                    break
+            if not requests:
+                break
+            hists = self.source.histograms(np.asarray(requests, dtype=np.int64))
+            for j, (k, st, node, small_left) in enumerate(pending):
+                small = hists[j]
+                large = st.hist[node] - small
+                st.opened[node][2:] = (small, large) if small_left else (large, small)
+            for k, st, parent, left, right in ready:
+                self._children_ready(k, st, parent, left, right)
         return [self._finish(st) for st in states]
 
     def _finish(self, st: _TreeState) -> Tree:

@@ -54,6 +54,7 @@ class Tree:
         nodes[0]["left"] = nodes[0]["right"] = nodes[0]["parent"] = -1
         nodes[0]["cat_index"] = -1
         nodes[0]["split_order"] = -1
+        nodes[0]["slot"] = 0
         nodes[0]["value"] = value
         nodes[0]["count"] = count
         nodes[0]["hess"] = hess

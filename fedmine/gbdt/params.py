@@ -79,6 +79,7 @@ class Params:
     metric: str = ""
     early_stopping_rounds: int = 0
     packed: str = "auto"  # "auto": packed (grad, hess|count) accumulators when the bits allow; "off"
+    lookahead: int = 2  # extra leaves opened per exchange: fewer exchanges, the same trees
 
     @property
     def rules(self) -> SplitRules:
@@ -183,6 +184,7 @@ def make_params(params: dict | Params | None = None, **overrides) -> Params:
         raise ConfigError(
             f"metric must be one of {list(allowed_metrics)} for objective {p['objective']!r}, got {p['metric']!r}"
         )
+    p["lookahead"] = _int("lookahead", p["lookahead"], 0, 7, " in [0, 7]")
     if p["packed"] not in ("auto", "off"):
         raise ConfigError(f"packed must be one of ['auto', 'off'], got {p['packed']!r}")
     return Params(**p)

@@ -145,8 +145,8 @@ class PartyState(LocalRows):
                 continue
             part = self.partitions_[k] if k < len(self.partitions_) else None
             leaves = tree.leaf_ids()
-            if part is not None:
-                add_leaf_values(part, leaves, tree.nodes["value"][leaves], self.scores_[k])
+            if part is not None:  # a leaf's rows are the partition segment of its slot
+                add_leaf_values(part, tree.nodes["slot"][leaves], tree.nodes["value"][leaves], self.scores_[k])
             if part is None or part.indices.shape[0] < self.n_rows:  # out-of-bag rows: walk the tree
                 covered = np.zeros(self.n_rows, dtype=bool)
                 if part is not None:

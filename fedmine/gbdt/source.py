@@ -11,8 +11,8 @@ the rows (party side), and its two in-process implementations:
 Node ids
 --------
 Trees of one round (one per class) grow together. A node id carries its tree:
-``node_id = tree * NODE_STRIDE + local`` where ``local`` is the node's index in
-its tree's node array (root 0, children appended in split order).
+``node_id = tree * NODE_STRIDE + slot`` where ``slot`` is handed out by the
+grower when it sends a split (root 0); a node records its slot.
 
 Messages
 --------
@@ -34,9 +34,10 @@ from fedmine.gbdt.dtypes import G_INT_DTYPE, HIST_FIELDS, ROW_INDEX_DTYPE, X_BIN
 from fedmine.gbdt.histogram import build_histogram_ordered, build_histogram_packed_ordered, gather
 from fedmine.gbdt.partition import DataPartition
 
-#: Node-id stride between the trees of one round (num_leaves <= 2**15, so a
-#: tree has fewer than 2**16 nodes).
-NODE_STRIDE = 1 << 16
+#: Node-id stride between the trees of one round: a tree uses fewer than
+#: ``2 * num_leaves * (1 + lookahead)`` slots, below 2**20 for num_leaves <= 2**15
+#: and lookahead <= 7.
+NODE_STRIDE = 1 << 20
 
 
 def split_node_id(node_id: int) -> tuple[int, int]:

@@ -158,3 +158,28 @@ def test_a_party_without_rows_changes_nothing(pooled):
     idx = _partition(y, 3, "iid")
     idx.insert(1, np.zeros(0, dtype=np.int64))
     _assert_same(_federated(X, y, params, idx), want)
+
+
+
+@pytest.mark.parametrize("objective", ["binary", "multiclass"])
+def test_lookahead_changes_exchanges_not_trees(objective):
+    X, y = _data(objective)
+    extra = {"num_class": 4} if objective == "multiclass" else {}
+    base = dict(PARAMS, objective=objective, num_leaves=20, **extra)
+    idx = _partition(y, 3, "iid")
+    results = {}
+    for lookahead in (0, 1, 3):
+        params = dict(base, lookahead=lookahead)
+        model, group = train_partitioned([(X[i], y[i]) for i in idx], params, categorical=[3],
+                                         row_ids=[i.astype(np.uint64) for i in idx], return_group=True)
+        _assert_same(model, train_pooled(X, y, params, categorical=[3]))  # federated == pooled, any lookahead
+        results[lookahead] = (model, group.source.exchanges_)
+    ref = results[0][0]
+    fields = [f for f in ref.trees[0].nodes.dtype.names if f != "slot"]
+    for lookahead, (model, _) in results.items():
+        assert len(model.trees) == len(ref.trees)
+        for a, b in zip(model.trees, ref.trees):
+            for f in fields:
+                assert np.array_equal(a.nodes[f], b.nodes[f]), (lookahead, f)
+        assert to_lightgbm_text(model) == to_lightgbm_text(ref)
+    assert results[3][1] < results[1][1] < results[0][1]
