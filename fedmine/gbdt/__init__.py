@@ -24,7 +24,8 @@ Party side (what a federation wires to messages; see :mod:`fedmine.gbdt.party`):
         histograms(node_ids) -> int64 (n, F, max_bin + 1, 3)
         apply_split(node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id)
         finish(last_trees);  evaluate(metric) -> int64
-    PartyGroup(parties)            K parties seen as one (merges answers; .source counts bytes)
+    PartyGroup(parties, *, n_threads=None)   K parties seen as one (merges answers;
+                                             .source counts exchanges_ and bytes)
     HistogramSource, LocalRows, SumOfSources, NODE_STRIDE   (the grower's boundary)
 
 Model and outputs::
@@ -35,7 +36,13 @@ Model and outputs::
     to_lightgbm_text(model, feature_names=None) -> str   (lightgbm.Booster(model_str=...))
 
 Parameters are LightGBM's names (:class:`Params`, :func:`make_params`); a bad
-value raises :class:`fedmine.errors.ConfigError` naming the key.
+value raises :class:`fedmine.errors.ConfigError` naming the key. Engine-only
+keys: ``lookahead`` (extra leaves opened per exchange, default 2: fewer
+exchanges, identical trees) and ``packed`` ("auto" / "off").
+
+A federation layer wires one message per PartyState call; the coordinator side
+is :func:`train` given an object with the same calls that forwards them and
+merges the answers as :class:`PartyGroup` does (sum, max, min/max, broadcast).
 """
 
 from __future__ import annotations

@@ -14,13 +14,21 @@ with ``s = 2**k`` the largest power of two such that::
 
 where ``n_total`` is the global row count and ``bound`` a global bound on
 ``|g|`` (or ``h``): known for binary (|g| <= 1, h <= 1/4) and multiclass
-(|g| <= 1, h <= 1/2 before LightGBM's factor, 1 after it), and for the other
-objectives the max over parties of their local max, a mergeable aggregate. Any
+(|g| <= 1, h <= K / (4 (K - 1)) with LightGBM's factor K / (K - 1)), and for
+the other objectives the max over parties of their local max, a mergeable
+aggregate exchanged each round. Any
 histogram entry is a sum of at most ``n_total`` rows of magnitude at most
 ``bound * s + 1/2``, so it stays below ``2**62``: no overflow, even after adding
 a sibling's and subtracting from a parent's. Multiplying by a power of two is
 exact in binary floating point, so the only rounding is the one per row, and
 it depends on the row alone.
+
+Packed accumulators: when ``count_bits = bit_length(n_total)`` more bits fit,
+the hessian scale is chosen with ``n_total * bound * s * 2**count_bits < 2**62``
+and each row carries ``q_h << count_bits | 1``; one int64 add then sums the
+hessian and the count without carries between them (the count stays below
+``2**count_bits``). The booster uses it when the resulting hessian scale is at
+least 2**16; the histograms on the wire are unpacked, so nothing else changes.
 
 Integer addition is associative and commutative: any partition of the rows over
 parties, and any order of summation, gives the same integer histogram bits. The
