@@ -198,3 +198,22 @@ def test_histogram_sensitivity_in_fixed_point_units():
         histogram_sensitivity(1, grad_bound=1, hess_bound=1, grad_scale=1, hess_scale=1, nodes_per_row=0)
     with pytest.raises(ConfigError, match=r"hessian bound must be a positive finite number, got 0"):
         histogram_sensitivity(1, grad_bound=1, hess_bound=0, grad_scale=1, hess_scale=1)
+
+
+def test_noisy_shares_through_secure_aggregation_sum_exactly():
+    import warnings
+
+    from fedmine.privacy.secure_agg import Masker, generate_keypair, unmask_sum
+
+    rng = np.random.default_rng(14)
+    names = ("north", "south", "east")
+    keys = {n: generate_keypair() for n in names}
+    public = {n: k.public_bytes for n, k in keys.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # three parties: no warning
+        maskers = {n: Masker(n, keys[n], public, "dp+sa") for n in names}
+    hists = [rng.integers(-2**20, 2**20, size=(2, 5, 16, 3), dtype=np.int64) for _ in names]
+    noisy = [add_noise_share(h, [1e6, 1e6, 50.0], n_parties=3, rng=rng) for h in hists]
+    total = unmask_sum([maskers[n].mask(x, "round-3/level-2") for n, x in zip(names, noisy)])
+    np.testing.assert_array_equal(total, np.sum(noisy, axis=0))  # the coordinator gets the noisy sum exactly
+    assert not np.array_equal(total, np.sum(hists, axis=0))

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -105,8 +106,15 @@ def test_masks_cancel_for_any_values(rows):
     assert total.tolist() == [sum(c) for c in zip(*rows)]
 
 
-def test_a_single_message_looks_uniform(four):
-    _, maskers = four
+def fixed_keypair(seed: int) -> KeyPair:
+    private = X25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
+    return KeyPair(private=private, public_bytes=private.public_key().public_bytes_raw())
+
+
+def test_a_single_message_looks_uniform():
+    keys = {n: fixed_keypair(i + 1) for i, n in enumerate(NAMES)}  # fixed keys: a deterministic test
+    public = {n: k.public_bytes for n, k in keys.items()}
+    maskers = {n: Masker(n, keys[n], public, "uniform") for n in NAMES}
     zeros = np.zeros(1 << 16, dtype=np.int64)  # the mask alone: the worst case for hiding
     masked = maskers["bravo"].mask(zeros, "uniformity")
     top = (masked >> np.uint64(56)).astype(np.int64)
