@@ -208,9 +208,8 @@ def skellam_noise(shape, variance, *, n_parties: int = 1, rng: Optional[np.rando
     -------
     noise : ndarray of shape ``shape``, int64
     """
-    n_parties = check_count(n_parties)
-    if n_parties < 1:
-        raise ValueError(f"n_parties must be >= 1, got {n_parties}")
+    if isinstance(n_parties, bool) or not isinstance(n_parties, (int, np.integer)) or n_parties < 1:
+        raise ValueError(f"n_parties must be an integer >= 1, got {n_parties!r}")
     v = np.asarray(variance, dtype=np.float64)
     if not np.all(np.isfinite(v)) or np.any(v < 0):
         raise ValueError(f"Skellam variance must be finite and >= 0, got {variance!r}")

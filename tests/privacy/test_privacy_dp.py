@@ -111,8 +111,10 @@ def test_noise_errors():
         skellam_noise((2,), 2 * MAX_SKELLAM_VARIANCE)
     with pytest.raises(ValueError, match=r"Skellam variance must be finite and >= 0, got -1"):
         skellam_noise((2,), -1)
-    with pytest.raises(ValueError, match=r"n_parties must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"n_parties must be an integer >= 1, got 0"):
         skellam_noise((2,), 1.0, n_parties=0)
+    with pytest.raises(ValueError, match=r"n_parties must be an integer >= 1, got 2.0"):
+        skellam_noise((2,), 1.0, n_parties=2.0)
     with pytest.raises(ValueError, match=r"noise is added to int64 histograms, got float64"):
         add_noise_share(np.zeros((2, 3)), [1, 1, 1], n_parties=1)
     with pytest.raises(ValueError, match=r"variances of shape \(2,\) do not match the last axis of a histogram "

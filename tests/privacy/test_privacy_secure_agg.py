@@ -133,6 +133,26 @@ def test_masked_message_reveals_nothing_of_a_constant_input(four):
     assert len(np.unique(a)) == a.size
 
 
+def test_mask_agrees_with_a_plain_python_twin():
+    keys, maskers = federation(training_id="twin")
+    x = np.array([0, -1, 5, I64.min, I64.max, 123456789], dtype=np.int64)
+    me = "bravo"
+    got = maskers[me].mask(x, "twin-message")
+    nonce = message_nonce("twin-message")
+    expected = []
+    for i, v in enumerate(x.tolist()):
+        acc = v % 2**64
+        for peer in NAMES:
+            if peer == me:
+                continue
+            key = pairwise_seed(keys[me].private, keys[peer].public_bytes, my_name=me, their_name=peer,
+                                training_id="twin")
+            s = int(mask_stream(key, nonce, len(x))[i])
+            acc = (acc + s) % 2**64 if peer > me else (acc - s) % 2**64
+        expected.append(acc)
+    assert got.tolist() == expected
+
+
 # ---------------------------------------------------------------------------
 # masks are never reused
 # ---------------------------------------------------------------------------
