@@ -183,6 +183,8 @@ def message_nonce(message_id: MessageId, *, epoch: int = 0) -> bytes:
 
     ``message_id`` is tagged with its type, so ``1`` and ``"1"`` differ.
     """
+    if isinstance(message_id, np.integer):
+        message_id = int(message_id)
     if isinstance(message_id, bool) or not isinstance(message_id, (int, str)):
         raise SecureAggregationError(f"message id must be an int or a str, got {message_id!r}")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
@@ -315,6 +317,8 @@ class Masker:
             got = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
             raise SecureAggregationError(f"secure aggregation masks int64 arrays, got {got}")
         nonce = message_nonce(message_id, epoch=self.epoch_)  # validates the id's type
+        if isinstance(message_id, np.integer):
+            message_id = int(message_id)
         if message_id in self._used_ids:
             raise SecureAggregationError(
                 f"message id {message_id!r} was already masked in epoch {self.epoch_}: a mask is used once")

@@ -165,6 +165,8 @@ def test_a_repeated_message_id_is_rejected(four):
     with pytest.raises(SecureAggregationError, match=r"message id 'once' was already masked in epoch 0"):
         maskers["charlie"].mask(x, "once")
     maskers["charlie"].mask(x, 1)
+    with pytest.raises(SecureAggregationError, match=r"message id 1 was already masked in epoch 0"):
+        maskers["charlie"].mask(x, np.int64(1))  # numpy integers are the same ids
     maskers["charlie"].mask(x, "1")  # 1 and "1" are different ids with different nonces
     assert message_nonce(1) != message_nonce("1")
 
