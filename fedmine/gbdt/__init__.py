@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedmine.errors import DataError
 from fedmine.gbdt.binning import BinMapper, bin_columns, edges_from_grid_counts, grid_counts, make_grids
 from fedmine.gbdt.booster import train, train_partitioned, train_pooled
 from fedmine.gbdt.export import to_lightgbm_text
@@ -63,11 +64,18 @@ from fedmine.gbdt.source import NODE_STRIDE, HistogramSource, LocalRows, SumOfSo
 def predict(model: Model, X) -> np.ndarray:
     """Transformed predictions of ``model`` on raw features.
 
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_features)
+
     Returns
     -------
     ndarray of shape (n_rows,) (binary: probability; regression, poisson,
     tweedie: mean) or (n_rows, num_class) (multiclass: probabilities).
     """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != model.n_features:
+        raise DataError(f"X must have shape (n_rows, {model.n_features}), got {X.shape}")
     raw = predict_raw(model.trees, X, n_trees_per_round=model.n_trees_per_round, init_scores=model.init_scores)
     obj = make_objective(model.objective, num_class=model.n_trees_per_round,
                          tweedie_variance_power=model.params.get("tweedie_variance_power", 1.5))
