@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 
 from fedmine.errors import ConfigError
 from fedmine.gbdt.dtypes import MAX_BIN_LIMIT
+from fedmine.gbdt.grower import MAX_LOOKAHEAD
 from fedmine.gbdt.objectives import OBJECTIVES
 from fedmine.gbdt.splitting import SplitRules
 
@@ -184,7 +185,7 @@ def make_params(params: dict | Params | None = None, **overrides) -> Params:
         raise ConfigError(
             f"metric must be one of {list(allowed_metrics)} for objective {p['objective']!r}, got {p['metric']!r}"
         )
-    p["lookahead"] = _int("lookahead", p["lookahead"], 0, 7, " in [0, 7]")
+    p["lookahead"] = _int("lookahead", p["lookahead"], 0, MAX_LOOKAHEAD, f" in [0, {MAX_LOOKAHEAD}]")
     if p["packed"] not in ("auto", "off"):
         raise ConfigError(f"packed must be one of ['auto', 'off'], got {p['packed']!r}")
     return Params(**p)

@@ -45,6 +45,25 @@ from fedmine.gbdt.quantize import quantize
 from fedmine.gbdt.sampling import bag_rows
 from fedmine.gbdt.source import LocalRows, SumOfSources
 
+class ProtocolError(RuntimeError):
+    """A call arrived in a stage that does not accept it (a coordinator bug, not bad data)."""
+
+
+#: Stages of a PartyState, in order; a round cycles GRADIENTS -> GROWING -> GRADIENTS.
+CREATED, BINNED, READY, GRADIENTS, GROWING, FINISHED = "created", "binned", "ready", "gradients", "growing", "finished"
+
+#: Which stages accept each stateful call.
+ACCEPTS = {
+    "set_bins": (CREATED, BINNED),
+    "configure": (BINNED, READY, FINISHED),
+    "begin_round": (READY, GROWING),
+    "start_trees": (GRADIENTS,),
+    "histograms": (GROWING,),
+    "apply_split": (GROWING,),
+    "finish": (GROWING, READY),
+    "evaluate": (READY, GRADIENTS, GROWING, FINISHED),
+}
+
 #: Call names, in the order a training uses them (the federation layer's
 #: message keys).
 CALLS = (
@@ -101,6 +120,13 @@ class PartyState(LocalRows):
         self.y_valid = None if y_valid is None else np.ascontiguousarray(y_valid, dtype=Y_DTYPE).ravel()
         self.partitions_ = []
         self.bins = None
+        self.stage_ = CREATED
+
+    def _enter(self, call: str, next_stage: str | None = None) -> None:
+        if self.stage_ not in ACCEPTS[call]:
+            raise ProtocolError(f"{call} is not accepted in stage {self.stage_!r}; it needs one of {list(ACCEPTS[call])}")
+        if next_stage is not None:
+            self.stage_ = next_stage
 
     # --- binning --------------------------------------------------------
     def describe(self) -> dict:
@@ -115,6 +141,7 @@ class PartyState(LocalRows):
 
     def set_bins(self, mapper: binning.BinMapper, *, parallel: bool = True) -> None:
         """Bin the local rows once (and the validation rows)."""
+        self._enter("set_bins", BINNED)
         LocalRows.__init__(self, binning.bin_columns(self.X, mapper, parallel=parallel), max_bin=mapper.max_bin,
                            parallel=parallel)
         self.bins_valid_ = (
@@ -124,6 +151,7 @@ class PartyState(LocalRows):
     # --- training -------------------------------------------------------
     def configure(self, params, init_scores: np.ndarray) -> None:
         """Set the objective and start scores at the initial score."""
+        self._enter("configure", READY)
         self.params_ = params
         self.objective_ = _objective(params)
         self.objective_.check_labels(self.y)
@@ -166,6 +194,7 @@ class PartyState(LocalRows):
         bounds : ndarray of shape (n_trees, 2), float64
             Local ``max |g|`` and ``max h`` per tree (merge: max).
         """
+        self._enter("begin_round", GRADIENTS)
         if trees:
             self._apply_trees(trees)
         self._g_float, self._h_float, bounds = self.objective_.gradients_and_bounds(self.y, self.scores_)
@@ -173,6 +202,7 @@ class PartyState(LocalRows):
 
     def start_trees(self, iteration: int, grad_scales, hess_scales, *, count_bits: int, max_nodes: int) -> None:
         """Quantise gradients with the global scales, bag rows, reset partitions."""
+        self._enter("start_trees", GROWING)
         p = self.params_
         n_trees = self._g_float.shape[0]
         qg = np.empty(self._g_float.shape, dtype=np.int64)
@@ -188,12 +218,22 @@ class PartyState(LocalRows):
 
     def finish(self, trees) -> None:
         """Apply the final round's trees (scores then match the model)."""
+        self._enter("finish", FINISHED)
         if trees:
             self._apply_trees(trees)
         self.partitions_ = []
 
+    def histograms(self, node_ids: np.ndarray) -> np.ndarray:
+        self._enter("histograms")
+        return LocalRows.histograms(self, node_ids)
+
+    def apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id) -> None:
+        self._enter("apply_split")
+        LocalRows.apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id)
+
     def evaluate(self, metric: str) -> np.ndarray:
         """Summable statistics of ``metric`` on the validation rows."""
+        self._enter("evaluate")
         if self.y_valid is None:
             return self.objective_.metric_stats(metric, np.zeros(0), np.zeros((self.objective_.n_trees, 0)))
         return self.objective_.metric_stats(metric, self.y_valid, self.scores_valid_)
