@@ -78,8 +78,11 @@ def _threshold_l1(s, l1):  # pragma: no cover - numba
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def leaf_output(g, h, l1, l2):  # pragma: no cover - numba
-    """LightGBM's CalculateSplittedLeafOutput (no max_delta_step, no smoothing)."""
-    return -_threshold_l1(g, l1) / (h + l2)
+    """LightGBM's CalculateSplittedLeafOutput (no max_delta_step, no smoothing); 0 without hessian."""
+    den = h + l2
+    if den <= 0.0:
+        return 0.0
+    return -_threshold_l1(g, l1) / den
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -239,7 +242,8 @@ def _best_split_kernel(hist, allowed, n_bins, is_cat, nan_bin, inv_sg, inv_sh, p
                 ctr = np.empty(n_used, dtype=np.float64)
                 for i in range(n_used):
                     t = idx[i]
-                    ctr[i] = (hf[t, 0] * inv_sg) / (hf[t, 1] * inv_sh + cat_smooth)
+                    den = hf[t, 1] * inv_sh + cat_smooth
+                    ctr[i] = (hf[t, 0] * inv_sg) / den if den > 0.0 else 0.0
                 order = np.argsort(ctr, kind="mergesort")
                 sidx = idx[order]
                 max_num_cat = min(max_cat_threshold, (n_used + 1) // 2)

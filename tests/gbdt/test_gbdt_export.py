@@ -104,3 +104,18 @@ def test_export_is_deterministic_text():
     a = to_lightgbm_text(train_pooled(X, y, params, categorical=[2]))
     b = to_lightgbm_text(train_pooled(X, y, params, categorical=[2]))
     assert a == b and "tree_sizes" not in a and a.rstrip().endswith("pandas_categorical:null")
+
+
+def test_degenerate_inputs_train_and_export():
+    rng = np.random.default_rng(2)
+    n = 300
+    X = rng.normal(size=(n, 4))
+    X[:, 1] = np.nan  # no value at all
+    X[:, 2] = 3.0  # constant
+    y = (X[:, 0] > 0).astype(float)
+    for labels, objective in ((y, "binary"), (np.zeros(n), "binary"), (X[:, 0] * 2, "regression")):
+        model = train_pooled(X, labels, dict(objective=objective, num_boost_round=4))
+        booster = lgb.Booster(model_str=to_lightgbm_text(model))
+        ours = predict_raw(model.trees, X, init_scores=model.init_scores)[0]
+        assert np.abs(booster.predict(X, raw_score=True) - ours).max() < 1e-9
+        assert all(t.nodes["feature"][t.nodes["is_leaf"] == 0].tolist().count(1) == 0 for t in model.trees)
