@@ -65,7 +65,7 @@ def _feature_infos(mapper: binning.BinMapper) -> list:
         elif not mapper.feature_min[f] <= mapper.feature_max[f]:
             infos.append("none")
         else:
-            infos.append(f"[{mapper.feature_min[f]!r}:{mapper.feature_max[f]!r}]")
+            infos.append(f"[{float(mapper.feature_min[f])!r}:{float(mapper.feature_max[f])!r}]")
     return infos
 
 

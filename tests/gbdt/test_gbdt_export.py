@@ -54,6 +54,10 @@ def test_lightgbm_predicts_like_the_engine(objective):
     text = to_lightgbm_text(model)
     assert f"objective={model.objective_line}" in text
     assert "feature_names=a_b c cat_col d" in text
+    infos = next(line for line in text.splitlines() if line.startswith("feature_infos=")).split("=")[1].split()
+    lo, hi = (float(v) for v in infos[1].strip("[]").split(":"))  # numeric: [min:max]
+    assert (lo, hi) == (X[:, 1].min(), X[:, 1].max())
+    assert infos[2] == ":".join(str(c) for c in range(12))  # categorical: its categories
     assert any(t.cat_bitsets.shape[0] for t in model.trees)
     booster = lgb.Booster(model_str=text)
     Xp = _probe(X, rng)
