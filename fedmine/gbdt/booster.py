@@ -82,6 +82,155 @@ def packing_bits(n_total: int, hess_bound: float) -> int:
     return bits
 
 
+class Trainer:
+    """The boosting loop one round at a time, so a caller can record every round.
+
+    ``start()`` agrees bins and the initial score; each ``step()`` grows one
+    round (``num_class`` trees), applies it and evaluates it; ``finish()``
+    returns the :class:`Model`. :func:`train` is ``start`` + ``step`` until
+    :attr:`done` + ``finish``.
+
+    Parameters
+    ----------
+    party : PartyState, PartyGroup, or any object with their calls
+    params : dict or Params
+    categorical, feature_names, n_grid : see :func:`train`
+
+    Attributes
+    ----------
+    trees_ : list of Tree
+        Every tree grown so far (``num_class`` per round).
+    history_ : list of float
+        The validation metric after each round (when there are validation rows).
+    done : bool
+        No further round will be grown (``num_boost_round`` reached, early
+        stopping, or no tree of a round could split).
+    """
+
+    def __init__(self, party, params, *, categorical=None, feature_names=None,
+                 n_grid: int = binning.DEFAULT_GRID_SIZE) -> None:
+        self.party = party
+        self.params = make_params(params)
+        self.categorical = categorical
+        self.feature_names = feature_names
+        self.n_grid = n_grid
+        self.trees_: list = []
+        self.history_: list = []
+        self.done = False
+        self.grew_ = False
+
+    def start(self) -> None:
+        """Describe, agree the bins on a shared grid, agree the initial score."""
+        params, party = self.params, self.party
+        self._obj = obj = make_objective(params.objective, num_class=params.num_class,
+                                         poisson_max_delta_step=params.poisson_max_delta_step,
+                                         tweedie_variance_power=params.tweedie_variance_power)
+        desc = party.describe()
+        self._n_total, n_features, self._n_valid = desc["n_rows"], desc["n_features"], desc["n_valid"]
+        if self._n_total == 0:
+            raise DataError("no training rows")
+        self._mask = binning._as_mask(self.categorical, n_features)
+        self._names = canonical_feature_names(n_features, self.feature_names)
+        ranges = party.feature_ranges()
+        grids = binning.make_grids(ranges, n_grid=self.n_grid)
+        counts = party.grid_counts(grids, self._mask)
+        self._mapper = binning.edges_from_grid_counts(counts, grids, max_bin=params.max_bin, categorical=self._mask,
+                                                      ranges=ranges)
+        party.set_bins(self._mapper)
+        init = obj.init_scores(party.label_stats(params), self._n_total)
+        if not np.all(np.isfinite(init)):
+            raise DataError(f"objective {params.objective!r} needs labels with a positive mean, got initial score {init}")
+        party.configure(params, init)
+        self._init = init
+        self._count_bits = 0
+        if params.packed == "auto" and obj.hess_bound is not None:
+            self._count_bits = packing_bits(self._n_total, obj.hess_bound)
+        self._best_score, self._best_round = None, -1
+        self._sign = 1.0 if params.metric in HIGHER_IS_BETTER else -1.0
+        self._bounds = party.begin_round(0, None)
+        self._it = 0
+
+    @property
+    def rounds_done(self) -> int:
+        return len(self.trees_) // self._obj.n_trees
+
+    def step(self) -> float | None:
+        """Grow, apply and evaluate one round; return its validation metric (None without validation rows)."""
+        if self.done:
+            raise RuntimeError("training is done; call finish()")
+        params, party, obj, it = self.params, self.party, self._obj, self._it
+        n_trees, n_features = obj.n_trees, self._mapper.n_features
+        gs = np.empty(n_trees)
+        hs = np.empty(n_trees)
+        for k in range(n_trees):
+            gb = obj.grad_bound if obj.grad_bound is not None else self._bounds[k, 0]
+            hb = obj.hess_bound if obj.hess_bound is not None else self._bounds[k, 1]
+            gs[k] = choose_scale(gb, self._n_total)
+            hs[k] = choose_scale(hb * 2.0**self._count_bits, self._n_total)
+        party.start_trees(it, gs, hs, count_bits=self._count_bits,
+                          max_nodes=max_slots(params.num_leaves, params.lookahead))
+        masks = np.stack([
+            feature_mask(n_features, seed=params.seed, iteration=it, tree=k, fraction=params.feature_fraction)
+            for k in range(n_trees)
+        ])
+        grower = TreeGrower(party, mapper=self._mapper, rules=params.rules, num_leaves=params.num_leaves,
+                            max_depth=params.max_depth, learning_rate=params.learning_rate,
+                            grad_scales=gs, hess_scales=hs, feature_masks=masks, lookahead=params.lookahead)
+        new = grower.grow()
+        self._it = it + 1
+        self.grew_ = not all(t.n_leaves == 1 for t in new)
+        if not self.grew_:
+            # LightGBM stops when no tree of the round can split; keep a
+            # constant round only if it is the first (it carries the init score).
+            if not self.trees_:
+                self.trees_.extend(
+                    Tree.single_leaf(0.0, int(t.nodes[0]["count"]), float(t.nodes[0]["hess"])) for t in new)
+            party.finish(None)
+            self.done = True
+            return None
+        self.trees_.extend(new)
+        last_round = self._it >= params.num_boost_round
+        if last_round:
+            party.finish(new)
+        else:
+            self._bounds = party.begin_round(self._it, new)
+        value = None
+        if self._n_valid > 0:
+            value = obj.metric_value(params.metric, party.evaluate(params.metric), self._n_valid)
+            self.history_.append(value)
+            if self._best_score is None or self._sign * value > self._sign * self._best_score:
+                self._best_score, self._best_round = value, it
+            if params.early_stopping_rounds and it - self._best_round >= params.early_stopping_rounds:
+                if not last_round:
+                    party.finish(None)
+                last_round = True
+        self.done = last_round
+        return value
+
+    def finish(self) -> Model:
+        """The model (cut back to the best round under early stopping)."""
+        params, obj = self.params, self._obj
+        trees = self.trees_
+        n_rounds = len(trees) // obj.n_trees
+        if params.early_stopping_rounds and self._n_valid > 0 and self._best_round >= 0:
+            n_rounds = self._best_round + 1
+            trees = trees[: n_rounds * obj.n_trees]
+        return Model(
+            trees=list(trees),
+            init_scores=np.asarray(self._init, dtype=np.float64),
+            objective=params.objective,
+            objective_line=obj.lightgbm_line(),
+            n_trees_per_round=obj.n_trees,
+            n_features=self._mapper.n_features,
+            feature_names=self._names,
+            categorical=self._mask,
+            feature_infos=_feature_infos(self._mapper),
+            params=params.as_dict(),
+            best_iteration=n_rounds,
+            history=list(self.history_),
+        )
+
+
 def train(party, params, *, categorical=None, feature_names=None, n_grid: int = binning.DEFAULT_GRID_SIZE,
           callback=None) -> Model:
     """Train a model through a party-like object.
@@ -103,111 +252,13 @@ def train(party, params, *, categorical=None, feature_names=None, n_grid: int = 
     -------
     Model
     """
-    params = make_params(params)
-    obj = make_objective(params.objective, num_class=params.num_class,
-                         poisson_max_delta_step=params.poisson_max_delta_step,
-                         tweedie_variance_power=params.tweedie_variance_power)
-    desc = party.describe()
-    n_total, n_features, n_valid = desc["n_rows"], desc["n_features"], desc["n_valid"]
-    if n_total == 0:
-        raise DataError("no training rows")
-    mask = binning._as_mask(categorical, n_features)
-    names = canonical_feature_names(n_features, feature_names)
-
-    # bins --------------------------------------------------------------
-    ranges = party.feature_ranges()
-    grids = binning.make_grids(ranges, n_grid=n_grid)
-    counts = party.grid_counts(grids, mask)
-    mapper = binning.edges_from_grid_counts(counts, grids, max_bin=params.max_bin, categorical=mask, ranges=ranges)
-    party.set_bins(mapper)
-
-    # initial score -----------------------------------------------------
-    init = obj.init_scores(party.label_stats(params), n_total)
-    if not np.all(np.isfinite(init)):
-        raise DataError(f"objective {params.objective!r} needs labels with a positive mean, got initial score {init}")
-    party.configure(params, init)
-
-    n_trees = obj.n_trees
-    count_bits = 0
-    if params.packed == "auto" and obj.hess_bound is not None:
-        count_bits = packing_bits(n_total, obj.hess_bound)
-    max_nodes = max_slots(params.num_leaves, params.lookahead)
-
-    trees: list = []
-    last = None
-    history = []
-    best_score, best_round = None, -1
-    sign = 1.0 if params.metric in HIGHER_IS_BETTER else -1.0
-    use_valid = n_valid > 0
-    for it in range(params.num_boost_round):
-        bounds = party.begin_round(it, last)
-        if last is not None and use_valid:
-            value = obj.metric_value(params.metric, party.evaluate(params.metric), n_valid)
-            history.append(value)
-            if best_score is None or sign * value > sign * best_score:
-                best_score, best_round = value, it - 1
-            if callback:
-                callback(it - 1, value)
-            if params.early_stopping_rounds and (it - 1) - best_round >= params.early_stopping_rounds:
-                last = None
-                break
-        elif last is not None and callback:
-            callback(it - 1, None)
-        gs = np.empty(n_trees)
-        hs = np.empty(n_trees)
-        for k in range(n_trees):
-            gb = obj.grad_bound if obj.grad_bound is not None else bounds[k, 0]
-            hb = obj.hess_bound if obj.hess_bound is not None else bounds[k, 1]
-            gs[k] = choose_scale(gb, n_total)
-            hs[k] = choose_scale(hb * 2.0**count_bits, n_total)
-        party.start_trees(it, gs, hs, count_bits=count_bits, max_nodes=max_nodes)
-        masks = np.stack([
-            feature_mask(n_features, seed=params.seed, iteration=it, tree=k, fraction=params.feature_fraction)
-            for k in range(n_trees)
-        ])
-        grower = TreeGrower(party, mapper=mapper, rules=params.rules, num_leaves=params.num_leaves,
-                            max_depth=params.max_depth, learning_rate=params.learning_rate,
-                            grad_scales=gs, hess_scales=hs, feature_masks=masks, lookahead=params.lookahead)
-        new = grower.grow()
-        if all(t.n_leaves == 1 for t in new):
-            # LightGBM stops when no tree of the round can split; keep a
-            # constant round only if it is the first (it carries the init score).
-            if not trees:
-                trees.extend(Tree.single_leaf(0.0, int(t.nodes[0]["count"]), float(t.nodes[0]["hess"])) for t in new)
-            last = None
-            break
-        trees.extend(new)
-        last = new
-    if last is not None:
-        party.finish(last)
-        if use_valid:
-            value = obj.metric_value(params.metric, party.evaluate(params.metric), n_valid)
-            history.append(value)
-            it_done = len(trees) // n_trees - 1
-            if best_score is None or sign * value > sign * best_score:
-                best_score, best_round = value, it_done
-            if callback:
-                callback(it_done, value)
-        elif callback:
-            callback(len(trees) // n_trees - 1, None)
-    n_rounds = len(trees) // n_trees
-    if params.early_stopping_rounds and use_valid and best_round >= 0:
-        n_rounds = best_round + 1
-        trees = trees[: n_rounds * n_trees]
-    return Model(
-        trees=trees,
-        init_scores=np.asarray(init, dtype=np.float64),
-        objective=params.objective,
-        objective_line=obj.lightgbm_line(),
-        n_trees_per_round=n_trees,
-        n_features=n_features,
-        feature_names=names,
-        categorical=mask,
-        feature_infos=_feature_infos(mapper),
-        params=params.as_dict(),
-        best_iteration=n_rounds,
-        history=history,
-    )
+    trainer = Trainer(party, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid)
+    trainer.start()
+    while not trainer.done:
+        value = trainer.step()
+        if callback and trainer.grew_:
+            callback(trainer.rounds_done - 1, value)
+    return trainer.finish()
 
 
 def train_pooled(X, y, params, *, categorical=None, feature_names=None, X_valid=None, y_valid=None,

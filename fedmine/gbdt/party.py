@@ -60,7 +60,7 @@ ACCEPTS = {
     "start_trees": (GRADIENTS,),
     "histograms": (GROWING,),
     "apply_split": (GROWING,),
-    "finish": (GROWING, READY),
+    "finish": (GROWING, READY, GRADIENTS),
     "evaluate": (READY, GRADIENTS, GROWING, FINISHED),
 }
 

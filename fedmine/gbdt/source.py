@@ -25,6 +25,7 @@ enough, and a transport can do the same.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
@@ -175,6 +176,10 @@ class SumOfSources:
         ``nbytes`` of every histogram array the parties sent.
     bytes_to_parties_ : int
         ``nbytes`` of the node ids and split messages sent to the parties.
+    party_seconds_ : float
+        Wall time waiting for the sources' histograms (their compute and transport).
+    aggregate_seconds_ : float
+        Wall time summing their answers.
     """
 
     def __init__(self, sources, *, n_threads: int = 1):
@@ -187,6 +192,8 @@ class SumOfSources:
         self.exchanges_ = 0
         self.bytes_to_coordinator_ = 0
         self.bytes_to_parties_ = 0
+        self.party_seconds_ = 0.0
+        self.aggregate_seconds_ = 0.0
 
     def map(self, fn, *args, **kwargs) -> list:
         """``[fn(source, *args, **kwargs) for source in sources]``, concurrently if n_threads > 1."""
@@ -204,10 +211,14 @@ class SumOfSources:
                 s.apply_split(*split)
             return s.histograms(node_ids)
 
+        t0 = time.perf_counter()
         answers = self.map(ask)
+        t1 = time.perf_counter()
         total = answers[0]
         for h in answers[1:]:
             total = total + h
+        self.party_seconds_ += t1 - t0
+        self.aggregate_seconds_ += time.perf_counter() - t1
         self.bytes_to_parties_ += node_ids.nbytes * len(self.sources)
         self.bytes_to_coordinator_ += sum(h.nbytes for h in answers)
         return total

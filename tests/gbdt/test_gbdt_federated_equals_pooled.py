@@ -183,3 +183,26 @@ def test_lookahead_changes_exchanges_not_trees(objective):
                 assert np.array_equal(a.nodes[f], b.nodes[f]), (lookahead, f)
         assert to_lightgbm_text(model) == to_lightgbm_text(ref)
     assert results[3][1] < results[1][1] < results[0][1]
+
+
+def test_trainer_round_by_round_equals_train():
+    """The step-wise Trainer (what the federation drives, one MLflow step a round) is train()."""
+    from fedmine.gbdt.booster import Trainer
+    from fedmine.gbdt.party import PartyGroup, PartyState
+
+    X, y = _data("binary")
+    params = dict(PARAMS, objective="binary", num_boost_round=6, early_stopping_rounds=0)
+    idx = _partition(y, 3, "iid")
+    parties = [PartyState(X[i], y[i], row_ids=i.astype(np.uint64), X_valid=X[i][:50], y_valid=y[i][:50])
+               for i in idx]
+    trainer = Trainer(PartyGroup(parties), params, categorical=[3])
+    trainer.start()
+    values = []
+    while not trainer.done:
+        values.append(trainer.step())
+    model = trainer.finish()
+    assert len(values) == 6 and all(v is not None for v in values)
+    assert values == model.history
+    _assert_same(model, train_partitioned([(X[i], y[i]) for i in idx], params, categorical=[3],
+                                          row_ids=[i.astype(np.uint64) for i in idx],
+                                          valid_parts=[(X[i][:50], y[i][:50]) for i in idx]))
