@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedmine.errors import ConfigError
 
-OBJECTIVES = ("binary", "multiclass", "regression")
-STRATEGIES = ("bagging", "cyclic", "local")
+OBJECTIVES = ("binary", "multiclass", "regression", "poisson", "tweedie")
+STRATEGIES = ("histogram", "bagging", "cyclic", "local")
 FEATURE_TYPES = ("float", "int", "category", "bool")
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -81,7 +81,7 @@ class OrganisationSpec(_Strict):
 class TrainingSpec(_Strict):
     """How the global model is trained. LightGBM parameter names where they exist."""
 
-    strategy: Literal["bagging", "cyclic", "local"] = "bagging"
+    strategy: Literal["histogram", "bagging", "cyclic", "local"] = "bagging"
     rounds: int = Field(30, ge=1, le=100_000)
     learning_rate: float = Field(0.1, gt=0, le=1)
     num_leaves: int = Field(31, ge=2, le=131_072)
@@ -95,6 +95,14 @@ class TrainingSpec(_Strict):
     bagging_fraction: float = Field(1.0, gt=0, le=1)
     bagging_freq: int = Field(0, ge=0)
     max_bin: int = Field(255, ge=2, le=255)
+    max_cat_threshold: int = Field(32, ge=1)
+    cat_smooth: float = Field(10.0, ge=0)
+    cat_l2: float = Field(10.0, ge=0)
+    min_data_per_group: int = Field(100, ge=1)
+    max_cat_to_onehot: int = Field(4, ge=1)
+    tweedie_variance_power: float = Field(1.5, gt=1, lt=2)
+    early_stopping_rounds: int = Field(0, ge=0, description="stop when the federated validation metric has not improved for this many rounds (0: off)")
+    lookahead: int = Field(2, ge=0, le=7, description="histogram: extra leaves per tree whose histograms travel in the same exchange")
     validation_fraction: float = Field(0.2, ge=0, lt=1)
     seed: int = 7
     local_rounds: int = Field(1, ge=1, le=1000, description="trees each organisation adds per round (bagging, cyclic)")
@@ -117,6 +125,11 @@ class TrainingSpec(_Strict):
             "bagging_fraction": self.bagging_fraction,
             "bagging_freq": self.bagging_freq,
             "max_bin": self.max_bin,
+            "max_cat_threshold": self.max_cat_threshold,
+            "cat_smooth": self.cat_smooth,
+            "cat_l2": self.cat_l2,
+            "min_data_per_group": self.min_data_per_group,
+            "max_cat_to_onehot": self.max_cat_to_onehot,
             "seed": self.seed,
             "deterministic": True,
             "force_row_wise": True,
@@ -125,6 +138,20 @@ class TrainingSpec(_Strict):
         }
         if objective == "multiclass":
             params["num_class"] = num_class
+        if objective == "tweedie":
+            params["tweedie_variance_power"] = self.tweedie_variance_power
+        return params
+
+    def engine_params(self, objective: str, num_class: int | None, metric: str) -> dict[str, Any]:
+        """Parameters of fedmine's own engine (the ``histogram`` strategy): LightGBM's names."""
+        params = self.lightgbm_params(objective, num_class)
+        for key in ("deterministic", "force_row_wise", "num_threads", "verbosity"):
+            params.pop(key)
+        params.update(num_boost_round=self.rounds, metric=metric, lookahead=self.lookahead,
+                      early_stopping_rounds=self.early_stopping_rounds,
+                      tweedie_variance_power=self.tweedie_variance_power)
+        if objective != "multiclass":
+            params["num_class"] = 1
         return params
 
 
@@ -140,7 +167,7 @@ class FederationConfig(_Strict):
     """The whole federation: canonical schema, organisations, training, tracking."""
 
     name: str
-    objective: Literal["binary", "multiclass", "regression"] = "binary"
+    objective: Literal["binary", "multiclass", "regression", "poisson", "tweedie"] = "binary"
     label: str
     classes: list[Any] | None = None
     features: dict[str, FeatureSpec]
@@ -183,8 +210,8 @@ class FederationConfig(_Strict):
             raise ValueError("objective multiclass needs 'classes' with at least 3 values (the label vocabulary)")
         if self.objective == "binary" and self.classes is not None and len(self.classes) != 2:
             raise ValueError(f"objective binary needs exactly 2 'classes' [negative, positive]; got {len(self.classes)}")
-        if self.objective == "regression" and self.classes is not None:
-            raise ValueError("'classes' is not allowed with objective regression")
+        if self.objective in ("regression", "poisson", "tweedie") and self.classes is not None:
+            raise ValueError(f"'classes' is not allowed with objective {self.objective}")
         canonical = set(self.features) | {self.label}
         for org, spec in self.organisations.items():
             for key in ("values", "scale", "offset", "missing"):

@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 # The primary metric of each objective and whether higher is better.
-PRIMARY = {"binary": ("auc", True), "multiclass": ("multi_logloss", False), "regression": ("rmse", False)}
+PRIMARY = {
+    "binary": ("auc", True),
+    "multiclass": ("multi_logloss", False),
+    "regression": ("rmse", False),
+    "poisson": ("rmse", False),
+    "tweedie": ("rmse", False),
+}
 AUC_BINS = 1024
 _EPS = 1e-15
 
@@ -25,6 +31,8 @@ def transform(raw: np.ndarray, objective: str) -> np.ndarray:
         z = raw - raw.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
+    if objective in ("poisson", "tweedie"):
+        return np.exp(raw)
     return raw
 
 

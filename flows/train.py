@@ -53,6 +53,8 @@ def federated_training(
             result = run_round(coord, r)
             tracker.log_round(r, result.flat(cfg.objective), result.org_metrics)
             progress.report(r, rounds, result.global_metrics)
+            if result.stopped:
+                break
         train_seconds = time.perf_counter() - t_train
 
         baselines = local_baselines(coord)

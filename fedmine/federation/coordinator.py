@@ -50,16 +50,21 @@ class RoundResult:
     bytes_sent: int
     bytes_received: int
     trees: int
+    org_bytes_sent: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False
 
     def flat(self, objective: str) -> dict[str, float]:
-        """MLflow metric names: ``global.<m>``, ``org.<name>.<m>``, timings and bytes."""
+        """MLflow metric names: ``global.<m>``, ``org.<name>.<m>``, timings, bytes and strategy figures."""
         out = {f"global.{k}": v for k, v in self.global_metrics.items()}
         for org, m in self.org_metrics.items():
             out.update({f"org.{org}.{k}": v for k, v in m.items()})
+        out.update({f"bytes_sent.{org}": float(b) for org, b in self.org_bytes_sent.items()})
         out["round_seconds"] = self.seconds
         out["bytes_sent"] = float(self.bytes_sent)
         out["bytes_received"] = float(self.bytes_received)
         out["trees"] = float(self.trees)
+        out.update(self.stats)
         return {k: float(v) for k, v in out.items() if v == v}  # drop NaN
 
 
@@ -79,6 +84,8 @@ class Coordinator:
         self.strategy = get_strategy(self.cfg.training.strategy)
         self.params = self.cfg.training.lightgbm_params(self.cfg.objective, self.cfg.num_class)
         self._ctx: RoundContext | None = None
+        self._best: tuple[float, int, int] | None = None  # (metric, round, trees) for early stopping
+        self.stopped = False
 
     @property
     def objective(self) -> str:
@@ -120,7 +127,12 @@ class Coordinator:
             local_rounds=self.cfg.training.local_rounds,
             server_learning_rate=self.cfg.training.server_learning_rate,
             train_rows={n: d["rows_train"] for n, d in self.descriptions.items()},
+            engine_params=self.cfg.training.engine_params(self.objective, self.cfg.num_class,
+                                                          metrics.primary(self.objective)),
+            categorical=[i for i, f in enumerate(self.cfg.features.values()) if f.type == "category"],
+            feature_names=list(self.cfg.features),
         )
+        self.strategy.start(self._ctx)
 
     def evaluate(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         """Federation-wide metrics (from merged sums) and each organisation's own."""
@@ -132,11 +144,17 @@ class Coordinator:
         """One boosting round with the strategy; then evaluate the model every party follows."""
         if self._ctx is None:
             raise RuntimeError("start() must be called before run_round()")
+        if self.stopped:
+            raise RuntimeError("training has stopped; no further round")
         t0 = time.perf_counter()
         sent0, recv0 = self.bytes_sent(), self.bytes_received()
-        self._ctx.round_id = round_id
-        self.strategy.run_round(self._ctx)
+        org_sent0 = {link.name: link.bytes_sent for link in self.links}
+        ctx = self._ctx
+        ctx.round_id = round_id
+        ctx.stats = {}
+        self.strategy.run_round(ctx)
         global_m, org_m = self.evaluate()
+        self.stopped = ctx.stopped or self._early_stop(round_id, global_m)
         result = RoundResult(
             round_id=round_id,
             global_metrics=global_m,
@@ -144,10 +162,28 @@ class Coordinator:
             seconds=time.perf_counter() - t0,
             bytes_sent=self.bytes_sent() - sent0,
             bytes_received=self.bytes_received() - recv0,
-            trees=self.ensemble.num_trees,
+            trees=self.strategy.num_trees(ctx),
+            org_bytes_sent={link.name: link.bytes_sent - org_sent0[link.name] for link in self.links},
+            stats=dict(ctx.stats),
+            stopped=self.stopped,
         )
         self.history.append(result)
         return result
+
+    def _early_stop(self, round_id: int, global_m: dict[str, float]) -> bool:
+        """Early stopping on the federated validation metric, for strategies that do not stop themselves."""
+        patience = self.cfg.training.early_stopping_rounds
+        key = metrics.primary(self.objective)
+        if not patience or self.strategy.stops_itself or key not in global_m or not self.federated:
+            return False
+        value = global_m[key]
+        if self._best is None or metrics.better(self.objective, value, self._best[0]):
+            self._best = (value, round_id, self.strategy.num_trees(self._ctx))
+            return False
+        if round_id - self._best[1] >= patience:
+            self.strategy.truncate(self._ctx, self._best[2])
+            return True
+        return False
 
     def local_baselines(self) -> dict[str, dict[str, Any]]:
         """Each organisation trained alone with the same parameters and rounds."""
@@ -156,6 +192,6 @@ class Coordinator:
 
     def model_text(self) -> str | None:
         """The global model as LightGBM model text (None under ``local``)."""
-        if not self.federated or self.ensemble is None or not self.ensemble.trees:
+        if not self.federated or self._ctx is None:
             return None
-        return self.ensemble.to_text()
+        return self.strategy.model_text(self._ctx)

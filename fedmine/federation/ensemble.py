@@ -27,7 +27,7 @@ def _objective_line(cfg: FederationConfig) -> str:
         return "binary sigmoid:1"
     if cfg.objective == "multiclass":
         return f"multiclass num_class:{cfg.num_class}"
-    return "regression"
+    return cfg.objective  # regression, poisson, tweedie
 
 
 def _feature_info(spec) -> str:
@@ -133,6 +133,10 @@ class Ensemble:
         if len(blocks) % self.num_class:
             raise ValueError(f"expected a multiple of {self.num_class} trees, got {len(blocks)}")
         self.trees.extend(blocks)
+
+    def truncate(self, n_trees: int) -> None:
+        """Keep the first ``n_trees`` trees (early stopping's best round)."""
+        del self.trees[n_trees:]
 
     def to_text(self, trees: list[str] | None = None) -> str:
         """LightGBM model text.

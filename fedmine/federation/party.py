@@ -16,6 +16,8 @@ Stages (a party rejects calls out of order)::
 
 from __future__ import annotations
 
+import threading
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +28,8 @@ import numpy as np
 from fedmine import metrics
 from fedmine.errors import PartyError
 from fedmine.federation.ensemble import tree_blocks
+from fedmine.gbdt.party import CALLS as ENGINE_CALLS
+from fedmine.gbdt.party import PartyState
 from fedmine.schema import HarmonisedFrame
 
 # Party stages (STYLE: explicit protocol state).
@@ -37,6 +41,8 @@ LGB_METRICS = {
     "binary": ["auc", "binary_logloss", "binary_error"],
     "multiclass": ["multi_logloss", "multi_error"],
     "regression": ["rmse", "l1"],
+    "poisson": ["rmse", "l1"],
+    "tweedie": ["rmse", "l1"],
 }
 
 
@@ -51,6 +57,21 @@ class Party(Protocol):
     def train_local(self, params: dict[str, Any], num_boost_round: int) -> list[str]: ...
     def evaluate(self) -> dict[str, Any]: ...
     def local_baseline(self, params: dict[str, Any], num_boost_round: int) -> dict[str, Any]: ...
+    def engine(self, call: str, *args: Any, **kwargs: Any) -> Any: ...
+
+
+#: Engine calls a party answers for the ``histogram`` strategy (the engine's
+#: protocol, :data:`fedmine.gbdt.party.CALLS`, and ``finish``).
+ENGINE_PROTOCOL = frozenset(ENGINE_CALLS) | {"finish"}
+
+
+def global_row_ids(org: str, n_rows: int) -> np.ndarray:
+    """Row ids unique across the federation: ``crc32(org) << 32 | local index``.
+
+    The engine samples rows for bagging from a hash of the row id, so the same
+    ids give the same sample pooled or federated.
+    """
+    return (np.uint64(zlib.crc32(org.encode())) << np.uint64(32)) | np.arange(n_rows, dtype=np.uint64)
 
 
 @dataclass
@@ -115,6 +136,7 @@ class LocalParty:
         self._step = 0
         self._train_raw: np.ndarray | None = None
         self._valid_raw: np.ndarray | None = None
+        self._engine: PartyState | None = None
 
     # -- helpers ---------------------------------------------------------
     def _require(self, stage: str, call: str) -> None:
@@ -183,10 +205,27 @@ class LocalParty:
         booster = lgb.train(params, self._dataset(self._train_raw.copy()), num_boost_round=num_boost_round)
         return tree_blocks(booster.model_to_string())
 
+    def engine(self, call: str, *args: Any, **kwargs: Any) -> Any:
+        """Answer one call of the engine's protocol (``histogram`` strategy) from this party's rows."""
+        if call not in ENGINE_PROTOCOL:
+            raise PartyError(f"party {self.name}: unknown engine call {call!r}; allowed: {', '.join(sorted(ENGINE_PROTOCOL))}")
+        if self._engine is None:
+            d = self._data
+            self._engine = PartyState(d.X_train, d.y_train, row_ids=global_row_ids(self.name, len(d.y_train)),
+                                      X_valid=d.X_valid, y_valid=d.y_valid)
+        return getattr(self._engine, call)(*args, **kwargs)
+
+    def _current_valid_raw(self) -> np.ndarray:
+        """Raw validation scores of the model this party follows."""
+        scores = getattr(self._engine, "scores_valid_", None)
+        if scores is not None:  # the engine's model (histogram strategy): (K, n) -> (n,) or (n, K)
+            return scores[0] if self.num_class == 1 else scores.T
+        return self._valid_raw
+
     def evaluate(self) -> dict[str, Any]:
         """Validation sums (mergeable) and this party's exact metrics of the current model."""
         self._require(STAGE_READY, "evaluate")
-        y, raw = self._data.y_valid, self._valid_raw
+        y, raw = self._data.y_valid, self._current_valid_raw()
         if len(y) == 0:
             return {"sums": {}, "metrics": {}}
         return {"sums": metrics.sums(y, raw, self.objective), "metrics": metrics.exact(y, raw, self.objective)}
@@ -224,11 +263,18 @@ def payload_bytes(value: Any) -> int:
         return sum(payload_bytes(k) + payload_bytes(v) for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return sum(payload_bytes(v) for v in value)
+    if hasattr(value, "__dict__"):  # records (bin mapper, trees, parameters): their fields
+        return payload_bytes(vars(value))
     return 8
 
 
 class Link:
-    """The coordinator's end of the conversation with one party; counts bytes both ways."""
+    """The coordinator's end of the conversation with one party.
+
+    Counts bytes both ways and the seconds spent waiting for answers; it is
+    the one place where a party's failure becomes a :class:`PartyError`.
+    Safe to use from several threads.
+    """
 
     def __init__(self, party: Party) -> None:
         self.party = party
@@ -236,15 +282,38 @@ class Link:
         self.bytes_sent = 0  # party -> coordinator
         self.bytes_received = 0  # coordinator -> party
         self.calls = 0
+        self.seconds = 0.0
+        self._lock = threading.Lock()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        self.bytes_received += payload_bytes(list(args)) + payload_bytes(kwargs)
+        t0 = time.perf_counter()
+        sent = payload_bytes(list(args)) + payload_bytes(kwargs)
         try:
             answer = getattr(self.party, method)(*args, **kwargs)
         except PartyError:
             raise
         except Exception as exc:  # the one conversion point for party failures
+            from fedmine.errors import FedmineError
+
+            if isinstance(exc, FedmineError):  # bad input found by the party: keep its message
+                raise
             raise PartyError(f"party {self.name}: {method} failed: {type(exc).__name__}: {exc}") from exc
-        self.bytes_sent += payload_bytes(answer)
+        size = payload_bytes(answer)
+        with self._lock:
+            self.calls += 1
+            self.bytes_received += sent
+            self.bytes_sent += size
+            self.seconds += time.perf_counter() - t0
         return answer
+
+
+class EngineProxy:
+    """A party as the engine sees it: each engine call goes through the party's :class:`Link`."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+
+    def __getattr__(self, call: str):
+        if call not in ENGINE_PROTOCOL:
+            raise AttributeError(call)
+        return lambda *args, **kwargs: self.link.call("engine", call, *args, **kwargs)

@@ -1,5 +1,9 @@
-"""How a round is made. A strategy is a small class with one hook, ``run_round``.
+"""How a round is made. A strategy is a small class with a few hooks:
+``start`` (once), ``run_round`` (every round) and ``model_text`` (the end).
 
+- ``histogram``: lossless. Parties send integer gradient histograms; the
+  coordinator grows every tree with fedmine's engine (:mod:`fedmine.gbdt`).
+  The model equals the one the engine trains on the pooled rows, bit for bit.
 - ``local``: no federation. Every organisation boosts its own model on its own
   rows; the baseline every federated model must beat.
 - ``bagging``: every organisation adds ``local_rounds`` iterations of trees
@@ -19,11 +23,12 @@ only decide who trains on what and how the trees combine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedmine.federation.ensemble import Ensemble, scale_tree
-from fedmine.federation.party import Link
+from fedmine.federation.party import EngineProxy, Link
 
 
 @dataclass
@@ -42,7 +47,12 @@ class RoundContext:
     local_rounds: int
     server_learning_rate: float
     train_rows: dict[str, int]
+    engine_params: dict[str, Any] = field(default_factory=dict)
+    categorical: list[int] = field(default_factory=list)
+    feature_names: list[str] = field(default_factory=list)
     step: int = 0
+    stats: dict[str, float] = field(default_factory=dict)  # what the last round measured
+    stopped: bool = False  # the strategy grows no further round
 
     def next_step(self) -> int:
         self.step += 1
@@ -62,13 +72,80 @@ def bagging_weights(train_rows: dict[str, int], beta: float) -> dict[str, float]
 
 
 class Strategy:
-    """A round-making policy. ``federated`` strategies grow one global ensemble."""
+    """A round-making policy. ``federated`` strategies grow one global model."""
 
     name = ""
     federated = True
+    stops_itself = False  # True: the strategy applies early stopping on its own
+
+    def start(self, ctx: RoundContext) -> None:
+        """Once, after the parties have started."""
 
     def run_round(self, ctx: RoundContext) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def model_text(self, ctx: RoundContext) -> str | None:
+        """The global model as LightGBM model text."""
+        return ctx.ensemble.to_text() if ctx.ensemble.trees else None
+
+    def num_trees(self, ctx: RoundContext) -> int:
+        return ctx.ensemble.num_trees
+
+    def truncate(self, ctx: RoundContext, n_trees: int) -> None:
+        """Keep the first ``n_trees`` trees (early stopping)."""
+        ctx.ensemble.truncate(n_trees)
+
+
+class HistogramStrategy(Strategy):
+    """Trees grown by the coordinator from summed integer histograms (lossless).
+
+    The engine's :class:`~fedmine.gbdt.booster.Trainer` drives the parties
+    through an in-process :class:`~fedmine.gbdt.party.PartyGroup` whose members
+    are :class:`EngineProxy` objects: every call crosses a :class:`Link`.
+    Early stopping is the engine's, on the same metric.
+    """
+
+    name = "histogram"
+    stops_itself = True
+
+    def start(self, ctx: RoundContext) -> None:
+        from fedmine.gbdt.booster import Trainer
+        from fedmine.gbdt.party import PartyGroup
+
+        self.group = PartyGroup([EngineProxy(link) for link in ctx.links], n_threads=len(ctx.links))
+        self.trainer = Trainer(self.group, ctx.engine_params, categorical=ctx.categorical,
+                               feature_names=ctx.feature_names)
+        self.trainer.start()
+        self._model = None
+
+    def run_round(self, ctx: RoundContext) -> None:
+        src = self.group.source
+        before = (src.exchanges_, src.party_seconds_, src.aggregate_seconds_)
+        t0 = time.perf_counter()
+        self.trainer.step()
+        total = time.perf_counter() - t0
+        party = src.party_seconds_ - before[1]
+        aggregation = src.aggregate_seconds_ - before[2]
+        ctx.stats = {
+            "histogram_exchanges": float(src.exchanges_ - before[0]),
+            "seconds.party": party,
+            "seconds.aggregation": aggregation,
+            "seconds.split_finding": max(total - party - aggregation, 0.0),
+        }
+        ctx.stopped = self.trainer.done
+
+    def model_text(self, ctx: RoundContext) -> str | None:
+        from fedmine.gbdt import to_lightgbm_text
+
+        if self._model is None:
+            self._model = self.trainer.finish()
+        return to_lightgbm_text(self._model, ctx.feature_names) if self._model.trees else None
+
+    def num_trees(self, ctx: RoundContext) -> int:
+        return len(self.trainer.trees_)
+
+    def truncate(self, ctx: RoundContext, n_trees: int) -> None:
+        pass  # the engine keeps its best round itself (Trainer.finish)
 
 
 class LocalStrategy(Strategy):
@@ -110,7 +187,7 @@ class CyclicStrategy(Strategy):
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    s.name: s for s in (LocalStrategy, BaggingStrategy, CyclicStrategy)
+    s.name: s for s in (HistogramStrategy, BaggingStrategy, CyclicStrategy, LocalStrategy)
 }
 
 

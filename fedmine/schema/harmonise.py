@@ -124,8 +124,14 @@ def encode_label(col: pd.Series, cfg: FederationConfig, *, org: str) -> np.ndarr
             f"organisation {org}: label {name!r} is missing in {int(missing.sum())} rows (first at row {first}); "
             f"drop those rows or map them under values:"
         )
-    if cfg.objective == "regression":
-        return _to_float(col, org=org, name=name)
+    if cfg.objective in ("regression", "poisson", "tweedie"):
+        y = _to_float(col, org=org, name=name)
+        if cfg.objective != "regression" and (y < 0).any():
+            raise DataError(
+                f"organisation {org}: label {name!r} has negative value {y[y < 0][0]!r}; "
+                f"objective {cfg.objective} needs labels >= 0"
+            )
+        return y
     if cfg.classes is not None:
         return _to_codes(col, cfg.classes, org=org, name=name, what="label value")
     # binary without declared classes: 0/1, true/false or yes/no.
