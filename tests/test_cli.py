@@ -65,7 +65,7 @@ def test_demo_subprocess_smoke(tmp_path):
     ("content", "args", "message"),
     [
         ("name: x\nfeatures: [\n", [], r"malformed YAML at line"),
-        (None, ["--set", "training.strategy=boosting"], r"training.strategy: 'boosting' is not allowed; allowed: bagging, cyclic, local"),
+        (None, ["--set", "training.strategy=boosting"], r"training.strategy: 'boosting' is not allowed; allowed: histogram, bagging, cyclic, local"),
         (None, ["--set", "training.nope=1"], r"training.nope: unknown key; allowed: strategy, rounds"),
     ],
 )

@@ -152,3 +152,26 @@ def test_prepare_tasks_as_plain_functions(demo_config):
     party = make_party.fn(canonical, cfg, "telecom")
     d = party.describe()
     assert d["rows_train"] + d["rows_valid"] == len(raw)
+
+
+def test_histogram_strategy_through_flow_mlflow_and_predict(prefect_harness, demo_config, store, tmp_path,
+                                                             monkeypatch, capsys):
+    from fedmine.cli import main
+    from flows.train import federated_training
+
+    summary = federated_training(str(demo_config), ["training.strategy=histogram", "training.rounds=15"])
+    assert summary["strategy"] == "histogram" and summary["rounds"] == 15
+    client = MlflowClient(store)
+    run_id = summary["run_id"]
+    for key in ("histogram_exchanges", "seconds.party", "seconds.aggregation", "seconds.split_finding",
+                "bytes_sent.bank", "bytes_sent.telecom", "global.auc"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(1, 16)), key
+    model = lgb.Booster(model_file=summary["model_file"])
+    assert model.num_trees() == 15
+    out = tmp_path / "scored.csv"
+    monkeypatch.setattr("sys.argv", ["fedmine", "predict", str(demo_config), "--model", summary["model_file"],
+                                     "--org", "retailer", "--input", str(demo_config.parent / "data" / "retailer.parquet"),
+                                     "--output", str(out)])
+    main()
+    scored = pd.read_csv(out)
+    assert scored["prediction"].between(0, 1).all() and len(scored) == summary["organisations"]["retailer"]["rows"]
