@@ -39,6 +39,23 @@ def base_score(objective: str, label_sums: np.ndarray, rows: int) -> np.ndarray:
     return np.array([label_sums[0] / rows])
 
 
+def declared_ranges(cfg: FederationConfig) -> np.ndarray:
+    """(min, max) per canonical feature as the schema declares it, NaN where it does not.
+
+    Categories span their vocabulary's codes and booleans 0..1, so only
+    numeric features without declared bounds make the parties report ranges.
+    """
+    out = np.full((len(cfg.features), 2), np.nan)
+    for i, spec in enumerate(cfg.features.values()):
+        if spec.type == "category":
+            out[i] = (0, len(spec.categories) - 1)
+        elif spec.type == "bool":
+            out[i] = (0, 1)
+        elif spec.min is not None and spec.max is not None:
+            out[i] = (spec.min, spec.max)
+    return out
+
+
 @dataclass
 class RoundResult:
     """What one round produced: metrics (global and per organisation), seconds, bytes."""
@@ -131,6 +148,7 @@ class Coordinator:
                                                           metrics.primary(self.objective)),
             categorical=[i for i, f in enumerate(self.cfg.features.values()) if f.type == "category"],
             feature_names=list(self.cfg.features),
+            declared_ranges=declared_ranges(self.cfg),
         )
         self.strategy.start(self._ctx)
 

@@ -50,6 +50,7 @@ class RoundContext:
     engine_params: dict[str, Any] = field(default_factory=dict)
     categorical: list[int] = field(default_factory=list)
     feature_names: list[str] = field(default_factory=list)
+    declared_ranges: Any = None  # (n_features, 2) from the canonical schema, NaN where undeclared
     step: int = 0
     stats: dict[str, float] = field(default_factory=dict)  # what the last round measured
     stopped: bool = False  # the strategy grows no further round
@@ -114,7 +115,7 @@ class HistogramStrategy(Strategy):
 
         self.group = PartyGroup([EngineProxy(link) for link in ctx.links], n_threads=len(ctx.links))
         self.trainer = Trainer(self.group, ctx.engine_params, categorical=ctx.categorical,
-                               feature_names=ctx.feature_names)
+                               feature_names=ctx.feature_names, ranges=ctx.declared_ranges)
         self.trainer.start()
         self._model = None
 

@@ -95,6 +95,10 @@ class Trainer:
     party : PartyState, PartyGroup, or any object with their calls
     params : dict or Params
     categorical, feature_names, n_grid : see :func:`train`
+    ranges : ndarray of shape (n_features, 2), optional
+        Declared (min, max) per feature, NaN where none is declared. Parties
+        are asked for their ranges only when some feature has none; declared
+        ranges win (values outside them fall into the edge cells).
 
     Attributes
     ----------
@@ -108,8 +112,9 @@ class Trainer:
     """
 
     def __init__(self, party, params, *, categorical=None, feature_names=None,
-                 n_grid: int = binning.DEFAULT_GRID_SIZE) -> None:
+                 n_grid: int = binning.DEFAULT_GRID_SIZE, ranges=None) -> None:
         self.party = party
+        self.ranges = ranges
         self.params = make_params(params)
         self.categorical = categorical
         self.feature_names = feature_names
@@ -131,7 +136,7 @@ class Trainer:
             raise DataError("no training rows")
         self._mask = binning._as_mask(self.categorical, n_features)
         self._names = canonical_feature_names(n_features, self.feature_names)
-        ranges = party.feature_ranges()
+        ranges = self._agreed_ranges(n_features)
         grids = binning.make_grids(ranges, n_grid=self.n_grid)
         counts = party.grid_counts(grids, self._mask)
         self._mapper = binning.edges_from_grid_counts(counts, grids, max_bin=params.max_bin, categorical=self._mask,
@@ -149,6 +154,16 @@ class Trainer:
         self._sign = 1.0 if params.metric in HIGHER_IS_BETTER else -1.0
         self._bounds = party.begin_round(0, None)
         self._it = 0
+
+    def _agreed_ranges(self, n_features: int) -> np.ndarray:
+        """Declared ranges where given, the parties' merged min/max elsewhere."""
+        if self.ranges is None:
+            return self.party.feature_ranges()
+        declared = np.asarray(self.ranges, dtype=np.float64).reshape(n_features, 2)
+        if np.isfinite(declared).all():
+            return declared.copy()
+        merged = np.asarray(self.party.feature_ranges(), dtype=np.float64)
+        return np.where(np.isfinite(declared), declared, merged)
 
     @property
     def rounds_done(self) -> int:
@@ -232,7 +247,7 @@ class Trainer:
 
 
 def train(party, params, *, categorical=None, feature_names=None, n_grid: int = binning.DEFAULT_GRID_SIZE,
-          callback=None) -> Model:
+          callback=None, ranges=None) -> Model:
     """Train a model through a party-like object.
 
     Parameters
@@ -247,12 +262,15 @@ def train(party, params, *, categorical=None, feature_names=None, n_grid: int = 
         Cells of the fine shared grid used to agree bins.
     callback : callable, optional
         ``callback(iteration, metric_value_or_None)`` after each round.
+    ranges : ndarray of shape (n_features, 2), optional
+        Declared ranges (see :class:`Trainer`).
 
     Returns
     -------
     Model
     """
-    trainer = Trainer(party, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid)
+    trainer = Trainer(party, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid,
+                      ranges=ranges)
     trainer.start()
     while not trainer.done:
         value = trainer.step()

@@ -115,3 +115,37 @@ def test_round_figures_and_early_stopping():
     assert rounds < 200  # stopped early
     best = lgb.Booster(model_str=coord.model_text()).num_trees()
     assert best == rounds - 3
+
+
+def test_declared_ranges_keep_party_ranges_private():
+    """With min/max declared in the schema, no party reports its own ranges; the model still equals pooled."""
+    X, y = make_rows("binary")
+    parts = partition(y, 3, "iid")
+    cfg = cfg_for("binary", ORGS[:3])
+    raw = cfg.model_dump()
+    for name in ("f0", "f1", "f2", "f4"):
+        raw["features"][name].update(min=-6.0, max=6.0)
+    cfg = config_from_dict(raw)
+    parties = [LocalParty(o, Split(X[i], y[i], X[:0], y[:0]), objective="binary", num_class=1,
+                          feature_names=list(cfg.features), categorical=[3]) for o, i in zip(cfg.organisations, parts)]
+    asked = []
+    for p in parties:
+        original = p.engine
+
+        def spy(call, *a, _orig=original, **k):
+            asked.append(call)
+            return _orig(call, *a, **k)
+
+        p.engine = spy
+    coord = Coordinator(cfg, parties)
+    coord.start()
+    for r in range(1, 7):
+        coord.run_round(r)
+    assert "feature_ranges" not in asked and "grid_counts" in asked
+    ids = np.concatenate([global_row_ids(o, len(i)) for o, i in zip(cfg.organisations, parts)])
+    rows = np.concatenate(parts)
+    from fedmine.federation.coordinator import declared_ranges
+
+    model = train(PartyState(X[rows], y[rows], row_ids=ids), cfg.training.engine_params("binary", 1, "auc"),
+                  categorical=[3], feature_names=list(cfg.features), ranges=declared_ranges(cfg))
+    assert coord.model_text() == gbdt.to_lightgbm_text(model, list(cfg.features))
