@@ -69,11 +69,18 @@ def _train(config: Path, overrides: list[str], summary_json: Optional[Path], ver
 def _print_summary(summary: dict) -> None:
     from fedmine import report
 
+    for notice in summary.get("notices", []):
+        typer.echo(f"warning: {notice}", err=True)
     typer.echo("")
     typer.echo(report.gain_table(summary))
     typer.echo("")
     typer.echo(f"MLflow run {summary['run_id']} ({summary['rounds']} rounds, {summary['train_seconds']:.1f} s training, "
                f"{summary['bytes_sent']:,} bytes sent by parties)")
+    p = summary.get("privacy", {})
+    if p.get("secure_aggregation") or p.get("mechanism", "none") != "none":
+        eps = f", epsilon {p['epsilon_total']:.3f} (delta {p['delta']:g})" if p.get("epsilon_total") else ""
+        typer.echo(f"privacy: secure aggregation {'on' if p.get('secure_aggregation') else 'off'} "
+                   f"over {p.get('n_parties')} parties, differential privacy {p.get('mechanism')}{eps}")
     if summary.get("model_file"):
         typer.echo(f"global model: {summary['model_file']}")
 

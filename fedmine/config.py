@@ -155,6 +155,23 @@ class TrainingSpec(_Strict):
         return params
 
 
+class PrivacySpec(_Strict):
+    """Secure aggregation and differential privacy (docs/privacy.md).
+
+    Both protect what the ``histogram`` strategy sends; ``bagging`` and
+    ``cyclic`` send whole trees, which neither can hide.
+    """
+
+    secure_aggregation: bool | None = Field(
+        None, description="mask every party's histogram messages (default: on for histogram with 2+ organisations)")
+    min_parties: int = Field(2, ge=2, description="refuse to train with fewer parties")
+    on_party_failure: Literal["stop", "continue"] = "stop"
+    epsilon: float | None = Field(None, gt=0, description="differential-privacy budget (histogram only)")
+    delta: float = Field(1e-6, gt=0, lt=1)
+    gradient_bound: float | None = Field(None, gt=0, description="clip gradients to +-bound (DP; regression-like objectives)")
+    hessian_bound: float | None = Field(None, gt=0, description="clip hessians to [0, bound] (DP; regression-like objectives)")
+
+
 class TrackingSpec(_Strict):
     """Where MLflow records runs. ``uri`` is any MLflow tracking URI."""
 
@@ -173,6 +190,7 @@ class FederationConfig(_Strict):
     features: dict[str, FeatureSpec]
     organisations: dict[str, OrganisationSpec]
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     # Not part of the YAML: where it was read from, to resolve relative sources.
@@ -212,6 +230,27 @@ class FederationConfig(_Strict):
             raise ValueError(f"objective binary needs exactly 2 'classes' [negative, positive]; got {len(self.classes)}")
         if self.objective in ("regression", "poisson", "tweedie") and self.classes is not None:
             raise ValueError(f"'classes' is not allowed with objective {self.objective}")
+        strategy, privacy = self.training.strategy, self.privacy
+        if privacy.secure_aggregation and strategy != "histogram":
+            raise ValueError(
+                f"privacy.secure_aggregation: masks cover the histogram strategy's sums; training.strategy "
+                f"{strategy} sends whole trees or nothing to add (allowed with: histogram)"
+            )
+        if privacy.epsilon is not None and strategy != "histogram":
+            raise ValueError(
+                f"privacy.epsilon: differential privacy is accounted for the histogram strategy only, "
+                f"not {strategy} (allowed with: histogram)"
+            )
+        if (privacy.epsilon is not None and self.objective in ("regression", "poisson", "tweedie")
+                and privacy.gradient_bound is None):
+            raise ValueError(
+                f"privacy.gradient_bound: required with privacy.epsilon and objective {self.objective} "
+                f"(gradients are clipped to it so each row's influence is bounded)"
+            )
+        if self.secure_aggregation and len(self.organisations) < privacy.min_parties:
+            raise ValueError(
+                f"privacy.min_parties is {privacy.min_parties} but organisations lists {len(self.organisations)}"
+            )
         canonical = set(self.features) | {self.label}
         for org, spec in self.organisations.items():
             for key in ("values", "scale", "offset", "missing"):
@@ -229,6 +268,14 @@ class FederationConfig(_Strict):
                     f"organisations.{org}.rename: {' and '.join(sources)} both map to {dup[0]!r}; map one column per feature"
                 )
         return self
+
+    @property
+    def secure_aggregation(self) -> bool:
+        """Whether parties mask their messages (default: on under the histogram strategy with 2+ organisations)."""
+        on = self.privacy.secure_aggregation
+        if on is None:
+            return self.training.strategy == "histogram" and len(self.organisations) >= 2
+        return on
 
     @property
     def num_class(self) -> int:

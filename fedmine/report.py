@@ -53,6 +53,9 @@ def summarise(
         "feature_names": list(cfg.features),
         "global": last.global_metrics,
         "organisations": orgs,
+        "privacy": coord.receipt().as_dict(),
+        "dropped": coord.dropped,
+        "notices": coord.notices,
         "bytes_sent": coord.bytes_sent(),
         "bytes_received": coord.bytes_received(),
         "train_seconds": train_seconds,
@@ -161,6 +164,13 @@ def write_report(coord: Coordinator, baselines: dict, summary: dict, model_text:
         md += ["## Feature importance (gain)", "", "| feature | gain |", "|---|---:|"]
         md += [f"| {n} | {g:.1f} |" for n, g in sorted(zip(summary["feature_names"], importance), key=lambda t: -t[1])]
         md += ["", "![importance](feature_importance.png)", ""]
+    p = summary.get("privacy", {})
+    md += ["## Privacy", "",
+           f"Secure aggregation: {'on' if p.get('secure_aggregation') else 'off'} ({p.get('n_parties')} parties). "
+           f"Differential privacy: {p.get('mechanism', 'none')}"
+           + (f", epsilon {p['epsilon_total']:.3f} at delta {p['delta']:g}" if p.get("epsilon_total") else "") + ".",
+           ""]
+    md += [f"Notice: {n}" for n in summary.get("notices", [])] + ([""] if summary.get("notices") else [])
     md += ["## Traffic", "", f"Bytes sent by parties: {summary['bytes_sent']:,}; "
            f"bytes sent to parties: {summary['bytes_received']:,}.", ""]
     (folder / "report.md").write_text("\n".join(md))

@@ -120,6 +120,8 @@ class Tracker:
                                   "organisations": str(len(self.cfg.organisations)),
                                   "features": str(len(self.cfg.features))}
         _flatten("training", t.model_dump(), params)
+        _flatten("privacy", self.cfg.privacy.model_dump(), params)
+        params["privacy.secure_aggregation"] = str(self.cfg.secure_aggregation)
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         resolved = resolved_dict(self.cfg)
         self.client.log_dict(self.run_id, resolved, "config/federation.yaml")
@@ -196,6 +198,17 @@ class Tracker:
         for org, m in org_values.items():
             if org in self.org_runs:
                 self._log_metrics(self.org_runs[org], {k: v for k, v in m.items() if v == v}, 0)
+
+    def log_privacy(self, receipt: dict[str, Any], notices: list[str], dropped: list[dict[str, Any]]) -> None:
+        """The privacy receipt (artifact and tags), warnings given at start, parties left out."""
+        self.client.log_dict(self.run_id, {"receipt": receipt, "notices": notices, "dropped": dropped},
+                             "privacy_receipt.json")
+        tags = {f"privacy.{k}": str(v) for k, v in receipt.items() if not k.startswith("param.")}
+        for i, notice in enumerate(notices):
+            tags[f"fedmine.notice.{i}"] = notice[:4000]
+        for d in dropped:
+            tags[f"fedmine.dropped.{d['organisation']}"] = f"round {d['round']}: {d['reason']}"[:4000]
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     # -- artifacts -------------------------------------------------------
     def log_text(self, text: str, path: str) -> None:

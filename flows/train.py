@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -43,6 +43,8 @@ def federated_training(
         futures = [_prepare.submit(cfg, org) for org in cfg.organisations]
         parties = [f.result() for f in futures]
         coord = start_federation(cfg, parties)
+        for notice in coord.notices:
+            get_run_logger().warning(notice)
         for party in parties:
             d = coord.descriptions[party.name]
             tracker.start_organisation(party.name, rows=d["rows_train"] + d["rows_valid"], report=party.report)
@@ -57,6 +59,7 @@ def federated_training(
                 break
         train_seconds = time.perf_counter() - t_train
 
+        tracker.log_privacy(coord.receipt().as_dict(), coord.notices, coord.dropped)
         baselines = local_baselines(coord)
         for org, b in baselines.items():
             tracker.log_baseline(org, b)

@@ -9,6 +9,8 @@ round, :meth:`local_baselines` and :meth:`model_text`.
 from __future__ import annotations
 
 import time
+import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from fedmine import metrics
 from fedmine.config import FederationConfig
-from fedmine.errors import DataError
+from fedmine.errors import DataError, PartyError
 from fedmine.federation.ensemble import Ensemble
 from fedmine.federation.party import Link, Party
 from fedmine.federation.strategies import RoundContext, get_strategy
@@ -98,11 +100,16 @@ class Coordinator:
 
     def __post_init__(self) -> None:
         self.links = [Link(p) for p in self.parties]
+        self._all_links = list(self.links)  # for traffic figures, including parties left out later
         self.strategy = get_strategy(self.cfg.training.strategy)
         self.params = self.cfg.training.lightgbm_params(self.cfg.objective, self.cfg.num_class)
         self._ctx: RoundContext | None = None
         self._best: tuple[float, int, int] | None = None  # (metric, round, trees) for early stopping
         self.stopped = False
+        self.training_id = uuid.uuid4().hex
+        self.epoch = 0  # secure-aggregation restarts
+        self.dropped: list[dict[str, Any]] = []  # parties that failed and were left out
+        self.notices: list[str] = []  # warnings for the user and the MLflow run
 
     @property
     def objective(self) -> str:
@@ -113,10 +120,10 @@ class Coordinator:
         return self.strategy.federated
 
     def bytes_sent(self) -> int:
-        return sum(link.bytes_sent for link in self.links)
+        return sum(link.bytes_sent for link in self._all_links)
 
     def bytes_received(self) -> int:
-        return sum(link.bytes_received for link in self.links)
+        return sum(link.bytes_received for link in self._all_links)
 
     def start(self) -> None:
         """Ask every party to describe itself, agree the base score, start the parties."""
@@ -131,6 +138,8 @@ class Coordinator:
         sums = np.sum([d["label_sums"] for d in self.descriptions.values()], axis=0)
         base = base_score(self.objective, sums, rows)
         self.ensemble = Ensemble.for_config(self.cfg, base)
+        if self.cfg.secure_aggregation:
+            self._secure_setup()
         # Under `local` every organisation starts from its own average, as LightGBM would.
         for link in self.links:
             d = self.descriptions[link.name]
@@ -152,6 +161,24 @@ class Coordinator:
         )
         self.strategy.start(self._ctx)
 
+    def _secure_setup(self) -> None:
+        """Key agreement through the coordinator: it relays public keys bound to names, never secrets."""
+        from fedmine.privacy.secure_agg import require_min_parties
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            require_min_parties(len(self.links), self.cfg.privacy.min_parties)
+        self.notices += [str(w.message) for w in caught]
+        keys = {link.name: link.call("secure_setup", self.training_id) for link in self.links}
+        for link in self.links:
+            link.call("secure_peers", keys)
+
+    def receipt(self):
+        """The privacy receipt of this training so far (logged every round)."""
+        from fedmine.privacy.receipt import PrivacyReceipt
+
+        return PrivacyReceipt(secure_aggregation=self.cfg.secure_aggregation, n_parties=len(self.links))
+
     def evaluate(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         """Federation-wide metrics (from merged sums) and each organisation's own."""
         answers = {link.name: link.call("evaluate") for link in self.links}
@@ -170,9 +197,14 @@ class Coordinator:
         ctx = self._ctx
         ctx.round_id = round_id
         ctx.stats = {}
-        self.strategy.run_round(ctx)
+        self._run_strategy_round(ctx)
         global_m, org_m = self.evaluate()
         self.stopped = ctx.stopped or self._early_stop(round_id, global_m)
+        privacy = self.receipt()
+        ctx.stats.update({"privacy.secure_aggregation": float(privacy.secure_aggregation),
+                          "privacy.parties": float(privacy.n_parties)})
+        if privacy.epsilon_total is not None:
+            ctx.stats["privacy.epsilon"] = float(privacy.epsilon_total)
         result = RoundResult(
             round_id=round_id,
             global_metrics=global_m,
@@ -187,6 +219,47 @@ class Coordinator:
         )
         self.history.append(result)
         return result
+
+    def _run_strategy_round(self, ctx: RoundContext) -> None:
+        """The strategy's round; a party that fails is left out and the round restarts, if the config allows."""
+        while True:
+            trees0, step0 = self.strategy.num_trees(ctx), ctx.step
+            try:
+                self.strategy.run_round(ctx)
+                return
+            except PartyError as exc:
+                failed = next((link for link in self.links if link.failed), None)
+                if failed is None or self.cfg.privacy.on_party_failure == "stop":
+                    raise
+                self._drop(failed, ctx, exc)
+                self.strategy.truncate(ctx, trees0)
+                ctx.step = step0
+
+    def _drop(self, failed: Link, ctx: RoundContext, exc: Exception) -> None:
+        """Leave ``failed`` out: fewer parties, fresh masks among the rest (privacy.on_party_failure: continue)."""
+        remaining = [link for link in self.links if link is not failed]
+        need = max(self.cfg.privacy.min_parties if self.cfg.secure_aggregation else 1, 1)
+        if len(remaining) < need:
+            raise PartyError(
+                f"party {failed.name} failed in round {ctx.round_id} and {len(remaining)} parties remain; "
+                f"privacy.min_parties is {self.cfg.privacy.min_parties}: {exc}"
+            ) from exc
+        if not self.strategy.can_drop:
+            raise PartyError(
+                f"party {failed.name} failed in round {ctx.round_id}; the {self.strategy.name} strategy cannot "
+                f"continue without it mid-training: {exc}"
+            ) from exc
+        self.links = remaining
+        ctx.links = remaining
+        ctx.train_rows.pop(failed.name, None)
+        self.dropped.append({"organisation": failed.name, "round": ctx.round_id, "reason": str(exc)})
+        self.notices.append(f"party {failed.name} failed in round {ctx.round_id} and was left out: {exc}")
+        if self.cfg.secure_aggregation:
+            self.epoch += 1
+            names = [link.name for link in remaining]
+            for link in remaining:
+                link.call("secure_restart", names, self.epoch)
+        self.strategy.drop(ctx, failed)
 
     def _early_stop(self, round_id: int, global_m: dict[str, float]) -> bool:
         """Early stopping on the federated validation metric, for strategies that do not stop themselves."""

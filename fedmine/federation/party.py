@@ -63,6 +63,8 @@ class Party(Protocol):
 #: Engine calls a party answers for the ``histogram`` strategy (the engine's
 #: protocol, :data:`fedmine.gbdt.party.CALLS`, and ``finish``).
 ENGINE_PROTOCOL = frozenset(ENGINE_CALLS) | {"finish"}
+#: Engine answers that are summed over parties, so secure aggregation masks them.
+MASKED_CALLS = frozenset({"grid_counts", "label_stats", "histograms", "evaluate"})
 
 
 def global_row_ids(org: str, n_rows: int) -> np.ndarray:
@@ -137,6 +139,10 @@ class LocalParty:
         self._train_raw: np.ndarray | None = None
         self._valid_raw: np.ndarray | None = None
         self._engine: PartyState | None = None
+        self._keypair = None
+        self._training_id: str | None = None
+        self._masker = None
+        self._masked = 0  # masked messages sent: the next message id
 
     # -- helpers ---------------------------------------------------------
     def _require(self, stage: str, call: str) -> None:
@@ -205,15 +211,49 @@ class LocalParty:
         booster = lgb.train(params, self._dataset(self._train_raw.copy()), num_boost_round=num_boost_round)
         return tree_blocks(booster.model_to_string())
 
+    def secure_setup(self, training_id: str) -> bytes:
+        """Make this training's key pair; answer the public key (the coordinator relays it to the peers)."""
+        from fedmine.privacy.secure_agg import generate_keypair
+
+        self._keypair = generate_keypair()
+        self._training_id = str(training_id)
+        self._masker = None
+        self._masked = 0
+        return self._keypair.public_bytes
+
+    def secure_peers(self, peers: dict[str, bytes]) -> None:
+        """Derive the pairwise masks from every peer's public key, bound to the peers' names."""
+        from fedmine.privacy.secure_agg import Masker
+
+        if self._keypair is None:
+            raise PartyError(f"party {self.name}: secure_peers before secure_setup")
+        if self.name not in peers or peers[self.name] != self._keypair.public_bytes:
+            raise PartyError(f"party {self.name}: the relayed keys do not carry this party's own public key")
+        self._masker = Masker(self.name, self._keypair, peers, self._training_id)
+
+    def secure_restart(self, remaining: list[str], epoch: int) -> None:
+        """Fresh masks among the ``remaining`` parties (a party dropped out)."""
+        if self._masker is not None:
+            self._masker.restart([p for p in remaining if p != self.name], epoch=epoch)
+
     def engine(self, call: str, *args: Any, **kwargs: Any) -> Any:
-        """Answer one call of the engine's protocol (``histogram`` strategy) from this party's rows."""
+        """Answer one call of the engine's protocol (``histogram`` strategy) from this party's rows.
+
+        Under secure aggregation, the answers that are summed (:data:`MASKED_CALLS`)
+        leave masked: each looks uniform on its own; the masks cancel in the sum.
+        """
         if call not in ENGINE_PROTOCOL:
             raise PartyError(f"party {self.name}: unknown engine call {call!r}; allowed: {', '.join(sorted(ENGINE_PROTOCOL))}")
         if self._engine is None:
             d = self._data
             self._engine = PartyState(d.X_train, d.y_train, row_ids=global_row_ids(self.name, len(d.y_train)),
                                       X_valid=d.X_valid, y_valid=d.y_valid)
-        return getattr(self._engine, call)(*args, **kwargs)
+        answer = getattr(self._engine, call)(*args, **kwargs)
+        if self._masker is not None and call in MASKED_CALLS:
+            plain = np.ascontiguousarray(answer, dtype=np.int64)
+            answer = self._masker.mask(plain, f"{call}:{self._masked}").view(np.int64).reshape(plain.shape)
+            self._masked += 1
+        return answer
 
     def _current_valid_raw(self) -> np.ndarray:
         """Raw validation scores of the model this party follows."""
@@ -283,6 +323,7 @@ class Link:
         self.bytes_received = 0  # coordinator -> party
         self.calls = 0
         self.seconds = 0.0
+        self.failed = False  # the party failed to answer (transport or party error)
         self._lock = threading.Lock()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -291,12 +332,14 @@ class Link:
         try:
             answer = getattr(self.party, method)(*args, **kwargs)
         except PartyError:
+            self.failed = True
             raise
         except Exception as exc:  # the one conversion point for party failures
             from fedmine.errors import FedmineError
 
             if isinstance(exc, FedmineError):  # bad input found by the party: keep its message
                 raise
+            self.failed = True
             raise PartyError(f"party {self.name}: {method} failed: {type(exc).__name__}: {exc}") from exc
         size = payload_bytes(answer)
         with self._lock:

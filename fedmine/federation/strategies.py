@@ -78,6 +78,10 @@ class Strategy:
     name = ""
     federated = True
     stops_itself = False  # True: the strategy applies early stopping on its own
+    can_drop = True  # the strategy can continue without a party that failed
+
+    def drop(self, ctx: RoundContext, link: Link) -> None:
+        """Forget a party that failed (its trees stay in the model)."""
 
     def start(self, ctx: RoundContext) -> None:
         """Once, after the parties have started."""
@@ -108,6 +112,7 @@ class HistogramStrategy(Strategy):
 
     name = "histogram"
     stops_itself = True
+    can_drop = False  # the parties' engine state is mid-round; restart needs a round reset
 
     def start(self, ctx: RoundContext) -> None:
         from fedmine.gbdt.booster import Trainer
