@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/histogram_vs_lightgbm.py --rows 1000000 --features 28 --parties 4 \
-        [--rounds 100 --num-leaves 31 --max-bin 255 --threads 2]
+        [--rounds 100 --num-leaves 31 --max-bin 255 --threads 2] [--secure-aggregation]
 
 Generates a binary task (HIGGS-like: dense floats, a nonlinear signal), trains
 both with the same parameters, each in its own child process, and prints
@@ -11,6 +11,10 @@ training wall time (binning included for both), their ratio, the peak resident
 memory training added on top of the input arrays ("+peak MB"), test AUC, and
 what crossed the engine's aggregation boundary per tree (histograms up, node
 ids and splits down, summed over parties) and how many histogram exchanges.
+
+With ``--secure-aggregation`` it also trains through the federation layer
+(each party a ``LocalParty`` behind a ``Link``), once plain and once with
+pairwise masks on every summed answer, and prints the secure/plain ratio.
 """
 
 from __future__ import annotations
@@ -112,6 +116,53 @@ def run_engine(args, X, y, Xt, yt, out):
                  exchanges=src.exchanges_ / n_trees))
 
 
+def run_federation(args, X, y, Xt, yt, out, secure: bool):
+    """The engine driven as the histogram strategy drives it: LocalParty behind Link, masks optional."""
+    import numba
+
+    numba.set_num_threads(args.threads)
+    from fedmine.federation.party import EngineProxy, LocalParty, Link, Split
+    from fedmine.gbdt import predict_raw, train_partitioned
+    from fedmine.gbdt.booster import Trainer
+    from fedmine.gbdt.party import PartyGroup
+
+    params = dict(objective="binary", num_leaves=args.num_leaves, max_bin=args.max_bin, learning_rate=0.1,
+                  min_data_in_leaf=20, num_boost_round=args.rounds)
+    train_partitioned([(X[:2000], y[:2000])], dict(params, num_boost_round=2))
+    names = [f"party{i}" for i in range(args.parties)]
+    parts = np.array_split(np.arange(X.shape[0]), args.parties)
+    features = [f"f{i}" for i in range(X.shape[1])]
+    parties = [LocalParty(n, Split(X[p], y[p], X[:0], y[:0]), objective="binary", num_class=1,
+                          feature_names=features, categorical=[]) for n, p in zip(names, parts)]
+    links = [Link(p) for p in parties]
+    if secure:
+        keys = {link.name: link.call("secure_setup", "benchmark") for link in links}
+        for link in links:
+            link.call("secure_peers", keys)
+    with RssPeak() as mem:
+        t0 = time.perf_counter()
+        group = PartyGroup([EngineProxy(link) for link in links], n_threads=args.parties)
+        trainer = Trainer(group, params)
+        trainer.start()
+        while not trainer.done:
+            trainer.step()
+        model = trainer.finish()
+        wall = time.perf_counter() - t0
+    raw = predict_raw(model.trees, Xt, init_scores=model.init_scores)[0]
+    n_trees = max(len(model.trees), 1)
+    out.put(dict(name="fedmine+secagg" if secure else "fedmine", wall=wall, peak=mem.extra_mb, auc=auc(yt, raw),
+                 bytes_per_tree=sum(l.bytes_sent + l.bytes_received for l in links) / n_trees,
+                 exchanges=group.source.exchanges_ / n_trees))
+
+
+def run_federation_plain(args, X, y, Xt, yt, out):
+    run_federation(args, X, y, Xt, yt, out, secure=False)
+
+
+def run_federation_secure(args, X, y, Xt, yt, out):
+    run_federation(args, X, y, Xt, yt, out, secure=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -122,13 +173,18 @@ def main(argv=None):
     ap.add_argument("--max-bin", type=int, default=255)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["lightgbm", "engine"], default=None)
+    ap.add_argument("--secure-aggregation", action="store_true",
+                    help="also train through the federation layer, plain and with secure aggregation")
     args = ap.parse_args(argv)
 
     X, y = make_data(args.rows, args.features)
     Xt, yt = make_data(max(args.rows // 10, 10_000), args.features, seed=1)
     ctx = mp.get_context("spawn")
     results = {}
-    for name, fn in (("lightgbm", run_lightgbm), ("engine", run_engine)):
+    runners = [("lightgbm", run_lightgbm), ("engine", run_engine)]
+    if args.secure_aggregation:
+        runners += [("fedmine", run_federation_plain), ("fedmine+secagg", run_federation_secure)]
+    for name, fn in runners:
         if args.only and args.only != name:
             continue
         q = ctx.Queue()
@@ -139,12 +195,14 @@ def main(argv=None):
 
     print(f"rows={args.rows} features={args.features} parties={args.parties} rounds={args.rounds} "
           f"num_leaves={args.num_leaves} max_bin={args.max_bin} threads={args.threads}")
-    print(f"{'':<10}{'train s':>10}{'ratio':>8}{'+peak MB':>10}{'AUC':>9}{'KB/tree':>10}{'exch/tree':>11}")
+    print(f"{'':<15}{'train s':>10}{'ratio':>8}{'+peak MB':>10}{'AUC':>9}{'KB/tree':>10}{'exch/tree':>11}")
     ref = results.get("lightgbm", {}).get("wall")
     for name, r in results.items():
         ratio = r["wall"] / ref if ref else float("nan")
-        print(f"{name:<10}{r['wall']:>10.2f}{ratio:>8.2f}{r['peak']:>10.0f}{r['auc']:>9.4f}"
+        print(f"{name:<15}{r['wall']:>10.2f}{ratio:>8.2f}{r['peak']:>10.0f}{r['auc']:>9.4f}"
               f"{r['bytes_per_tree'] / 1024:>10.0f}{r['exchanges']:>11.1f}")
+    if "fedmine" in results and "fedmine+secagg" in results:
+        print(f"secure aggregation / plain: {results['fedmine+secagg']['wall'] / results['fedmine']['wall']:.2f}")
 
 
 if __name__ == "__main__":
