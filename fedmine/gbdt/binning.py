@@ -78,7 +78,14 @@ class BinMapper:
         return self.max_bin
 
     def threshold(self, feature: int, bin_threshold: int) -> float:
-        """Raw threshold of the numeric split ``bin <= bin_threshold``."""
+        """Raw threshold of the numeric split ``bin <= bin_threshold``.
+
+        ``inf`` when every non-NaN bin goes left; beyond the ``max_bin - 1``
+        stored edges only under DP, where noise can put rows in the NaN bin of
+        a feature that has ``max_bin`` bins and none.
+        """
+        if bin_threshold >= self.edges.shape[1]:
+            return float("inf")
         return float(self.edges[feature, bin_threshold])
 
 

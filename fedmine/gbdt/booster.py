@@ -15,6 +15,12 @@ the same calls) through binning, the initial score and the rounds::
 
 Every quantity the coordinator uses is an integer sum, a max, or an exact
 float sum, so the trees are the same bits whatever the partition of the rows.
+
+With ``dp=DPConfig(...)`` the :class:`Trainer` runs the same loop for
+differential privacy (:mod:`fedmine.gbdt.privacy`): fixed scales from
+``dp_scale``, clipped gradients, unpacked accumulators, noise shares added by
+the parties after :meth:`Trainer.set_noise`, clamped sums, and a count of the
+releases.
 :func:`train_pooled` and :func:`train_partitioned` are the two in-process
 entry points.
 """
@@ -30,6 +36,7 @@ from fedmine.gbdt.model import Model, Tree
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.params import make_params
 from fedmine.gbdt.party import PartyGroup, PartyState
+from fedmine.gbdt.privacy import DPConfig, dp_bounds, max_exchanges_per_round
 from fedmine.gbdt.quantize import choose_scale
 from fedmine.gbdt.sampling import feature_mask
 
@@ -99,6 +106,9 @@ class Trainer:
         Declared (min, max) per feature, NaN where none is declared. Parties
         are asked for their ranges only when some feature has none; declared
         ranges win (values outside them fall into the edge cells).
+    dp : DPConfig, dict or None
+        Differential privacy: clip bounds and fixed-point resolution. Noise is
+        off until :meth:`set_noise`. None (default): the exact engine.
 
     Attributes
     ----------
@@ -109,11 +119,19 @@ class Trainer:
     done : bool
         No further round will be grown (``num_boost_round`` reached, early
         stopping, or no tree of a round could split).
+    releases_ : int
+        ``histograms`` exchanges so far (each one DP release under noise).
+    sensitivity : Sensitivity or None
+        Under DP, after :meth:`start`: what one row can change in one release
+        (:func:`fedmine.privacy.dp.histogram_sensitivity`); None otherwise.
+    noise_multiplier_ : float or None
+        The noise multiplier last set (None: no noise).
     """
 
     def __init__(self, party, params, *, categorical=None, feature_names=None,
-                 n_grid: int = binning.DEFAULT_GRID_SIZE, ranges=None) -> None:
+                 n_grid: int = binning.DEFAULT_GRID_SIZE, ranges=None, dp=None) -> None:
         self.party = party
+        self.dp = DPConfig.make(dp)
         self.ranges = ranges
         self.params = make_params(params)
         self.categorical = categorical
@@ -123,6 +141,11 @@ class Trainer:
         self.history_: list = []
         self.done = False
         self.grew_ = False
+        self.releases_ = 0
+        self.sensitivity = None
+        self.noise_multiplier_ = None
+        self._noise_request = None  # (z, seed, n_parties) set before start()
+        self._started = False
 
     def start(self) -> None:
         """Describe, agree the bins on a shared grid, agree the initial score."""
@@ -145,15 +168,76 @@ class Trainer:
         init = obj.init_scores(party.label_stats(params), self._n_total)
         if not np.all(np.isfinite(init)):
             raise DataError(f"objective {params.objective!r} needs labels with a positive mean, got initial score {init}")
-        party.configure(params, init)
         self._init = init
         self._count_bits = 0
-        if params.packed == "auto" and obj.hess_bound is not None:
-            self._count_bits = packing_bits(self._n_total, obj.hess_bound)
+        if self.dp is None:
+            party.configure(params, init)
+            if params.packed == "auto" and obj.hess_bound is not None:
+                self._count_bits = packing_bits(self._n_total, obj.hess_bound)
+        else:
+            self._start_dp(n_features, init)
         self._best_score, self._best_round = None, -1
         self._sign = 1.0 if params.metric in HIGHER_IS_BETTER else -1.0
         self._bounds = party.begin_round(0, None)
         self._it = 0
+        self._started = True
+        if self._noise_request is not None:
+            self.set_noise(*self._noise_request[:2], n_parties=self._noise_request[2])
+
+    def _start_dp(self, n_features: int, init: np.ndarray) -> None:
+        """DP: clip bounds, fixed scales, the sensitivity of one release; parties clip."""
+        from fedmine.privacy.dp import dp_scale, histogram_sensitivity
+
+        g, h = dp_bounds(self.dp, self._obj)
+        self._dp_bounds = (g, h)
+        self._dp_scales = (dp_scale(g, n_total=self._n_total, row_bits=self.dp.row_bits),
+                           dp_scale(h, n_total=self._n_total, row_bits=self.dp.row_bits))
+        self.sensitivity = histogram_sensitivity(n_features, grad_bound=g, hess_bound=h,
+                                                 grad_scale=self._dp_scales[0], hess_scale=self._dp_scales[1],
+                                                 nodes_per_row=self._obj.n_trees)
+        self.party.configure(self.params, init, grad_clip=g, hess_clip=h)
+
+    @property
+    def max_releases_per_round(self) -> int:
+        """Upper bound on ``histograms`` exchanges (releases) in one round, for budget checks."""
+        return max_exchanges_per_round(self.params.num_leaves)
+
+    def set_noise(self, noise_multiplier, seed=None, *, n_parties=None) -> None:
+        """Make every party add its Skellam share to each later histograms answer.
+
+        Parameters
+        ----------
+        noise_multiplier : float > 0, inf or None
+            ``z``: the summed noise of field ``f`` has variance
+            ``sensitivity.variances(z)[f]``. None or inf: no noise.
+        seed : int or None
+            None: each party draws from fresh OS entropy. An integer: each
+            party seeds from ``(seed, its index, a hash of its row ids)``, so
+            a run is reproducible (and its noise known to whoever knows them).
+        n_parties : int, optional
+            Parties sharing the noise; the party group's size by default (1
+            for a single party). Pass ``K - t`` to keep the full noise against
+            ``t`` parties colluding with the coordinator.
+
+        Before :meth:`start` the request is kept and sent once the
+        sensitivity is known (before any histogram).
+        """
+        if self.dp is None:
+            raise RuntimeError("set_noise needs a differentially private training: Trainer(..., dp=DPConfig(...))")
+        z = None if noise_multiplier is None else float(noise_multiplier)
+        if z is not None and not (z > 0.0):
+            raise ValueError(f"noise multiplier must be positive, inf or None, got {noise_multiplier!r}")
+        if z == np.inf:
+            z = None
+        if n_parties is None:
+            n_parties = len(self.party.parties) if hasattr(self.party, "parties") else 1
+        if not self._started:
+            self._noise_request = (z, seed, n_parties)
+            return
+        self._noise_request = None
+        variances = None if z is None else self.sensitivity.variances(z)
+        self.party.set_noise(variances, n_parties=int(n_parties), seed=seed)
+        self.noise_multiplier_ = z
 
     def _agreed_ranges(self, n_features: int) -> np.ndarray:
         """Declared ranges where given, the parties' merged min/max elsewhere."""
@@ -178,6 +262,9 @@ class Trainer:
         gs = np.empty(n_trees)
         hs = np.empty(n_trees)
         for k in range(n_trees):
+            if self.dp is not None:
+                gs[k], hs[k] = self._dp_scales
+                continue
             gb = obj.grad_bound if obj.grad_bound is not None else self._bounds[k, 0]
             hb = obj.hess_bound if obj.hess_bound is not None else self._bounds[k, 1]
             gs[k] = choose_scale(gb, self._n_total)
@@ -190,8 +277,10 @@ class Trainer:
         ])
         grower = TreeGrower(party, mapper=self._mapper, rules=params.rules, num_leaves=params.num_leaves,
                             max_depth=params.max_depth, learning_rate=params.learning_rate,
-                            grad_scales=gs, hess_scales=hs, feature_masks=masks, lookahead=params.lookahead)
+                            grad_scales=gs, hess_scales=hs, feature_masks=masks, lookahead=params.lookahead,
+                            clamp=self.dp is not None)
         new = grower.grow()
+        self.releases_ += grower.exchanges_
         self._it = it + 1
         self.grew_ = not all(t.n_leaves == 1 for t in new)
         if not self.grew_:
@@ -247,7 +336,7 @@ class Trainer:
 
 
 def train(party, params, *, categorical=None, feature_names=None, n_grid: int = binning.DEFAULT_GRID_SIZE,
-          callback=None, ranges=None) -> Model:
+          callback=None, ranges=None, dp=None, noise_multiplier=None, noise_seed=None) -> Model:
     """Train a model through a party-like object.
 
     Parameters
@@ -264,13 +353,19 @@ def train(party, params, *, categorical=None, feature_names=None, n_grid: int = 
         ``callback(iteration, metric_value_or_None)`` after each round.
     ranges : ndarray of shape (n_features, 2), optional
         Declared ranges (see :class:`Trainer`).
+    dp : DPConfig, dict or None
+        Differential privacy (see :class:`Trainer`).
+    noise_multiplier, noise_seed : optional
+        Under ``dp``: :meth:`Trainer.set_noise` before the first round.
 
     Returns
     -------
     Model
     """
     trainer = Trainer(party, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid,
-                      ranges=ranges)
+                      ranges=ranges, dp=dp)
+    if dp is not None:
+        trainer.set_noise(noise_multiplier, noise_seed)
     trainer.start()
     while not trainer.done:
         value = trainer.step()
@@ -280,14 +375,17 @@ def train(party, params, *, categorical=None, feature_names=None, n_grid: int = 
 
 
 def train_pooled(X, y, params, *, categorical=None, feature_names=None, X_valid=None, y_valid=None,
-                 n_grid: int = binning.DEFAULT_GRID_SIZE) -> Model:
-    """Train on rows held in one place: one PartyState, the same code path."""
+                 n_grid: int = binning.DEFAULT_GRID_SIZE, **dp_args) -> Model:
+    """Train on rows held in one place: one PartyState, the same code path.
+
+    ``dp_args``: ``dp``, ``noise_multiplier``, ``noise_seed`` of :func:`train`.
+    """
     party = PartyState(X, y, X_valid=X_valid, y_valid=y_valid)
-    return train(party, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid)
+    return train(party, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid, **dp_args)
 
 
 def train_partitioned(parts, params, *, categorical=None, feature_names=None, row_ids=None, valid_parts=None,
-                      n_grid: int = binning.DEFAULT_GRID_SIZE, return_group: bool = False):
+                      n_grid: int = binning.DEFAULT_GRID_SIZE, return_group: bool = False, **dp_args):
     """Train over K in-process parties, summing their integer histograms.
 
     Parameters
@@ -299,6 +397,8 @@ def train_partitioned(parts, params, *, categorical=None, feature_names=None, ro
     valid_parts : list of (X_k, y_k) or None, optional
     return_group : bool
         Also return the PartyGroup (its ``source`` counts exchanges and bytes).
+    dp_args
+        ``dp``, ``noise_multiplier``, ``noise_seed`` of :func:`train`.
     """
     if row_ids is None:
         offsets = np.cumsum([0] + [len(y) for _, y in parts])
@@ -309,5 +409,5 @@ def train_partitioned(parts, params, *, categorical=None, feature_names=None, ro
         for (X, y), rid, v in zip(parts, row_ids, valid_parts)
     ]
     group = PartyGroup(parties)
-    model = train(group, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid)
+    model = train(group, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid, **dp_args)
     return (model, group) if return_group else model

@@ -31,6 +31,15 @@ with fewer than ``2 * min_data_in_leaf`` rows is not searched, and children are
 not searched after the last split. Leaf outputs are computed when a leaf is
 created, from its integer sums, and shrunk by ``learning_rate`` at the end.
 
+Differential privacy (``clamp=True``): summed histograms carry noise, so the
+hessian and count fields of every received histogram, and of every sibling
+``parent - smaller``, are clamped at 0 (:func:`~fedmine.gbdt.privacy.clamp_histograms`),
+and so are a new leaf's count and hessian. Gains and leaf outputs then stay
+finite (``leaf_output`` is 0 without hessian); everything is post-processing
+of the noisy sums. The nodes of one exchange are disjoint within each tree
+(the smaller child of distinct leaves), so one row is in at most one node per
+tree of a release.
+
 Node ids on the wire are *slots* (``tree * NODE_STRIDE + slot``), handed out
 when a split is sent; each node records its slot so a party can find the
 node's rows in its partition.
@@ -42,6 +51,7 @@ import numpy as np
 
 from fedmine.gbdt.dtypes import CAT_BITSET_DTYPE, CAT_WORDS, COUNT, GRAD, HESS, NODE_DTYPE
 from fedmine.gbdt.model import Tree
+from fedmine.gbdt.privacy import clamp_histograms
 from fedmine.gbdt.source import NODE_STRIDE
 from fedmine.gbdt.splitting import find_best_split, leaf_output
 
@@ -88,10 +98,17 @@ class TreeGrower:
     feature_masks : ndarray of shape (n_trees, n_features), bool
     lookahead : int
         Extra leaves opened per tree and exchange (0: one node per tree).
+    clamp : bool
+        Histograms are noisy (DP): clamp hessians and counts at 0.
+
+    Attributes
+    ----------
+    exchanges_ : int
+        ``histograms`` requests made by :meth:`grow` (DP releases).
     """
 
     def __init__(self, source, *, mapper, rules, num_leaves, max_depth, learning_rate, grad_scales, hess_scales,
-                 feature_masks, lookahead: int = 0):
+                 feature_masks, lookahead: int = 0, clamp: bool = False):
         self.source = source
         self.mapper = mapper
         self.rules = rules
@@ -102,7 +119,15 @@ class TreeGrower:
         self.hess_scales = np.asarray(hess_scales, dtype=np.float64)
         self.feature_masks = np.asarray(feature_masks, dtype=bool)
         self.lookahead = int(lookahead)
+        self.clamp = bool(clamp)
         self._rules_array = rules.as_array()
+        self.exchanges_ = 0
+
+    def _receive(self, node_ids: np.ndarray) -> np.ndarray:
+        """One exchange: the summed histograms of ``node_ids`` (clamped under DP)."""
+        self.exchanges_ += 1
+        hists = self.source.histograms(node_ids)
+        return clamp_histograms(hists) if self.clamp else hists
 
     # ------------------------------------------------------------------
     def _searchable(self, st: _TreeState, node: int) -> bool:
@@ -200,7 +225,10 @@ class TreeGrower:
             c["count"] = split[side + "_count"]
             c["sum_grad"] = split[side + "_grad"]
             c["sum_hess"] = split[side + "_hess"]
-            c["hess"] = split[side + "_hess"] / self.hess_scales[k]
+            if self.clamp:  # noisy sums: a difference of noisy totals may be negative
+                c["count"] = max(c["count"], 0)
+                c["sum_hess"] = max(c["sum_hess"], 0)
+            c["hess"] = c["sum_hess"] / self.hess_scales[k]
             st.out[child] = split[side + "_value"]
         st.leaf_slots[leaf_index] = left
         st.leaf_slots.append(right)
@@ -231,7 +259,7 @@ class TreeGrower:
         """Grow every tree of the round; returns one :class:`Tree` per tree."""
         n_trees = self.grad_scales.shape[0]
         states = [_TreeState(max_slots(self.num_leaves, self.lookahead)) for _ in range(n_trees)]
-        roots = self.source.histograms(np.arange(n_trees, dtype=np.int64) * NODE_STRIDE)
+        roots = self._receive(np.arange(n_trees, dtype=np.int64) * NODE_STRIDE)
         l1, l2 = self.rules.lambda_l1, self.rules.lambda_l2
         for k, st in enumerate(states):
             h = roots[k]
@@ -286,10 +314,12 @@ class TreeGrower:
                     break
             if not requests:
                 break
-            hists = self.source.histograms(np.asarray(requests, dtype=np.int64))
+            hists = self._receive(np.asarray(requests, dtype=np.int64))
             for j, (k, st, node, small_left) in enumerate(pending):
                 small = hists[j]
                 large = st.hist[node] - small
+                if self.clamp:
+                    clamp_histograms(large)
                 st.opened[node][2:] = (small, large) if small_left else (large, small)
             for k, st, parent, left, right in ready:
                 self._children_ready(k, st, parent, left, right)

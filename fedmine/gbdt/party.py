@@ -21,6 +21,7 @@ start_trees(...)    none                                      broadcast
 histograms(nodes)   int64 (n_nodes, n_features, n_bins, 3)    sum
 apply_split(...)    none                                      broadcast
 evaluate(metric)    int64 (metric specific)                   sum
+set_noise(var, ...) none (DP: noise on every histograms answer) broadcast
 =================== ======================================== ===============
 
 Round life cycle at a party::
@@ -28,6 +29,13 @@ Round life cycle at a party::
     begin_round(iteration, last_trees)   scores += last trees; g, h as floats
     start_trees(iteration, scales, ...)  g, h -> int64; bag rows; reset partitions
     histograms / apply_split ...         while the coordinator grows the trees
+
+Differential privacy (:mod:`fedmine.gbdt.privacy`): ``configure(...,
+grad_clip=G, hess_clip=H)`` makes the party clip its gradients to ``[-G, G]``
+and hessians to ``[0, H]`` and answer ``begin_round`` with ``(G, H)`` instead
+of its own maxima; after ``set_noise(variances, n_parties=K, seed=...)`` it adds
+its share of Skellam noise to every ``histograms`` answer, before the
+federation layer masks it.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from fedmine.gbdt.dtypes import ROW_ID_DTYPE, X_DTYPE, Y_DTYPE
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.partition import add_leaf_values
 from fedmine.gbdt.predictor import tree_values_binned
+from fedmine.gbdt.privacy import add_noise_to_cells, check_variances, noise_cells, noise_rng
 from fedmine.gbdt.quantize import quantize
 from fedmine.gbdt.sampling import bag_rows
 from fedmine.gbdt.source import LocalRows, SumOfSources
@@ -62,6 +71,7 @@ ACCEPTS = {
     "apply_split": (GROWING,),
     "finish": (GROWING, READY, GRADIENTS),
     "evaluate": (READY, GRADIENTS, GROWING, FINISHED),
+    "set_noise": (BINNED, READY, GRADIENTS, GROWING),
 }
 
 #: Call names, in the order a training uses them (the federation layer's
@@ -78,6 +88,7 @@ CALLS = (
     "histograms",
     "apply_split",
     "evaluate",
+    "set_noise",
 )
 
 
@@ -121,6 +132,8 @@ class PartyState(LocalRows):
         self.partitions_ = []
         self.bins = None
         self.stage_ = CREATED
+        self.clip_ = None
+        self._noise = None
 
     def _enter(self, call: str, next_stage: str | None = None) -> None:
         if self.stage_ not in ACCEPTS[call]:
@@ -147,11 +160,28 @@ class PartyState(LocalRows):
         self.bins_valid_ = (
             None if self.X_valid is None else binning.bin_columns(self.X_valid, mapper, parallel=parallel)
         )
+        self._noise_cells = noise_cells(mapper.n_bins, mapper.max_bin)
 
     # --- training -------------------------------------------------------
-    def configure(self, params, init_scores: np.ndarray) -> None:
-        """Set the objective and start scores at the initial score."""
+    def configure(self, params, init_scores: np.ndarray, *, grad_clip: float | None = None,
+                  hess_clip: float | None = None) -> None:
+        """Set the objective and start scores at the initial score.
+
+        ``grad_clip`` and ``hess_clip`` (both or neither) switch on clipping
+        for differential privacy: every round's gradients are clipped to
+        ``[-grad_clip, grad_clip]`` and hessians to ``[0, hess_clip]``. Noise
+        is off until :meth:`set_noise`.
+        """
         self._enter("configure", READY)
+        if (grad_clip is None) != (hess_clip is None):
+            raise ValueError(f"grad_clip and hess_clip go together, got {grad_clip!r} and {hess_clip!r}")
+        self.clip_ = None
+        if grad_clip is not None:
+            g, h = float(grad_clip), float(hess_clip)
+            if not (0.0 < g < np.inf and 0.0 < h < np.inf):
+                raise ValueError(f"clips must be positive and finite, got {grad_clip!r} and {hess_clip!r}")
+            self.clip_ = (g, h)
+        self._noise = None
         self.params_ = params
         self.objective_ = _objective(params)
         self.objective_.check_labels(self.y)
@@ -198,6 +228,11 @@ class PartyState(LocalRows):
         if trees:
             self._apply_trees(trees)
         self._g_float, self._h_float, bounds = self.objective_.gradients_and_bounds(self.y, self.scores_)
+        if self.clip_ is not None:  # DP: clipped, and the bounds reveal nothing about the rows
+            g, h = self.clip_
+            np.clip(self._g_float, -g, g, out=self._g_float)
+            np.clip(self._h_float, 0.0, h, out=self._h_float)
+            bounds = np.tile(np.array([g, h]), (bounds.shape[0], 1))
         return bounds
 
     def start_trees(self, iteration: int, grad_scales, hess_scales, *, count_bits: int, max_nodes: int) -> None:
@@ -224,8 +259,41 @@ class PartyState(LocalRows):
         self.partitions_ = []
 
     def histograms(self, node_ids: np.ndarray) -> np.ndarray:
+        """Node histograms of the local rows, plus this party's noise share once :meth:`set_noise` is on."""
         self._enter("histograms")
-        return LocalRows.histograms(self, node_ids)
+        out = LocalRows.histograms(self, node_ids)
+        if self._noise is not None:
+            variances, n_parties, rng = self._noise
+            out = add_noise_to_cells(out, self._noise_cells, variances, n_parties=n_parties, rng=rng)
+        return out
+
+    def set_noise(self, variances, *, n_parties: int, seed: int | None = None, party_index: int = 0) -> None:
+        """Add a Skellam noise share to every later ``histograms`` answer (None: no noise).
+
+        Parameters
+        ----------
+        variances : array-like of shape (3,) or None
+            Variance of the noise in the *sum* over parties, per field (grad,
+            hess, count), from :meth:`Sensitivity.variances`.
+        n_parties : int
+            Parties adding a share (each adds ``variances / n_parties``).
+        seed : int or None
+            None: fresh operating-system entropy. An integer: reproducible
+            noise from ``(seed, party_index, a hash of this party's row ids)``
+            (:func:`fedmine.gbdt.privacy.noise_rng`); whoever knows these can
+            recompute the noise.
+        party_index : int
+            Position of the party in its federation (keeps the streams of
+            parties with equal row ids apart).
+        """
+        self._enter("set_noise")
+        if variances is None:
+            self._noise = None
+            return
+        v = check_variances(variances)
+        if isinstance(n_parties, bool) or not isinstance(n_parties, (int, np.integer)) or n_parties < 1:
+            raise ValueError(f"n_parties must be an integer >= 1, got {n_parties!r}")
+        self._noise = (v, int(n_parties), noise_rng(seed, party_index, self.row_ids))
 
     def apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id) -> None:
         self._enter("apply_split")
@@ -274,9 +342,9 @@ class PartyGroup:
     def label_stats(self, params):
         return np.sum([p.label_stats(params) for p in self.parties], axis=0)
 
-    def configure(self, params, init_scores):
+    def configure(self, params, init_scores, **clips):
         for p in self.parties:
-            p.configure(params, init_scores)
+            p.configure(params, init_scores, **clips)
 
     def begin_round(self, iteration, trees):
         self.source.flush()
@@ -299,4 +367,9 @@ class PartyGroup:
 
     def evaluate(self, metric):
         return np.sum([p.evaluate(metric) for p in self.parties], axis=0)
+
+    def set_noise(self, variances, *, n_parties, seed=None):
+        """Broadcast :meth:`PartyState.set_noise`; party ``i`` gets ``party_index=i``."""
+        for i, p in enumerate(self.parties):
+            p.set_noise(variances, n_parties=n_parties, seed=seed, party_index=i)
 
