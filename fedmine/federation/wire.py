@@ -237,7 +237,7 @@ def _enc(value: Any, out: list, depth: int) -> None:
         else:
             n = (value.bit_length() + 8) // 8
             if n > MAX_INT_BYTES:
-                raise WireError(f"integer too large to travel ({value.bit_length()} bits > {8 * MAX_INT_BYTES})")
+                raise WireError(f"integer too large to travel ({value.bit_length()} bits, at most {8 * MAX_INT_BYTES - 1})")
             out.append(b"I")
             out.append(_U16.pack(n))
             out.append(value.to_bytes(n, "big", signed=True))
