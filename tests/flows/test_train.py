@@ -168,6 +168,14 @@ def test_histogram_strategy_through_flow_mlflow_and_predict(prefect_harness, dem
         assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(1, 16)), key
     model = lgb.Booster(model_file=summary["model_file"])
     assert model.num_trees() == 15
+    # the privacy receipt: on by default under histogram, shown every round and as an artifact
+    assert [m.value for m in client.get_metric_history(run_id, "privacy.secure_aggregation")] == [1.0] * 15
+    assert [m.value for m in client.get_metric_history(run_id, "privacy.parties")] == [3.0] * 15
+    receipt = json.loads(client.download_artifacts(run_id, "privacy_receipt.json", str(tmp_path)) and
+                         (tmp_path / "privacy_receipt.json").read_text())
+    assert receipt["receipt"]["secure_aggregation"] is True and receipt["receipt"]["n_parties"] == 3
+    assert client.get_run(run_id).data.tags["privacy.secure_aggregation"] == "True"
+    assert summary["privacy"]["mechanism"] == "none"
     out = tmp_path / "scored.csv"
     monkeypatch.setattr("sys.argv", ["fedmine", "predict", str(demo_config), "--model", summary["model_file"],
                                      "--org", "retailer", "--input", str(demo_config.parent / "data" / "retailer.parquet"),
