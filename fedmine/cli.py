@@ -38,7 +38,8 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _train(config: Path, overrides: list[str], summary_json: Optional[Path], verbose: bool) -> dict:
+def _train(config: Path, overrides: list[str], summary_json: Optional[Path], verbose: bool,
+           resume: Optional[str] = None) -> dict:
     """Validate the config here (before Prefect starts), then run the training flow."""
     from fedmine.config import load_config
 
@@ -48,7 +49,7 @@ def _train(config: Path, overrides: list[str], summary_json: Optional[Path], ver
     from flows.train import federated_training
 
     def run() -> dict:
-        return federated_training(str(config), overrides, str(summary_json) if summary_json else None)
+        return federated_training(str(config), overrides, str(summary_json) if summary_json else None, resume)
 
     if not sys.stderr.isatty():
         return run()
@@ -90,10 +91,11 @@ def run(
     config: Path = typer.Argument(..., help="The federation YAML file."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path, e.g. training.rounds=50."),
     summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Write the run summary as JSON here."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the MLflow run RUN_ID from its last checkpoint."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
 ) -> None:
     """Train the federation in CONFIG now (the ad-hoc trigger)."""
-    summary = _train(config, set_, summary_json, verbose)
+    summary = _train(config, set_, summary_json, verbose, resume)
     _print_summary(summary)
 
 

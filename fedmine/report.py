@@ -47,7 +47,7 @@ def summarise(
         "name": cfg.name,
         "strategy": cfg.training.strategy,
         "objective": cfg.objective,
-        "rounds": len(coord.history),
+        "rounds": coord.last_round,
         "primary_metric": metrics.primary(cfg.objective),
         "model_file": model_file,
         "feature_names": list(cfg.features),

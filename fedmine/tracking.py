@@ -130,6 +130,48 @@ class Tracker:
         self.client.log_dict(self.run_id, schema, "config/canonical_schema.json")
         return self.run_id
 
+    def resume(self, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Reattach to a run of this federation; return its last checkpoint (state, arrays)."""
+        import numpy as np
+
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:
+            raise ConfigError(f"--resume {run_id}: no such run in {self.uri}") from None
+        exp = self.client.get_experiment(run.info.experiment_id)
+        if exp.name != self.cfg.name:
+            raise ConfigError(f"--resume {run_id}: the run belongs to experiment {exp.name!r}, the config to {self.cfg.name!r}")
+        if run.info.status == "FINISHED":
+            raise ConfigError(f"--resume {run_id}: the run has finished; nothing to resume")
+        names = {a.path for a in self.client.list_artifacts(run_id, "checkpoint")}
+        if "checkpoint/state.json" not in names:
+            raise ConfigError(f"--resume {run_id}: the run has no checkpoint (it stopped before its first round)")
+        self.experiment_id = exp.experiment_id
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, "fedmine.resumed", "true")
+        for child in self.client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'"):
+            self.org_runs[child.data.tags["fedmine.organisation"]] = child.info.run_id
+            self.client.update_run(child.info.run_id, status="RUNNING")
+        with tempfile.TemporaryDirectory() as tmp:
+            state = json.loads(Path(self.client.download_artifacts(run_id, "checkpoint/state.json", tmp)).read_text())
+            arrays = {}
+            if "checkpoint/arrays.npz" in names:
+                with np.load(self.client.download_artifacts(run_id, "checkpoint/arrays.npz", tmp)) as npz:
+                    arrays = {k: npz[k] for k in npz.files}
+        return state, arrays
+
+    def save_checkpoint(self, state: dict[str, Any], arrays: dict[str, Any]) -> None:
+        """The coordinator's state after a round (replaces the previous checkpoint)."""
+        import numpy as np
+
+        self.client.log_dict(self.run_id, state, "checkpoint/state.json")
+        if arrays:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "arrays.npz"
+                np.savez(path, **arrays)
+                self.client.log_artifact(self.run_id, str(path), "checkpoint")
+
     def start_organisation(self, org: str, *, rows: int, report: dict[str, Any] | None = None) -> str:
         """The nested run of one organisation."""
         spec = self.cfg.organisations[org]

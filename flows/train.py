@@ -33,30 +33,44 @@ def federated_training(
     config: str,
     overrides: list[str] | None = None,
     summary_path: str | None = None,
+    resume: str | None = None,
 ) -> dict[str, Any]:
-    """Train the federation described by ``config`` (a YAML path) and return its summary."""
+    """Train the federation described by ``config`` (a YAML path) and return its summary.
+
+    ``resume`` is the MLflow run id of a training whose coordinator stopped:
+    it continues from that run's last checkpoint and ends with the same model.
+    """
     t_start = time.perf_counter()
     cfg = load_config(config, overrides)
     tracker = Tracker(cfg)
-    tracker.start(tags={"fedmine.config": str(Path(config).resolve())})
+    if resume:
+        checkpoint = tracker.resume(resume)
+    else:
+        checkpoint = None
+        tracker.start(tags={"fedmine.config": str(Path(config).resolve())})
     try:
         futures = [_prepare.submit(cfg, org) for org in cfg.organisations]
         parties = [f.result() for f in futures]
         coord = start_federation(cfg, parties)
         for notice in coord.notices:
             get_run_logger().warning(notice)
-        for party in parties:
-            d = coord.descriptions[party.name]
-            tracker.start_organisation(party.name, rows=d["rows_train"] + d["rows_valid"], report=party.report)
+        first = 1
+        if checkpoint is None:
+            for party in parties:
+                d = coord.descriptions[party.name]
+                tracker.start_organisation(party.name, rows=d["rows_train"] + d["rows_valid"], report=party.report)
+        else:
+            first = coord.restore(*checkpoint)
 
         t_train = time.perf_counter()
         rounds = cfg.training.rounds
-        for r in range(1, rounds + 1):
+        for r in range(first, rounds + 1):
+            if coord.stopped:
+                break
             result = run_round(coord, r)
             tracker.log_round(r, result.flat(cfg.objective), result.org_metrics)
+            tracker.save_checkpoint(*coord.checkpoint())
             progress.report(r, rounds, result.global_metrics)
-            if result.stopped:
-                break
         train_seconds = time.perf_counter() - t_train
 
         tracker.log_privacy(coord.receipt().as_dict(), coord.notices, coord.dropped)

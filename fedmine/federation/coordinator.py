@@ -110,6 +110,7 @@ class Coordinator:
         self.epoch = 0  # secure-aggregation restarts
         self.dropped: list[dict[str, Any]] = []  # parties that failed and were left out
         self.notices: list[str] = []  # warnings for the user and the MLflow run
+        self.last_round = 0  # rounds done, including those before a resume
 
     @property
     def objective(self) -> str:
@@ -218,6 +219,7 @@ class Coordinator:
             stopped=self.stopped,
         )
         self.history.append(result)
+        self.last_round = round_id
         return result
 
     def _run_strategy_round(self, ctx: RoundContext) -> None:
@@ -275,6 +277,35 @@ class Coordinator:
             self.strategy.truncate(self._ctx, self._best[2])
             return True
         return False
+
+    def checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The coordinator's state after the last round: (JSON-able state, named arrays)."""
+        state, arrays = self.strategy.checkpoint(self._ctx)
+        return {
+            "round": self.last_round,
+            "strategy": self.strategy.name,
+            "training_id": self.training_id,
+            "best": list(self._best) if self._best else None,
+            "stopped": self.stopped,
+            "dropped": self.dropped,
+            "strategy_state": state,
+        }, arrays
+
+    def restore(self, state: dict[str, Any], arrays: dict[str, Any]) -> int:
+        """Continue from :meth:`checkpoint` (after :meth:`start`); return the next round."""
+        from fedmine.errors import ConfigError
+
+        if state["strategy"] != self.strategy.name:
+            raise ConfigError(f"--resume: the run trained with strategy {state['strategy']}, "
+                              f"the config says {self.strategy.name}")
+        if state["dropped"]:
+            names = ", ".join(d["organisation"] for d in state["dropped"])
+            raise ConfigError(f"--resume: the run left out {names} after a failure; resuming it is not supported")
+        self.strategy.restore(self._ctx, state["strategy_state"], arrays)
+        self._best = tuple(state["best"]) if state["best"] else None
+        self.stopped = bool(state["stopped"])
+        self.last_round = int(state["round"])
+        return self.last_round + 1
 
     def local_baselines(self) -> dict[str, dict[str, Any]]:
         """Each organisation trained alone with the same parameters and rounds."""

@@ -55,10 +55,13 @@ __all__ = [
     "PARTY_CALLS", "ENGINE_ACTION_PREFIX", "DEFAULT_PORT", "MAX_REQUEST_BYTES", "ERRORS",
 ]
 
-#: The Party protocol's calls (the methods of :class:`~fedmine.federation.party.Party`).
-PARTY_CALLS: tuple[str, ...] = tuple(
-    name for name, value in vars(Party).items() if callable(value) and not name.startswith("_")
-)
+#: Secure aggregation's key exchange (:class:`~fedmine.federation.party.LocalParty`).
+SECURE_CALLS = ("secure_setup", "secure_peers", "secure_restart")
+
+#: The Party protocol's calls: the methods of :class:`~fedmine.federation.party.Party` and the key exchange.
+PARTY_CALLS: tuple[str, ...] = tuple(dict.fromkeys(
+    [name for name, value in vars(Party).items() if callable(value) and not name.startswith("_")] + list(SECURE_CALLS)
+))
 
 #: Engine calls travel as actions ``engine.<call>``.
 ENGINE_ACTION_PREFIX = "engine."

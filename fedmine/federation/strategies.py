@@ -54,6 +54,7 @@ class RoundContext:
     step: int = 0
     stats: dict[str, float] = field(default_factory=dict)  # what the last round measured
     stopped: bool = False  # the strategy grows no further round
+    broadcasts: list[int] = field(default_factory=list)  # trees per broadcast, in order (for replay)
 
     def next_step(self) -> int:
         self.step += 1
@@ -64,6 +65,7 @@ class RoundContext:
         step = self.next_step()
         for link in self.links:
             link.call("begin_round", step, delta)
+        self.broadcasts.append(len(blocks))
 
 
 def bagging_weights(train_rows: dict[str, int], beta: float) -> dict[str, float]:
@@ -99,6 +101,31 @@ class Strategy:
     def truncate(self, ctx: RoundContext, n_trees: int) -> None:
         """Keep the first ``n_trees`` trees (early stopping)."""
         ctx.ensemble.truncate(n_trees)
+        kept, total = [], 0
+        for n in ctx.broadcasts:
+            if total + n > n_trees:
+                break
+            kept.append(n)
+            total += n
+        ctx.broadcasts[:] = kept
+
+    def checkpoint(self, ctx: RoundContext) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What the coordinator needs to continue after a crash: (JSON-able state, arrays)."""
+        return {"trees": list(ctx.ensemble.trees), "broadcasts": list(ctx.broadcasts)}, {}
+
+    def restore(self, ctx: RoundContext, state: dict[str, Any], arrays: dict[str, Any]) -> None:
+        """Continue from :meth:`checkpoint`: the same trees, replayed to the parties in the same groups.
+
+        Parties add each group's trees to their scores as they did the first
+        time, so their scores, and every later tree, are the same bits.
+        """
+        trees, groups = state["trees"], state["broadcasts"]
+        ctx.ensemble.trees[:] = trees
+        ctx.broadcasts.clear()
+        start = 0
+        for n in groups:
+            ctx.broadcast(trees[start:start + n])
+            start += n
 
 
 class HistogramStrategy(Strategy):
@@ -157,6 +184,15 @@ class HistogramStrategy(Strategy):
 class LocalStrategy(Strategy):
     name = "local"
     federated = False
+
+    def checkpoint(self, ctx: RoundContext) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {}, {}  # every organisation's own model stays with it: nothing to resume from
+
+    def restore(self, ctx: RoundContext, state: dict[str, Any], arrays: dict[str, Any]) -> None:
+        from fedmine.errors import ConfigError
+
+        raise ConfigError("--resume: the local strategy keeps each organisation's model at the organisation; "
+                          "run it again instead (allowed with: histogram, bagging, cyclic)")
 
     def run_round(self, ctx: RoundContext) -> None:
         step = ctx.next_step()
