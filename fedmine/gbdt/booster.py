@@ -36,7 +36,7 @@ from fedmine.gbdt.model import Model, Tree
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.params import make_params
 from fedmine.gbdt.party import PartyGroup, PartyState
-from fedmine.gbdt.privacy import DPConfig, dp_bounds, max_exchanges_per_round
+from fedmine.gbdt.privacy import DPConfig, check_variances, dp_bounds, max_exchanges_per_round
 from fedmine.gbdt.quantize import choose_scale
 from fedmine.gbdt.sampling import feature_mask
 
@@ -229,13 +229,15 @@ class Trainer:
             raise ValueError(f"noise multiplier must be positive, inf or None, got {noise_multiplier!r}")
         if z == np.inf:
             z = None
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"noise seed must be an integer >= 0 or None, got {seed!r}")
         if n_parties is None:
             n_parties = len(self.party.parties) if hasattr(self.party, "parties") else 1
         if not self._started:
             self._noise_request = (z, seed, n_parties)
             return
         self._noise_request = None
-        variances = None if z is None else self.sensitivity.variances(z)
+        variances = None if z is None else check_variances(self.sensitivity.variances(z))
         self.party.set_noise(variances, n_parties=int(n_parties), seed=seed)
         self.noise_multiplier_ = z
 

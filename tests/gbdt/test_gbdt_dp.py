@@ -140,8 +140,7 @@ class _DisjointChecker(PartyState):
         seen = {}
         for nid in np.asarray(node_ids).ravel():
             tree, _ = split_node_id(nid)
-            rows = self.leaf_rows(nid) if split_node_id(nid)[1] or not self._all_rows else np.arange(self.n_rows)
-            rows = set(rows.tolist())
+            rows = set(self.leaf_rows(nid).tolist())
             assert not (seen.setdefault(tree, set()) & rows), "a row is in two nodes of one tree in one release"
             seen[tree] |= rows
         self.requests_.append(len(node_ids))
@@ -295,6 +294,10 @@ def test_set_noise_protocol():
     trainer.start()
     assert trainer.noise_multiplier_ == 1.5 and trainer.party._noise[1] == 1
     assert np.allclose(trainer.party._noise[0], trainer.sensitivity.variances(1.5))
+    with pytest.raises(ValueError, match="exceeds"):
+        trainer.set_noise(1e6)
+    with pytest.raises(ValueError, match="noise seed must be an integer >= 0 or None, got -1"):
+        trainer.set_noise(1.0, -1)
     trainer.set_noise(np.inf)
     assert trainer.noise_multiplier_ is None and trainer.party._noise is None
 
