@@ -58,6 +58,7 @@ from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.params import Params, make_params
 from fedmine.gbdt.party import PartyGroup, PartyState
 from fedmine.gbdt.predictor import predict_raw
+from fedmine.gbdt.privacy import DPConfig
 from fedmine.gbdt.source import NODE_STRIDE, HistogramSource, LocalRows, SumOfSources
 
 
@@ -84,6 +85,7 @@ def predict(model: Model, X) -> np.ndarray:
 
 __all__ = [
     "BinMapper",
+    "DPConfig",
     "HistogramSource",
     "LocalRows",
     "Model",
