@@ -10,6 +10,7 @@ is allowed. docs/config.md documents every key.
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,10 @@ from fedmine.errors import ConfigError
 
 OBJECTIVES = ("binary", "multiclass", "regression", "poisson", "tweedie")
 STRATEGIES = ("histogram", "bagging", "cyclic", "local")
-FEATURE_TYPES = ("float", "int", "category", "bool")
+FEATURE_TYPES = ("float", "int", "category", "bool", "date")
+UNKNOWN_POLICIES = ("error", "other", "missing")
+DERIVATIONS = ("years_since", "months_since", "days_since", "year", "month", "weekday")
+EPOCH = _dt.date(1970, 1, 1)
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -31,14 +35,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
-class FeatureSpec(_Strict):
-    """One canonical feature: its type and, for categories, the vocabulary."""
+def date_to_days(value: _dt.date) -> float:
+    """A date as days since 1970-01-01: how ``date`` features are encoded."""
+    if isinstance(value, _dt.datetime):
+        value = value.date()
+    return float((value - EPOCH).days)
 
-    type: Literal["float", "int", "category", "bool"] = "float"
+
+class FeatureSpec(_Strict):
+    """One canonical feature: type, unit, allowed range, vocabulary, whether required.
+
+    ``date`` features are encoded as days since 1970-01-01; their ``min`` and
+    ``max`` may be written as dates and are stored as such days.
+    """
+
+    type: Literal["float", "int", "category", "bool", "date"] = "float"
     categories: list[str] | None = None
-    min: float | None = None
-    max: float | None = None
+    min: float | _dt.date | None = None
+    max: float | _dt.date | None = None
     unit: str | None = None
+    quantity: str | None = Field(None, description="what is measured (glucose, ...): picks substance-dependent unit factors")
+    required: bool = Field(True, description="every organisation must map it; when false an unmapped feature is all missing")
     description: str | None = None
 
     @model_validator(mode="after")
@@ -49,25 +66,56 @@ class FeatureSpec(_Strict):
             raise ValueError(f"'categories' is only allowed with type: category (type is {self.type})")
         if self.categories is not None and len(set(self.categories)) != len(self.categories):
             raise ValueError("'categories' has duplicates")
+        for key in ("min", "max"):
+            bound = getattr(self, key)
+            if isinstance(bound, _dt.date):
+                if self.type != "date":
+                    raise ValueError(f"{key} is a date ({bound}); dates are allowed with type: date (type is {self.type})")
+                setattr(self, key, date_to_days(bound))
         if self.min is not None and self.max is not None and self.min >= self.max:
             raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
+
+
+class DeriveSpec(_Strict):
+    """A canonical feature computed from a date column: ``{from: birth_date, as: years_since, at: 2024-01-01}``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    from_: str = Field(alias="from", description="the date column (after rename) it is computed from")
+    as_: Literal["years_since", "months_since", "days_since", "year", "month", "weekday"] = Field(alias="as")
+    at: _dt.date | None = Field(None, description="reference date of years_since, months_since, days_since")
+
+    @model_validator(mode="after")
+    def _reference_date(self) -> "DeriveSpec":
+        if self.as_.endswith("_since") and self.at is None:
+            raise ValueError(f"as: {self.as_} needs 'at', the reference date (for example at: 2024-01-01)")
+        if not self.as_.endswith("_since") and self.at is not None:
+            raise ValueError(f"'at' is only allowed with as: years_since, months_since or days_since (as is {self.as_})")
         return self
 
 
 class OrganisationSpec(_Strict):
     """One organisation: where its rows are and how they map onto the canonical schema.
 
-    ``rename`` maps source columns to canonical names; ``values``, ``scale``,
-    ``offset`` and ``missing`` name canonical features (they apply after rename).
+    ``rename`` maps source columns to canonical names; ``values``, ``units``,
+    ``scale``, ``offset``, ``missing``, ``dates`` and ``derive`` name canonical
+    features (they apply after rename). ``missing`` may also list markers under
+    ``"*"``: they mean missing in every column.
     """
 
     source: str
     read: dict[str, Any] = Field(default_factory=dict)
     rename: dict[str, str] = Field(default_factory=dict)
     values: dict[str, dict[Any, Any]] = Field(default_factory=dict)
+    units: dict[str, str] = Field(default_factory=dict)
     scale: dict[str, float] = Field(default_factory=dict)
     offset: dict[str, float] = Field(default_factory=dict)
     missing: dict[str, list[Any]] = Field(default_factory=dict)
+    dates: dict[str, str] = Field(default_factory=dict)
+    derive: dict[str, DeriveSpec] = Field(default_factory=dict)
+    unknown_categories: (Literal["error", "other", "missing"]
+                         | dict[str, Literal["error", "other", "missing"]]) = "error"
     industry: str | None = None
 
     @field_validator("source")
@@ -76,6 +124,86 @@ class OrganisationSpec(_Strict):
         if not v.strip():
             raise ValueError("source is empty; give a path or URI (csv, parquet, sqlite:///..., postgresql://...)")
         return v
+
+    def unknown_policy(self, feature: str) -> str:
+        """What happens to a value outside ``feature``'s vocabulary: error, other or missing."""
+        policy = self.unknown_categories
+        return policy.get(feature, "error") if isinstance(policy, dict) else policy
+
+
+class ProfileSpec(_Strict):
+    """Settings of ``fedmine profile`` (docs/schema.md)."""
+
+    psi_threshold: float = Field(0.25, gt=0, description="flag a feature whose PSI against the other organisations exceeds this")
+
+
+def check_mapping(org: str, spec: OrganisationSpec, features: dict[str, FeatureSpec], label: str) -> None:
+    """Raise ValueError when an organisation's mapping contradicts the canonical schema or itself."""
+    canonical = set(features) | {label}
+    derive_sources = {d.from_ for d in spec.derive.values()}
+
+    def not_canonical(key: str, col: str, allowed: set[str]) -> ValueError:
+        return ValueError(f"organisations.{org}.{key}.{col}: not a canonical column; allowed: {', '.join(sorted(allowed))}")
+
+    for key in ("values", "scale", "offset", "missing", "units", "derive"):
+        for col in getattr(spec, key):
+            if col not in canonical and not (key == "missing" and col == "*"):
+                raise not_canonical(key, col, canonical)
+    for col in spec.dates:
+        if col not in features and col not in derive_sources:
+            raise not_canonical("dates", col, set(features) | derive_sources)
+        feat = features.get(col)
+        if feat is not None and feat.type != "date":
+            raise ValueError(f"organisations.{org}.dates.{col}: features.{col} has type {feat.type}, not date")
+    targets = list(spec.rename.values())
+    dup = sorted({t for t in targets if targets.count(t) > 1})
+    if dup:
+        sources = [s for s, t in spec.rename.items() if t == dup[0]]
+        raise ValueError(
+            f"organisations.{org}.rename: {' and '.join(sources)} both map to {dup[0]!r}; map one column per feature"
+        )
+    for name, d in spec.derive.items():
+        if name == label:
+            raise ValueError(f"organisations.{org}.derive.{name}: the label cannot be derived")
+        renamed = [s for s, t in spec.rename.items() if t == name]
+        if renamed:
+            raise ValueError(
+                f"organisations.{org}: {renamed[0]} (rename) and {d.from_} (derive) both map to {name!r}; "
+                f"map one column per feature"
+            )
+        if features[name].type not in ("float", "int"):
+            raise ValueError(f"organisations.{org}.derive.{name}: features.{name} has type {features[name].type}; "
+                             f"derived values are numbers (type float or int)")
+    for name, unit in spec.units.items():
+        feat = features.get(name)
+        where = f"organisations.{org}.units.{name}"
+        if feat is None or feat.type not in ("float", "int"):
+            what = "the label" if feat is None else f"type {feat.type}"
+            raise ValueError(f"{where}: units convert numbers; {name} is {what} (allowed with type float or int)")
+        if feat.unit is None:
+            raise ValueError(f"{where}: features.{name} declares no unit to convert {unit!r} to; add its unit")
+        if name in spec.scale or name in spec.offset:
+            raise ValueError(f"{where}: {name} has both units and scale/offset; use one of them")
+        from fedmine.schema.units import UnitError, conversion  # here: fedmine.schema imports this module
+
+        try:
+            conversion(unit, feat.unit, quantity=feat.quantity or name)
+        except UnitError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    policies = spec.unknown_categories
+    named = policies if isinstance(policies, dict) else {
+        n: policies for n, f in features.items() if f.type == "category"}
+    for name, policy in named.items():
+        feat = features.get(name)
+        if feat is None or feat.type != "category":
+            allowed = sorted(n for n, f in features.items() if f.type == "category")
+            raise ValueError(f"organisations.{org}.unknown_categories.{name}: not a category feature; "
+                             f"allowed: {', '.join(allowed) or '(none)'}")
+        if policy == "other" and "other" not in feat.categories:
+            raise ValueError(
+                f"organisations.{org}.unknown_categories: 'other' needs 'other' in features.{name}.categories "
+                f"({', '.join(feat.categories)})"
+            )
 
 
 class TrainingSpec(_Strict):
@@ -192,6 +320,7 @@ class FederationConfig(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    profile: ProfileSpec = Field(default_factory=ProfileSpec)
 
     # Not part of the YAML: where it was read from, to resolve relative sources.
     _path: Path | None = None
@@ -247,26 +376,18 @@ class FederationConfig(_Strict):
                 f"privacy.gradient_bound: required with privacy.epsilon and objective {self.objective} "
                 f"(gradients are clipped to it so each row's influence is bounded)"
             )
+        if (privacy.epsilon is not None and self.objective in ("poisson", "tweedie")
+                and privacy.hessian_bound is None):
+            raise ValueError(
+                f"privacy.hessian_bound: required with privacy.epsilon and objective {self.objective} "
+                f"(hessians are clipped to it)"
+            )
         if self.secure_aggregation and len(self.organisations) < privacy.min_parties:
             raise ValueError(
                 f"privacy.min_parties is {privacy.min_parties} but organisations lists {len(self.organisations)}"
             )
-        canonical = set(self.features) | {self.label}
         for org, spec in self.organisations.items():
-            for key in ("values", "scale", "offset", "missing"):
-                for col in getattr(spec, key):
-                    if col not in canonical:
-                        raise ValueError(
-                            f"organisations.{org}.{key}.{col}: not a canonical column; "
-                            f"allowed: {', '.join(sorted(canonical))}"
-                        )
-            targets = list(spec.rename.values())
-            dup = sorted({t for t in targets if targets.count(t) > 1})
-            if dup:
-                sources = [s for s, t in spec.rename.items() if t == dup[0]]
-                raise ValueError(
-                    f"organisations.{org}.rename: {' and '.join(sources)} both map to {dup[0]!r}; map one column per feature"
-                )
+            check_mapping(org, spec, self.features, self.label)
         return self
 
     @property
