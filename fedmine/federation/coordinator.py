@@ -159,6 +159,8 @@ class Coordinator:
             categorical=[i for i, f in enumerate(self.cfg.features.values()) if f.type == "category"],
             feature_names=list(self.cfg.features),
             declared_ranges=declared_ranges(self.cfg),
+            privacy=self.cfg.privacy,
+            notices=self.notices,
         )
         self.strategy.start(self._ctx)
 
@@ -178,7 +180,9 @@ class Coordinator:
         """The privacy receipt of this training so far (logged every round)."""
         from fedmine.privacy.receipt import PrivacyReceipt
 
-        return PrivacyReceipt(secure_aggregation=self.cfg.secure_aggregation, n_parties=len(self.links))
+        dp = getattr(self.strategy, "receipt", None)
+        with_dp = dp(secure_aggregation=self.cfg.secure_aggregation, n_parties=len(self.links)) if dp else None
+        return with_dp or PrivacyReceipt(secure_aggregation=self.cfg.secure_aggregation, n_parties=len(self.links))
 
     def evaluate(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         """Federation-wide metrics (from merged sums) and each organisation's own."""

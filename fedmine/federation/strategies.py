@@ -51,6 +51,8 @@ class RoundContext:
     categorical: list[int] = field(default_factory=list)
     feature_names: list[str] = field(default_factory=list)
     declared_ranges: Any = None  # (n_features, 2) from the canonical schema, NaN where undeclared
+    privacy: Any = None  # the config's PrivacySpec (histogram: differential privacy)
+    notices: list[str] = field(default_factory=list)  # for the user and the MLflow run
     step: int = 0
     stats: dict[str, float] = field(default_factory=dict)  # what the last round measured
     stopped: bool = False  # the strategy grows no further round
@@ -142,21 +144,57 @@ class HistogramStrategy(Strategy):
     can_drop = False  # the parties' engine state is mid-round; restart needs a round reset
 
     def start(self, ctx: RoundContext) -> None:
+        from fedmine.gbdt import DPConfig
         from fedmine.gbdt.booster import Trainer
         from fedmine.gbdt.party import PartyGroup
 
+        privacy = ctx.privacy
+        self.epsilon = privacy.epsilon if privacy is not None else None
+        dp = None
+        if self.epsilon is not None:
+            dp = DPConfig(grad_bound=privacy.gradient_bound, hess_bound=privacy.hessian_bound)
         self.group = PartyGroup([EngineProxy(link) for link in ctx.links], n_threads=len(ctx.links))
         self.trainer = Trainer(self.group, ctx.engine_params, categorical=ctx.categorical,
-                               feature_names=ctx.feature_names, ranges=ctx.declared_ranges)
+                               feature_names=ctx.feature_names, ranges=ctx.declared_ranges, dp=dp)
         self.trainer.start()
         self._model = None
+        self.accountant = None
+        if dp is not None:
+            self._start_dp(ctx)
+
+    def _start_dp(self, ctx: RoundContext) -> None:
+        """Calibrate Skellam noise so that every round's histogram releases fit the budget; start the accountant.
+
+        Each party draws its share from its own entropy (no seed from the
+        coordinator, which could otherwise subtract the noise).
+        """
+        from fedmine.privacy.accountant import PrivacyAccountant
+        from fedmine.privacy.dp import calibrate
+
+        t, p = self.trainer, ctx.privacy
+        releases = ctx.engine_params["num_boost_round"] * t.max_releases_per_round
+        self.noise_multiplier = calibrate(p.epsilon, p.delta, releases, t.sensitivity)
+        self.accountant = PrivacyAccountant(p.delta, mechanism="skellam", sensitivity=t.sensitivity)
+        t.set_noise(self.noise_multiplier, seed=None)
 
     def run_round(self, ctx: RoundContext) -> None:
         src = self.group.source
+        if self.accountant is not None and self.accountant.would_exceed(
+                self.epsilon, self.noise_multiplier, self.trainer.max_releases_per_round):
+            ctx.notices.append(
+                f"privacy budget: stopped before round {ctx.round_id}: epsilon spent "
+                f"{self.accountant.epsilon():.4g} of {self.epsilon:g} (delta {ctx.privacy.delta:g}); "
+                f"another round could exceed it")
+            self.trainer.stop()
+            ctx.stopped = True
+            return
         before = (src.exchanges_, src.party_seconds_, src.aggregate_seconds_)
+        releases0 = self.trainer.releases_
         t0 = time.perf_counter()
         self.trainer.step()
         total = time.perf_counter() - t0
+        if self.accountant is not None:
+            self.accountant.spend(self.noise_multiplier, self.trainer.releases_ - releases0)
         party = src.party_seconds_ - before[1]
         aggregation = src.aggregate_seconds_ - before[2]
         ctx.stats = {
@@ -176,6 +214,16 @@ class HistogramStrategy(Strategy):
 
     def num_trees(self, ctx: RoundContext) -> int:
         return len(self.trainer.trees_)
+
+    def receipt(self, *, secure_aggregation: bool, n_parties: int):
+        """The privacy receipt with the accountant's figures (None without differential privacy)."""
+        from fedmine.privacy.receipt import PrivacyReceipt
+
+        if self.accountant is None:
+            return None
+        return PrivacyReceipt.from_accountant(
+            self.accountant, secure_aggregation=secure_aggregation, n_parties=n_parties,
+            noise_multiplier=self.noise_multiplier, releases_per_round=self.trainer.max_releases_per_round)
 
     def truncate(self, ctx: RoundContext, n_trees: int) -> None:
         pass  # the engine keeps its best round itself (Trainer.finish)

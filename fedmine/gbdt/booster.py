@@ -313,6 +313,12 @@ class Trainer:
         self.done = last_round
         return value
 
+    def stop(self) -> None:
+        """Grow no further round (a privacy budget, a caller's limit); the parties' scores stay as they are."""
+        if not self.done:
+            self.party.finish(None)
+            self.done = True
+
     def finish(self) -> Model:
         """The model (cut back to the best round under early stopping)."""
         params, obj = self.params, self._obj

@@ -60,11 +60,11 @@ class DPConfig:
     Parameters
     ----------
     grad_bound : float > 0 or None
-        Clip of ``|g|`` per row (``privacy.gradient_clip``). ``None``: the
+        Clip of ``|g|`` per row (``privacy.gradient_bound``). ``None``: the
         objective's own bound (binary, multiclass: 1); required for
         regression, poisson and tweedie. The tighter of the two is used.
     hess_bound : float > 0 or None
-        Clip of ``h`` per row (``privacy.hessian_clip``). ``None``: the
+        Clip of ``h`` per row (``privacy.hessian_bound``). ``None``: the
         objective's own bound (binary 1/4, multiclass K/(4(K-1)),
         regression 1); required for poisson and tweedie.
     row_bits : int
@@ -77,8 +77,8 @@ class DPConfig:
     row_bits: int = DEFAULT_ROW_BITS
 
     def __post_init__(self):
-        object.__setattr__(self, "grad_bound", _bound(self.grad_bound, "privacy.gradient_clip"))
-        object.__setattr__(self, "hess_bound", _bound(self.hess_bound, "privacy.hessian_clip"))
+        object.__setattr__(self, "grad_bound", _bound(self.grad_bound, "privacy.gradient_bound"))
+        object.__setattr__(self, "hess_bound", _bound(self.hess_bound, "privacy.hessian_bound"))
         rb = self.row_bits
         if isinstance(rb, bool) or not isinstance(rb, (int, np.integer)) or not 1 <= rb <= 40:
             raise ConfigError(f"row_bits must be an integer in [1, 40], got {rb!r}")
@@ -120,10 +120,10 @@ def dp_bounds(config: DPConfig, objective) -> tuple:
     h = _tighter(config.hess_bound, objective.hess_bound)
     if g is None:
         raise ConfigError(f"objective {objective.name!r} under differential privacy needs a gradient bound "
-                          f"(privacy.gradient_clip), got None")
+                          f"(privacy.gradient_bound), got None")
     if h is None:
         raise ConfigError(f"objective {objective.name!r} under differential privacy needs a hessian bound "
-                          f"(privacy.hessian_clip), got None")
+                          f"(privacy.hessian_bound), got None")
     return float(g), float(h)
 
 

@@ -83,7 +83,7 @@ def _check_bound(bound, key: str) -> float:
 
 
 def clip_gradients(grad, bound: float) -> np.ndarray:
-    """Gradients clipped to ``[-bound, bound]`` (regression's bound comes from ``privacy.gradient_clip``).
+    """Gradients clipped to ``[-bound, bound]`` (regression's bound comes from ``privacy.gradient_bound``).
 
     Parameters
     ----------
@@ -94,7 +94,7 @@ def clip_gradients(grad, bound: float) -> np.ndarray:
     -------
     clipped : ndarray, same shape, float64 (a new array)
     """
-    bound = _check_bound(bound, "privacy.gradient_clip")
+    bound = _check_bound(bound, "privacy.gradient_bound")
     return np.clip(np.asarray(grad, dtype=np.float64), -bound, bound)
 
 
@@ -110,7 +110,7 @@ def clip_hessians(hess, bound: float) -> np.ndarray:
     -------
     clipped : ndarray, same shape, float64 (a new array)
     """
-    bound = _check_bound(bound, "privacy.hessian_clip")
+    bound = _check_bound(bound, "privacy.hessian_bound")
     return np.clip(np.asarray(hess, dtype=np.float64), 0.0, bound)
 
 

@@ -101,9 +101,9 @@ def test_poisson_hessians_clipped_and_bounds_required():
     assert np.abs(party._g_float).max() <= 1.0
     with pytest.raises(ConfigError, match=r"objective 'regression' under differential privacy needs a gradient bound"):
         Trainer(PartyState(X, y), _params("regression"), dp=DPConfig()).start()
-    with pytest.raises(ConfigError, match=r"objective 'poisson' .* needs a hessian bound \(privacy.hessian_clip\)"):
+    with pytest.raises(ConfigError, match=r"objective 'poisson' .* needs a hessian bound \(privacy.hessian_bound\)"):
         Trainer(PartyState(X, y), _params("poisson"), dp={"grad_bound": 1.0}).start()
-    with pytest.raises(ConfigError, match=r"privacy.gradient_clip must be a positive finite number or None, got -1"):
+    with pytest.raises(ConfigError, match=r"privacy.gradient_bound must be a positive finite number or None, got -1"):
         DPConfig(grad_bound=-1)
     with pytest.raises(ConfigError, match=r"unknown DP setting\(s\) \['epsilon'\]"):
         DPConfig.make({"epsilon": 1.0})

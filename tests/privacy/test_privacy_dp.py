@@ -163,11 +163,11 @@ def test_calibrate_errors():
 def test_clipping():
     np.testing.assert_array_equal(clip_gradients([-5.0, -0.5, 0.0, 2.0], 1.5), [-1.5, -0.5, 0.0, 1.5])
     np.testing.assert_array_equal(clip_hessians([-1.0, 0.3, 9.0], 2.0), [0.0, 0.3, 2.0])
-    with pytest.raises(ConfigError, match=r"privacy.gradient_clip must be a positive finite number, got 0"):
+    with pytest.raises(ConfigError, match=r"privacy.gradient_bound must be a positive finite number, got 0"):
         clip_gradients([1.0], 0)
-    with pytest.raises(ConfigError, match=r"privacy.gradient_clip must be a positive finite number, got nan"):
+    with pytest.raises(ConfigError, match=r"privacy.gradient_bound must be a positive finite number, got nan"):
         clip_gradients([1.0], float("nan"))
-    with pytest.raises(ConfigError, match=r"privacy.hessian_clip must be a positive finite number, got -1"):
+    with pytest.raises(ConfigError, match=r"privacy.hessian_bound must be a positive finite number, got -1"):
         clip_hessians([1.0], -1)
 
 
