@@ -153,15 +153,21 @@ def conversion(source: str, target: str, *, quantity: str | None = None) -> tupl
     return scale, offset
 
 
-def likely_factors() -> list[tuple[float, str]]:
-    """Scale factors that often explain a shifted distribution, with a name for people."""
-    out: list[tuple[float, str]] = []
-    for f, what in ((1e3, "thousands -> units"), (1e-3, "units -> thousands"), (1e6, "millions -> units"),
-                    (12.0, "monthly -> yearly"), (1 / 12.0, "yearly -> monthly, or months -> years"),
-                    (100.0, "fraction -> %"), (0.01, "% -> fraction"),
-                    (18.016, "glucose mmol/L -> mg/dL"), (1 / 18.016, "glucose mg/dL -> mmol/L"),
-                    (38.67, "cholesterol mmol/L -> mg/dL"), (1 / 38.67, "cholesterol mg/dL -> mmol/L"),
-                    (60.0, "minutes -> seconds"), (1 / 60.0, "seconds -> minutes"),
-                    (2.20462, "kg -> lb"), (0.45359237, "lb -> kg")):
-        out.append((f, what))
+def likely_factors(quantity: str | None = None) -> list[tuple[float, str]]:
+    """Scale factors that often explain a shifted distribution, each with a name for people.
+
+    Substance factors are included only for ``quantity`` naming that substance
+    (or a feature name containing it).
+    """
+    out: list[tuple[float, str]] = [
+        (1e3, "thousands -> units"), (1e-3, "units -> thousands"),
+        (1e6, "millions -> units"), (1e-6, "units -> millions"),
+        (12.0, "monthly -> yearly"), (1 / 12.0, "yearly -> monthly, or months -> years"),
+        (100.0, "fraction -> %"), (0.01, "% -> fraction"),
+        (60.0, "minutes -> seconds"), (1 / 60.0, "seconds -> minutes"),
+    ]
+    key = (quantity or "").lower()
+    for substance, f in MOLAR_MASS_FACTORS.items():
+        if substance in key:
+            out += [(f, f"{substance} mmol/L -> mg/dL"), (1 / f, f"{substance} mg/dL -> mmol/L")]
     return out
