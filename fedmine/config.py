@@ -114,8 +114,8 @@ class OrganisationSpec(_Strict):
     missing: dict[str, list[Any]] = Field(default_factory=dict)
     dates: dict[str, str] = Field(default_factory=dict)
     derive: dict[str, DeriveSpec] = Field(default_factory=dict)
-    unknown_categories: (Literal["error", "other", "missing"]
-                         | dict[str, Literal["error", "other", "missing"]]) = "error"
+    unknown_categories: str | dict[str, str] = Field(
+        "error", description="error | other | missing, or per category feature {feature: policy}")
     industry: str | None = None
 
     @field_validator("source")
@@ -123,6 +123,14 @@ class OrganisationSpec(_Strict):
     def _source_not_empty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("source is empty; give a path or URI (csv, parquet, sqlite:///..., postgresql://...)")
+        return v
+
+    @field_validator("unknown_categories", mode="before")
+    @classmethod
+    def _known_policies(cls, v: Any) -> Any:
+        for policy in (v.values() if isinstance(v, dict) else [v]):
+            if policy not in UNKNOWN_POLICIES:
+                raise ValueError(f"{policy!r} is not allowed; allowed: {', '.join(UNKNOWN_POLICIES)}")
         return v
 
     def unknown_policy(self, feature: str) -> str:

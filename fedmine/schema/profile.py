@@ -302,9 +302,16 @@ class FederatedProfile:
         for org, view in self.organisations.items():
             lines += _table(f"{org} (its own view)", view, self.psi_threshold)
         if self.flags:
-            lines.append("flagged (distribution departs from the other organisations):")
+            lines.append(f"flagged (PSI against the other organisations above {self.psi_threshold}):")
             for f in self.flags:
-                lines.append(f"  {f['organisation']}.{f['feature']}: PSI {f['psi']:.2f}" + (f" - {f['hint']}" if f.get("hint") else ""))
+                if not f.get("most"):
+                    continue
+                also = [g for g in self.flags if g["feature"] == f["feature"] and not g.get("most")]
+                lines.append(f"  {f['feature']}: {f['organisation']} departs most, PSI {f['psi']:.2f}"
+                             + (f"; {f['hint']}" if f.get("hint") else ""))
+                if also:
+                    lines.append("    also above the threshold (partly because of it): "
+                                 + ", ".join(f"{g['organisation']} {g['psi']:.2f}" for g in also))
         else:
             lines.append("no feature departs from the other organisations")
         if self.drift:
@@ -435,6 +442,10 @@ def profile_parties(cfg: FederationConfig, parties: list[ProfileParty], *, secur
                     hint = f"its median is {ratio:.3g} times the others'"
                 flags.append({"organisation": org, "feature": name, "psi": value, "hint": hint})
     flags.sort(key=lambda f: -f["psi"])
+    seen: set[str] = set()
+    for f in flags:  # the organisation departing most from the rest, per feature
+        f["most"] = f["feature"] not in seen
+        seen.add(f["feature"])
     if len(parties) < 2:
         notices.append("one organisation: there is no rest to compare it with (PSI not computed)")
         for view in organisations.values():

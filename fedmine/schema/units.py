@@ -41,7 +41,7 @@ UNITS: tuple[Unit, ...] = (
     Unit("K", "temperature", 1.0, -273.15, ("kelvin",)),
     # counts and amounts (base: units)
     Unit("units", "count", 1.0, 0.0, ("unit", "ones", "1")),
-    Unit("thousands", "count", 1e3, 0.0, ("thousand", "k", "1000", "1e3")),
+    Unit("thousands", "count", 1e3, 0.0, ("thousand", "1000", "1e3")),
     Unit("millions", "count", 1e6, 0.0, ("million", "mio", "1e6")),
     Unit("billions", "count", 1e9, 0.0, ("billion", "bn", "1e9")),
     # durations (base: days)
@@ -88,7 +88,9 @@ MOLAR_MASS_FACTORS: dict[str, float] = {
 _BY_SPELLING: dict[str, Unit] = {}
 for _u in UNITS:
     for _spelling in (_u.name, *_u.aliases):
-        _BY_SPELLING[_spelling.strip().lower()] = _u
+        _key = _spelling.strip().lower()
+        assert _BY_SPELLING.get(_key, _u) is _u, f"unit spelling {_spelling!r} is ambiguous"
+        _BY_SPELLING[_key] = _u
 
 
 def known_units() -> list[str]:
