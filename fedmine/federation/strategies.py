@@ -215,6 +215,21 @@ class HistogramStrategy(Strategy):
     def num_trees(self, ctx: RoundContext) -> int:
         return len(self.trainer.trees_)
 
+    def checkpoint(self, ctx: RoundContext) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self.trainer.checkpoint()
+
+    def restore(self, ctx: RoundContext, state: dict[str, Any], arrays: dict[str, Any]) -> None:
+        """Continue the engine's loop: the parties replay the trees; the accountant re-counts the releases.
+
+        Without noise the resumed model is the same bits as an uninterrupted
+        one; with differential privacy the rounds after the resume draw fresh
+        noise (the budget still holds: the releases so far are accounted).
+        """
+        self.trainer.restore(state, arrays)
+        if self.accountant is not None and self.trainer.releases_:
+            self.accountant.spend(self.noise_multiplier, self.trainer.releases_)
+        ctx.stopped = self.trainer.done
+
     def receipt(self, *, secure_aggregation: bool, n_parties: int):
         """The privacy receipt with the accountant's figures (None without differential privacy)."""
         from fedmine.privacy.receipt import PrivacyReceipt

@@ -313,6 +313,38 @@ class Trainer:
         self.done = last_round
         return value
 
+    def checkpoint(self) -> tuple[dict, dict]:
+        """The loop's state after the last step: (JSON-able state, named arrays).
+
+        Bins and the initial score are not saved: :meth:`start` agrees them
+        again from the same data, deterministically.
+        """
+        state = {"it": self._it, "n_trees": len(self.trees_), "history": [float(v) for v in self.history_],
+                 "best_score": self._best_score, "best_round": self._best_round, "done": self.done,
+                 "grew": self.grew_, "releases": self.releases_}
+        arrays = {}
+        for i, tree in enumerate(self.trees_):
+            arrays[f"tree{i}.nodes"] = tree.nodes
+            arrays[f"tree{i}.cat_bitsets"] = tree.cat_bitsets
+        return state, arrays
+
+    def restore(self, state: dict, arrays: dict) -> None:
+        """Continue from :meth:`checkpoint` after :meth:`start`: the parties replay the trees round by round."""
+        n_trees = self._obj.n_trees
+        self.trees_ = [Tree(nodes=arrays[f"tree{i}.nodes"], cat_bitsets=arrays[f"tree{i}.cat_bitsets"])
+                       for i in range(state["n_trees"])]
+        self._it = int(state["it"])
+        self.history_ = list(state["history"])
+        self._best_score, self._best_round = state["best_score"], int(state["best_round"])
+        self.grew_ = bool(state["grew"])
+        self.releases_ = int(state["releases"])
+        if state["done"]:
+            self.party.finish(None)
+            self.done = True
+            return
+        rounds = [self.trees_[r * n_trees:(r + 1) * n_trees] for r in range(len(self.trees_) // n_trees)]
+        self._bounds = self.party.replay(rounds) if rounds else self._bounds
+
     def stop(self) -> None:
         """Grow no further round (a privacy budget, a caller's limit); the parties' scores stay as they are."""
         if not self.done:

@@ -72,6 +72,7 @@ ACCEPTS = {
     "finish": (GROWING, READY, GRADIENTS),
     "evaluate": (READY, GRADIENTS, GROWING, FINISHED),
     "set_noise": (BINNED, READY, GRADIENTS, GROWING),
+    "replay": (GRADIENTS,),
 }
 
 #: Call names, in the order a training uses them (the federation layer's
@@ -89,6 +90,7 @@ CALLS = (
     "apply_split",
     "evaluate",
     "set_noise",
+    "replay",
 )
 
 
@@ -227,6 +229,26 @@ class PartyState(LocalRows):
         self._enter("begin_round", GRADIENTS)
         if trees:
             self._apply_trees(trees)
+        return self._gradients()
+
+    def replay(self, rounds) -> np.ndarray:
+        """Apply the trees of past rounds, in order, then compute gradients (a resumed training).
+
+        Each tree adds its leaf value to each row's score once, as it did when
+        it was grown, so the scores are the same bits as before the interruption.
+
+        Parameters
+        ----------
+        rounds : list of list of Tree
+            Round by round, ``n_trees`` trees each.
+        """
+        self._enter("replay")
+        for trees in rounds:
+            self._apply_trees(trees)
+        return self._gradients()
+
+    def _gradients(self) -> np.ndarray:
+        """Float gradients and hessians of the current scores; local bounds (DP: the clip bounds)."""
         self._g_float, self._h_float, bounds = self.objective_.gradients_and_bounds(self.y, self.scores_)
         if self.clip_ is not None:  # DP: clipped, and the bounds reveal nothing about the rows
             g, h = self.clip_
@@ -367,6 +389,10 @@ class PartyGroup:
 
     def evaluate(self, metric):
         return np.sum([p.evaluate(metric) for p in self.parties], axis=0)
+
+    def replay(self, rounds):
+        self.source.flush()
+        return np.max(self.source.map(lambda p: p.replay(rounds)), axis=0)
 
     def set_noise(self, variances, *, n_parties, seed=None):
         """Broadcast :meth:`PartyState.set_noise`; party ``i`` gets ``party_index=i``."""

@@ -12,7 +12,7 @@ from fedmine.federation.coordinator import Coordinator
 from tests.federation.test_histogram import ORGS, cfg_for, make_rows, partition
 from tests.federation.test_secure import parties_for
 
-STRATEGIES = ["bagging", "cyclic"]
+STRATEGIES = ["histogram", "bagging", "cyclic"]
 
 
 def uninterrupted(cfg, X, y, parts):
@@ -24,7 +24,7 @@ def uninterrupted(cfg, X, y, parts):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_resume_after_crash_gives_the_same_model(strategy):
+def test_resume_after_crash_gives_the_same_model(strategy, tmp_path):
     X, y = make_rows("binary")
     parts = partition(y, 3, "skewed")
     cfg = cfg_for("binary", ORGS[:3], rounds=8, strategy=strategy)
@@ -35,7 +35,11 @@ def test_resume_after_crash_gives_the_same_model(strategy):
     for r in range(1, 4):
         first.run_round(r)
     state, arrays = first.checkpoint()
-    state = json.loads(json.dumps(state))  # it travels as JSON
+    state = json.loads(json.dumps(state))  # it travels as JSON, the arrays as .npz
+    path = tmp_path / "arrays.npz"
+    np.savez(path, **arrays)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
     # a new coordinator process, and parties that prepared their data again
     second = Coordinator(cfg, parties_for(cfg, X, y, parts))
     second.start()
