@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import threading
 import time
 from typing import Any, Iterable
@@ -228,7 +229,10 @@ class PartyServer(flight.FlightServerBase):
             else:
                 with self._lock:
                     answer = getattr(self.party, method)(*args, **kwargs)
-            out = wire.encode(answer)
+            try:
+                out = wire.encode(answer)
+            except WireError as exc:  # the party's bug, not the coordinator's input
+                raise PartyError(f"party {self.name}: {name}: answer cannot travel: {exc}") from None
         except Exception as exc:  # the server's one conversion point: the reason travels, the traceback stays
             kind = type(exc).__name__
             if isinstance(exc, tuple(ERRORS.values())):
@@ -306,11 +310,24 @@ def serve_party(party: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
     return server
 
 
-def run_party_server(server: PartyServer) -> None:
-    """Block serving until the server is shut down or the process gets SIGINT/SIGTERM."""
+def run_party_server(server: PartyServer, *, stop: threading.Event | None = None,
+                     signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+    """Block until ``stop`` is set or the process receives one of ``signals``; then shut the server down.
+
+    The server answers from its own threads; this only waits. Signal handlers
+    are installed only when called from the main thread, and restored after.
+    """
+    stop = stop or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in signals:
+            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
     try:
-        server.serve()
+        while not stop.wait(0.5):
+            pass
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.shutdown()
         log.info("party %s: stopped serving on %s", server.name, server.endpoint)
 
