@@ -18,12 +18,15 @@ from typing import Optional
 import typer
 
 from fedmine.errors import ConfigError, FedmineError
+from fedmine.schema.cli import profile, schema_app
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Federated gradient-boosted trees across organisations that keep their rows.",
 )
+app.add_typer(schema_app, name="schema")
+app.command("profile")(profile)
 
 
 def _quiet_prefect(verbose: bool) -> None:

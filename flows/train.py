@@ -18,6 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from fedmine import progress, report
 from fedmine.config import FederationConfig, load_config
+from fedmine.schema.check import log_check
 from fedmine.tracking import Tracker, summary_json
 from flows.prepare import prepare_organisation
 from tasks.train import local_baselines, run_round, start_federation
@@ -51,6 +52,7 @@ def federated_training(
     try:
         futures = [_prepare.submit(cfg, org) for org in cfg.organisations]
         parties = [f.result() for f in futures]
+        log_check(tracker, cfg, {p.name: p.report for p in parties})
         coord = start_federation(cfg, parties)
         for notice in coord.notices:
             get_run_logger().warning(notice)

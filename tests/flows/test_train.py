@@ -43,7 +43,9 @@ def test_every_round_is_an_mlflow_step(trained, store):
         assert len(client.get_metric_history(run.info.run_id, f"org.{org}.auc")) == DEMO_ROUNDS
     assert len(client.get_metric_history(run.info.run_id, "round_seconds")) == DEMO_ROUNDS
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config", "report", "model.txt", "summary.json"} <= artifacts
+    assert {"config", "report", "model.txt", "summary.json", "schema", "privacy_receipt.json"} <= artifacts
+    schema = {a.path for a in client.list_artifacts(run.info.run_id, "schema")}
+    assert {"schema/check.json", "schema/check.md"} <= schema
     report = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/learning_curves.png",
             "report/federation_gain.png", "report/feature_importance.png"} <= report
