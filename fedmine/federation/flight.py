@@ -35,7 +35,7 @@ import re
 import signal
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -311,11 +311,13 @@ def serve_party(party: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
 
 
 def run_party_server(server: PartyServer, *, stop: threading.Event | None = None,
-                     signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+                     signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM),
+                     ready: Callable[[], None] | None = None) -> None:
     """Block until ``stop`` is set or the process receives one of ``signals``; then shut the server down.
 
     The server answers from its own threads; this only waits. Signal handlers
-    are installed only when called from the main thread, and restored after.
+    are installed only when called from the main thread, and restored after;
+    ``ready`` is called once they are (e.g. to announce the endpoint).
     """
     stop = stop or threading.Event()
     previous = {}
@@ -323,6 +325,8 @@ def run_party_server(server: PartyServer, *, stop: threading.Event | None = None
         for sig in signals:
             previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
     try:
+        if ready is not None:
+            ready()
         while not stop.wait(0.5):
             pass
     finally:
@@ -364,7 +368,7 @@ class RemoteParty:
         self.allow_insecure = allow_insecure
         self.calls = tuple(calls)
         self.max_answer_bytes = max_answer_bytes
-        if not isinstance(endpoint, str) or not (m := _ENDPOINT.match(endpoint)):
+        if not isinstance(endpoint, str) or not (m := _ENDPOINT.match(endpoint)) or not 0 < int(m["port"]) <= 65535:
             raise ConfigError(f"organisation {name}: endpoint must be host:port or grpc+tls://host:port, got {endpoint!r}")
         scheme = m["scheme"]
         if tls is None and not allow_insecure:

@@ -400,7 +400,7 @@ def test_plain_connections_only_when_allowed(pki, serve):
     assert party.describe()["rows_train"] == 225
 
 
-@pytest.mark.parametrize("endpoint", ["bank", "http://x:1", "x:99999999", "", "x:1/path"])
+@pytest.mark.parametrize("endpoint", ["bank", "http://x:1", "x:99999999", "x:70000", "x:0", "", "x:1/path"])
 def test_bad_endpoints_are_refused(pki, endpoint):
     with pytest.raises(FedmineError, match=r"organisation bank: endpoint must be host:port or grpc\+tls://host:port"):
         RemoteParty("bank", endpoint, tls=client_tls(pki[0]))
@@ -530,8 +530,7 @@ def test_party_server_runs_blocking_in_its_own_process_and_stops_on_sigterm(pki)
         party = LocalParty("bank", Split(X, y, X[:0], y[:0]), objective="binary", num_class=1, feature_names=["a"],
                            categorical=[])
         server = serve_party(party, port=0, tls=server_tls({str(pki[0])!r}, "bank"))
-        print(server.endpoint, flush=True)
-        run_party_server(server)
+        run_party_server(server, ready=lambda: print(server.endpoint, flush=True))
         print("stopped", flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -542,8 +541,8 @@ def test_party_server_runs_blocking_in_its_own_process_and_stops_on_sigterm(pki)
         party = RemoteParty("bank", endpoint, tls=client_tls(pki[0]), retries=0)
         assert party.describe()["rows_train"] == 4
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
-        assert "stopped" in out
+        out, err = proc.communicate(timeout=20)
+        assert "stopped" in out and proc.returncode == 0, (proc.returncode, out, err[-2000:])
     finally:
         if proc.poll() is None:
             proc.kill()
