@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ClientTLS", "ServerTLS", "PartyServer", "RemoteParty", "serve_party", "run_party_server",
-    "PARTY_CALLS", "ENGINE_ACTION_PREFIX", "DEFAULT_PORT", "MAX_REQUEST_BYTES", "ERRORS",
+    "action_names", "PARTY_CALLS", "SECURE_CALLS", "ENGINE_ACTION_PREFIX", "LOCK_FREE", "DEFAULT_HOST", "DEFAULT_PORT",
+    "MAX_REQUEST_BYTES", "MAX_ANSWER_BYTES", "ERRORS",
 ]
 
 #: Secure aggregation's key exchange (:class:`~fedmine.federation.party.LocalParty`).
