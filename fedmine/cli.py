@@ -27,6 +27,10 @@ app = typer.Typer(
 )
 app.add_typer(schema_app, name="schema")
 app.command("profile")(profile)
+party_app = typer.Typer(no_args_is_help=True, help="Run an organisation's party server.")
+certs_app = typer.Typer(no_args_is_help=True, help="The federation's certificates for mutual TLS.")
+app.add_typer(party_app, name="party")
+app.add_typer(certs_app, name="certs")
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -206,6 +210,63 @@ def schedule(
         parameters={"config": str(config.resolve()), "overrides": list(set_)},
         tags=["fedmine", cfg.training.strategy],
     )
+
+
+@party_app.command("serve")
+def party_serve(
+    config: Path = typer.Argument(..., help="The federation YAML file (this organisation's source and mapping)."),
+    org: str = typer.Option(..., "--org", help="The organisation this machine serves."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (loopback unless told otherwise)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default: the port of the organisation's endpoint)."),
+    allow_insecure: bool = typer.Option(False, "--allow-insecure", help="Plain gRPC, for local tests only."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
+) -> None:
+    """Prepare ORG's data here (its rows stay here) and answer the coordinator over mutual TLS."""
+    from fedmine.config import load_config
+    from fedmine.federation.remote import listen_address, serve
+
+    cfg = load_config(config)
+    if org not in cfg.organisations:
+        raise ConfigError(f"--org {org}: not in {config}; allowed: {', '.join(cfg.organisations)}")
+    if cfg.organisations[org].source is None:
+        raise ConfigError(f"organisations.{org}.source: not set in {config}; the party server reads its data from it")
+    address = listen_address(cfg, org, host, port)
+    _quiet_prefect(verbose)
+    from flows.prepare import prepare_organisation
+
+    party = prepare_organisation(cfg, org)
+    serve(cfg, org, party, host=address[0], port=address[1], allow_insecure=allow_insecure,
+          ready=lambda server: typer.echo(f"party {org}: {party.describe()['rows_train']} training rows, "
+                                          f"serving on {server.endpoint}", err=False))
+
+
+@certs_app.command("init")
+def certs_init(
+    folder: Path = typer.Argument(Path("certs"), help="Where the CA's files go."),
+    federation: str = typer.Option(..., "--federation", help="The federation's name (the CA's name)."),
+    days: int = typer.Option(1825, "--days", help="Validity."),
+) -> None:
+    """Create the federation's certificate authority (ca.pem, ca.key)."""
+    from fedmine.federation.certs import init_ca
+
+    path = init_ca(folder, federation=federation, days=days)
+    typer.echo(f"CA for {federation}: {path}")
+
+
+@certs_app.command("issue")
+def certs_issue(
+    folder: Path = typer.Argument(..., help="The CA's folder."),
+    name: str = typer.Argument(..., help="An organisation's name, or the coordinator's."),
+    kind: str = typer.Option("party", "--kind", help="party | coordinator"),
+    days: int = typer.Option(365, "--days", help="Validity."),
+) -> None:
+    """Issue NAME.pem and NAME.key, signed by the federation's CA."""
+    from fedmine.federation.certs import issue
+
+    if kind not in ("party", "coordinator"):
+        raise ConfigError(f"--kind {kind}: allowed: party, coordinator")
+    path = issue(folder, name, kind=kind, days=days)
+    typer.echo(f"{kind} certificate for {name}: {path}")
 
 
 def _check_cron(cron: str) -> None:

@@ -104,7 +104,9 @@ class OrganisationSpec(_Strict):
     ``"*"``: they mean missing in every column.
     """
 
-    source: str
+    source: str | None = None
+    endpoint: str | None = Field(
+        None, description="grpc+tls://host:port of the organisation's party server (fedmine party serve)")
     read: dict[str, Any] = Field(default_factory=dict)
     rename: dict[str, str] = Field(default_factory=dict)
     values: dict[str, dict[Any, Any]] = Field(default_factory=dict)
@@ -118,10 +120,24 @@ class OrganisationSpec(_Strict):
         "error", description="error | other | missing, or per category feature {feature: policy}")
     industry: str | None = None
 
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^grpc(\+tls|\+tcp)?://[^/:]+:\d+$", v):
+            raise ValueError(f"{v!r} is not an endpoint; allowed: grpc+tls://host:port (grpc+tcp://host:port for local tests)")
+        return v
+
+    @model_validator(mode="after")
+    def _source_or_endpoint(self) -> "OrganisationSpec":
+        if self.source is None and self.endpoint is None:
+            raise ValueError("needs a source (its data, for simulation and for `fedmine party serve`) "
+                             "or an endpoint (grpc+tls://host:port of its party server)")
+        return self
+
     @field_validator("source")
     @classmethod
-    def _source_not_empty(cls, v: str) -> str:
-        if not v.strip():
+    def _source_not_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
             raise ValueError("source is empty; give a path or URI (csv, parquet, sqlite:///..., postgresql://...)")
         return v
 
@@ -308,6 +324,20 @@ class PrivacySpec(_Strict):
     hessian_bound: float | None = Field(None, gt=0, description="clip hessians to [0, bound] (DP; regression-like objectives)")
 
 
+class TransportSpec(_Strict):
+    """How the coordinator reaches organisations that have an ``endpoint`` (Arrow Flight, mutual TLS)."""
+
+    certs: str = Field("certs", description="folder with ca.pem and NAME.pem/NAME.key (fedmine certs init/issue)")
+    coordinator: str = Field("coordinator", description="the coordinator's certificate name")
+    allow_insecure: bool = Field(False, description="allow grpc+tcp:// without TLS (local tests only)")
+    timeout_seconds: float = Field(600.0, gt=0)
+    retries: int = Field(3, ge=0, le=100)
+
+    def certs_dir(self, base: Path) -> Path:
+        path = Path(self.certs)
+        return path if path.is_absolute() else base / path
+
+
 class TrackingSpec(_Strict):
     """Where MLflow records runs. ``uri`` is any MLflow tracking URI."""
 
@@ -327,6 +357,7 @@ class FederationConfig(_Strict):
     organisations: dict[str, OrganisationSpec]
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    transport: TransportSpec = Field(default_factory=TransportSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
 

@@ -183,8 +183,10 @@ class Tracker:
         )
         rid = run.info.run_id
         self.org_runs[org] = rid
+        where = spec.endpoint or spec.source
+        kind = where.split("://")[0] if "://" in where else Path(where).suffix
         self.client.log_batch(rid, params=[Param("organisation", org), Param("rows", str(rows)),
-                                           Param("source_scheme", spec.source.split("://")[0] if "://" in spec.source else Path(spec.source).suffix)])
+                                           Param("source_scheme", kind)])
         if report:
             self.client.log_dict(rid, report, "harmonisation_report.json")
         return rid

@@ -21,7 +21,7 @@ from fedmine.config import FederationConfig, load_config
 from fedmine.schema.check import log_check
 from fedmine.tracking import Tracker, summary_json
 from flows.prepare import prepare_organisation
-from tasks.train import local_baselines, run_round, start_federation
+from tasks.train import connect_party, local_baselines, run_round, start_federation
 
 
 @task(name="prepare", cache_policy=NO_CACHE, task_run_name="prepare-{org}")
@@ -50,17 +50,19 @@ def federated_training(
         checkpoint = None
         tracker.start(tags={"fedmine.config": str(Path(config).resolve())})
     try:
-        futures = [_prepare.submit(cfg, org) for org in cfg.organisations]
+        # each organisation: prepared here (a source) or reached at its party server (an endpoint)
+        futures = [connect_party.submit(cfg, org) if spec.endpoint else _prepare.submit(cfg, org)
+                   for org, spec in cfg.organisations.items()]
         parties = [f.result() for f in futures]
-        log_check(tracker, cfg, {p.name: p.report for p in parties})
         coord = start_federation(cfg, parties)
+        reports = {name: d.get("report") or {} for name, d in coord.descriptions.items()}
+        log_check(tracker, cfg, reports)
         for notice in coord.notices:
             get_run_logger().warning(notice)
         first = 1
         if checkpoint is None:
-            for party in parties:
-                d = coord.descriptions[party.name]
-                tracker.start_organisation(party.name, rows=d["rows_train"] + d["rows_valid"], report=party.report)
+            for name, d in coord.descriptions.items():
+                tracker.start_organisation(name, rows=d["rows_train"] + d["rows_valid"], report=reports[name])
         else:
             first = coord.restore(*checkpoint)
 

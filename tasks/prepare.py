@@ -17,6 +17,11 @@ from fedmine.schema import HarmonisedFrame, harmonise
 def load_source(cfg: FederationConfig, org: str) -> pd.DataFrame:
     """The organisation's raw rows from its source (never leaves the organisation's subflow)."""
     spec = cfg.organisations[org]
+    if spec.source is None:
+        from fedmine.errors import ConfigError
+
+        raise ConfigError(f"organisations.{org}.source: not set; the organisation's data is read where it lives "
+                          f"(its party server has it); here only organisations with a source can be prepared")
     return connectors.load(spec.source, spec.read, base_dir=cfg.base_dir, org=org)
 
 

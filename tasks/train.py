@@ -10,6 +10,15 @@ from fedmine.federation.coordinator import Coordinator, RoundResult
 from fedmine.federation.party import Party
 
 
+@task(name="connect-party", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 10],
+      task_run_name="connect-{org}")
+def connect_party(cfg: FederationConfig, org: str):
+    """The organisation's party server at its endpoint, over mutual TLS; it must answer ``describe``."""
+    from fedmine.federation.remote import connect
+
+    return connect(cfg, org)
+
+
 @task(name="start-federation", cache_policy=NO_CACHE)
 def start_federation(cfg: FederationConfig, parties: list[Party]) -> Coordinator:
     """Describe the parties, agree the base score, start every party."""

@@ -72,7 +72,7 @@ def test_set_overrides_by_dotted_path(cfg_file):
         (["training.roundz=3"], r"training.roundz: unknown key; allowed: strategy, rounds, "),
         (["training.rounds=0"], r"training.rounds: input should be greater than or equal to 1"),
         (["objective=ranking"], r"objective: 'ranking' is not allowed; allowed: binary, multiclass, regression, poisson, tweedie"),
-        (["organisations.bank.colour=red"], r"organisations.bank.colour: unknown key; allowed: source, read, rename"),
+        (["organisations.bank.colour=red"], r"organisations.bank.colour: unknown key; allowed: source, endpoint, read, rename"),
         (["organisations.bank.values.zip={a: b}"], r"organisations.bank.values.zip: not a canonical column; allowed: age, defaulted, income, region"),
         (["training.validation_fraction=1.5"], r"training.validation_fraction: input should be less than 1"),
         (["name=has space"], r"name: 'has space' is not allowed"),
