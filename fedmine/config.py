@@ -332,6 +332,7 @@ class TransportSpec(_Strict):
     allow_insecure: bool = Field(False, description="allow grpc+tcp:// without TLS (local tests only)")
     timeout_seconds: float = Field(600.0, gt=0)
     retries: int = Field(3, ge=0, le=100)
+    rejoin_seconds: float = Field(120.0, ge=0, description="how long to wait for a failed party to come back")
 
     def certs_dir(self, base: Path) -> Path:
         path = Path(self.certs)

@@ -27,10 +27,16 @@ def start_federation(cfg: FederationConfig, parties: list[Party]) -> Coordinator
     return coord
 
 
-@task(name="round", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
-      task_run_name="round-{round_id}")
+@task(name="round", cache_policy=NO_CACHE, task_run_name="round-{round_id}")
 def run_round(coord: Coordinator, round_id: int) -> RoundResult:
-    """One boosting round over the parties, then validation metrics."""
+    """One boosting round over the parties, then validation metrics.
+
+    Not retried by Prefect: a blind retry would grow the round twice. Party
+    failures are handled inside the coordinator: a party at an endpoint that
+    comes back rejoins and the round is grown again from its start
+    (``transport.rejoin_seconds``), or the party is left out
+    (``privacy.on_party_failure: continue``), or the run fails.
+    """
     return coord.run_round(round_id)
 
 

@@ -203,7 +203,7 @@ class Coordinator:
         ctx.round_id = round_id
         ctx.stats = {}
         self._run_strategy_round(ctx)
-        global_m, org_m = self.evaluate()
+        global_m, org_m = self._evaluate_with_rejoin(ctx)
         self.stopped = ctx.stopped or self._early_stop(round_id, global_m)
         privacy = self.receipt()
         ctx.stats.update({"privacy.secure_aggregation": float(privacy.secure_aggregation),
@@ -235,11 +235,52 @@ class Coordinator:
                 return
             except PartyError as exc:
                 failed = next((link for link in self.links if link.failed), None)
+                if failed is not None and self._rejoin(failed, ctx, exc):
+                    self.strategy.truncate(ctx, trees0)
+                    ctx.step = step0
+                    self.strategy.recover(ctx, failed)
+                    continue
                 if failed is None or self.cfg.privacy.on_party_failure == "stop":
                     raise
                 self._drop(failed, ctx, exc)
                 self.strategy.truncate(ctx, trees0)
                 ctx.step = step0
+
+    def _evaluate_with_rejoin(self, ctx: RoundContext):
+        """Evaluate; a party at an endpoint that failed meanwhile rejoins (the round's trees are replayed to it)."""
+        while True:
+            try:
+                return self.evaluate()
+            except PartyError as exc:
+                failed = next((link for link in self.links if link.failed), None)
+                if failed is None or not self._rejoin(failed, ctx, exc):
+                    raise
+                self.strategy.recover(ctx, failed)
+
+    def _rejoin(self, failed: Link, ctx: RoundContext, exc: Exception) -> bool:
+        """Wait for a party at an endpoint to come back (it restarted and prepared its data again).
+
+        True when it answers within ``transport.rejoin_seconds``; then fresh
+        masks are agreed among all parties and the strategy replays what the
+        party needs. False for in-process parties and strategies that cannot.
+        """
+        if not self.cfg.organisations[failed.name].endpoint or not self.strategy.can_recover:
+            return False
+        deadline = time.monotonic() + self.cfg.transport.rejoin_seconds
+        while True:
+            try:
+                failed.party.describe()
+                break
+            except PartyError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(1.0)
+        failed.failed = False
+        self.notices.append(f"party {failed.name} failed in round {ctx.round_id} ({exc}) and rejoined")
+        if self.cfg.secure_aggregation:
+            self.training_id = uuid.uuid4().hex  # new keys for everyone: no mask is ever reused
+            self._secure_setup()
+        return True
 
     def _drop(self, failed: Link, ctx: RoundContext, exc: Exception) -> None:
         """Leave ``failed`` out: fewer parties, fresh masks among the rest (privacy.on_party_failure: continue)."""

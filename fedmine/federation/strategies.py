@@ -83,6 +83,16 @@ class Strategy:
     federated = True
     stops_itself = False  # True: the strategy applies early stopping on its own
     can_drop = True  # the strategy can continue without a party that failed
+    can_recover = True  # the strategy can bring a restarted party back (replay)
+
+    def recover(self, ctx: RoundContext, link: Link) -> None:
+        """A party restarted and lost its state: replay the global model to it, in the original groups."""
+        start = 0
+        link.call("start", ctx.ensemble.base_score)
+        for step, n in enumerate(ctx.broadcasts, 1):
+            blocks = ctx.ensemble.trees[start:start + n]
+            link.call("begin_round", step, ctx.ensemble.to_text(blocks) if blocks else None)
+            start += n
 
     def drop(self, ctx: RoundContext, link: Link) -> None:
         """Forget a party that failed (its trees stay in the model)."""
@@ -142,6 +152,11 @@ class HistogramStrategy(Strategy):
     name = "histogram"
     stops_itself = True
     can_drop = False  # the parties' engine state is mid-round; restart needs a round reset
+
+    def recover(self, ctx: RoundContext, link: Link) -> None:
+        """Every party back to the start of the round: reset, bins, initial score, past trees replayed."""
+        link.call("start", ctx.ensemble.base_score)
+        self.trainer.recover()
 
     def start(self, ctx: RoundContext) -> None:
         from fedmine.gbdt import DPConfig
@@ -247,6 +262,7 @@ class HistogramStrategy(Strategy):
 class LocalStrategy(Strategy):
     name = "local"
     federated = False
+    can_recover = False  # each organisation's own trees stay with it
 
     def checkpoint(self, ctx: RoundContext) -> tuple[dict[str, Any], dict[str, Any]]:
         return {}, {}  # every organisation's own model stays with it: nothing to resume from

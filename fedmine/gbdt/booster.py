@@ -259,6 +259,18 @@ class Trainer:
         """Grow, apply and evaluate one round; return its validation metric (None without validation rows)."""
         if self.done:
             raise RuntimeError("training is done; call finish()")
+        snapshot = (len(self.trees_), len(self.history_), self._it, self._best_score, self._best_round, self.releases_)
+        try:
+            return self._step()
+        except Exception:
+            # the round did not happen: forget what it added (recover() then realigns the parties)
+            n, h, self._it, self._best_score, self._best_round, self.releases_ = snapshot
+            del self.trees_[n:]
+            del self.history_[h:]
+            self.done = False
+            raise
+
+    def _step(self) -> float | None:
         params, party, obj, it = self.params, self.party, self._obj, self._it
         n_trees, n_features = obj.n_trees, self._mapper.n_features
         gs = np.empty(n_trees)
@@ -312,6 +324,28 @@ class Trainer:
                 last_round = True
         self.done = last_round
         return value
+
+    def recover(self) -> None:
+        """Bring every party back to the start of the current round after a failure.
+
+        Each party is reset and set up again from what the coordinator holds
+        (bins, initial score, the trees so far, replayed round by round), so a
+        party that restarted and lost its state rejoins with the same scores as
+        the others; the next :meth:`step` grows the round from the start.
+        """
+        party, n_trees = self.party, self._obj.n_trees
+        party.reset()
+        party.set_bins(self._mapper)
+        if self.dp is None:
+            party.configure(self.params, self._init)
+        else:
+            g, h = self._dp_bounds
+            party.configure(self.params, self._init, grad_clip=g, hess_clip=h)
+        bounds = party.begin_round(0, None)
+        rounds = [self.trees_[r * n_trees:(r + 1) * n_trees] for r in range(len(self.trees_) // n_trees)]
+        self._bounds = party.replay(rounds) if rounds else bounds
+        if self.dp is not None and self.noise_multiplier_ is not None:
+            self.set_noise(self.noise_multiplier_)
 
     def checkpoint(self) -> tuple[dict, dict]:
         """The loop's state after the last step: (JSON-able state, named arrays).

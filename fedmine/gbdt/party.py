@@ -73,6 +73,7 @@ ACCEPTS = {
     "evaluate": (READY, GRADIENTS, GROWING, FINISHED),
     "set_noise": (BINNED, READY, GRADIENTS, GROWING),
     "replay": (GRADIENTS,),
+    "reset": (CREATED, BINNED, READY, GRADIENTS, GROWING, FINISHED),
 }
 
 #: Call names, in the order a training uses them (the federation layer's
@@ -91,6 +92,7 @@ CALLS = (
     "evaluate",
     "set_noise",
     "replay",
+    "reset",
 )
 
 
@@ -230,6 +232,12 @@ class PartyState(LocalRows):
         if trees:
             self._apply_trees(trees)
         return self._gradients()
+
+    def reset(self) -> None:
+        """Back to the stage after construction (a training recovers from a failure and starts the party over)."""
+        self._enter("reset", CREATED)
+        self.partitions_ = []
+        self.bins = None
 
     def replay(self, rounds) -> np.ndarray:
         """Apply the trees of past rounds, in order, then compute gradients (a resumed training).
@@ -393,6 +401,10 @@ class PartyGroup:
     def replay(self, rounds):
         self.source.flush()
         return np.max(self.source.map(lambda p: p.replay(rounds)), axis=0)
+
+    def reset(self):
+        self.source.discard()
+        self.source.map(lambda p: p.reset())
 
     def set_noise(self, variances, *, n_parties, seed=None):
         """Broadcast :meth:`PartyState.set_noise`; party ``i`` gets ``party_index=i``."""

@@ -230,6 +230,10 @@ class SumOfSources:
         self.bytes_to_parties_ += size * len(self.sources)
         self._pending.append((node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id))
 
+    def discard(self) -> None:
+        """Drop queued splits (a round that failed is grown again from the start)."""
+        self._pending = []
+
     def flush(self) -> None:
         """Deliver queued splits now (before anything reads the partitions)."""
         pending, self._pending = self._pending, []

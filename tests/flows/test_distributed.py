@@ -94,3 +94,46 @@ def test_flight_mtls_equals_simulation(federation, demo_config, tmp_path):
     assert remote["organisations"]["bank"]["rows"] == local["organisations"]["bank"]["rows"]
     for org in ORGS:
         assert remote["organisations"][org]["federated"] == local["organisations"][org]["federated"]
+
+
+def test_party_killed_mid_training_rejoins_and_the_model_is_unchanged(federation, demo_config, tmp_path):
+    """SIGKILL the bank's party server mid-training and start it again: the run ends with the same model."""
+    import json
+    import threading
+
+    from flows.train import federated_training
+
+    training = ["training.strategy=histogram", "training.rounds=60"]
+    procs = {org: start_party(federation["config"], org, federation["env"]) for org in ORGS}
+    artifacts = tmp_path / "r" / "artifacts"
+    events = []
+
+    def kill_and_restart():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            done = 0
+            for state in artifacts.glob("*/artifacts/checkpoint/state.json"):
+                try:
+                    done = json.loads(state.read_text())["round"]
+                except (ValueError, KeyError):
+                    pass
+            if done >= 3:
+                os.killpg(procs["bank"].pid, signal.SIGKILL)
+                procs["bank"].wait()
+                events.append(("killed", done))
+                procs["bank"] = start_party(federation["config"], "bank", federation["env"])
+                events.append(("restarted", None))
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_and_restart)
+    watcher.start()
+    try:
+        remote = federated_training(str(federation["config"]), [*training, f"tracking.uri=sqlite:///{tmp_path}/r/m.db"])
+    finally:
+        watcher.join()
+        stop(list(procs.values()))
+    assert [e[0] for e in events] == ["killed", "restarted"] and events[0][1] < 60
+    assert any("party bank failed in round" in n and "rejoined" in n for n in remote["notices"])
+    local = federated_training(str(demo_config), [*training, f"tracking.uri=sqlite:///{tmp_path}/l/m.db"])
+    assert Path(remote["model_file"]).read_text() == Path(local["model_file"]).read_text()
