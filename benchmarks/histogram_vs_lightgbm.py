@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/histogram_vs_lightgbm.py --rows 1000000 --features 28 --parties 4 \
-        [--rounds 100 --num-leaves 31 --max-bin 255 --threads 2] [--secure-aggregation]
+        [--rounds 100 --num-leaves 31 --max-bin 255 --threads 2] [--secure-aggregation] [--transport flight]
 
 Generates a binary task (HIGGS-like: dense floats, a nonlinear signal), trains
 both with the same parameters, each in its own child process, and prints
@@ -15,6 +15,11 @@ ids and splits down, summed over parties) and how many histogram exchanges.
 With ``--secure-aggregation`` it also trains through the federation layer
 (each party a ``LocalParty`` behind a ``Link``), once plain and once with
 pairwise masks on every summed answer, and prints the secure/plain ratio.
+
+With ``--transport flight`` every party runs in its own process behind an
+Arrow Flight server with mutual TLS on 127.0.0.1, and the same training is
+driven over the network; it prints the flight/in-process ratio and the round
+trips per tree.
 """
 
 from __future__ import annotations
@@ -116,8 +121,59 @@ def run_engine(args, X, y, Xt, yt, out):
                  exchanges=src.exchanges_ / n_trees))
 
 
-def run_federation(args, X, y, Xt, yt, out, secure: bool):
-    """The engine driven as the histogram strategy drives it: LocalParty behind Link, masks optional."""
+def serve_one(args):
+    """Child process of ``--transport flight``: one party's rows behind a Flight server with mutual TLS."""
+    import numba
+
+    numba.set_num_threads(max(1, args.threads // 2))
+    from fedmine.federation.certs import server_tls
+    from fedmine.federation.flight import run_party_server, serve_party
+    from fedmine.federation.party import LocalParty, Split
+
+    X = np.load(os.path.join(args.serve_party, "X.npy"))
+    y = np.load(os.path.join(args.serve_party, "y.npy"))
+    name = os.path.basename(args.serve_party)
+    party = LocalParty(name, Split(X, y, X[:0], y[:0]), objective="binary", num_class=1,
+                       feature_names=[f"f{i}" for i in range(X.shape[1])], categorical=[])
+    server = serve_party(party, port=args.port, tls=server_tls(args.certs, name))
+    run_party_server(server, ready=lambda: print("ready", flush=True))
+
+
+def flight_parties(args, X, y, workdir):
+    """Start one Flight server process per party; return (remote parties, processes)."""
+    import socket
+    import subprocess
+
+    from fedmine.federation.certs import client_tls, init_ca, issue
+    from fedmine.federation.flight import RemoteParty
+
+    certs = os.path.join(workdir, "certs")
+    init_ca(certs, federation="benchmark")
+    issue(certs, "coordinator", kind="coordinator")
+    remotes, procs = [], []
+    for i, p in enumerate(np.array_split(np.arange(X.shape[0]), args.parties)):
+        name = f"party{i}"
+        issue(certs, name, kind="party")
+        folder = os.path.join(workdir, name)
+        os.makedirs(folder)
+        np.save(os.path.join(folder, "X.npy"), X[p])
+        np.save(os.path.join(folder, "y.npy"), y[p])
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, __file__, "--serve-party", folder, "--port", str(port),
+                                 "--certs", certs, "--threads", str(args.threads)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        procs.append(proc)
+        remotes.append(RemoteParty(name, f"grpc+tls://127.0.0.1:{port}", tls=client_tls(certs, "coordinator")))
+    return remotes, procs
+
+
+def run_federation(args, X, y, Xt, yt, out, secure: bool, transport: str = "inprocess"):
+    """The engine driven as the histogram strategy drives it: parties behind Links, masks optional."""
+    import tempfile
+
     import numba
 
     numba.set_num_threads(args.threads)
@@ -132,8 +188,13 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool):
     names = [f"party{i}" for i in range(args.parties)]
     parts = np.array_split(np.arange(X.shape[0]), args.parties)
     features = [f"f{i}" for i in range(X.shape[1])]
-    parties = [LocalParty(n, Split(X[p], y[p], X[:0], y[:0]), objective="binary", num_class=1,
-                          feature_names=features, categorical=[]) for n, p in zip(names, parts)]
+    procs = []
+    if transport == "flight":
+        workdir = tempfile.mkdtemp()
+        parties, procs = flight_parties(args, X, y, workdir)
+    else:
+        parties = [LocalParty(n, Split(X[p], y[p], X[:0], y[:0]), objective="binary", num_class=1,
+                              feature_names=features, categorical=[]) for n, p in zip(names, parts)]
     links = [Link(p) for p in parties]
     if secure:
         keys = {link.name: link.call("secure_setup", "benchmark") for link in links}
@@ -148,11 +209,16 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool):
             trainer.step()
         model = trainer.finish()
         wall = time.perf_counter() - t0
+    for proc in procs:
+        proc.terminate()
+        proc.wait()
     raw = predict_raw(model.trees, Xt, init_scores=model.init_scores)[0]
     n_trees = max(len(model.trees), 1)
-    out.put(dict(name="fedmine+secagg" if secure else "fedmine", wall=wall, peak=mem.extra_mb, auc=auc(yt, raw),
+    name = ("fedmine+secagg" if secure else "fedmine") + ("/flight" if transport == "flight" else "")
+    out.put(dict(name=name, wall=wall, peak=mem.extra_mb, auc=auc(yt, raw),
                  bytes_per_tree=sum(l.bytes_sent + l.bytes_received for l in links) / n_trees,
-                 exchanges=group.source.exchanges_ / n_trees))
+                 exchanges=group.source.exchanges_ / n_trees,
+                 round_trips=sum(l.calls for l in links) / n_trees))
 
 
 def run_federation_plain(args, X, y, Xt, yt, out):
@@ -161,6 +227,10 @@ def run_federation_plain(args, X, y, Xt, yt, out):
 
 def run_federation_secure(args, X, y, Xt, yt, out):
     run_federation(args, X, y, Xt, yt, out, secure=True)
+
+
+def run_federation_flight(args, X, y, Xt, yt, out):
+    run_federation(args, X, y, Xt, yt, out, secure=False, transport="flight")
 
 
 def main(argv=None):
@@ -175,15 +245,26 @@ def main(argv=None):
     ap.add_argument("--only", choices=["lightgbm", "engine"], default=None)
     ap.add_argument("--secure-aggregation", action="store_true",
                     help="also train through the federation layer, plain and with secure aggregation")
+    ap.add_argument("--transport", choices=["inprocess", "flight"], default="inprocess",
+                    help="flight: also train with every party in its own process behind Flight with mutual TLS")
+    ap.add_argument("--serve-party", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--certs", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.serve_party:
+        return serve_one(args)
 
     X, y = make_data(args.rows, args.features)
     Xt, yt = make_data(max(args.rows // 10, 10_000), args.features, seed=1)
     ctx = mp.get_context("spawn")
     results = {}
     runners = [("lightgbm", run_lightgbm), ("engine", run_engine)]
+    if args.secure_aggregation or args.transport == "flight":
+        runners += [("fedmine", run_federation_plain)]
     if args.secure_aggregation:
-        runners += [("fedmine", run_federation_plain), ("fedmine+secagg", run_federation_secure)]
+        runners += [("fedmine+secagg", run_federation_secure)]
+    if args.transport == "flight":
+        runners += [("fedmine/flight", run_federation_flight)]
     for name, fn in runners:
         if args.only and args.only != name:
             continue
@@ -203,6 +284,10 @@ def main(argv=None):
               f"{r['bytes_per_tree'] / 1024:>10.0f}{r['exchanges']:>11.1f}")
     if "fedmine" in results and "fedmine+secagg" in results:
         print(f"secure aggregation / plain: {results['fedmine+secagg']['wall'] / results['fedmine']['wall']:.2f}")
+    if "fedmine" in results and "fedmine/flight" in results:
+        print(f"flight with mutual TLS / in-process: "
+              f"{results['fedmine/flight']['wall'] / results['fedmine']['wall']:.2f}; "
+              f"round trips per tree: {results['fedmine/flight']['round_trips']:.1f}")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class Party(Protocol):
 #: protocol, :data:`fedmine.gbdt.party.CALLS`, and ``finish``).
 ENGINE_PROTOCOL = frozenset(ENGINE_CALLS) | {"finish"}
 #: Engine answers that are summed over parties, so secure aggregation masks them.
-MASKED_CALLS = frozenset({"grid_counts", "label_stats", "histograms", "evaluate"})
+MASKED_CALLS = frozenset({"grid_counts", "label_stats", "histograms", "split_histograms", "evaluate"})
 
 
 def global_row_ids(org: str, n_rows: int) -> np.ndarray:

@@ -74,6 +74,7 @@ ACCEPTS = {
     "set_noise": (BINNED, READY, GRADIENTS, GROWING),
     "replay": (GRADIENTS,),
     "reset": (CREATED, BINNED, READY, GRADIENTS, GROWING, FINISHED),
+    "split_histograms": (GROWING,),
 }
 
 #: Call names, in the order a training uses them (the federation layer's
@@ -93,6 +94,7 @@ CALLS = (
     "set_noise",
     "replay",
     "reset",
+    "split_histograms",
 )
 
 
@@ -232,6 +234,20 @@ class PartyState(LocalRows):
         if trees:
             self._apply_trees(trees)
         return self._gradients()
+
+    def split_histograms(self, splits, node_ids: np.ndarray) -> np.ndarray:
+        """Apply queued splits, then answer ``histograms``: one round trip for both.
+
+        Parameters
+        ----------
+        splits : list of tuple
+            ``apply_split`` arguments, in order.
+        node_ids : ndarray of int64
+        """
+        self._enter("split_histograms")
+        for split in splits:
+            LocalRows.apply_split(self, *split)
+        return self.histograms(node_ids)  # with this party's noise share, if any
 
     def reset(self) -> None:
         """Back to the stage after construction (a training recovers from a failure and starts the party over)."""

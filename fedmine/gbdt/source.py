@@ -207,7 +207,9 @@ class SumOfSources:
         pending, self._pending = self._pending, []
 
         def ask(s):
-            for split in pending:  # queued splits travel with the request
+            if pending and hasattr(s, "split_histograms"):  # queued splits travel with the request
+                return s.split_histograms(pending, node_ids)
+            for split in pending:
                 s.apply_split(*split)
             return s.histograms(node_ids)
 
