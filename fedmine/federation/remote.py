@@ -50,8 +50,9 @@ def listen_address(cfg: FederationConfig, org: str, host: str | None, port: int 
     return host or "127.0.0.1", int(port)
 
 
-def serve(cfg: FederationConfig, org: str, party, *, host: str, port: int, allow_insecure: bool = False, ready=None):
-    """Serve ``party`` (prepared from ``org``'s source) until SIGINT/SIGTERM."""
+def serve(cfg: FederationConfig, org: str, party, *, host: str, port: int, allow_insecure: bool = False, ready=None,
+          stop=None):
+    """Serve ``party`` (prepared from ``org``'s source) until SIGINT/SIGTERM or ``stop`` is set."""
     from fedmine.federation.certs import server_tls
     from fedmine.federation.flight import run_party_server, serve_party
 
@@ -60,4 +61,4 @@ def serve(cfg: FederationConfig, org: str, party, *, host: str, port: int, allow
         raise ConfigError("--allow-insecure: also needs transport.allow_insecure: true in the config (local tests only)")
     tls = None if allow_insecure else server_tls(t.certs_dir(cfg.base_dir), org, coordinator=t.coordinator)
     server = serve_party(party, host=host, port=port, tls=tls, allow_insecure=allow_insecure)
-    run_party_server(server, ready=(lambda: ready(server)) if ready else None)
+    run_party_server(server, stop=stop, ready=(lambda: ready(server)) if ready else None)
