@@ -40,9 +40,10 @@ def call_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "predict", "ui", "schedule"])
+@pytest.mark.parametrize("command", ["run", "demo", "predict", "ui", "schedule", "profile", "schema check",
+                                     "schema suggest", "party serve", "certs init", "certs issue"])
 def test_every_command_has_help(command):
-    result = fedmine(command, "--help")
+    result = fedmine(*command.split(), "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
 
@@ -137,6 +138,20 @@ def test_predict_accepts_run_id_and_registered_model(trained, tmp_path, monkeypa
         assert code == 0, err
         outputs.append(pd.read_csv(out)["prediction"].to_numpy())
     assert len(outputs[0]) == len(pd.read_parquet(src))
+
+
+def test_certs_from_the_command_line(tmp_path):
+    assert fedmine("certs", "init", tmp_path / "c", "--federation", "retail-credit").returncode == 0
+    result = fedmine("certs", "issue", tmp_path / "c", "bank")
+    assert result.returncode == 0 and (tmp_path / "c" / "bank.pem").is_file()
+    bad = fedmine("certs", "issue", tmp_path / "c", "bank", "--kind", "auditor")
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --kind auditor: allowed: party, coordinator"
+
+
+def test_party_serve_needs_a_known_org(demo_config):
+    result = fedmine("party", "serve", demo_config, "--org", "insurer")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: --org insurer: not in") and "allowed: bank, retailer, telecom" in result.stderr
 
 
 def test_predict_unknown_org(trained, monkeypatch, capsys):
