@@ -137,3 +137,66 @@ def test_party_killed_mid_training_rejoins_and_the_model_is_unchanged(federation
     assert any("party bank failed in round" in n and "rejoined" in n for n in remote["notices"])
     local = federated_training(str(demo_config), [*training, f"tracking.uri=sqlite:///{tmp_path}/l/m.db"])
     assert Path(remote["model_file"]).read_text() == Path(local["model_file"]).read_text()
+
+
+def _sh(*cmd):
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def namespaces():
+    """One network namespace per organisation, joined to this host by a veth pair (10.231.N.0/24)."""
+    made = []
+    try:
+        for i, org in enumerate(ORGS, 1):
+            ns, host, peer = f"fm-{org}", f"fmh{i}", f"fmp{i}"
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "link", "del", host], capture_output=True)
+            _sh("ip", "netns", "add", ns)
+            made.append((ns, host))
+            _sh("ip", "link", "add", host, "type", "veth", "peer", "name", peer)
+            _sh("ip", "link", "set", peer, "netns", ns)
+            _sh("ip", "addr", "add", f"10.231.{i}.1/24", "dev", host)
+            _sh("ip", "link", "set", host, "up")
+            _sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"10.231.{i}.2/24", "dev", peer)
+            _sh("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
+            _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        yield {org: (f"fm-{org}", f"10.231.{i}.2") for i, org in enumerate(ORGS, 1)}
+    finally:
+        for ns, host in made:
+            subprocess.run(["ip", "link", "del", host], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_each_party_in_its_own_network_namespace(federation, namespaces, demo_config, tmp_path):
+    """The same federation with each party server on its own network (ip netns), reached only over its veth."""
+    from flows.train import federated_training
+
+    raw = yaml.safe_load(federation["config"].read_text())
+    for org, (_, address) in namespaces.items():
+        raw["organisations"][org]["endpoint"] = f"grpc+tls://{address}:{free_port()}"
+    path = demo_config.parent / "netns.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # inside a namespace the harness's API on 127.0.0.1 is out of reach: each party runs its own Prefect
+    env = {k: v for k, v in federation["env"].items() if k != "PREFECT_API_URL"}
+    procs = []
+    try:
+        for org, (ns, address) in namespaces.items():
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "fedmine.cli", "party", "serve",
+                                     str(path), "--org", org, "--host", address],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    start_new_session=True)
+            procs.append(proc)
+        for proc, org in zip(procs, ORGS):
+            deadline, lines = time.time() + 180, []
+            while time.time() < deadline:
+                line = proc.stdout.readline()
+                lines.append(line)
+                if "serving on" in line or (not line and proc.poll() is not None):
+                    break
+            assert "serving on" in lines[-1], f"party {org}:\n{''.join(lines)}"
+        remote = federated_training(str(path), [*TRAINING, f"tracking.uri=sqlite:///{tmp_path}/r/m.db"])
+    finally:
+        stop(procs)
+    local = federated_training(str(demo_config), [*TRAINING, f"tracking.uri=sqlite:///{tmp_path}/l/m.db"])
+    assert Path(remote["model_file"]).read_text() == Path(local["model_file"]).read_text()
