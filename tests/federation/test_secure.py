@@ -37,39 +37,33 @@ def test_secure_aggregation_changes_no_bit():
     assert texts[True] == texts[False]
 
 
-def test_coordinator_holds_only_masked_messages_and_their_sum():
-    X, y = make_rows("binary")
-    parts = partition(y, 3, "iid")
-    cfg = cfg_for("binary", ORGS[:3], rounds=2)
-    parties = parties_for(cfg, X, y, parts)
+def record_histograms(parties) -> dict[str, list[np.ndarray]]:
+    """What each party answers to ``histograms``, as the coordinator receives it."""
     seen = {p.name: [] for p in parties}
     for p in parties:
         original = p.engine
 
         def spy(call, *a, _orig=original, _name=p.name, **k):
             answer = _orig(call, *a, **k)
-            if call == "histograms":
+            if call in ("histograms", "split_histograms"):
                 seen[_name].append(answer)
             return answer
 
         p.engine = spy
-    run(cfg, parties)
-    # the same parties without masks, for the plain histograms
-    plain_cfg = cfg_for("binary", ORGS[:3], rounds=2)
-    plain_cfg.privacy.secure_aggregation = False
-    plain_parties = parties_for(plain_cfg, X, y, parts)
-    plain_seen = {p.name: [] for p in plain_parties}
-    for p in plain_parties:
-        original = p.engine
+    return seen
 
-        def spy2(call, *a, _orig=original, _name=p.name, **k):
-            answer = _orig(call, *a, **k)
-            if call == "histograms":
-                plain_seen[_name].append(answer)
-            return answer
 
-        p.engine = spy2
-    run(plain_cfg, plain_parties)
+def test_coordinator_holds_only_masked_messages_and_their_sum():
+    X, y = make_rows("binary")
+    parts = partition(y, 3, "iid")
+    answers = {}
+    for secure in (True, False):
+        cfg = cfg_for("binary", ORGS[:3], rounds=2)
+        cfg.privacy.secure_aggregation = secure
+        parties = parties_for(cfg, X, y, parts)
+        answers[secure] = record_histograms(parties)
+        run(cfg, parties)
+    seen, plain_seen = answers[True], answers[False]
     first = seen[ORGS[0]][0].view(np.uint64).ravel()
     # one party's message looks uniform: each bit set about half the time (a plain histogram has empty high bits)
     bits = np.unpackbits(first.view(np.uint8))
