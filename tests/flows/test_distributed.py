@@ -178,10 +178,11 @@ def test_each_party_in_its_own_network_namespace(federation, namespaces, demo_co
     path = demo_config.parent / "netns.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     # inside a namespace the harness's API on 127.0.0.1 is out of reach: each party runs its own Prefect
-    env = {k: v for k, v in federation["env"].items() if k != "PREFECT_API_URL"}
     procs = []
     try:
         for org, (ns, address) in namespaces.items():
+            env = {k: v for k, v in federation["env"].items() if k != "PREFECT_API_URL"}
+            env["PREFECT_HOME"] = str(tmp_path / f"prefect-{org}")  # its own ephemeral API and database
             proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "fedmine.cli", "party", "serve",
                                      str(path), "--org", org, "--host", address],
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
