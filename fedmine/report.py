@@ -63,6 +63,38 @@ def summarise(
     }
 
 
+def publish(tracker, coord: Coordinator, baselines: dict[str, dict[str, Any]], *, train_seconds: float,
+            started: float) -> dict[str, Any]:
+    """Log the model, the final figures, the report and the summary to the training's run; return the summary.
+
+    ``tracker`` is the run's :class:`~fedmine.tracking.Tracker`; ``started``
+    the ``time.perf_counter()`` at the start of the training.
+    """
+    import tempfile
+    import time
+
+    from fedmine.tracking import summary_json
+
+    model_text = coord.model_text()
+    model_file = None
+    if model_text:
+        tracker.log_model(model_text)
+        path = tracker.artifact_path("model.txt")
+        model_file = str(path) if path else None
+    summary = summarise(coord, baselines, run_id=tracker.run_id, model_file=model_file,
+                        train_seconds=train_seconds, total_seconds=time.perf_counter() - started)
+    gains = {f"gain.{org}": g for org, _, _, _, g in gain_rows(summary)}
+    tracker.log_final({**{f"final.{k}": v for k, v in summary["global"].items()}, **gains},
+                      {org: {f"federated.final.{k}": v for k, v in o["federated"].items()}
+                       for org, o in summary["organisations"].items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        write_report(coord, baselines, summary, model_text, Path(tmp))
+        tracker.log_artifacts(tmp, "report")
+    summary["total_seconds"] = time.perf_counter() - started
+    tracker.log_text(summary_json(summary), "summary.json")
+    return summary
+
+
 def gain_rows(summary: dict[str, Any]) -> list[tuple[str, int, float, float, float]]:
     """(organisation, rows, local-only, federated, gain) on the primary metric; gain > 0 is better."""
     key = summary["primary_metric"]

@@ -7,7 +7,6 @@ local-only baseline, then evaluate, report and export the global model.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -82,27 +81,10 @@ def federated_training(
         for org, b in baselines.items():
             tracker.log_baseline(org, b)
 
-        model_text = coord.model_text()
-        model_file = None
-        if model_text:
-            tracker.log_model(model_text)
-            path = tracker.artifact_path("model.txt")
-            model_file = str(path) if path else None
-        summary = report.summarise(coord, baselines, run_id=tracker.run_id, model_file=model_file,
-                                   train_seconds=train_seconds, total_seconds=time.perf_counter() - t_start)
-        gains = {f"gain.{org}": g for org, _, _, _, g in report.gain_rows(summary)}
-        tracker.log_final({**{f"final.{k}": v for k, v in summary["global"].items()}, **gains},
-                          {org: {f"federated.final.{k}": v for k, v in o["federated"].items()}
-                           for org, o in summary["organisations"].items()})
-        with tempfile.TemporaryDirectory() as tmp:
-            report.write_report(coord, baselines, summary, model_text, Path(tmp))
-            tracker.log_artifacts(tmp, "report")
-        summary["total_seconds"] = time.perf_counter() - t_start
-        text = summary_json(summary)
-        tracker.log_text(text, "summary.json")
+        summary = report.publish(tracker, coord, baselines, train_seconds=train_seconds, started=t_start)
         if summary_path:
             Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(summary_path).write_text(text)
+            Path(summary_path).write_text(summary_json(summary))
         tracker.finish("FINISHED")
         return summary
     except BaseException as exc:
