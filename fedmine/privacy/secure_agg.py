@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence, Union
@@ -224,6 +225,16 @@ def mask_stream(key: bytes, nonce: bytes, n: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=MASKED_DTYPE.newbyteorder("<")).astype(MASKED_DTYPE, copy=False)
 
 
+def _fill_stream(key: bytes, nonce: bytes, zeros: memoryview, out: np.ndarray) -> None:
+    """:func:`mask_stream` written into ``out`` (uint64, little-endian host) without allocating.
+
+    ``zeros`` is a zero buffer of at least ``out.nbytes`` bytes, reused
+    across calls; the keystream is the same words :func:`mask_stream` returns.
+    """
+    encryptor = Cipher(algorithms.ChaCha20(bytes(key), bytes(nonce)), mode=None).encryptor()
+    encryptor.update_into(zeros[: out.nbytes], out.view(np.uint8))
+
+
 # ---------------------------------------------------------------------------
 # party side
 # ---------------------------------------------------------------------------
@@ -287,6 +298,7 @@ class Masker:
         self.active_peers_: tuple[str, ...] = tuple(sorted(others))
         self.epoch_ = 0
         self._used_ids: set = set()
+        self._scratch = None
         if len(self.active_peers_) == 1:
             _two_party_warning(name, self.active_peers_[0])
 
@@ -325,6 +337,20 @@ class Masker:
         self._used_ids.add(message_id)
         out = np.ascontiguousarray(array).view(MASKED_DTYPE).ravel().copy()  # OUT: becomes the masked message
         n = out.shape[0]
+        if n > MAX_STREAM_ENTRIES:
+            raise SecureAggregationError(f"stream length must be in [0, {MAX_STREAM_ENTRIES}], got {n}")
+        if n and sys.byteorder == "little":
+            # scratch reused across messages: a zero buffer and one stream (no allocation per peer)
+            if self._scratch is None or self._scratch[1].shape[0] < n:
+                self._scratch = (memoryview(bytes(8 * n)), np.empty(n, dtype=MASKED_DTYPE))
+            zeros, stream = self._scratch[0], self._scratch[1][:n]
+            for peer in self.active_peers_:
+                _fill_stream(self._pair_keys[peer], nonce, zeros, stream)
+                if peer > self.name:
+                    out += stream
+                else:
+                    out -= stream
+            return out.reshape(array.shape)
         for peer in self.active_peers_:
             stream = mask_stream(self._pair_keys[peer], nonce, n)
             if peer > self.name:

@@ -348,3 +348,14 @@ def test_two_parties_warn_and_min_parties_is_enforced():
         warnings.simplefilter("error")
         require_min_parties(3, 3)
         federation(("a", "b", "c"))
+
+
+def test_stream_written_in_place_equals_mask_stream():
+    """The masker's allocation-free keystream is the same words as mask_stream."""
+    from fedmine.privacy.secure_agg import _fill_stream, mask_stream
+
+    key, nonce = bytes(range(32)), bytes(range(16))
+    for n in (1, 7, 8, 1001):
+        out = np.empty(n, dtype=np.uint64)
+        _fill_stream(key, nonce, memoryview(bytes(8 * 2000)), out)
+        assert np.array_equal(out, mask_stream(key, nonce, n))
