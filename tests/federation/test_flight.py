@@ -52,15 +52,7 @@ def pki(tmp_path_factory):
     return ours, other
 
 
-def make_split(n, seed, shift=0.0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 3)) + [shift, 0, 0]
-    X[:, 2] = rng.integers(0, 3, n)
-    X[rng.random(n) < 0.05, 1] = np.nan
-    logit = X[:, 0] - np.nan_to_num(X[:, 1]) + (X[:, 2] == 2)
-    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
-    cut = int(n * 0.75)
-    return Split(X[:cut], y[:cut], X[cut:], y[cut:])
+from tests.federation.test_strategies import make_data as make_split  # noqa: E402
 
 
 def make_party(name, seed=1, n=300):
