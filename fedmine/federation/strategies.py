@@ -151,7 +151,13 @@ class HistogramStrategy(Strategy):
 
     name = "histogram"
     stops_itself = True
-    can_drop = False  # the parties' engine state is mid-round; restart needs a round reset
+
+    def drop(self, ctx: RoundContext, link: Link) -> None:
+        """Continue without ``link``: the rest start the round over (bins and trees so far are kept)."""
+        keep = [p for p in self.group.parties if p.link is not link]
+        self.group.parties[:] = keep
+        self.group.source.sources[:] = keep
+        self.trainer.recover()
 
     def recover(self, ctx: RoundContext, link: Link) -> None:
         """Every party back to the start of the round: reset, bins, initial score, past trees replayed."""

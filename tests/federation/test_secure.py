@@ -143,3 +143,38 @@ def test_party_failing_mid_round(policy):
     # rounds 1-2 have 3 trees each, rounds 3-5 two: the failed round was redone without clinic
     assert coord.strategy.num_trees(coord._ctx) == 2 * 3 + 3 * 2
     assert any("clinic" in n for n in coord.notices)
+
+
+class FailingEngineParty(LocalParty):
+    """Fails in the middle of the third round's histogram exchanges."""
+
+    exchanges = 0
+
+    def engine(self, call, *args, **kwargs):
+        if self.name == "clinic" and call in ("histograms", "split_histograms"):
+            FailingEngineParty.exchanges += 1
+            if FailingEngineParty.exchanges == 25:
+                raise ConnectionError("clinic went away")
+        return super().engine(call, *args, **kwargs)
+
+
+def test_histogram_round_restarts_among_the_remaining_parties():
+    X, y = make_rows("binary")
+    parts = partition(y, 3, "iid")
+    cfg = cfg_for("binary", ORGS[:3], rounds=6)
+    cfg.privacy.on_party_failure = "continue"
+    FailingEngineParty.exchanges = 0
+    coord = Coordinator(cfg, parties_for(cfg, X, y, parts, cls=FailingEngineParty))
+    coord.start()
+    for r in range(1, 7):
+        result = coord.run_round(r)
+    assert [d["organisation"] for d in coord.dropped] == ["clinic"]
+    assert set(result.org_metrics) == {"bank", "shop"}
+    assert result.stats["privacy.parties"] == 2.0
+    assert lgb_trees(coord) == 6
+
+
+def lgb_trees(coord):
+    import lightgbm as lgb
+
+    return lgb.Booster(model_str=coord.model_text()).num_trees()
