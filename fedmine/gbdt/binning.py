@@ -207,6 +207,26 @@ def make_grids(ranges, *, n_grid: int = DEFAULT_GRID_SIZE, spacing: str = "unifo
     return np.maximum.accumulate(grids, axis=1)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _grid_cell(x, g, step):  # pragma: no cover - numba
+    """The cell of ``x`` on grid ``g``: the first grid point >= x, clipped to the last.
+
+    Guessed as if the grid were uniform (``step`` apart), then walked to the
+    exact cell, so it is exact on any increasing grid.
+    """
+    n_grid = g.shape[0]
+    c = 0
+    if step > 0.0:
+        t = (x - g[0]) / step
+        if t > 0.0:
+            c = min(int(np.ceil(t)), n_grid - 1)
+    while c > 0 and g[c - 1] >= x:
+        c -= 1
+    while c < n_grid - 1 and g[c] < x:
+        c += 1
+    return c
+
+
 @numba.njit(cache=True, nogil=True)
 def _grid_counts_kernel(X, grids, categorical, counts):  # pragma: no cover - numba
     n_grid = grids.shape[1]
@@ -230,18 +250,7 @@ def _grid_counts_kernel(X, grids, categorical, counts):  # pragma: no cover - nu
                     else:
                         counts[f, c] += 1
                 else:
-                    # first grid point >= x (clipped to the last cell): guess it
-                    # as if the grid were uniform, then walk to the exact cell
-                    c = 0
-                    if step[f] > 0.0:
-                        t = (x - g[0]) / step[f]
-                        if t > 0.0:
-                            c = min(int(np.ceil(t)), n_grid - 1)
-                    while c > 0 and g[c - 1] >= x:
-                        c -= 1
-                    while c < n_grid - 1 and g[c] < x:
-                        c += 1
-                    counts[f, c] += 1
+                    counts[f, _grid_cell(x, g, step[f])] += 1
     return -1
 
 
@@ -532,16 +541,7 @@ def _bin_block_lut(X, i0, i1, grids, step, lut, n_bins, categorical, nan_bin, ou
             elif x > last:
                 out[f, i] = top
             else:
-                c = 0  # first grid point >= x: guess as if uniform, then walk
-                if step[f] > 0.0:
-                    t = (x - g[0]) / step[f]
-                    if t > 0.0:
-                        c = min(int(np.ceil(t)), n_grid - 1)
-                while c > 0 and g[c - 1] >= x:
-                    c -= 1
-                while c < n_grid - 1 and g[c] < x:
-                    c += 1
-                out[f, i] = lut[f, c]
+                out[f, i] = lut[f, _grid_cell(x, g, step[f])]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
