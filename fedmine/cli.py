@@ -9,7 +9,6 @@ that need them, so ``fedmine --help`` is quick.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -448,13 +448,6 @@ class FederationConfig(_Strict):
         """The folder relative sources resolve against: the config file's folder."""
         return self._path.parent if self._path is not None else Path.cwd()
 
-    @property
-    def path(self) -> Path | None:
-        return self._path
-
-    def canonical_columns(self) -> list[str]:
-        return list(self.features)
-
 
 def _set_dotted(raw: dict, dotted: str, value: Any, *, source: str) -> None:
     keys = dotted.split(".")

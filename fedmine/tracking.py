@@ -20,7 +20,6 @@ thread; only :meth:`Tracker.log_model` uses MLflow's fluent API.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -313,6 +312,3 @@ def load_model_text(model: str, tracking_uri: str) -> str:
 def summary_json(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=2, sort_keys=False, default=float)
 
-
-def env_tracking_uri(default: str) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", default)

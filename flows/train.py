@@ -71,7 +71,7 @@ def federated_training(
             if coord.stopped:
                 break
             result = run_round(coord, r)
-            tracker.log_round(r, result.flat(cfg.objective), result.org_metrics)
+            tracker.log_round(r, result.flat(), result.org_metrics)
             tracker.save_checkpoint(*coord.checkpoint())
             progress.report(r, rounds, result.global_metrics)
         train_seconds = time.perf_counter() - t_train

@@ -73,7 +73,7 @@ class RoundResult:
     stats: dict[str, float] = field(default_factory=dict)
     stopped: bool = False
 
-    def flat(self, objective: str) -> dict[str, float]:
+    def flat(self) -> dict[str, float]:
         """MLflow metric names: ``global.<m>``, ``org.<name>.<m>``, timings, bytes and strategy figures."""
         out = {f"global.{k}": v for k, v in self.global_metrics.items()}
         for org, m in self.org_metrics.items():

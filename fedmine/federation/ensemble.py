@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import lightgbm as lgb
 import numpy as np
 
 from fedmine.config import FederationConfig
@@ -153,6 +152,3 @@ class Ensemble:
             parts.append(f"Tree={i}\n{block}\n")
         parts.append("end of trees\n")
         return "\n".join(parts)
-
-    def booster(self) -> lgb.Booster:
-        return lgb.Booster(model_str=self.to_text())

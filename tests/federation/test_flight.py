@@ -25,7 +25,7 @@ from fedmine.federation import wire
 from fedmine.federation.certs import ClientTLS, client_tls, init_ca, issue, server_tls
 from fedmine.federation.coordinator import Coordinator
 from fedmine.federation.flight import (PARTY_CALLS, PartyServer, RemoteParty, action_names, serve_party)
-from fedmine.federation.party import EngineProxy, Link, LocalParty, Split
+from fedmine.federation.party import EngineProxy, Link, LocalParty
 from fedmine.gbdt.booster import Trainer
 from fedmine.gbdt.party import PartyGroup, ProtocolError
 
