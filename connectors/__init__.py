@@ -76,7 +76,7 @@ def load(
     try:
         return _load(source, read, base_dir)
     except SourceError as exc:
-        raise ConnectorError(_message(source, exc.reason, org, exc.secrets)) from exc
+        raise ConnectorError(_message(source, exc.reason, org, exc.secrets), transient=exc.transient) from exc
 
 
 def _load(source: Any, read: Any, base_dir: str | Path | None) -> pandas.DataFrame:

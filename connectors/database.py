@@ -165,6 +165,7 @@ def read_database(
             raise SourceError(
                 f"cannot connect to {source.address}: {_driver_message(exc)}",
                 secrets=source.secrets,
+                transient=True,
             ) from exc
         with connection:
             if source.table is not None:

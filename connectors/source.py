@@ -56,8 +56,9 @@ class SourceError(Exception):
         Values (passwords) to hide wherever the message might repeat them.
     """
 
-    def __init__(self, reason: str, *, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(self, reason: str, *, secrets: tuple[str, ...] = (), transient: bool = False) -> None:
         super().__init__(reason)
+        self.transient = transient
         self.reason = reason
         self.secrets = secrets
 

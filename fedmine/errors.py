@@ -20,7 +20,15 @@ class ConfigError(FedmineError):
 
 
 class ConnectorError(FedmineError):
-    """A data source cannot be read: unknown scheme, missing file, bad table."""
+    """A data source cannot be read: unknown scheme, missing file, bad table.
+
+    ``transient`` is True when trying again may help (a database that could
+    not be reached), False for bad input.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class DataError(FedmineError):

@@ -13,7 +13,7 @@ from fedmine.schema import HarmonisedFrame, harmonise
 
 
 @task(name="load-source", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=lambda task, run, state: not _is_input_error(state))
+      retry_condition_fn=lambda task, run, state: _worth_retrying(state))
 def load_source(cfg: FederationConfig, org: str) -> pd.DataFrame:
     """The organisation's raw rows from its source (never leaves the organisation's subflow)."""
     spec = cfg.organisations[org]
@@ -41,14 +41,16 @@ def make_party(data: HarmonisedFrame, cfg: FederationConfig, org: str) -> LocalP
                       feature_names=data.feature_names, categorical=categorical, report=data.report)
 
 
-def _is_input_error(state) -> bool:
-    """Bad input (a missing file, an unknown scheme) is not retried; a flaky source is."""
-    from fedmine.errors import FedmineError
+def _worth_retrying(state) -> bool:
+    """A source that could not be reached is tried again; bad input (a missing file, a bad scheme) is not."""
+    from fedmine.errors import ConnectorError, FedmineError
 
     try:
         state.result()
-    except FedmineError as exc:
-        return "cannot connect" not in str(exc)
-    except Exception:
+    except ConnectorError as exc:
+        return exc.transient
+    except FedmineError:
         return False
+    except Exception:
+        return True
     return False

@@ -281,3 +281,21 @@ def test_unencoded_special_characters_in_a_password_are_refused_and_masked(passw
     message = str(caught.value)
     assert password not in message
     assert "source 'postgresql://analyst:***@127.0.0.1:5432/bank?table=t'" in message
+
+
+def test_unreachable_database_is_transient_and_bad_input_is_not(tmp_path):
+    """The flow retries a source only when trying again may help."""
+    import socket
+
+    from connectors import load
+    from fedmine.errors import ConnectorError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectorError) as unreachable:
+        load(f"postgresql://u:secret@127.0.0.1:{port}/db?table=t&connect_timeout=2")
+    assert unreachable.value.transient
+    with pytest.raises(ConnectorError) as missing:
+        load(str(tmp_path / "absent.csv"))
+    assert not missing.value.transient
