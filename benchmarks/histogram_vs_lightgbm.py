@@ -13,7 +13,7 @@ what crossed the engine's aggregation boundary per tree (histograms up, node
 ids and splits down, summed over parties) and how many histogram exchanges.
 
 With ``--secure-aggregation`` it also trains through the federation layer
-(each party a ``LocalParty`` behind a ``Link``), once plain and once with
+(each party a ``Party`` behind a ``Link``), once plain and once with
 pairwise masks on every summed answer, and prints the secure/plain ratio.
 
 With ``--transport flight`` every party runs in its own process behind an
@@ -126,14 +126,14 @@ def serve_one(args):
     import numba
 
     numba.set_num_threads(max(1, args.threads // 2))
-    from fedmine.federation.certs import server_tls
-    from fedmine.federation.flight import run_party_server, serve_party
-    from fedmine.federation.party import LocalParty, Split
+    from fedmine.party.organisation import Party, TrainValidRows
+    from fedmine.transport.certs import server_tls
+    from fedmine.transport.flight import run_party_server, serve_party
 
     X = np.load(os.path.join(args.serve_party, "X.npy"))
     y = np.load(os.path.join(args.serve_party, "y.npy"))
     name = os.path.basename(args.serve_party)
-    party = LocalParty(name, Split(X, y, X[:0], y[:0]), objective="binary", num_class=1,
+    party = Party(name, TrainValidRows(X, y, X[:0], y[:0]), objective="binary", num_class=1,
                        feature_names=[f"f{i}" for i in range(X.shape[1])], categorical=[])
     server = serve_party(party, port=args.port, tls=server_tls(args.certs, name))
     run_party_server(server, ready=lambda: print("ready", flush=True))
@@ -144,8 +144,8 @@ def flight_parties(args, X, y, workdir):
     import socket
     import subprocess
 
-    from fedmine.federation.certs import client_tls, init_ca, issue
-    from fedmine.federation.flight import RemoteParty
+    from fedmine.transport.certs import client_tls, init_ca, issue
+    from fedmine.transport.flight import RemoteParty
 
     certs = os.path.join(workdir, "certs")
     init_ca(certs, federation="benchmark")
@@ -177,10 +177,11 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool, transport: str = "inpr
     import numba
 
     numba.set_num_threads(args.threads)
-    from fedmine.federation.party import EngineProxy, LocalParty, Link, Split
+    from fedmine.coordinator.link import EngineProxy, Link
     from fedmine.gbdt import predict_raw, train_partitioned
     from fedmine.gbdt.booster import Trainer
-    from fedmine.gbdt.party import PartyGroup
+    from fedmine.gbdt.state import EngineGroup
+    from fedmine.party.organisation import Party, TrainValidRows
 
     params = dict(objective="binary", num_leaves=args.num_leaves, max_bin=args.max_bin, learning_rate=0.1,
                   min_data_in_leaf=20, num_boost_round=args.rounds)
@@ -193,7 +194,7 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool, transport: str = "inpr
         workdir = tempfile.mkdtemp()
         parties, procs = flight_parties(args, X, y, workdir)
     else:
-        parties = [LocalParty(n, Split(X[p], y[p], X[:0], y[:0]), objective="binary", num_class=1,
+        parties = [Party(n, TrainValidRows(X[p], y[p], X[:0], y[:0]), objective="binary", num_class=1,
                               feature_names=features, categorical=[]) for n, p in zip(names, parts)]
     links = [Link(p) for p in parties]
     if secure:
@@ -202,7 +203,7 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool, transport: str = "inpr
             link.call("secure_peers", keys)
     with RssPeak() as mem:
         t0 = time.perf_counter()
-        group = PartyGroup([EngineProxy(link) for link in links], n_threads=args.parties)
+        group = EngineGroup([EngineProxy(link) for link in links], n_threads=args.parties)
         trainer = Trainer(group, params)
         trainer.start()
         while not trainer.done:
@@ -216,9 +217,9 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool, transport: str = "inpr
     n_trees = max(len(model.trees), 1)
     name = ("fedmine+secagg" if secure else "fedmine") + ("/flight" if transport == "flight" else "")
     out.put(dict(name=name, wall=wall, peak=mem.extra_mb, auc=auc(yt, raw),
-                 bytes_per_tree=sum(l.bytes_sent + l.bytes_received for l in links) / n_trees,
+                 bytes_per_tree=sum(link.bytes_sent + link.bytes_received for link in links) / n_trees,
                  exchanges=group.source.exchanges_ / n_trees,
-                 round_trips=sum(l.calls for l in links) / n_trees))
+                 round_trips=sum(link.calls for link in links) / n_trees))
 
 
 def run_federation_plain(args, X, y, Xt, yt, out):

@@ -34,8 +34,8 @@ def load(name):
 
 def train(X, y, parties, rounds, epsilon, *, num_leaves=7, max_bin=16, learning_rate=0.3):
     from fedmine.config import config_from_dict
-    from fedmine.federation.coordinator import Coordinator
-    from fedmine.federation.party import LocalParty, Split
+    from fedmine.coordinator.training import Coordinator
+    from fedmine.party.organisation import Party, TrainValidRows
 
     names = [f"org{i}" for i in range(parties)]
     features = [f"f{i}" for i in range(X.shape[1])]
@@ -50,7 +50,7 @@ def train(X, y, parties, rounds, epsilon, *, num_leaves=7, max_bin=16, learning_
         "privacy": privacy,
     })
     parts = np.array_split(np.random.default_rng(0).permutation(len(y)), parties)
-    members = [LocalParty(n, Split(X[p], y[p], X[:0], y[:0]), objective="binary", num_class=1,
+    members = [Party(n, TrainValidRows(X[p], y[p], X[:0], y[:0]), objective="binary", num_class=1,
                           feature_names=features, categorical=[]) for n, p in zip(names, parts)]
     coord = Coordinator(cfg, members)
     coord.start()
@@ -118,7 +118,7 @@ def main(argv=None):
         fig.tight_layout()
         fig.savefig(os.path.join(tmp, "auc_vs_epsilon.png"), dpi=110)
         mlflow.log_artifact(os.path.join(tmp, "auc_vs_epsilon.png"))
-        for eps, a, spent, z, r, wall in rows:
+        for eps, a, *_ in rows:
             mlflow.log_metric("test_auc", a, step=0 if not math.isfinite(eps) else int(eps))
         mlflow.log_text("\n".join(f"{r[0]}\t{r[1]:.4f}" for r in rows), "auc_vs_epsilon.tsv")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas
 
-from connectors.source import (
+from fedmine.connectors.source import (
     DATABASE_SCHEMES,
     SUPPORTED,
     SourceError,
@@ -91,7 +91,7 @@ def _load(source: Any, read: Any, base_dir: str | Path | None) -> pandas.DataFra
 
     scheme = scheme_of(source)
     if scheme in DATABASE_SCHEMES:
-        from connectors.database import parse, read_database
+        from fedmine.connectors.database import parse, read_database
 
         return read_database(parse(source, base_dir=base_dir), options)
     if scheme is not None and scheme.startswith("postgres"):
@@ -99,10 +99,10 @@ def _load(source: Any, read: Any, base_dir: str | Path | None) -> pandas.DataFra
 
     location = locate(source, base_dir=base_dir, filesystem=options.pop("filesystem", None))
     if location.kind == "parquet":
-        from connectors.parquet import read_parquet
+        from fedmine.connectors.parquet import read_parquet
 
         return read_parquet(location, options)
-    from connectors.delimited import read_delimited
+    from fedmine.connectors.delimited import read_delimited
 
     return read_delimited(location, options)
 

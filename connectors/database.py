@@ -33,7 +33,7 @@ from psycopg import ProgrammingError
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.pool import NullPool
 
-from connectors.source import (
+from fedmine.connectors.source import (
     POSTGRESQL_SCHEMES,
     SQLITE_SCHEMES,
     SourceError,

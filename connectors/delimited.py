@@ -18,7 +18,7 @@ from typing import Any
 import pandas
 import pyarrow.fs
 
-from connectors.source import DELIMITED_SUFFIXES, Location, SourceError, one_line
+from fedmine.connectors.source import DELIMITED_SUFFIXES, Location, SourceError, one_line
 
 READ_OPTIONS = tuple(
     name for name in inspect.signature(pandas.read_csv).parameters if name != "filepath_or_buffer"

@@ -19,7 +19,7 @@ import pyarrow
 import pyarrow.fs
 import pyarrow.parquet
 
-from connectors.source import Location, SourceError, column_list, one_line
+from fedmine.connectors.source import Location, SourceError, column_list, one_line
 
 READ_OPTIONS = ("columns", "filters", "filesystem")
 

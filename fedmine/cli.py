@@ -12,12 +12,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from fedmine.errors import ConfigError, FedmineError
-from fedmine.schema.cli import profile, schema_app
+from fedmine.schema.commands import profile, schema_app
 
 app = typer.Typer(
     add_completion=False,
@@ -44,15 +43,15 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _train(config: Path, overrides: list[str], summary_json: Optional[Path], verbose: bool,
-           resume: Optional[str] = None) -> dict:
+def _train(config: Path, overrides: list[str], summary_json: Path | None, verbose: bool,
+           resume: str | None = None) -> dict:
     """Validate the config here (before Prefect starts), then run the training flow."""
     from fedmine.config import load_config
 
     cfg = load_config(config, overrides)  # a bad config fails fast, before any run exists
     _quiet_prefect(verbose)
     from fedmine import progress
-    from flows.train import federated_training
+    from fedmine.flows.train import federated_training
 
     def run() -> dict:
         return federated_training(str(config), overrides, str(summary_json) if summary_json else None, resume)
@@ -96,8 +95,8 @@ def _print_summary(summary: dict) -> None:
 def run(
     config: Path = typer.Argument(..., help="The federation YAML file."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path, e.g. training.rounds=50."),
-    summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Write the run summary as JSON here."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the MLflow run RUN_ID from its last checkpoint."),
+    summary_json: Path | None = typer.Option(None, "--summary-json", help="Write the run summary as JSON here."),
+    resume: str | None = typer.Option(None, "--resume", help="Continue the MLflow run RUN_ID from its last checkpoint."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
 ) -> None:
     """Train the federation in CONFIG now (the ad-hoc trigger)."""
@@ -108,7 +107,7 @@ def run(
 @app.command()
 def demo(
     folder: Path = typer.Option(Path("fedmine-demo"), "--dir", help="Where to write the demo data and config."),
-    summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Write the run summary as JSON here."),
+    summary_json: Path | None = typer.Option(None, "--summary-json", help="Write the run summary as JSON here."),
     tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri", help="MLflow store."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
@@ -139,8 +138,7 @@ def predict(
     import lightgbm as lgb
     import numpy as np
 
-    import connectors
-    from fedmine import metrics
+    from fedmine import connectors, metrics
     from fedmine.config import load_config
     from fedmine.schema import harmonise_features
     from fedmine.tracking import load_model_text
@@ -191,7 +189,7 @@ def ui(
 def schedule(
     config: Path = typer.Argument(..., help="The federation YAML file."),
     cron: str = typer.Option(..., "--cron", help='When to train, as cron, e.g. "0 2 * * *".'),
-    name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: the federation's name)."),
+    name: str | None = typer.Option(None, "--name", help="Deployment name (default: the federation's name)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path."),
 ) -> None:
     """Serve the training flow on a schedule with Prefect (runs until stopped)."""
@@ -200,7 +198,7 @@ def schedule(
     cfg = load_config(config, set_)
     _check_cron(cron)
     os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
-    from flows.train import federated_training
+    from fedmine.flows.train import federated_training
 
     typer.echo(f"serving {cfg.name} on cron {cron!r}; Ctrl-C stops it")
     federated_training.serve(
@@ -216,13 +214,13 @@ def party_serve(
     config: Path = typer.Argument(..., help="The federation YAML file (this organisation's source and mapping)."),
     org: str = typer.Option(..., "--org", help="The organisation this machine serves."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (loopback unless told otherwise)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port (default: the port of the organisation's endpoint)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default: the port of the organisation's endpoint)."),
     allow_insecure: bool = typer.Option(False, "--allow-insecure", help="Plain gRPC, for local tests only."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
 ) -> None:
     """Prepare ORG's data here (its rows stay here) and answer the coordinator over mutual TLS."""
     from fedmine.config import load_config
-    from fedmine.federation.remote import listen_address, serve
+    from fedmine.party.server import listen_address, serve
 
     cfg = load_config(config)
     if org not in cfg.organisations:
@@ -231,11 +229,11 @@ def party_serve(
         raise ConfigError(f"organisations.{org}.source: not set in {config}; the party server reads its data from it")
     address = listen_address(cfg, org, host, port)
     _quiet_prefect(verbose)
-    from flows.prepare import prepare_organisation
+    from fedmine.flows.prepare import prepare_organisation
 
     party = prepare_organisation(cfg, org)
     serve(cfg, org, party, host=address[0], port=address[1], allow_insecure=allow_insecure,
-          ready=lambda server: typer.echo(f"party {org}: {party.describe()['rows_train']} training rows, "
+          ready=lambda server: typer.echo(f"party {org}: {party.describe()['n_rows']} training rows, "
                                           f"serving on {server.endpoint}", err=False))
 
 
@@ -246,7 +244,7 @@ def certs_init(
     days: int = typer.Option(1825, "--days", help="Validity."),
 ) -> None:
     """Create the federation's certificate authority (ca.pem, ca.key)."""
-    from fedmine.federation.certs import init_ca
+    from fedmine.transport.certs import init_ca
 
     path = init_ca(folder, federation=federation, days=days)
     typer.echo(f"CA for {federation}: {path}")
@@ -260,7 +258,7 @@ def certs_issue(
     days: int = typer.Option(365, "--days", help="Validity."),
 ) -> None:
     """Issue NAME.pem and NAME.key, signed by the federation's CA."""
-    from fedmine.federation.certs import issue
+    from fedmine.transport.certs import issue
 
     if kind not in ("party", "coordinator"):
         raise ConfigError(f"--kind {kind}: allowed: party, coordinator")
@@ -269,8 +267,9 @@ def certs_issue(
 
 
 def _check_cron(cron: str) -> None:
-    from cronsim import CronSim, CronSimError
     from datetime import datetime
+
+    from cronsim import CronSim, CronSimError
 
     try:
         CronSim(cron, datetime.now())

@@ -19,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedmine.errors import ConfigError
+from fedmine.gbdt import params as gbdt_params
+from fedmine.gbdt.params import TrainingParams, redeclare
 
 OBJECTIVES = ("binary", "multiclass", "regression", "poisson", "tweedie")
 STRATEGIES = ("histogram", "bagging", "cyclic", "local")
@@ -230,81 +232,63 @@ def check_mapping(org: str, spec: OrganisationSpec, features: dict[str, FeatureS
             )
 
 
-class TrainingSpec(_Strict):
-    """How the global model is trained. LightGBM parameter names where they exist."""
-
+class _StrategyFirst(_Strict):
+    # A base of TrainingSpec listed after TrainingParams: pydantic collects fields from the last base first, so
+    # strategy leads the training keys in messages and in the resolved config.
     strategy: Literal["histogram", "bagging", "cyclic", "local"] = "bagging"
-    rounds: int = Field(30, ge=1, le=100_000)
-    learning_rate: float = Field(0.1, gt=0, le=1)
-    num_leaves: int = Field(31, ge=2, le=131_072)
-    max_depth: int = Field(-1, ge=-1)
-    min_data_in_leaf: int = Field(20, ge=0)
-    min_sum_hessian_in_leaf: float = Field(1e-3, ge=0)
-    lambda_l1: float = Field(0.0, ge=0)
-    lambda_l2: float = Field(0.0, ge=0)
-    min_gain_to_split: float = Field(0.0, ge=0)
-    feature_fraction: float = Field(1.0, gt=0, le=1)
-    bagging_fraction: float = Field(1.0, gt=0, le=1)
-    bagging_freq: int = Field(0, ge=0)
-    max_bin: int = Field(255, ge=2, le=255)
-    max_cat_threshold: int = Field(32, ge=1)
-    cat_smooth: float = Field(10.0, ge=0)
-    cat_l2: float = Field(10.0, ge=0)
-    min_data_per_group: int = Field(100, ge=1)
-    max_cat_to_onehot: int = Field(4, ge=1)
-    tweedie_variance_power: float = Field(1.5, gt=1, lt=2)
-    early_stopping_rounds: int = Field(0, ge=0, description="stop when the federated validation metric has not improved for this many rounds (0: off)")
-    lookahead: int = Field(2, ge=0, le=7, description="histogram: extra leaves per tree whose histograms travel in the same exchange")
+
+
+class TrainingSpec(TrainingParams, _StrategyFirst):
+    """How the global model is trained.
+
+    The training parameters are the engine's :class:`~fedmine.gbdt.params.TrainingParams`
+    (LightGBM's names and aliases, the engine's bounds), so a config that loads
+    trains; ``rounds`` is ``num_boost_round``. The rest are the federation's.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
+    num_boost_round: int = redeclare("num_boost_round", 30, first_alias="rounds")
+    seed: int = redeclare("seed", 7)
     validation_fraction: float = Field(0.2, ge=0, lt=1)
-    seed: int = 7
     local_rounds: int = Field(1, ge=1, le=1000, description="trees each organisation adds per round (bagging, cyclic)")
     server_learning_rate: float = Field(1.0, gt=0, le=10, description="beta in theta_global = theta_agg + beta * delta")
-    num_threads: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_from_text(cls, data: Any) -> Any:
+        """YAML reads ``1e-3`` as text: numbers written as text (and whole floats for integers) are numbers."""
+        if not isinstance(data, dict):
+            return data
+        spellings = cls.spellings()
+        out = dict(data)
+        for key, value in data.items():
+            name = spellings.get(key)
+            if name is None or name not in TrainingParams.model_fields:
+                continue
+            integer = TrainingParams.model_fields[name].annotation is int
+            if isinstance(value, str):
+                try:
+                    out[key] = int(value) if integer else float(value)
+                except ValueError:
+                    pass
+            elif integer and isinstance(value, float) and value.is_integer():
+                out[key] = int(value)
+        return out
+
+    @property
+    def rounds(self) -> int:
+        """Boosting rounds (``num_boost_round``); each is one MLflow step."""
+        return self.num_boost_round
 
     def lightgbm_params(self, objective: str, num_class: int | None) -> dict[str, Any]:
         """The LightGBM parameters these settings mean, for local training."""
-        params: dict[str, Any] = {
-            "objective": objective,
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "max_depth": self.max_depth,
-            "min_data_in_leaf": self.min_data_in_leaf,
-            "min_sum_hessian_in_leaf": self.min_sum_hessian_in_leaf,
-            "lambda_l1": self.lambda_l1,
-            "lambda_l2": self.lambda_l2,
-            "min_gain_to_split": self.min_gain_to_split,
-            "feature_fraction": self.feature_fraction,
-            "bagging_fraction": self.bagging_fraction,
-            "bagging_freq": self.bagging_freq,
-            "max_bin": self.max_bin,
-            "max_cat_threshold": self.max_cat_threshold,
-            "cat_smooth": self.cat_smooth,
-            "cat_l2": self.cat_l2,
-            "min_data_per_group": self.min_data_per_group,
-            "max_cat_to_onehot": self.max_cat_to_onehot,
-            "seed": self.seed,
-            "deterministic": True,
-            "force_row_wise": True,
-            "num_threads": self.num_threads,
-            "verbosity": -1,
-        }
-        if objective == "multiclass":
-            params["num_class"] = num_class
-        if objective == "tweedie":
-            params["tweedie_variance_power"] = self.tweedie_variance_power
-        return params
+        return gbdt_params.lightgbm_params(self, objective, num_class)
 
     def engine_params(self, objective: str, num_class: int | None, metric: str) -> dict[str, Any]:
         """Parameters of fedmine's own engine (the ``histogram`` strategy): LightGBM's names."""
-        params = self.lightgbm_params(objective, num_class)
-        for key in ("deterministic", "force_row_wise", "num_threads", "verbosity"):
-            params.pop(key)
-        params.update(num_boost_round=self.rounds, metric=metric, lookahead=self.lookahead,
-                      early_stopping_rounds=self.early_stopping_rounds,
-                      tweedie_variance_power=self.tweedie_variance_power)
-        if objective != "multiclass":
-            params["num_class"] = 1
-        return params
+        return gbdt_params.engine_params(self, objective, num_class, metric)
 
 
 class PrivacySpec(_Strict):
@@ -494,7 +478,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
             if models and getattr(current, "__origin__", None) is not dict:
                 current = models[0]
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+        return [f.serialization_alias or name for name, f in current.model_fields.items()]
     return []
 
 

@@ -14,11 +14,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from fedmine import metrics  # noqa: E402
-from fedmine.federation.coordinator import Coordinator  # noqa: E402
+from fedmine import metrics
+from fedmine.coordinator.training import Coordinator
 
 
 def summarise(
@@ -36,9 +36,9 @@ def summarise(
     orgs = {}
     for org, d in coord.descriptions.items():
         orgs[org] = {
-            "rows": d["rows_train"] + d["rows_valid"],
-            "rows_train": d["rows_train"],
-            "rows_valid": d["rows_valid"],
+            "rows": d["n_rows"] + d["n_valid"],
+            "rows_train": d["n_rows"],
+            "rows_valid": d["n_valid"],
             "federated": last.org_metrics.get(org, {}),
             "local_only": baselines[org]["metrics"],
         }
@@ -236,7 +236,8 @@ def write_report(coord: Coordinator, baselines: dict, summary: dict, model_text:
         page.append("</table>")
     (folder / "report.html").write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>fedmine report</title>"
-        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td{padding:2px 10px;border-bottom:1px solid #ddd}</style>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "td{padding:2px 10px;border-bottom:1px solid #ddd}</style>"
         "</head><body>" + "\n".join(page) + "</body></html>"
     )
     return folder / "report.md"

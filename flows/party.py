@@ -13,8 +13,8 @@ import threading
 from prefect import flow, get_run_logger
 
 from fedmine.config import load_config
-from fedmine.federation.remote import listen_address, serve
-from flows.prepare import prepare_organisation
+from fedmine.party.server import listen_address, serve
+from fedmine.flows.prepare import prepare_organisation
 
 
 @flow(name="party-server", flow_run_name="party-{org}", validate_parameters=False)

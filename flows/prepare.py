@@ -9,12 +9,12 @@ from __future__ import annotations
 from prefect import flow
 
 from fedmine.config import FederationConfig
-from fedmine.federation.party import LocalParty
-from tasks.prepare import harmonise_frame, load_source, make_party
+from fedmine.party.organisation import Party
+from fedmine.tasks.data import harmonise_frame, load_source, make_party
 
 
 @flow(name="prepare-organisation", flow_run_name="prepare-{org}", validate_parameters=False)
-def prepare_organisation(cfg: FederationConfig, org: str) -> LocalParty:
+def prepare_organisation(cfg: FederationConfig, org: str) -> Party:
     """Load the organisation's source, map it onto the canonical schema, split it."""
     raw = load_source(cfg, org)
     canonical = harmonise_frame(raw, cfg, org)

@@ -15,9 +15,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fedmine.config import FederationConfig, load_config
-from fedmine.schema.profile import ProfileParty
-from tasks.prepare import harmonise_frame, load_source
-from tasks.profile import make_profile_party, record_profile, run_profile
+from fedmine.schema.profiler import ProfileParty
+from fedmine.tasks.data import harmonise_frame, load_source
+from fedmine.tasks.profiling import make_profile_party, record_profile, run_profile
 
 
 @flow(name="profile-organisation", flow_run_name="profile-{org}", validate_parameters=False)

@@ -19,8 +19,8 @@ from fedmine import progress, report
 from fedmine.config import FederationConfig, load_config
 from fedmine.schema.check import log_check
 from fedmine.tracking import Tracker, summary_json
-from flows.prepare import prepare_organisation
-from tasks.train import connect_party, local_baselines, run_round, start_federation
+from fedmine.flows.prepare import prepare_organisation
+from fedmine.tasks.rounds import connect_party, local_baselines, run_round, start_federation
 
 
 @task(name="prepare", cache_policy=NO_CACHE, task_run_name="prepare-{org}")
@@ -61,7 +61,7 @@ def federated_training(
         first = 1
         if checkpoint is None:
             for name, d in coord.descriptions.items():
-                tracker.start_organisation(name, rows=d["rows_train"] + d["rows_valid"], report=reports[name])
+                tracker.start_organisation(name, rows=d["n_rows"] + d["n_valid"], report=reports[name])
         else:
             first = coord.restore(*checkpoint)
 

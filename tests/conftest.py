@@ -18,7 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
-from tests.support.postgres import PostgresUnavailable, running_postgres  # noqa: E402
+from tests.support.postgres import PostgresUnavailable, running_postgres
 
 DEMO_ROUNDS = 40  # the demo config's training.rounds
 
@@ -68,7 +68,7 @@ def demo_config(tmp_path_factory, store) -> Path:
 @pytest.fixture(scope="session")
 def trained(prefect_harness, demo_config, tmp_path_factory) -> dict:
     """The demo federation trained once through the Prefect flow, as configured (bagging)."""
-    from flows.train import federated_training
+    from fedmine.flows.train import federated_training
 
     summary_path = tmp_path_factory.mktemp("summary") / "summary.json"
     summary = federated_training(str(demo_config), [], str(summary_path))

@@ -111,7 +111,7 @@ def test_predict_scores_rows_in_order(trained, tmp_path, monkeypatch, capsys):
     new_rows = raw.drop(columns=["default_flag"]).sample(frac=1.0, random_state=3).head(50)
     new_rows.to_csv(tmp_path / "new.csv", sep=";", index=False)
     out = tmp_path / "scored.csv"
-    code, stdout, err = call_main(monkeypatch, capsys, "predict", cfg_path, "--model", trained["summary"]["model_file"],
+    code, _, err = call_main(monkeypatch, capsys, "predict", cfg_path, "--model", trained["summary"]["model_file"],
                                   "--org", "bank", "--input", tmp_path / "new.csv", "--output", out)
     assert code == 0, err
     scored = pd.read_csv(out)
@@ -185,9 +185,9 @@ def test_ui_serves_run_and_round_history(trained, store):
             try:
                 with urllib.request.urlopen(base + "/health", timeout=2):
                     break
-            except OSError:
+            except OSError as exc:
                 if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError("MLflow UI did not start")
+                    raise AssertionError("MLflow UI did not start") from exc
                 time.sleep(0.5)
         run_id = trained["summary"]["run_id"]
         run = _get(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]

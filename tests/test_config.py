@@ -70,7 +70,7 @@ def test_set_overrides_by_dotted_path(cfg_file):
     [
         (["training.strategy=boost"], r"federation.yaml: training.strategy: 'boost' is not allowed; allowed: histogram, bagging, cyclic, local"),
         (["training.roundz=3"], r"training.roundz: unknown key; allowed: strategy, rounds, "),
-        (["training.rounds=0"], r"training.rounds: input should be greater than or equal to 1"),
+        (["training.rounds=0"], r"training.rounds: must be an integer in \[1, 100000\], got 0"),
         (["objective=ranking"], r"objective: 'ranking' is not allowed; allowed: binary, multiclass, regression, poisson, tweedie"),
         (["organisations.bank.colour=red"], r"organisations.bank.colour: unknown key; allowed: source, endpoint, read, rename"),
         (["organisations.bank.values.zip={a: b}"], r"organisations.bank.values.zip: not a canonical column; allowed: age, defaulted, income, region"),
@@ -116,3 +116,86 @@ def test_two_columns_onto_one_feature(cfg_file):
 def test_category_needs_vocabulary(cfg_file):
     with pytest.raises(ConfigError, match=r"features.region: .*needs 'categories'"):
         load_config(cfg_file, ["features.region={type: category}"])
+
+
+def test_num_leaves_beyond_the_engine_is_rejected_at_load(cfg_file):
+    """40000 leaves do not fit the engine's node slots: refused when the config loads, not after the run started."""
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg_file, ["training.num_leaves=40000"])
+    message = str(exc.value)
+    assert message == f"{cfg_file}: training.num_leaves: must be an integer in [2, 32768], got 40000"
+    assert "\n" not in message
+    assert load_config(cfg_file, ["training.num_leaves=32768"]).training.num_leaves == 32768
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["training.max_bin=256"], r"training.max_bin: must be an integer in \[2, 255\], got 256"),
+    (["training.learning_rate=0"], r"training.learning_rate: must be a number in \(0, 1\], got 0.0"),
+    (["training.seed=-1"], r"training.seed: must be an integer in \[0, 9223372036854775807\], got -1"),
+    (["training.min_data_in_leaf=2147483648"], r"training.min_data_in_leaf: must be an integer in \[0, 2147483647\]"),
+    (["training.tweedie_variance_power=1"], r"training.tweedie_variance_power: must be a number in \(1, 2\), got 1.0"),
+    (["training.num_leaves=many"], r"training.num_leaves: must be an integer in \[2, 32768\], got 'many'"),
+    (["training.n_estimators=5"], r"training: rounds and n_estimators both set rounds \(they are aliases\); give one"),
+    (["training.max_leaves=7", "training.num_leaf=9"], r"training: num_leaves and max_leaves and num_leaf both set"),
+])
+def test_training_errors_name_the_key_and_allowed_range(cfg_file, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(cfg_file, overrides)
+
+
+def test_training_accepts_lightgbm_aliases(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text(ISSUE_EXAMPLE.replace("  rounds: 30\n", "  n_estimators: 12\n")
+                    .replace("  learning_rate: 0.1\n", "  eta: 0.05\n")
+                    .replace("  num_leaves: 31\n", "  max_leaves: 15\n  reg_lambda: 0.5\n  subsample: 0.8\n"
+                             "  colsample_bytree: 0.9\n  min_child_samples: 5\n"))
+    cfg = load_config(path)
+    t = cfg.training
+    assert (t.rounds, t.num_leaves, t.lambda_l2, t.bagging_fraction) == (12, 15, 0.5, 0.8)
+    assert (t.feature_fraction, t.min_data_in_leaf, t.learning_rate) == (0.9, 5, 0.05)
+    assert t.lightgbm_params("binary", None)["num_leaves"] == 15
+    assert load_config(path, ["training.n_estimators=3"]).training.rounds == 3
+    with pytest.raises(ConfigError, match=r"training.max_leaves: must be an integer in \[2, 32768\], got 40000"):
+        load_config(path, ["training.max_leaves=40000"])
+
+
+def test_yaml_numbers_written_as_text_still_load(tmp_path):
+    """YAML reads 1e-3 as text; the documented keys keep taking it."""
+    path = tmp_path / "f.yaml"
+    path.write_text(ISSUE_EXAMPLE.replace("  seed: 7\n", "  seed: 7\n  min_sum_hessian_in_leaf: 1e-2\n  lambda_l2: 1e1\n"))
+    t = load_config(path).training
+    assert (t.min_sum_hessian_in_leaf, t.lambda_l2) == (0.01, 10.0)
+
+
+def test_resolved_config_keeps_rounds_and_reloads(cfg_file):
+    from fedmine.config import config_from_dict, resolved_dict
+
+    cfg = load_config(cfg_file, ["training.rounds=12"])
+    training = resolved_dict(cfg)["training"]
+    assert training["rounds"] == 12 and "num_boost_round" not in training
+    assert list(training)[:2] == ["strategy", "rounds"]
+    assert config_from_dict(resolved_dict(cfg)).training == cfg.training
+
+
+def test_defaults_are_unchanged():
+    from fedmine.config import TrainingSpec
+
+    t = TrainingSpec()
+    assert (t.strategy, t.rounds, t.seed, t.learning_rate, t.num_leaves, t.max_bin) == ("bagging", 30, 7, 0.1, 31, 255)
+    assert t.lightgbm_params("binary", None) == {
+        "objective": "binary", "learning_rate": 0.1, "num_leaves": 31, "max_depth": -1, "min_data_in_leaf": 20,
+        "min_sum_hessian_in_leaf": 1e-3, "lambda_l1": 0.0, "lambda_l2": 0.0, "min_gain_to_split": 0.0,
+        "feature_fraction": 1.0, "bagging_fraction": 1.0, "bagging_freq": 0, "max_bin": 255, "max_cat_threshold": 32,
+        "cat_smooth": 10.0, "cat_l2": 10.0, "min_data_per_group": 100, "max_cat_to_onehot": 4, "seed": 7,
+        "deterministic": True, "force_row_wise": True, "num_threads": 0, "verbosity": -1}
+    engine = t.engine_params("multiclass", 3, "multi_logloss")
+    assert (engine["num_boost_round"], engine["num_class"], engine["seed"], engine["lookahead"]) == (30, 3, 7, 2)
+
+
+def test_every_training_key_is_documented():
+    from fedmine.config import TrainingSpec
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    section = text[text.index("## training"):text.index("## privacy")]
+    for name, field in TrainingSpec.model_fields.items():
+        assert f"`{field.serialization_alias or name}`" in section, name

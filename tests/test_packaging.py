@@ -1,4 +1,4 @@
-"""The distribution ships the engine and the orchestration skin, and the console script."""
+"""The distribution ships the engine and the orchestration skin under fedmine, and the console script."""
 
 from __future__ import annotations
 
@@ -7,20 +7,50 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_wheel_ships_flows_tasks_connectors_and_script(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
-    (wheel,) = tmp_path.glob("fedmine-*.whl")
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+                   check=True, capture_output=True, cwd=out)
+    (path,) = out.glob("fedmine-*.whl")
+    return path
+
+
+def test_wheel_ships_flows_tasks_connectors_inside_fedmine(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("fedmine/cli.py", "fedmine/federation/coordinator.py", "flows/train.py", "flows/prepare.py",
-                   "tasks/prepare.py", "tasks/train.py", "connectors/__init__.py"):
+    for module in ("fedmine/cli.py", "fedmine/protocol.py", "fedmine/coordinator/training.py",
+                   "fedmine/party/organisation.py", "fedmine/flows/train.py", "fedmine/flows/prepare.py",
+                   "fedmine/tasks/data.py", "fedmine/tasks/rounds.py", "fedmine/connectors/__init__.py"):
         assert module in names, module
-    assert not any(n.startswith("tests/") for n in names)
+    tops = {n.split("/", 1)[0] for n in names if not n.startswith("fedmine-")}
+    assert tops == {"fedmine"}, tops  # no generic top-level names (flows, tasks, connectors) in site-packages
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "fedmine = fedmine.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+@pytest.mark.slow
+def test_installed_wheel_works_from_anywhere(wheel, tmp_path):
+    """``pip install`` of the wheel, then ``fedmine`` and its subpackages from a folder that is not the checkout."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    assert not (target / "flows").exists() and not (target / "connectors").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(target)}
+    code = ("import fedmine, fedmine.flows.train, fedmine.connectors, fedmine.tasks.rounds; "
+            "print(fedmine.__file__); print(fedmine.flows.train.__file__); print(fedmine.connectors.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=elsewhere,
+                         env=env).stdout.split()
+    assert len(out) == 3 and all(line.startswith(str(target / "fedmine")) for line in out), out
+    help_text = subprocess.run([str(target / "bin" / "fedmine"), "--help"], check=True, capture_output=True,
+                               text=True, cwd=elsewhere, env=env)
+    assert "demo" in help_text.stdout and "run" in help_text.stdout
 
 
 def test_engine_does_not_import_prefect():

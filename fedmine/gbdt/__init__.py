@@ -12,19 +12,19 @@ Training::
     train(party, params, *, categorical=None, feature_names=None, n_grid=16384, callback=None) -> Model
     train_pooled(X, y, params, *, categorical=None, feature_names=None, X_valid=None, y_valid=None) -> Model
     train_partitioned(parts, params, *, categorical=None, feature_names=None, row_ids=None,
-                      valid_parts=None, return_group=False) -> Model | (Model, PartyGroup)
+                      valid_parts=None, return_group=False) -> Model | (Model, EngineGroup)
 
-Party side (what a federation wires to messages; see :mod:`fedmine.gbdt.party`)::
+Party side (the engine calls of the protocol table, :mod:`fedmine.protocol`; see :mod:`fedmine.gbdt.state`)::
 
-    PartyState(X, y, *, row_ids=None, X_valid=None, y_valid=None)
+    EngineState(X, y, *, row_ids=None, X_valid=None, y_valid=None)
         describe() -> dict;  feature_ranges() -> (F, 2);  grid_counts(grids, categorical) -> (F, G+1)
         set_bins(mapper);  label_stats(params) -> int64;  configure(params, init_scores)
         begin_round(iteration, last_trees) -> (K, 2) bounds
         start_trees(iteration, grad_scales, hess_scales, *, count_bits, max_nodes)
         histograms(node_ids) -> int64 (n, F, max_bin + 1, 3)
         apply_split(node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id)
-        finish(last_trees);  evaluate(metric) -> int64
-    PartyGroup(parties, *, n_threads=None)   K parties seen as one (merges answers;
+        finish(last_trees);  metric_stats(metric) -> int64
+    EngineGroup(parties, *, n_threads=None)   K parties seen as one (merges answers;
                                              .source counts exchanges_ and bytes)
     HistogramSource, LocalRows, SumOfSources, NODE_STRIDE   (the grower's boundary)
 
@@ -40,9 +40,9 @@ value raises :class:`fedmine.errors.ConfigError` naming the key. Engine-only
 keys: ``lookahead`` (extra leaves opened per exchange, default 2: fewer
 exchanges, identical trees) and ``packed`` ("auto" / "off").
 
-A federation layer wires one message per PartyState call; the coordinator side
+A federation layer wires one message per EngineState call; the coordinator side
 is :func:`train` given an object with the same calls that forwards them and
-merges the answers as :class:`PartyGroup` does (sum, max, min/max, broadcast).
+merges the answers as :class:`EngineGroup` does (sum, max, min/max, broadcast).
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ from fedmine.gbdt.export import to_lightgbm_text
 from fedmine.gbdt.model import Model, Tree
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.params import Params, make_params
-from fedmine.gbdt.party import PartyGroup, PartyState
 from fedmine.gbdt.predictor import predict_raw
-from fedmine.gbdt.privacy import DPConfig
-from fedmine.gbdt.source import NODE_STRIDE, HistogramSource, LocalRows, SumOfSources
+from fedmine.gbdt.rows import NODE_STRIDE, HistogramSource, LocalRows, SumOfSources
+from fedmine.gbdt.state import EngineGroup, EngineState
+from fedmine.privacy.noise import DPConfig
 
 
 def predict(model: Model, X) -> np.ndarray:
@@ -84,15 +84,15 @@ def predict(model: Model, X) -> np.ndarray:
 
 
 __all__ = [
+    "NODE_STRIDE",
     "BinMapper",
     "DPConfig",
+    "EngineGroup",
+    "EngineState",
     "HistogramSource",
     "LocalRows",
     "Model",
-    "NODE_STRIDE",
     "Params",
-    "PartyGroup",
-    "PartyState",
     "SumOfSources",
     "Tree",
     "bin_columns",

@@ -591,11 +591,11 @@ def bin_columns(X, mapper: BinMapper, *, parallel: bool = True) -> np.ndarray:
         raise DataError(f"X has {X.shape[1]} features, the bins were agreed for {mapper.n_features}")
     out = np.empty((X.shape[1], X.shape[0]), dtype=X_BINNED_DTYPE)
     X = np.ascontiguousarray(X)
-    if mapper.lut is not None:
-        g = mapper.grids
+    g = mapper.grids
+    if mapper.lut is not None and g is not None:  # a lookup table indexes the cells of its grid
         step = (g[:, -1] - g[:, 0]) / max(g.shape[1] - 1, 1)
-        kernel = _bin_columns_lut_kernel if parallel else _bin_columns_lut_serial_kernel
-        kernel(X, g, step, mapper.lut, mapper.n_bins, mapper.categorical, mapper.nan_bin, out)
+        lut_kernel = _bin_columns_lut_kernel if parallel else _bin_columns_lut_serial_kernel
+        lut_kernel(X, g, step, mapper.lut, mapper.n_bins, mapper.categorical, mapper.nan_bin, out)
     else:
         kernel = _bin_columns_kernel if parallel else _bin_columns_serial_kernel
         kernel(X, mapper.edges, mapper.n_bins, mapper.categorical, mapper.nan_bin, out)

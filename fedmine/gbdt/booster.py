@@ -1,8 +1,8 @@
 """The boosting loop: one code path for pooled and federated training.
 
 This module owns :func:`train`, which drives a *party-like* object (one
-:class:`~fedmine.gbdt.party.PartyState` holding every row, an in-process
-:class:`~fedmine.gbdt.party.PartyGroup`, or a remote federation implementing
+:class:`~fedmine.gbdt.state.EngineState` holding every row, an in-process
+:class:`~fedmine.gbdt.state.EngineGroup`, or a remote federation implementing
 the same calls) through binning, the initial score and the rounds::
 
     describe, feature_ranges -> grids; grid_counts -> BinMapper; set_bins
@@ -11,13 +11,13 @@ the same calls) through binning, the initial score and the rounds::
         begin_round(it, last trees) -> gradient bounds -> fixed-point scales
         start_trees(it, scales)      (parties quantise and bag)
         TreeGrower(...).grow()       (histograms / apply_split)
-        evaluate(metric)             (early stopping, from summed statistics)
+        metric_stats(metric)         (early stopping, from summed statistics)
 
 Every quantity the coordinator uses is an integer sum, a max, or an exact
 float sum, so the trees are the same bits whatever the partition of the rows.
 
 With ``dp=DPConfig(...)`` the :class:`Trainer` runs the same loop for
-differential privacy (:mod:`fedmine.gbdt.privacy`): fixed scales from
+differential privacy (:mod:`fedmine.privacy.noise`): fixed scales from
 ``dp_scale``, clipped gradients, unpacked accumulators, noise shares added by
 the parties after :meth:`Trainer.set_noise`, clamped sums, and a count of the
 releases.
@@ -35,8 +35,8 @@ from fedmine.gbdt.grower import TreeGrower, max_slots
 from fedmine.gbdt.model import Model, Tree
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.params import make_params
-from fedmine.gbdt.party import PartyGroup, PartyState
-from fedmine.gbdt.privacy import DPConfig, check_variances, dp_bounds, max_exchanges_per_round
+from fedmine.gbdt.state import EngineGroup, EngineState
+from fedmine.privacy.noise import DPConfig, check_variances, dp_bounds, max_exchanges_per_round
 from fedmine.gbdt.quantize import choose_scale
 from fedmine.gbdt.sampling import feature_mask
 
@@ -99,7 +99,7 @@ class Trainer:
 
     Parameters
     ----------
-    party : PartyState, PartyGroup, or any object with their calls
+    party : EngineState, EngineGroup, or any object with their calls
     params : dict or Params
     categorical, feature_names, n_grid : see :func:`train`
     ranges : ndarray of shape (n_features, 2), optional
@@ -314,7 +314,7 @@ class Trainer:
             self._bounds = party.begin_round(self._it, new)
         value = None
         if self._n_valid > 0:
-            value = obj.metric_value(params.metric, party.evaluate(params.metric), self._n_valid)
+            value = obj.metric_value(params.metric, party.metric_stats(params.metric), self._n_valid)
             self.history_.append(value)
             if self._best_score is None or self._sign * value > self._sign * self._best_score:
                 self._best_score, self._best_round = value, it
@@ -415,7 +415,7 @@ def train(party, params, *, categorical=None, feature_names=None, n_grid: int = 
 
     Parameters
     ----------
-    party : PartyState, PartyGroup, or any object with their calls
+    party : EngineState, EngineGroup, or any object with their calls
     params : dict or Params
         LightGBM-style parameters (see :mod:`fedmine.gbdt.params`).
     categorical : bool mask or index list, optional
@@ -450,11 +450,11 @@ def train(party, params, *, categorical=None, feature_names=None, n_grid: int = 
 
 def train_pooled(X, y, params, *, categorical=None, feature_names=None, X_valid=None, y_valid=None,
                  n_grid: int = binning.DEFAULT_GRID_SIZE, **dp_args) -> Model:
-    """Train on rows held in one place: one PartyState, the same code path.
+    """Train on rows held in one place: one EngineState, the same code path.
 
     ``dp_args``: ``dp``, ``noise_multiplier``, ``noise_seed`` of :func:`train`.
     """
-    party = PartyState(X, y, X_valid=X_valid, y_valid=y_valid)
+    party = EngineState(X, y, X_valid=X_valid, y_valid=y_valid)
     return train(party, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid, **dp_args)
 
 
@@ -470,7 +470,7 @@ def train_partitioned(parts, params, *, categorical=None, feature_names=None, ro
         rows are numbered in order, as if concatenated.
     valid_parts : list of (X_k, y_k) or None, optional
     return_group : bool
-        Also return the PartyGroup (its ``source`` counts exchanges and bytes).
+        Also return the EngineGroup (its ``source`` counts exchanges and bytes).
     dp_args
         ``dp``, ``noise_multiplier``, ``noise_seed`` of :func:`train`.
     """
@@ -479,9 +479,9 @@ def train_partitioned(parts, params, *, categorical=None, feature_names=None, ro
         row_ids = [np.arange(offsets[i], offsets[i + 1], dtype=np.uint64) for i in range(len(parts))]
     valid_parts = valid_parts or [None] * len(parts)
     parties = [
-        PartyState(X, y, row_ids=rid, X_valid=None if v is None else v[0], y_valid=None if v is None else v[1])
+        EngineState(X, y, row_ids=rid, X_valid=None if v is None else v[0], y_valid=None if v is None else v[1])
         for (X, y), rid, v in zip(parts, row_ids, valid_parts)
     ]
-    group = PartyGroup(parties)
+    group = EngineGroup(parties)
     model = train(group, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid, **dp_args)
     return (model, group) if return_group else model

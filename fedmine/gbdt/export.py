@@ -95,7 +95,8 @@ def tree_to_text(tree: Tree, index: int, *, bias: float = 0.0, shrinkage: float 
     def child(c):
         return str(split_index[c]) if nd[c]["is_leaf"] == 0 else str(-leaf_index[c] - 1)
 
-    words, boundaries = [], [0]
+    words: list[str] = []
+    boundaries = [0]
     for bits in tree.cat_bitsets:
         nz = np.flatnonzero(bits)
         used = bits[: (nz[-1] + 1 if nz.size else 1)]

@@ -1,7 +1,7 @@
 """Leaf-wise growth of the trees of one round against a HistogramSource.
 
 This module owns the coordinator's side of tree growth. It sees only summed
-integer histograms (:mod:`fedmine.gbdt.source`) and never a row. Every
+integer histograms (:mod:`fedmine.gbdt.rows`) and never a row. Every
 exchange carries a batch of nodes:
 
 * the trees of a round (one per class) grow in lockstep, one node each;
@@ -33,7 +33,7 @@ created, from its integer sums, and shrunk by ``learning_rate`` at the end.
 
 Differential privacy (``clamp=True``): summed histograms carry noise, so the
 hessian and count fields of every received histogram, and of every sibling
-``parent - smaller``, are clamped at 0 (:func:`~fedmine.gbdt.privacy.clamp_histograms`),
+``parent - smaller``, are clamped at 0 (:func:`~fedmine.privacy.noise.clamp_histograms`),
 and so are a new leaf's count and hessian. Gains and leaf outputs then stay
 finite (``leaf_output`` is 0 without hessian); everything is post-processing
 of the noisy sums. The nodes of one exchange are disjoint within each tree
@@ -47,13 +47,15 @@ node's rows in its partition.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from fedmine.gbdt.dtypes import CAT_BITSET_DTYPE, CAT_WORDS, COUNT, GRAD, HESS, NODE_DTYPE
 from fedmine.gbdt.model import Tree
-from fedmine.gbdt.privacy import clamp_histograms
-from fedmine.gbdt.source import NODE_STRIDE
+from fedmine.gbdt.rows import NODE_STRIDE
 from fedmine.gbdt.splitting import find_best_split, leaf_output
+from fedmine.privacy.noise import clamp_histograms
 
 #: Largest ``lookahead``.
 MAX_LOOKAHEAD = 7
@@ -73,10 +75,11 @@ class _TreeState:
         self.n_nodes = 1
         self.n_slots = 1
         self.leaf_slots = [0]  # LightGBM leaf index -> node
-        self.best = {}  # node -> (split record, bitset), leaves only
-        self.hist = {}  # node -> histogram, leaves that may split
-        self.opened = {}  # node -> [left slot, right slot, left hist, right hist] of a sent split
-        self.bitsets = []
+        self.best: dict[int, tuple[np.void, np.ndarray]] = {}  # node -> (split record, bitset), leaves only
+        self.hist: dict[int, np.ndarray] = {}  # node -> histogram, leaves that may split
+        # node -> [left slot, right slot, left hist, right hist] of a sent split (hists None until received)
+        self.opened: dict[int, list[Any]] = {}
+        self.bitsets: list[np.ndarray] = []
         self.n_splits = 0
         self.active = True
 
@@ -161,8 +164,16 @@ class TreeGrower:
         need = max(2 * self.rules.min_data_in_leaf, 2)
         return split["left_count"] >= need or split["right_count"] >= need
 
-    def _send_split(self, k: int, st: _TreeState, node: int, requests: list, pending: list, *,
-                    want_hist: bool = True) -> None:
+    def _send_split(
+        self,
+        k: int,
+        st: _TreeState,
+        node: int,
+        requests: list[int],
+        pending: list[tuple[int, _TreeState, int, bool]],
+        *,
+        want_hist: bool = True,
+    ) -> None:
         """Send ``node``'s best split to the parties and ask for its smaller child."""
         split, bits = st.best[node]
         left, right = st.n_slots, st.n_slots + 1
@@ -277,7 +288,9 @@ class TreeGrower:
         del roots
 
         while True:
-            requests, pending, ready = [], [], []
+            requests: list[int] = []
+            pending: list[tuple[int, _TreeState, int, bool]] = []
+            ready: list[tuple[int, _TreeState, int, int, int]] = []
             for k, st in enumerate(states):
                 while st.active:  # split this tree's best leaves until one needs an exchange
                     ranked = self._ranked_leaves(st) if len(st.leaf_slots) < self.num_leaves else []
@@ -315,7 +328,7 @@ class TreeGrower:
             if not requests:
                 break
             hists = self._receive(np.asarray(requests, dtype=np.int64))
-            for j, (k, st, node, small_left) in enumerate(pending):
+            for j, (_, st, node, small_left) in enumerate(pending):
                 small = hists[j]
                 large = st.hist[node] - small
                 if self.clamp:

@@ -38,7 +38,7 @@ class Tree:
     def leaf_ids(self) -> np.ndarray:
         return np.flatnonzero(self.nodes["is_leaf"])
 
-    def equal(self, other: "Tree") -> bool:
+    def equal(self, other: Tree) -> bool:
         """Bit-for-bit equality of nodes and bitsets."""
         return (
             self.nodes.dtype == other.nodes.dtype
@@ -47,7 +47,7 @@ class Tree:
         )
 
     @staticmethod
-    def single_leaf(value: float = 0.0, count: int = 0, hess: float = 0.0) -> "Tree":
+    def single_leaf(value: float = 0.0, count: int = 0, hess: float = 0.0) -> Tree:
         nodes = np.zeros(1, dtype=NODE_DTYPE)
         nodes[0]["is_leaf"] = 1
         nodes[0]["feature"] = -1
@@ -105,7 +105,7 @@ class Model:
     def n_rounds(self) -> int:
         return len(self.trees) // self.n_trees_per_round
 
-    def equal(self, other: "Model") -> bool:
+    def equal(self, other: Model) -> bool:
         return (
             len(self.trees) == len(other.trees)
             and all(a.equal(b) for a, b in zip(self.trees, other.trees))

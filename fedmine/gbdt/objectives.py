@@ -4,6 +4,9 @@ This module owns the per-row maths of each LightGBM objective the engine
 supports, and the aggregate statistics from which the initial score and the
 validation metrics are computed. Every aggregate is partition independent:
 counts are integers and float sums are exact (:mod:`fedmine.gbdt.quantize`).
+The metrics themselves (names, per-row values, AUC cells, the value when a
+class is absent) are defined in :mod:`fedmine.metrics`, so the value early
+stopping sees is the one the coordinator logs.
 
 =========== ======================= ============ ================ ===============
 objective   LightGBM line           trees/round  initial score    |g| / h bound
@@ -24,12 +27,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from fedmine import metrics as metric_defs
 from fedmine.errors import DataError
 from fedmine.gbdt.quantize import exact_sum_parts, exact_total
 
 K_EPSILON = 1e-15
 #: Number of score cells per label in the AUC histogram (over the sigmoid).
-AUC_CELLS = 1 << 16
+AUC_CELLS = metric_defs.AUC_CELLS
 
 
 def _sigmoid(x):
@@ -40,12 +44,17 @@ class Objective:
     """Base class: one instance per training, configured from params."""
 
     name = ""
-    metric = ""
+    #: The metrics ``params.metric`` may name (fedmine.metrics.ENGINE_METRICS); the first is the default.
     metrics: tuple = ()
+    metric = ""
     n_trees = 1
     grad_bound: float | None = None  # known a priori, else exchanged per round
     hess_bound: float | None = None
-    higher_is_better = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.metrics = metric_defs.ENGINE_METRICS[cls.name]
+        cls.metric = cls.metrics[0]
 
     def lightgbm_line(self) -> str:
         return self.name
@@ -80,32 +89,23 @@ class Objective:
         """Raw scores of shape (n_trees, n_rows) -> predictions (n_rows,) or (n_rows, K)."""
         return raw[0]
 
-    # metrics -----------------------------------------------------------
+    # metrics: the definitions are fedmine.metrics'; the sums are exact here too
     def metric_stats(self, metric: str, y: np.ndarray, score: np.ndarray) -> np.ndarray:
         """Party side: summable int64 statistics of ``metric`` over its rows (add parties' arrays)."""
         if metric == "auc":
-            p = _sigmoid(score[0])
-            cell = np.minimum((p * AUC_CELLS).astype(np.int64), AUC_CELLS - 1)
-            pos = y > 0.5
-            out = np.zeros((2, AUC_CELLS), dtype=np.int64)
-            out[0] = np.bincount(cell[~pos], minlength=AUC_CELLS)
-            out[1] = np.bincount(cell[pos], minlength=AUC_CELLS)
-            return out
+            return metric_defs.auc_histograms(y, score[0])
         return exact_sum_parts(self.loss(metric, y, score))
 
     def metric_value(self, metric: str, stats: np.ndarray, n_total: int) -> float:
+        """The metric from summed :meth:`metric_stats`: the logged ``global.<metric>`` of the same rows."""
         if metric == "auc":
-            neg, pos = stats[0].astype(np.float64), stats[1].astype(np.float64)
-            n_pos, n_neg = pos.sum(), neg.sum()
-            if n_pos == 0 or n_neg == 0:
-                return 1.0
-            neg_below = np.cumsum(neg) - neg
-            return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
-        mean = exact_total(stats) / max(n_total, 1)
-        return float(np.sqrt(mean)) if metric == "rmse" else mean
+            return metric_defs.auc_from_histograms(stats)
+        return metric_defs.value_from_mean(metric, exact_total(stats) / max(n_total, 1))
 
     def loss(self, metric: str, y: np.ndarray, score: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Per-row values of a mean metric (:func:`fedmine.metrics.row_values`)."""
+        raw = score[0] if self.n_trees == 1 else score.T
+        return metric_defs.row_values(metric, y, raw, self.name)
 
 
 def _bounds(g, h):
@@ -181,8 +181,6 @@ def _run(kernel, y, score, *args):
 
 class Binary(Objective):
     name = "binary"
-    metric = "binary_logloss"
-    metrics = ("binary_logloss", "auc")
     grad_bound = 1.0
     hess_bound = 0.25
     sigmoid = 1.0
@@ -214,15 +212,9 @@ class Binary(Objective):
     def transform(self, raw):
         return _sigmoid(self.sigmoid * raw[0])
 
-    def loss(self, metric, y, score):
-        p = np.clip(_sigmoid(score[0]), K_EPSILON, 1.0 - K_EPSILON)
-        return -np.where(y > 0, np.log(p), np.log(1.0 - p))
-
 
 class Multiclass(Objective):
     name = "multiclass"
-    metric = "multi_logloss"
-    metrics = ("multi_logloss",)
     grad_bound = 1.0
 
     def __init__(self, num_class: int):
@@ -257,16 +249,9 @@ class Multiclass(Objective):
     def transform(self, raw):
         return self._softmax(raw).T
 
-    def loss(self, metric, y, score):
-        p = self._softmax(score)
-        py = p[y.astype(np.int64), np.arange(y.shape[0])]
-        return -np.log(np.maximum(py, K_EPSILON))
-
 
 class Regression(Objective):
     name = "regression"
-    metric = "l2"
-    metrics = ("l2", "rmse")
     hess_bound = 1.0
 
     def init_scores(self, stats, n_total):
@@ -278,14 +263,9 @@ class Regression(Objective):
     def gradients_and_bounds(self, y, score):
         return _run(_l2_kernel, y, score)
 
-    def loss(self, metric, y, score):
-        return (score[0] - y) ** 2
-
 
 class Poisson(Objective):
     name = "poisson"
-    metric = "poisson"
-    metrics = ("poisson", "rmse", "l2")
 
     def __init__(self, max_delta_step: float = 0.7):
         self.max_delta_step = float(max_delta_step)
@@ -308,17 +288,9 @@ class Poisson(Objective):
     def transform(self, raw):
         return np.exp(raw[0])
 
-    def loss(self, metric, y, score):
-        if metric in ("rmse", "l2"):
-            return (np.exp(score[0]) - y) ** 2
-        mu = np.exp(score[0])
-        return mu - y * score[0]
-
 
 class Tweedie(Poisson):
     name = "tweedie"
-    metric = "tweedie"
-    metrics = ("tweedie", "rmse", "l2")
 
     def __init__(self, variance_power: float = 1.5):
         self.rho = float(variance_power)
@@ -335,12 +307,7 @@ class Tweedie(Poisson):
         return _run(_tweedie_kernel, y, score, self.rho)
 
     def loss(self, metric, y, score):
-        if metric in ("rmse", "l2"):
-            return (np.exp(score[0]) - y) ** 2
-        rho = self.rho
-        a = y * np.exp((1.0 - rho) * score[0]) / (1.0 - rho)
-        b = np.exp((2.0 - rho) * score[0]) / (2.0 - rho)
-        return -a + b
+        return metric_defs.row_values(metric, y, score[0], self.name, tweedie_variance_power=self.rho)
 
 
 OBJECTIVES = ("binary", "multiclass", "regression", "poisson", "tweedie")

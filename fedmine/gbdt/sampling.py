@@ -96,7 +96,7 @@ def feature_mask(n_features: int, *, seed: int, iteration: int, tree: int, fract
     mask = np.ones(n_features, dtype=bool)
     if fraction >= 1.0:
         return mask
-    k = max(1, int(round(n_features * fraction)))
+    k = max(1, round(n_features * fraction))
     rng = np.random.default_rng([seed, iteration, tree])
     mask[:] = False
     mask[rng.choice(n_features, size=k, replace=False)] = True

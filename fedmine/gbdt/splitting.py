@@ -277,7 +277,7 @@ def _best_split_kernel(hist, allowed, n_bins, is_cat, nan_bin, inv_sg, inv_sh, p
                         if cnt_group < min_data_per_group:
                             i += 1
                             continue
-                        cnt_group = 0
+                        cnt_group = np.int64(0)
                         gain = _leaf_gain(lg * inv_sg, flh, l1, l2) + _leaf_gain((tg - lg) * inv_sg, frh, l1, l2)
                         if gain > min_gain_shift and gain > f_gain:
                             f_gain = gain

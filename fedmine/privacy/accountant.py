@@ -42,8 +42,8 @@ Gaussian mechanism with noise multiplier ``z``, whatever the fields' units.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import dp_accounting
 import numpy as np
@@ -201,7 +201,7 @@ class PrivacyAccountant:
         ``(noise_multiplier, count)`` in order, runs of the same multiplier merged.
     """
 
-    def __init__(self, delta: float, *, mechanism: str = SKELLAM, sensitivity: Optional[Sensitivity] = None,
+    def __init__(self, delta: float, *, mechanism: str = SKELLAM, sensitivity: Sensitivity | None = None,
                  accounting: str = RDP):
         self.delta = delta
         self.mechanism = mechanism
@@ -232,9 +232,12 @@ class PrivacyAccountant:
             return 0.0
         delta = float(self.delta)
         if self.mechanism == SKELLAM:
+            sensitivity = self.sensitivity
+            if sensitivity is None:
+                raise ValueError("the skellam mechanism needs a Sensitivity, got None")
             rdp = np.zeros(len(SKELLAM_ORDERS))
             for z, count in ledger:
-                rdp += count * skellam_rdp(z, self.sensitivity, SKELLAM_ORDERS)
+                rdp += count * skellam_rdp(z, sensitivity, SKELLAM_ORDERS)
             return float(rdp_privacy_accountant.compute_epsilon(SKELLAM_ORDERS, rdp, delta)[0])
         event = dp_accounting.ComposedDpEvent(
             [dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), c) for z, c in ledger])

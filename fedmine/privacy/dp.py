@@ -42,7 +42,6 @@ picks ``s`` with ``bound * s <= 2**row_bits`` (default 2**12).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 
@@ -185,7 +184,7 @@ def histogram_sensitivity(n_features: int, *, grad_bound: float, hess_bound: flo
 # ---------------------------------------------------------------------------
 
 
-def skellam_noise(shape, variance, *, n_parties: int = 1, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def skellam_noise(shape, variance, *, n_parties: int = 1, rng: np.random.Generator | None = None) -> np.ndarray:
     """One party's share of symmetric Skellam noise.
 
     Each of ``n_parties`` parties adds ``Poisson(v / (2 K)) - Poisson(v / (2 K))``;
@@ -221,7 +220,7 @@ def skellam_noise(shape, variance, *, n_parties: int = 1, rng: Optional[np.rando
     return rng.poisson(lam).astype(np.int64) - rng.poisson(lam).astype(np.int64)
 
 
-def add_noise_share(hist, variances, *, n_parties: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def add_noise_share(hist, variances, *, n_parties: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """``hist`` plus this party's Skellam share, as a new int64 array.
 
     Parameters
@@ -252,7 +251,7 @@ def add_noise_share(hist, variances, *, n_parties: int, rng: Optional[np.random.
 # ---------------------------------------------------------------------------
 
 
-def calibrate(epsilon: float, delta: float, releases: int, sensitivity: Optional[Sensitivity], *,
+def calibrate(epsilon: float, delta: float, releases: int, sensitivity: Sensitivity | None, *,
               mechanism: str = SKELLAM, accounting: str = RDP, rtol: float = 1e-4) -> float:
     """Smallest noise multiplier with which ``releases`` releases cost at most ``epsilon``.
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -49,9 +48,9 @@ class PrivacyReceipt:
     n_parties: int
     mechanism: str = NO_DP
     parameters: dict = field(default_factory=dict)
-    epsilon_per_round: Optional[float] = None
-    epsilon_total: Optional[float] = None
-    delta: Optional[float] = None
+    epsilon_per_round: float | None = None
+    epsilon_total: float | None = None
+    delta: float | None = None
     releases: int = 0
     covers: str = COVERS_HISTOGRAMS
 
@@ -79,7 +78,7 @@ class PrivacyReceipt:
 
     @classmethod
     def from_accountant(cls, accountant, *, secure_aggregation: bool, n_parties: int, noise_multiplier: float,
-                        releases_per_round: int) -> "PrivacyReceipt":
+                        releases_per_round: int) -> PrivacyReceipt:
         """Receipt of a training whose releases all used ``noise_multiplier``.
 
         Parameters
@@ -111,7 +110,7 @@ class PrivacyReceipt:
         )
 
 
-def _number(value) -> Optional[float]:
+def _number(value) -> float | None:
     if value is None:
         return None
     value = float(value)

@@ -40,8 +40,9 @@ import hashlib
 import struct
 import sys
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence, Union
+from typing import ClassVar
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -71,7 +72,7 @@ MAX_STREAM_ENTRIES = (2**32 * 64) // MASKED_DTYPE.itemsize
 _PAIR_KEY_LABEL = b"fedmine/secure-agg/pair-key/v1"
 _NONCE_LABEL = b"fedmine/secure-agg/nonce/v1"
 
-MessageId = Union[int, str]
+MessageId = int | str
 
 
 class SecureAggregationError(FedmineError):
@@ -232,7 +233,7 @@ def _fill_stream(key: bytes, nonce: bytes, zeros: memoryview, out: np.ndarray) -
     across calls; the keystream is the same words :func:`mask_stream` returns.
     """
     encryptor = Cipher(algorithms.ChaCha20(bytes(key), bytes(nonce)), mode=None).encryptor()
-    encryptor.update_into(zeros[: out.nbytes], out.view(np.uint8))
+    encryptor.update_into(zeros[: out.nbytes], out.view(np.uint8).data)
 
 
 # ---------------------------------------------------------------------------
@@ -274,6 +275,9 @@ class Masker:
         With a single peer (two parties), each learns the other's array.
     """
 
+    #: :func:`unmask_sum` (attached below its definition).
+    unmask_sum: ClassVar[Callable[[Sequence[np.ndarray]], np.ndarray]]
+
     def __init__(self, name: str, keypair: KeyPair, peers: Mapping[str, bytes], training_id: str):
         self.name = name
         self.keypair = keypair
@@ -298,7 +302,7 @@ class Masker:
         self.active_peers_: tuple[str, ...] = tuple(sorted(others))
         self.epoch_ = 0
         self._used_ids: set = set()
-        self._scratch = None
+        self._scratch: tuple[memoryview, np.ndarray] | None = None
         if len(self.active_peers_) == 1:
             _two_party_warning(name, self.active_peers_[0])
 

@@ -42,7 +42,7 @@ class CheckReport:
     organisations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def from_reports(cls, cfg: FederationConfig, reports: dict[str, dict[str, Any]]) -> "CheckReport":
+    def from_reports(cls, cfg: FederationConfig, reports: dict[str, dict[str, Any]]) -> CheckReport:
         """Gather organisations' harmonisation reports (for example ``party.report`` of each party)."""
         features = {n: f.model_dump(mode="json", exclude_none=True) for n, f in cfg.features.items()}
         return cls(cfg.name, features, {org: dict(r) for org, r in reports.items()})
@@ -151,7 +151,7 @@ class CheckReport:
 
 def check_organisation(cfg: FederationConfig, org: str) -> dict[str, Any]:
     """Inside ``org``: load its source and harmonise with every violation collected; return the report."""
-    import connectors
+    from fedmine import connectors
     from fedmine.schema.harmonise import harmonise
 
     spec = cfg.organisations[org]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmine.schema.profile import PERCENTILES, psi
+from fedmine.schema.profiler import PERCENTILES, psi
 
 #: Deciles of the current federation: the bins of a numeric feature's drift.
 _DECILES = [9, 19, 29, 39, 49, 59, 69, 79, 89]  # indexes of p10 .. p90 in PERCENTILES

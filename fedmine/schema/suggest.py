@@ -131,7 +131,7 @@ class ColumnSummary:
 
 def summarise_column(name: str, col: pd.Series) -> ColumnSummary:
     """A source column's kind, missing markers, sentinels, quantiles or value counts."""
-    rows = int(len(col))
+    rows = len(col)
     present = col[col.notna()]
     text = present.astype(str).str.strip()
     words = sorted({v for v in text.unique() if v.lower() in MISSING_WORDS})
@@ -206,7 +206,7 @@ def _vocab_overlap(values: dict[str, int], vocab: list[str]) -> float:
 
 def score_pair(col: ColumnSummary, feature: str, spec, fed: dict[str, Any] | None) -> Candidate | None:
     """The evidence that ``col`` is ``feature``; None when its values cannot be that type."""
-    from fedmine.schema.profile import nearest_factor
+    from fedmine.schema.profiler import nearest_factor
 
     kind = spec.type if spec is not None else "label"
     cand = Candidate(col.name, feature, name_similarity(col.name, feature), 0.0, 0.5)
@@ -329,8 +329,8 @@ def suggest_mapping(cfg: FederationConfig, org: str) -> Suggestion:
     ConfigError
         ``org`` is not in the config, or there is no other organisation to compare with.
     """
-    import connectors
-    from fedmine.schema.profile import profile_federation
+    from fedmine import connectors
+    from fedmine.schema.profiler import profile_federation
 
     if org not in cfg.organisations:
         raise ConfigError(f"--org {org}: not an organisation of {cfg.name}; allowed: {', '.join(cfg.organisations)}")

@@ -59,7 +59,7 @@ def previous_profile(tracker: Tracker, artifact: str) -> tuple[str, dict[str, An
 
 
 def log_profile(cfg: FederationConfig, profile) -> str:
-    """Record a :class:`~fedmine.schema.profile.FederatedProfile` as a profile run; return its id.
+    """Record a :class:`~fedmine.schema.profiler.FederatedProfile` as a profile run; return its id.
 
     Compares it with the latest earlier profile run (``profile.drift`` is
     filled in), logs ``drift.<org>.<feature>`` and ``psi.<org>.<feature>``
@@ -67,7 +67,7 @@ def log_profile(cfg: FederationConfig, profile) -> str:
     ``profile/``.
     """
     from fedmine.schema.drift import drift
-    from fedmine.schema.profile import PROFILE_DIR, PROFILE_JSON, write_report
+    from fedmine.schema.profiler import PROFILE_DIR, PROFILE_JSON, write_report
 
     tracker = start_profile_run(cfg)
     try:

@@ -9,7 +9,7 @@ import pandas
 import pytest
 import sqlalchemy as sa
 
-from connectors import load
+from fedmine.connectors import load
 from fedmine.errors import ConnectorError
 from tests.support.postgres import free_port
 
@@ -287,7 +287,7 @@ def test_unreachable_database_is_transient_and_bad_input_is_not(tmp_path):
     """The flow retries a source only when trying again may help."""
     import socket
 
-    from connectors import load
+    from fedmine.connectors import load
     from fedmine.errors import ConnectorError
 
     with socket.socket() as s:

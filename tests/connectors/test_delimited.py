@@ -6,7 +6,7 @@ import pandas
 import pyarrow.fs
 import pytest
 
-from connectors import load
+from fedmine.connectors import load
 from fedmine.errors import ConnectorError
 
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import connectors
-from connectors import SUPPORTED, load
-from connectors.source import mask
+from fedmine import connectors
+from fedmine.connectors import SUPPORTED, load
+from fedmine.connectors.source import mask
 from fedmine.errors import ConnectorError, FedmineError
 
 SUPPORTED_LIST = re.escape(

@@ -17,6 +17,8 @@ def test_server_answers_on_loopback(postgres_url):
 def test_missing_binaries_point_to_the_install_script(tmp_path, monkeypatch):
     monkeypatch.setattr(postgres.shutil, "which", lambda name: None)
     monkeypatch.setattr(postgres, "SEARCH_DIRS", (str(tmp_path / "nowhere" / "*"),))
-    with pytest.raises(postgres.PostgresUnavailable, match=r"run \.ci/ensure-postgres"):
-        with postgres.running_postgres(tmp_path):
-            pass
+    with (
+        pytest.raises(postgres.PostgresUnavailable, match=r"run \.ci/ensure-postgres"),
+        postgres.running_postgres(tmp_path),
+    ):
+        pass

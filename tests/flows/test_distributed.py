@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedmine.federation.certs import init_ca, issue
+from fedmine.transport.certs import init_ca, issue
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def federation(prefect_harness, demo_config, tmp_path_factory):
 
 
 def test_flight_mtls_equals_simulation(federation, demo_config, tmp_path):
-    from flows.train import federated_training
+    from fedmine.flows.train import federated_training
 
     procs = [start_party(federation["config"], org, federation["env"]) for org in ORGS]
     try:
@@ -101,7 +101,7 @@ def test_party_killed_mid_training_rejoins_and_the_model_is_unchanged(federation
     import json
     import threading
 
-    from flows.train import federated_training
+    from fedmine.flows.train import federated_training
 
     training = ["training.strategy=histogram", "training.rounds=60"]
     procs = {org: start_party(federation["config"], org, federation["env"]) for org in ORGS}
@@ -170,7 +170,7 @@ def namespaces():
 
 def test_each_party_in_its_own_network_namespace(federation, namespaces, demo_config, tmp_path):
     """The same federation with each party server on its own network (ip netns), reached only over its veth."""
-    from flows.train import federated_training
+    from fedmine.flows.train import federated_training
 
     raw = yaml.safe_load(federation["config"].read_text())
     for org, (_, address) in namespaces.items():

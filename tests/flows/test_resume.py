@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -18,7 +19,7 @@ ROUNDS = 200
 
 
 def test_killed_coordinator_resumes_to_the_same_model(prefect_harness, demo_config, tmp_path):
-    from flows.train import federated_training
+    from fedmine.flows.train import federated_training
 
     common = ["training.strategy=histogram", f"training.rounds={ROUNDS}", "training.learning_rate=0.05"]
     want = federated_training(str(demo_config), [*common, f"tracking.uri=sqlite:///{tmp_path}/a/mlflow.db"])
@@ -51,7 +52,7 @@ def test_killed_coordinator_resumes_to_the_same_model(prefect_harness, demo_conf
     assert client.get_run(run_id).info.status == "RUNNING"  # killed: nobody marked it
     resumed = federated_training(str(demo_config), [*common, f"tracking.uri={uri}"], resume=run_id)
     assert resumed["run_id"] == run_id
-    assert open(resumed["model_file"]).read() == open(want["model_file"]).read()
+    assert Path(resumed["model_file"]).read_text() == Path(want["model_file"]).read_text()
     history = client.get_metric_history(run_id, "global.auc")
     assert sorted({m.step for m in history}) == list(range(1, ROUNDS + 1))
     assert client.get_run(run_id).info.status == "FINISHED"

@@ -14,10 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_schedule_serves_deployment_that_runs(prefect_harness, demo_config, tmp_path):
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
-
-    from prefect.client.orchestration import get_client
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
     env["PREFECT_API_URL"] = PREFECT_API_URL.value()
@@ -34,9 +33,9 @@ def test_schedule_serves_deployment_that_runs(prefect_harness, demo_config, tmp_
             while deployment is None:
                 try:
                     deployment = client.read_deployment_by_name("federated-training/nightly")
-                except Exception:
+                except Exception as exc:
                     if time.time() > deadline or proc.poll() is not None:
-                        raise AssertionError("no deployment appeared")
+                        raise AssertionError("no deployment appeared") from exc
                     time.sleep(1)
             crons = [s.schedule.cron for s in deployment.schedules]
             assert crons == ["0 2 * * *"]

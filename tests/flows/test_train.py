@@ -98,7 +98,7 @@ def test_unknown_category_fails_the_run(prefect_harness, demo_config, tmp_path, 
         bank.loc[3, "region"] = "NE"
         bank.to_csv(folder / "data" / "bank.csv", sep=";", index=False)
 
-    from flows.train import federated_training
+    from fedmine.flows.train import federated_training
 
     path = _broken_copy(demo_config, tmp_path, edit)
     with pytest.raises(DataError, match=r"organisation bank: column 'region' has unknown category 'NE' \(1 rows\); allowed: north, south, east, west"):
@@ -112,7 +112,7 @@ def test_missing_source_file_fails_the_run(prefect_harness, demo_config, tmp_pat
     def edit(raw, folder):
         (folder / "data" / "retailer.parquet").unlink()
 
-    from flows.train import federated_training
+    from fedmine.flows.train import federated_training
 
     path = _broken_copy(demo_config, tmp_path, edit)
     with pytest.raises(ConnectorError, match=r"organisation 'retailer': source 'data/retailer.parquet': .*not found"):
@@ -133,7 +133,7 @@ def test_postgresql_organisation_end_to_end(prefect_harness, demo_config, tmp_pa
         raw["organisations"]["bank"]["source"] = f"{postgres_url}?table=bank_customers"
         raw["organisations"]["bank"]["read"] = {}
 
-    from flows.train import federated_training
+    from fedmine.flows.train import federated_training
 
     path = _broken_copy(demo_config, tmp_path, edit)
     summary = federated_training(str(path), ["training.rounds=3"])
@@ -144,7 +144,7 @@ def test_postgresql_organisation_end_to_end(prefect_harness, demo_config, tmp_pa
 def test_prepare_tasks_as_plain_functions(demo_config):
     """The tasks' plain functions (.fn) work without any Prefect machinery."""
     from fedmine.config import load_config
-    from tasks.prepare import harmonise_frame, load_source, make_party
+    from fedmine.tasks.data import harmonise_frame, load_source, make_party
 
     cfg = load_config(demo_config)
     raw = load_source.fn(cfg, "telecom")
@@ -153,13 +153,13 @@ def test_prepare_tasks_as_plain_functions(demo_config):
     assert np.isnan(canonical.X[:, 0]).any()  # -9 marked missing
     party = make_party.fn(canonical, cfg, "telecom")
     d = party.describe()
-    assert d["rows_train"] + d["rows_valid"] == len(raw)
+    assert d["n_rows"] + d["n_valid"] == len(raw)
 
 
 def test_histogram_strategy_through_flow_mlflow_and_predict(prefect_harness, demo_config, store, tmp_path,
                                                              monkeypatch, capsys):
     from fedmine.cli import main
-    from flows.train import federated_training
+    from fedmine.flows.train import federated_training
 
     summary = federated_training(str(demo_config), ["training.strategy=histogram", "training.rounds=15"])
     assert summary["strategy"] == "histogram" and summary["rounds"] == 15

@@ -12,7 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from fedmine.schema.cli import profile, schema_app
+from fedmine.schema.commands import profile, schema_app
 from tests.schema.test_profile import income_federation
 
 # What fedmine/cli.py registers.
@@ -83,7 +83,7 @@ def test_profile_records_runs_and_drift(tmp_path):
 
 
 def test_check_subprocess(bank_config):
-    code = "from fedmine.schema.cli import schema_app; schema_app(prog_name='fedmine schema')"
+    code = "from fedmine.schema.commands import schema_app; schema_app(prog_name='fedmine schema')"
     done = subprocess.run([sys.executable, "-c", code, "check", str(bank_config)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr

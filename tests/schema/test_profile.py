@@ -11,7 +11,7 @@ import pytest
 
 from fedmine.config import config_from_dict
 from fedmine.schema.drift import drift
-from fedmine.schema.profile import grid_quantiles, profile_federation, psi, write_report
+from fedmine.schema.profiler import grid_quantiles, profile_federation, psi, write_report
 
 ORGS = ("bank", "insurer", "retailer")
 

@@ -9,7 +9,7 @@ from tests.schema.test_profile import income_federation
 
 
 def test_federated_profile_flow(prefect_harness, tmp_path):
-    from flows.profile import federated_profile
+    from fedmine.flows.profile import federated_profile
 
     cfg = income_federation(tmp_path)
     path = tmp_path / "federation.yaml"

@@ -1,0 +1,327 @@
+"""How a round is made. A strategy is a small class with a few hooks:
+``start`` (once), ``run_round`` (every round) and ``model_text`` (the end).
+
+- ``histogram``: lossless. Parties send integer gradient histograms; the
+  coordinator grows every tree with fedmine's engine (:mod:`fedmine.gbdt`).
+  The model equals the one the engine trains on the pooled rows, bit for bit.
+- ``local``: no federation. Every organisation boosts its own model on its own
+  rows; the baseline every federated model must beat.
+- ``bagging``: every organisation adds ``local_rounds`` iterations of trees
+  trained on its rows on top of the global model; the coordinator scales each
+  organisation's trees by ``beta * n_k / N`` (its share of the training rows
+  times the server learning rate) and appends them all. The global update is
+  theta_global = theta_agg + beta * delta, with delta the row-weighted average
+  of the organisations' trees.
+- ``cyclic``: the global model visits the organisations in turn, one per
+  round (round r visits organisation (r - 1) mod K, in config order); the
+  visitor adds ``local_rounds`` iterations on top of the model as the previous
+  one left it (scaled by beta).
+
+The maths of scaling lives in :mod:`fedmine.coordinator.ensemble`; strategies
+only decide who trains on what and how the trees combine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedmine.coordinator.ensemble import Ensemble, scale_tree
+from fedmine.coordinator.link import EngineProxy, Link
+
+
+@dataclass
+class RoundContext:
+    """What a strategy may use in a round.
+
+    ``broadcast`` sends a delta (model text of new trees) to every party as
+    the next step; ``send`` sends one to a single party. Steps number every
+    score update, so a retried call is recognised and skipped by the party.
+    """
+
+    round_id: int
+    links: list[Link]
+    ensemble: Ensemble
+    params: dict[str, Any]
+    local_rounds: int
+    server_learning_rate: float
+    train_rows: dict[str, int]
+    engine_params: dict[str, Any] = field(default_factory=dict)
+    categorical: list[int] = field(default_factory=list)
+    feature_names: list[str] = field(default_factory=list)
+    declared_ranges: Any = None  # (n_features, 2) from the canonical schema, NaN where undeclared
+    privacy: Any = None  # the config's PrivacySpec (histogram: differential privacy)
+    notices: list[str] = field(default_factory=list)  # for the user and the MLflow run
+    step: int = 0
+    stats: dict[str, float] = field(default_factory=dict)  # what the last round measured
+    stopped: bool = False  # the strategy grows no further round
+    broadcasts: list[int] = field(default_factory=list)  # trees per broadcast, in order (for replay)
+
+    def next_step(self) -> int:
+        self.step += 1
+        return self.step
+
+    def broadcast(self, blocks: list[str]) -> None:
+        delta = self.ensemble.to_text(blocks) if blocks else None
+        step = self.next_step()
+        for link in self.links:
+            link.call("add_trees", step, delta)
+        self.broadcasts.append(len(blocks))
+
+
+def bagging_weights(train_rows: dict[str, int], beta: float) -> dict[str, float]:
+    """beta * n_k / N for each organisation."""
+    total = sum(train_rows.values())
+    return {name: beta * n / total for name, n in train_rows.items()}
+
+
+class Strategy:
+    """A round-making policy. ``federated`` strategies grow one global model."""
+
+    name = ""
+    federated = True
+    stops_itself = False  # True: the strategy applies early stopping on its own
+    can_drop = True  # the strategy can continue without a party that failed
+    can_recover = True  # the strategy can bring a restarted party back (replay)
+
+    def recover(self, ctx: RoundContext, link: Link) -> None:
+        """A party restarted and lost its state: replay the global model to it, in the original groups."""
+        start = 0
+        link.call("start", ctx.ensemble.base_score)
+        for step, n in enumerate(ctx.broadcasts, 1):
+            blocks = ctx.ensemble.trees[start:start + n]
+            link.call("add_trees", step, ctx.ensemble.to_text(blocks) if blocks else None)
+            start += n
+
+    def drop(self, ctx: RoundContext, link: Link) -> None:
+        """Forget a party that failed (its trees stay in the model)."""
+
+    def start(self, ctx: RoundContext) -> None:
+        """Once, after the parties have started."""
+
+    def run_round(self, ctx: RoundContext) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def model_text(self, ctx: RoundContext) -> str | None:
+        """The global model as LightGBM model text."""
+        return ctx.ensemble.to_text() if ctx.ensemble.trees else None
+
+    def num_trees(self, ctx: RoundContext) -> int:
+        return ctx.ensemble.num_trees
+
+    def truncate(self, ctx: RoundContext, n_trees: int) -> None:
+        """Keep the first ``n_trees`` trees (early stopping)."""
+        ctx.ensemble.truncate(n_trees)
+        kept, total = [], 0
+        for n in ctx.broadcasts:
+            if total + n > n_trees:
+                break
+            kept.append(n)
+            total += n
+        ctx.broadcasts[:] = kept
+
+    def checkpoint(self, ctx: RoundContext) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What the coordinator needs to continue after a crash: (JSON-able state, arrays)."""
+        return {"trees": list(ctx.ensemble.trees), "broadcasts": list(ctx.broadcasts)}, {}
+
+    def restore(self, ctx: RoundContext, state: dict[str, Any], arrays: dict[str, Any]) -> None:
+        """Continue from :meth:`checkpoint`: the same trees, replayed to the parties in the same groups.
+
+        Parties add each group's trees to their scores as they did the first
+        time, so their scores, and every later tree, are the same bits.
+        """
+        trees, groups = state["trees"], state["broadcasts"]
+        ctx.ensemble.trees[:] = trees
+        ctx.broadcasts.clear()
+        start = 0
+        for n in groups:
+            ctx.broadcast(trees[start:start + n])
+            start += n
+
+
+class HistogramStrategy(Strategy):
+    """Trees grown by the coordinator from summed integer histograms (lossless).
+
+    The engine's :class:`~fedmine.gbdt.booster.Trainer` drives the parties
+    through an in-process :class:`~fedmine.gbdt.state.EngineGroup` whose members
+    are :class:`EngineProxy` objects: every call crosses a :class:`Link`.
+    Early stopping is the engine's, on the same metric.
+    """
+
+    name = "histogram"
+    stops_itself = True
+
+    def drop(self, ctx: RoundContext, link: Link) -> None:
+        """Continue without ``link``: the rest start the round over (bins and trees so far are kept)."""
+        keep = [p for p in self.group.parties if p.link is not link]
+        self.group.parties[:] = keep
+        self.group.source.sources[:] = keep
+        self.trainer.recover()
+
+    def recover(self, ctx: RoundContext, link: Link) -> None:
+        """Every party back to the start of the round: reset, bins, initial score, past trees replayed."""
+        link.call("start", ctx.ensemble.base_score)
+        self.trainer.recover()
+
+    def start(self, ctx: RoundContext) -> None:
+        from fedmine.gbdt import DPConfig
+        from fedmine.gbdt.booster import Trainer
+        from fedmine.gbdt.state import EngineGroup
+
+        privacy = ctx.privacy
+        self.epsilon = privacy.epsilon if privacy is not None else None
+        dp = None
+        if self.epsilon is not None:
+            dp = DPConfig(grad_bound=privacy.gradient_bound, hess_bound=privacy.hessian_bound)
+        self.group = EngineGroup([EngineProxy(link) for link in ctx.links], n_threads=len(ctx.links))
+        self.trainer = Trainer(self.group, ctx.engine_params, categorical=ctx.categorical,
+                               feature_names=ctx.feature_names, ranges=ctx.declared_ranges, dp=dp)
+        self.trainer.start()
+        self._model = None
+        self.accountant = None
+        if dp is not None:
+            self._start_dp(ctx)
+
+    def _start_dp(self, ctx: RoundContext) -> None:
+        """Calibrate Skellam noise so that every round's histogram releases fit the budget; start the accountant.
+
+        Each party draws its share from its own entropy (no seed from the
+        coordinator, which could otherwise subtract the noise).
+        """
+        from fedmine.privacy.accountant import PrivacyAccountant
+        from fedmine.privacy.dp import calibrate
+
+        t, p = self.trainer, ctx.privacy
+        releases = ctx.engine_params["num_boost_round"] * t.max_releases_per_round
+        self.noise_multiplier = calibrate(p.epsilon, p.delta, releases, t.sensitivity)
+        self.accountant = PrivacyAccountant(p.delta, mechanism="skellam", sensitivity=t.sensitivity)
+        t.set_noise(self.noise_multiplier, seed=None)
+
+    def run_round(self, ctx: RoundContext) -> None:
+        src = self.group.source
+        if self.accountant is not None and self.accountant.would_exceed(
+                self.epsilon, self.noise_multiplier, self.trainer.max_releases_per_round):
+            ctx.notices.append(
+                f"privacy budget: stopped before round {ctx.round_id}: epsilon spent "
+                f"{self.accountant.epsilon():.4g} of {self.epsilon:g} (delta {ctx.privacy.delta:g}); "
+                f"another round could exceed it")
+            self.trainer.stop()
+            ctx.stopped = True
+            return
+        before = (src.exchanges_, src.party_seconds_, src.aggregate_seconds_)
+        releases0 = self.trainer.releases_
+        t0 = time.perf_counter()
+        self.trainer.step()
+        total = time.perf_counter() - t0
+        if self.accountant is not None:
+            self.accountant.spend(self.noise_multiplier, self.trainer.releases_ - releases0)
+        party = src.party_seconds_ - before[1]
+        aggregation = src.aggregate_seconds_ - before[2]
+        ctx.stats = {
+            "histogram_exchanges": float(src.exchanges_ - before[0]),
+            "seconds.party": party,
+            "seconds.aggregation": aggregation,
+            "seconds.split_finding": max(total - party - aggregation, 0.0),
+        }
+        ctx.stopped = self.trainer.done
+
+    def model_text(self, ctx: RoundContext) -> str | None:
+        from fedmine.gbdt import to_lightgbm_text
+
+        if self._model is None:
+            self._model = self.trainer.finish()
+        return to_lightgbm_text(self._model, ctx.feature_names) if self._model.trees else None
+
+    def num_trees(self, ctx: RoundContext) -> int:
+        return len(self.trainer.trees_)
+
+    def checkpoint(self, ctx: RoundContext) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self.trainer.checkpoint()
+
+    def restore(self, ctx: RoundContext, state: dict[str, Any], arrays: dict[str, Any]) -> None:
+        """Continue the engine's loop: the parties replay the trees; the accountant re-counts the releases.
+
+        Without noise the resumed model is the same bits as an uninterrupted
+        one; with differential privacy the rounds after the resume draw fresh
+        noise (the budget still holds: the releases so far are accounted).
+        """
+        self.trainer.restore(state, arrays)
+        if self.accountant is not None and self.trainer.releases_:
+            self.accountant.spend(self.noise_multiplier, self.trainer.releases_)
+        ctx.stopped = self.trainer.done
+
+    def receipt(self, *, secure_aggregation: bool, n_parties: int):
+        """The privacy receipt with the accountant's figures (None without differential privacy)."""
+        from fedmine.privacy.receipt import PrivacyReceipt
+
+        if self.accountant is None:
+            return None
+        return PrivacyReceipt.from_accountant(
+            self.accountant, secure_aggregation=secure_aggregation, n_parties=n_parties,
+            noise_multiplier=self.noise_multiplier, releases_per_round=self.trainer.max_releases_per_round)
+
+    def truncate(self, ctx: RoundContext, n_trees: int) -> None:
+        pass  # the engine keeps its best round itself (Trainer.finish)
+
+
+class LocalStrategy(Strategy):
+    name = "local"
+    federated = False
+    can_recover = False  # each organisation's own trees stay with it
+
+    def checkpoint(self, ctx: RoundContext) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {}, {}  # every organisation's own model stays with it: nothing to resume from
+
+    def restore(self, ctx: RoundContext, state: dict[str, Any], arrays: dict[str, Any]) -> None:
+        from fedmine.errors import ConfigError
+
+        raise ConfigError("--resume: the local strategy keeps each organisation's model at the organisation; "
+                          "run it again instead (allowed with: histogram, bagging, cyclic)")
+
+    def run_round(self, ctx: RoundContext) -> None:
+        step = ctx.next_step()
+        for link in ctx.links:
+            blocks = link.call("train_local", ctx.params, 1)
+            # The party follows its own model: only it sees its trees.
+            link.call("add_trees", step, ctx.ensemble.to_text(blocks) if blocks else None)
+
+
+class BaggingStrategy(Strategy):
+    name = "bagging"
+
+    def run_round(self, ctx: RoundContext) -> None:
+        weights = bagging_weights(ctx.train_rows, ctx.server_learning_rate)
+        new: list[str] = []
+        for link in ctx.links:
+            blocks = link.call("train_local", ctx.params, ctx.local_rounds)
+            new.extend(scale_tree(b, weights[link.name]) for b in blocks)
+        ctx.ensemble.append(new)
+        ctx.broadcast(new)
+
+
+class CyclicStrategy(Strategy):
+    name = "cyclic"
+
+    def run_round(self, ctx: RoundContext) -> None:
+        # Round r visits organisation (r - 1) mod K; every party then applies
+        # the visitor's trees, so the next visitor trains on top of them.
+        visitor = ctx.links[(ctx.round_id - 1) % len(ctx.links)]
+        blocks = visitor.call("train_local", ctx.params, ctx.local_rounds)
+        new = [scale_tree(b, ctx.server_learning_rate) for b in blocks]
+        ctx.ensemble.append(new)
+        ctx.broadcast(new)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    s.name: s for s in (HistogramStrategy, BaggingStrategy, CyclicStrategy, LocalStrategy)
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]()
+    except KeyError:
+        from fedmine.errors import ConfigError
+
+        raise ConfigError(f"training.strategy: {name!r} is not allowed; allowed: {', '.join(STRATEGIES)}") from None

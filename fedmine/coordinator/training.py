@@ -1,0 +1,364 @@
+"""The coordinator: drives rounds over the parties and owns the global model.
+
+It sees only what parties answer: row counts, label sums, trees and
+validation sums. It never holds a row. One :class:`Coordinator` serves one
+training; the Prefect flow calls :meth:`start`, :meth:`run_round` for each
+round, :meth:`local_baselines` and :meth:`model_text`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedmine import metrics
+from fedmine.config import FederationConfig
+from fedmine.errors import DataError, PartyError
+from fedmine.coordinator.ensemble import Ensemble
+from fedmine.coordinator.link import Link
+from fedmine.coordinator.strategies import RoundContext, get_strategy
+
+
+def base_score(objective: str, label_sums: np.ndarray, rows: int) -> np.ndarray:
+    """The initial raw score from federation-wide label sums (LightGBM's boost_from_average).
+
+    binary: log-odds of the positive rate; multiclass: log of each class's
+    share (LightGBM's softmax init); regression: the mean label.
+    """
+    if rows == 0:
+        return np.zeros(max(len(label_sums), 1))
+    if objective == "binary":
+        p = float(np.clip(label_sums[0] / rows, 1e-15, 1 - 1e-15))
+        return np.array([np.log(p / (1 - p))])
+    if objective == "multiclass":
+        share = np.clip(label_sums / rows, 1e-15, 1.0)
+        return np.log(share)
+    return np.array([label_sums[0] / rows])
+
+
+def declared_ranges(cfg: FederationConfig) -> np.ndarray:
+    """(min, max) per canonical feature as the schema declares it, NaN where it does not.
+
+    Categories span their vocabulary's codes and booleans 0..1, so only
+    numeric features without declared bounds make the parties report ranges.
+    """
+    out = np.full((len(cfg.features), 2), np.nan)
+    for i, spec in enumerate(cfg.features.values()):
+        if spec.type == "category":
+            out[i] = (0, len(spec.categories) - 1)
+        elif spec.type == "bool":
+            out[i] = (0, 1)
+        elif spec.min is not None and spec.max is not None:
+            out[i] = (spec.min, spec.max)
+    return out
+
+
+@dataclass
+class RoundResult:
+    """What one round produced: metrics (global and per organisation), seconds, bytes."""
+
+    round_id: int
+    global_metrics: dict[str, float]
+    org_metrics: dict[str, dict[str, float]]
+    seconds: float
+    bytes_sent: int
+    bytes_received: int
+    trees: int
+    org_bytes_sent: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False
+
+    def flat(self) -> dict[str, float]:
+        """MLflow metric names: ``global.<m>``, ``org.<name>.<m>``, timings, bytes and strategy figures."""
+        out = {f"global.{k}": v for k, v in self.global_metrics.items()}
+        for org, m in self.org_metrics.items():
+            out.update({f"org.{org}.{k}": v for k, v in m.items()})
+        out.update({f"bytes_sent.{org}": float(b) for org, b in self.org_bytes_sent.items()})
+        out["round_seconds"] = self.seconds
+        out["bytes_sent"] = float(self.bytes_sent)
+        out["bytes_received"] = float(self.bytes_received)
+        out["trees"] = float(self.trees)
+        out.update(self.stats)
+        return {k: float(v) for k, v in out.items() if v == v}  # drop NaN
+
+
+@dataclass
+class Coordinator:
+    """Drives a training over ``parties`` with the configured strategy."""
+
+    cfg: FederationConfig
+    parties: list[Any]
+    links: list[Link] = field(init=False)
+    ensemble: Ensemble | None = field(init=False, default=None)
+    history: list[RoundResult] = field(init=False, default_factory=list)
+    descriptions: dict[str, dict[str, Any]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.links = [Link(p) for p in self.parties]
+        self._all_links = list(self.links)  # for traffic figures, including parties left out later
+        self.strategy = get_strategy(self.cfg.training.strategy)
+        self.params = self.cfg.training.lightgbm_params(self.cfg.objective, self.cfg.num_class)
+        self._ctx: RoundContext | None = None
+        self._best: tuple[float, int, int] | None = None  # (metric, round, trees) for early stopping
+        self.stopped = False
+        self.training_id = uuid.uuid4().hex
+        self.epoch = 0  # secure-aggregation restarts
+        self.dropped: list[dict[str, Any]] = []  # parties that failed and were left out
+        self.notices: list[str] = []  # warnings for the user and the MLflow run
+        self.last_round = 0  # rounds done, including those before a resume
+
+    @property
+    def objective(self) -> str:
+        return self.cfg.objective
+
+    @property
+    def federated(self) -> bool:
+        return self.strategy.federated
+
+    def bytes_sent(self) -> int:
+        return sum(link.bytes_sent for link in self._all_links)
+
+    def bytes_received(self) -> int:
+        return sum(link.bytes_received for link in self._all_links)
+
+    def start(self) -> None:
+        """Ask every party to describe itself, agree the base score, start the parties."""
+        for link in self.links:
+            d = link.call("describe")
+            if d["n_rows"] == 0:
+                raise DataError(f"organisation {link.name}: no training rows after the validation split")
+            if d["features"] != list(self.cfg.features):
+                raise DataError(f"organisation {link.name}: features {d['features']} differ from the canonical schema")
+            self.descriptions[link.name] = d
+        rows = sum(d["n_rows"] for d in self.descriptions.values())
+        sums = np.sum([d["label_sums"] for d in self.descriptions.values()], axis=0)
+        base = base_score(self.objective, sums, rows)
+        self.ensemble = Ensemble.for_config(self.cfg, base)
+        if self.cfg.secure_aggregation:
+            self._secure_setup()
+        # Under `local` every organisation starts from its own average, as LightGBM would.
+        for link in self.links:
+            d = self.descriptions[link.name]
+            own = base_score(self.objective, d["label_sums"], d["n_rows"])
+            link.call("start", base if self.federated else own)
+        self._ctx = RoundContext(
+            round_id=0,
+            links=self.links,
+            ensemble=self.ensemble,
+            params=self.params,
+            local_rounds=self.cfg.training.local_rounds,
+            server_learning_rate=self.cfg.training.server_learning_rate,
+            train_rows={n: d["n_rows"] for n, d in self.descriptions.items()},
+            engine_params=self.cfg.training.engine_params(self.objective, self.cfg.num_class,
+                                                          metrics.primary(self.objective)),
+            categorical=[i for i, f in enumerate(self.cfg.features.values()) if f.type == "category"],
+            feature_names=list(self.cfg.features),
+            declared_ranges=declared_ranges(self.cfg),
+            privacy=self.cfg.privacy,
+            notices=self.notices,
+        )
+        self.strategy.start(self._ctx)
+
+    def _secure_setup(self) -> None:
+        """Key agreement through the coordinator: it relays public keys bound to names, never secrets."""
+        from fedmine.privacy.secure_agg import require_min_parties
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            require_min_parties(len(self.links), self.cfg.privacy.min_parties)
+        self.notices += [str(w.message) for w in caught]
+        keys = {link.name: link.call("secure_setup", self.training_id) for link in self.links}
+        for link in self.links:
+            link.call("secure_peers", keys)
+
+    def receipt(self):
+        """The privacy receipt of this training so far (logged every round)."""
+        from fedmine.privacy.receipt import PrivacyReceipt
+
+        dp = getattr(self.strategy, "receipt", None)
+        with_dp = dp(secure_aggregation=self.cfg.secure_aggregation, n_parties=len(self.links)) if dp else None
+        return with_dp or PrivacyReceipt(secure_aggregation=self.cfg.secure_aggregation, n_parties=len(self.links))
+
+    def evaluate(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """Federation-wide metrics (from merged sums) and each organisation's own."""
+        answers = {link.name: link.call("evaluate") for link in self.links}
+        merged = metrics.merge([a["sums"] for a in answers.values() if a["sums"]])
+        return metrics.from_sums(merged, self.objective), {n: a["metrics"] for n, a in answers.items()}
+
+    def run_round(self, round_id: int) -> RoundResult:
+        """One boosting round with the strategy; then evaluate the model every party follows."""
+        if self._ctx is None:
+            raise RuntimeError("start() must be called before run_round()")
+        if self.stopped:
+            raise RuntimeError("training has stopped; no further round")
+        t0 = time.perf_counter()
+        sent0, recv0 = self.bytes_sent(), self.bytes_received()
+        org_sent0 = {link.name: link.bytes_sent for link in self.links}
+        ctx = self._ctx
+        ctx.round_id = round_id
+        ctx.stats = {}
+        self._run_strategy_round(ctx)
+        global_m, org_m = self._evaluate_with_rejoin(ctx)
+        self.stopped = ctx.stopped or self._early_stop(round_id, global_m)
+        privacy = self.receipt()
+        ctx.stats.update({"privacy.secure_aggregation": float(privacy.secure_aggregation),
+                          "privacy.parties": float(privacy.n_parties)})
+        if privacy.epsilon_total is not None:
+            ctx.stats["privacy.epsilon"] = float(privacy.epsilon_total)
+        result = RoundResult(
+            round_id=round_id,
+            global_metrics=global_m,
+            org_metrics=org_m,
+            seconds=time.perf_counter() - t0,
+            bytes_sent=self.bytes_sent() - sent0,
+            bytes_received=self.bytes_received() - recv0,
+            trees=self.strategy.num_trees(ctx),
+            org_bytes_sent={link.name: link.bytes_sent - org_sent0[link.name] for link in self.links},
+            stats=dict(ctx.stats),
+            stopped=self.stopped,
+        )
+        self.history.append(result)
+        self.last_round = round_id
+        return result
+
+    def _run_strategy_round(self, ctx: RoundContext) -> None:
+        """The strategy's round; a party that fails is left out and the round restarts, if the config allows."""
+        while True:
+            trees0, step0 = self.strategy.num_trees(ctx), ctx.step
+            try:
+                self.strategy.run_round(ctx)
+                return
+            except PartyError as exc:
+                failed = next((link for link in self.links if link.failed), None)
+                if failed is not None and self._rejoin(failed, ctx, exc):
+                    self.strategy.truncate(ctx, trees0)
+                    ctx.step = step0
+                    self.strategy.recover(ctx, failed)
+                    continue
+                if failed is None or self.cfg.privacy.on_party_failure == "stop":
+                    raise
+                self._drop(failed, ctx, exc)
+                self.strategy.truncate(ctx, trees0)
+                ctx.step = step0
+
+    def _evaluate_with_rejoin(self, ctx: RoundContext):
+        """Evaluate; a party at an endpoint that failed meanwhile rejoins (the round's trees are replayed to it)."""
+        while True:
+            try:
+                return self.evaluate()
+            except PartyError as exc:
+                failed = next((link for link in self.links if link.failed), None)
+                if failed is None or not self._rejoin(failed, ctx, exc):
+                    raise
+                self.strategy.recover(ctx, failed)
+
+    def _rejoin(self, failed: Link, ctx: RoundContext, exc: Exception) -> bool:
+        """Wait for a party at an endpoint to come back (it restarted and prepared its data again).
+
+        True when it answers within ``transport.rejoin_seconds``; then fresh
+        masks are agreed among all parties and the strategy replays what the
+        party needs. False for in-process parties and strategies that cannot.
+        """
+        if not self.cfg.organisations[failed.name].endpoint or not self.strategy.can_recover:
+            return False
+        deadline = time.monotonic() + self.cfg.transport.rejoin_seconds
+        while True:
+            try:
+                failed.party.call("describe")
+                break
+            except PartyError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(1.0)
+        failed.failed = False
+        self.notices.append(f"party {failed.name} failed in round {ctx.round_id} ({exc}) and rejoined")
+        if self.cfg.secure_aggregation:
+            self.training_id = uuid.uuid4().hex  # new keys for everyone: no mask is ever reused
+            self._secure_setup()
+        return True
+
+    def _drop(self, failed: Link, ctx: RoundContext, exc: Exception) -> None:
+        """Leave ``failed`` out: fewer parties, fresh masks among the rest (privacy.on_party_failure: continue)."""
+        remaining = [link for link in self.links if link is not failed]
+        need = max(self.cfg.privacy.min_parties if self.cfg.secure_aggregation else 1, 1)
+        if len(remaining) < need:
+            raise PartyError(
+                f"party {failed.name} failed in round {ctx.round_id} and {len(remaining)} parties remain; "
+                f"privacy.min_parties is {self.cfg.privacy.min_parties}: {exc}"
+            ) from exc
+        if not self.strategy.can_drop:
+            raise PartyError(
+                f"party {failed.name} failed in round {ctx.round_id}; the {self.strategy.name} strategy cannot "
+                f"continue without it mid-training: {exc}"
+            ) from exc
+        self.links = remaining
+        ctx.links = remaining
+        ctx.train_rows.pop(failed.name, None)
+        self.dropped.append({"organisation": failed.name, "round": ctx.round_id, "reason": str(exc)})
+        self.notices.append(f"party {failed.name} failed in round {ctx.round_id} and was left out: {exc}")
+        if self.cfg.secure_aggregation:
+            self.epoch += 1
+            names = [link.name for link in remaining]
+            for link in remaining:
+                link.call("secure_restart", names, self.epoch)
+        self.strategy.drop(ctx, failed)
+
+    def _early_stop(self, round_id: int, global_m: dict[str, float]) -> bool:
+        """Early stopping on the federated validation metric, for strategies that do not stop themselves."""
+        patience = self.cfg.training.early_stopping_rounds
+        key = metrics.primary(self.objective)
+        if not patience or self.strategy.stops_itself or key not in global_m or not self.federated:
+            return False
+        value = global_m[key]
+        if self._best is None or metrics.better(self.objective, value, self._best[0]):
+            self._best = (value, round_id, self.strategy.num_trees(self._ctx))
+            return False
+        if round_id - self._best[1] >= patience:
+            self.strategy.truncate(self._ctx, self._best[2])
+            return True
+        return False
+
+    def checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The coordinator's state after the last round: (JSON-able state, named arrays)."""
+        state, arrays = self.strategy.checkpoint(self._ctx)
+        return {
+            "round": self.last_round,
+            "strategy": self.strategy.name,
+            "training_id": self.training_id,
+            "best": list(self._best) if self._best else None,
+            "stopped": self.stopped,
+            "dropped": self.dropped,
+            "strategy_state": state,
+        }, arrays
+
+    def restore(self, state: dict[str, Any], arrays: dict[str, Any]) -> int:
+        """Continue from :meth:`checkpoint` (after :meth:`start`); return the next round."""
+        from fedmine.errors import ConfigError
+
+        if state["strategy"] != self.strategy.name:
+            raise ConfigError(f"--resume: the run trained with strategy {state['strategy']}, "
+                              f"the config says {self.strategy.name}")
+        if state["dropped"]:
+            names = ", ".join(d["organisation"] for d in state["dropped"])
+            raise ConfigError(f"--resume: the run left out {names} after a failure; resuming it is not supported")
+        self.strategy.restore(self._ctx, state["strategy_state"], arrays)
+        self._best = tuple(state["best"]) if state["best"] else None
+        self.stopped = bool(state["stopped"])
+        self.last_round = int(state["round"])
+        return self.last_round + 1
+
+    def local_baselines(self) -> dict[str, dict[str, Any]]:
+        """Each organisation trained alone with the same parameters and rounds."""
+        rounds = self.cfg.training.rounds
+        return {link.name: link.call("local_baseline", self.params, rounds) for link in self.links}
+
+    def model_text(self) -> str | None:
+        """The global model as LightGBM model text (None under ``local``)."""
+        if not self.federated or self._ctx is None:
+            return None
+        return self.strategy.model_text(self._ctx)

@@ -1,0 +1,248 @@
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from fedmine import metrics, protocol
+from fedmine.errors import PartyError
+from fedmine.gbdt.modeltext import tree_blocks
+from fedmine.gbdt.state import EngineState
+from fedmine.protocol import FOLLOWING, NEW, ORGANISATION, SUMMED, ProtocolError
+from fedmine.schema import HarmonisedFrame
+
+# The metrics LightGBM records for each objective: fedmine.metrics' table (the primary first).
+LGB_METRICS = metrics.METRICS
+
+
+def global_row_ids(org: str, n_rows: int) -> np.ndarray:
+    """Row ids unique across the federation: ``crc32(org) << 32 | local index``.
+
+    The engine samples rows for bagging from a hash of the row id, so the same
+    ids give the same sample pooled or federated.
+    """
+    return (np.uint64(zlib.crc32(org.encode())) << np.uint64(32)) | np.arange(n_rows, dtype=np.uint64)
+
+
+@dataclass
+class TrainValidRows:
+    """One organisation's rows split into training and validation rows (they stay in the party)."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_valid: np.ndarray
+    y_valid: np.ndarray
+
+
+def split_rows(data: HarmonisedFrame, *, fraction: float, seed: int, org: str) -> TrainValidRows:
+    """Seeded train/validation split; the organisation's name enters the seed.
+
+    Each organisation draws its own permutation from ``(seed, crc32(org))`` so
+    the split does not depend on the order in which organisations are listed.
+    """
+    n = data.rows
+    rng = np.random.default_rng([seed, zlib.crc32(org.encode())])
+    order = rng.permutation(n)
+    n_valid = int(round(n * fraction))
+    if fraction > 0 and n_valid == 0 and n > 1:
+        n_valid = 1
+    valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
+    return TrainValidRows(data.X[train], data.y[train], data.X[valid], data.y[valid])
+
+
+class Party:
+    """An organisation's party: it answers the protocol table's calls from its own rows.
+
+    Parameters
+    ----------
+    name : the organisation's name.
+    rows : its training and validation rows (canonical features, encoded label).
+    objective : ``binary``, ``multiclass`` or ``regression``.
+    num_class : trees per iteration (1 unless multiclass).
+    feature_names : canonical feature names, in column order.
+    categorical : indices of categorical columns.
+    report : the harmonisation report (rows, missing rates).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        rows: TrainValidRows,
+        *,
+        objective: str,
+        num_class: int,
+        feature_names: list[str],
+        categorical: list[int],
+        report: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.objective = objective
+        self.num_class = num_class
+        self.feature_names = feature_names
+        self.categorical = categorical
+        self.report = report or {}
+        self._data = rows
+        self.stage_ = NEW
+        self._step = 0
+        self._train_raw: np.ndarray | None = None
+        self._valid_raw: np.ndarray | None = None
+        self._engine: EngineState | None = None
+        self._keypair = None
+        self._training_id: str | None = None
+        self._masker = None
+        self._masked = 0  # masked messages sent: the next message id
+
+    # -- the one dispatch point ---------------------------------------------
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Answer one call of the protocol table.
+
+        The call must be in the table and accepted in the current stage
+        (organisation calls: the party's stage; engine calls: its engine
+        state's). Under secure aggregation every answer the table marks
+        ``summed`` leaves masked: each looks uniform on its own; the masks
+        cancel in the sum over organisations.
+        """
+        entry = protocol.call(name)
+        if entry.side == ORGANISATION:
+            if not entry.accepts(self.stage_):
+                raise ProtocolError(f"{name} is not accepted in stage {self.stage_!r}; "
+                                    f"it needs one of {list(entry.needs)}")
+            answer = getattr(self, name)(*args, **kwargs)
+            if entry.leads_to is not None:
+                self.stage_ = entry.leads_to
+        else:
+            answer = getattr(self.engine_state(), name)(*args, **kwargs)
+        if entry.release == SUMMED and self._masker is not None:
+            plain = np.ascontiguousarray(answer, dtype=np.int64)
+            answer = self._masker.mask(plain, f"{name}:{self._masked}").view(np.int64).reshape(plain.shape)
+            self._masked += 1
+        return answer
+
+    def engine_state(self) -> EngineState:
+        """The engine's state over this party's rows (``histogram`` strategy), made on first use."""
+        if self._engine is None:
+            d = self._data
+            self._engine = EngineState(d.X_train, d.y_train, row_ids=global_row_ids(self.name, len(d.y_train)),
+                                       X_valid=d.X_valid, y_valid=d.y_valid)
+        return self._engine
+
+    def _shape(self, n: int) -> tuple[int, ...]:
+        return (n,) if self.num_class == 1 else (n, self.num_class)
+
+    def _dataset(self, init_score: np.ndarray | None) -> lgb.Dataset:
+        d = self._data
+        return lgb.Dataset(
+            d.X_train,
+            label=d.y_train,
+            init_score=init_score,
+            feature_name=self.feature_names,
+            categorical_feature=self.categorical,
+            free_raw_data=False,
+            params={"verbosity": -1},
+        )
+
+    # -- organisation calls (protocol table, side "organisation") ------------
+    def describe(self) -> dict[str, Any]:
+        """Row counts, feature names, label sums and the harmonisation report."""
+        y = self._data.y_train
+        if self.objective == "multiclass":
+            label_sums = np.bincount(y.astype(np.int64), minlength=self.num_class).astype(np.float64)
+        else:
+            label_sums = np.array([float(y.sum())])
+        return {
+            "n_rows": int(len(y)),
+            "n_valid": int(len(self._data.y_valid)),
+            "n_features": len(self.feature_names),
+            "label_sums": label_sums,
+            "features": list(self.feature_names),
+            "report": self.report,
+        }
+
+    def start(self, base_score: np.ndarray) -> None:
+        """Begin following a model whose raw score starts at ``base_score``."""
+        base = np.asarray(base_score, dtype=np.float64)
+        self._train_raw = np.broadcast_to(base, self._shape(len(self._data.y_train))).astype(np.float64).copy()
+        self._valid_raw = np.broadcast_to(base, self._shape(len(self._data.y_valid))).astype(np.float64).copy()
+        self._step = 0
+
+    def add_trees(self, step: int, model_delta: str | None) -> None:
+        """Add the trees of ``step`` to the scores (idempotent: a repeated step is skipped)."""
+        if step <= self._step:
+            return  # a retried call: already applied
+        if step != self._step + 1:
+            raise PartyError(f"party {self.name}: step {step} out of order (last applied {self._step})")
+        if model_delta:
+            booster = lgb.Booster(model_str=model_delta)
+            self._train_raw += booster.predict(self._data.X_train, raw_score=True).reshape(self._train_raw.shape)
+            if len(self._data.y_valid):
+                self._valid_raw += booster.predict(self._data.X_valid, raw_score=True).reshape(self._valid_raw.shape)
+        self._step = step
+
+    def train_local(self, params: dict[str, Any], num_boost_round: int) -> list[str]:
+        """Trees trained on this party's rows on top of the current scores.
+
+        Returns the tree blocks only (no header, no parameters): ``num_class``
+        trees per boosting iteration, in LightGBM's order.
+        """
+        booster = lgb.train(params, self._dataset(self._train_raw.copy()), num_boost_round=num_boost_round)
+        return tree_blocks(booster.model_to_string())
+
+    def secure_setup(self, training_id: str) -> bytes:
+        """Make this training's key pair; answer the public key (the coordinator relays it to the peers)."""
+        from fedmine.privacy.secure_agg import generate_keypair
+
+        self._keypair = generate_keypair()
+        self._training_id = str(training_id)
+        self._masker = None
+        self._masked = 0
+        return self._keypair.public_bytes
+
+    def secure_peers(self, peers: dict[str, bytes]) -> None:
+        """Derive the pairwise masks from every peer's public key, bound to the peers' names."""
+        from fedmine.privacy.secure_agg import Masker
+
+        if self._keypair is None:
+            raise PartyError(f"party {self.name}: secure_peers before secure_setup")
+        if self.name not in peers or peers[self.name] != self._keypair.public_bytes:
+            raise PartyError(f"party {self.name}: the relayed keys do not carry this party's own public key")
+        self._masker = Masker(self.name, self._keypair, peers, self._training_id)
+
+    def secure_restart(self, remaining: list[str], epoch: int) -> None:
+        """Fresh masks among the ``remaining`` parties (a party dropped out)."""
+        if self._masker is not None:
+            self._masker.restart([p for p in remaining if p != self.name], epoch=epoch)
+
+    def _current_valid_raw(self) -> np.ndarray:
+        """Raw validation scores of the model this party follows."""
+        scores = getattr(self._engine, "scores_valid_", None)
+        if scores is not None:  # the engine's model (histogram strategy): (K, n) -> (n,) or (n, K)
+            return scores[0] if self.num_class == 1 else scores.T
+        return self._valid_raw
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validation sums (mergeable) and this party's exact metrics of the current model."""
+        y, raw = self._data.y_valid, self._current_valid_raw()
+        if len(y) == 0:
+            return {"sums": {}, "metrics": {}}
+        return {"sums": metrics.sums(y, raw, self.objective), "metrics": metrics.exact(y, raw, self.objective)}
+
+    def local_baseline(self, params: dict[str, Any], num_boost_round: int) -> dict[str, Any]:
+        """Train on this party's rows alone: its final metrics and learning curve (no model leaves)."""
+        d = self._data
+        curve: dict[str, Any] = {}
+        train_set = self._dataset(None)
+        valid_sets, callbacks = [], []
+        if len(d.y_valid):
+            valid_sets = [lgb.Dataset(d.X_valid, label=d.y_valid, reference=train_set)]
+            callbacks = [lgb.record_evaluation(curve)]
+        p = dict(params, metric=LGB_METRICS[self.objective])
+        booster = lgb.train(p, train_set, num_boost_round=num_boost_round, valid_sets=valid_sets, callbacks=callbacks)
+        final = {}
+        if len(d.y_valid):
+            raw = booster.predict(d.X_valid, raw_score=True)
+            final = metrics.exact(d.y_valid, raw, self.objective)
+        history = {k: [float(v) for v in vals] for k, vals in curve.get("valid_0", {}).items()}
+        return {"metrics": final, "curve": history, "rows_train": int(len(d.y_train))}

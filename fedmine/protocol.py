@@ -1,0 +1,257 @@
+"""The party protocol: every call the coordinator makes of an organisation, declared once.
+
+This module owns :data:`CALLS`, the one table of the conversation between the
+coordinator and an organisation's party. Each :class:`Call` says
+
+- the stages that accept it and the stage it leads to (the party's state
+  machine: a call out of order is a :class:`ProtocolError`);
+- its argument and answer types (for readers, the Flight action list and docs);
+- how answers from several organisations combine (:data:`MERGES`);
+- what its answer reveals: ``summed`` (added up over organisations, so masked
+  under secure aggregation and counted by the DP accountant when noised),
+  ``disclosed`` (seen per organisation, listed in the privacy receipt) or
+  ``none`` (no answer).
+
+Everything that speaks the protocol reads this table: the organisation's
+:class:`~fedmine.party.organisation.Party` (stage checks, masking of summed
+answers), the Flight server's allow-list (:mod:`fedmine.party.server`), the
+coordinator's client stubs (:mod:`fedmine.coordinator.client`), and the
+aggregation of K parties (:class:`~fedmine.gbdt.state.EngineGroup`). Adding a
+call is one :func:`register`-ed entry here plus its implementation on the
+party (``side="organisation"``) or on the engine state (``side="engine"``).
+
+Stages
+------
+Organisation calls run on the party itself: ``new`` until ``start`` (the tree
+strategies' model), then ``following``. Engine calls (the ``histogram``
+strategy) run on the party's engine state, whose stages cycle::
+
+    created --set_bins--> binned --configure--> ready --begin_round--> gradients
+       ^                                          ^                       |
+       |                                          |                  start_trees
+     reset (from any stage)                       |                       v
+                                           finish / configure  <--- growing (histograms,
+                                                                     apply_split, ...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Any stage (calls that do not depend on the party's progress).
+ANY = "*"
+
+# Organisation stages (tree strategies follow a model the coordinator sends).
+NEW, FOLLOWING = "new", "following"
+# Engine stages (histogram strategy); a round cycles GRADIENTS -> GROWING -> GRADIENTS.
+CREATED, BINNED, READY, GRADIENTS, GROWING, FINISHED = "created", "binned", "ready", "gradients", "growing", "finished"
+ENGINE_STAGES = (CREATED, BINNED, READY, GRADIENTS, GROWING, FINISHED)
+
+#: What an answer reveals to the coordinator.
+SUMMED, DISCLOSED, NO_ANSWER = "summed", "disclosed", "none"
+
+ORGANISATION, ENGINE = "organisation", "engine"
+
+
+class ProtocolError(RuntimeError):
+    """A call arrived in a stage that does not accept it, or is not in the table (a coordinator bug, not bad data)."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One entry of the protocol table.
+
+    Parameters
+    ----------
+    name : the call's name: the party's method, the Flight action, the client stub.
+    side : ``"organisation"`` (the party answers) or ``"engine"`` (its engine state answers).
+    needs : stages that accept the call, or ``(ANY,)``.
+    leads_to : the stage after a successful call, or None (unchanged).
+    args, answer : the argument and answer types, as a reader needs them.
+    merge : how answers of several organisations combine, a key of :data:`MERGES`.
+    release : ``summed``, ``disclosed`` or ``none`` (see the module docstring).
+    doc : one line: what the call does.
+    """
+
+    name: str
+    side: str
+    needs: tuple[str, ...]
+    leads_to: str | None
+    args: str
+    answer: str
+    merge: str
+    release: str
+    doc: str
+
+    def __post_init__(self) -> None:
+        if self.side not in (ORGANISATION, ENGINE):
+            raise ValueError(f"call {self.name}: side must be {ORGANISATION!r} or {ENGINE!r}, got {self.side!r}")
+        if self.merge not in MERGES:
+            raise ValueError(f"call {self.name}: merge {self.merge!r} is not one of {sorted(MERGES)}")
+        if self.release not in (SUMMED, DISCLOSED, NO_ANSWER):
+            raise ValueError(f"call {self.name}: release must be summed, disclosed or none, got {self.release!r}")
+        if (self.release == SUMMED) != (self.merge == "sum"):
+            raise ValueError(f"call {self.name}: a summed answer merges by sum and only it does")
+        if (self.release == NO_ANSWER) != (self.merge == "none"):
+            raise ValueError(f"call {self.name}: a call without answer merges by 'none' and only it does")
+
+    def accepts(self, stage: str) -> bool:
+        return ANY in self.needs or stage in self.needs
+
+
+def _sum(answers: Sequence[Any]) -> Any:
+    """Integer arrays add elementwise (exact, in any order); dicts add key by key."""
+    first = answers[0]
+    if isinstance(first, dict):
+        return {k: _sum([a[k] for a in answers]) for k in first}
+    total = np.asarray(first)
+    for a in answers[1:]:
+        total = total + np.asarray(a)
+    return total
+
+
+def _max(answers: Sequence[Any]) -> np.ndarray:
+    return np.max(np.stack([np.asarray(a) for a in answers]), axis=0)
+
+
+def _range(answers: Sequence[Any]) -> np.ndarray:
+    """(min, max) per feature: the smallest minimum and the largest maximum."""
+    stacked = np.stack([np.asarray(a, dtype=np.float64) for a in answers])
+    out = np.empty(stacked.shape[1:], dtype=np.float64)
+    out[:, 0] = stacked[:, :, 0].min(axis=0)
+    out[:, 1] = stacked[:, :, 1].max(axis=0)
+    return out
+
+
+def _none(answers: Sequence[Any]) -> None:
+    return None
+
+
+def _each(answers: Sequence[Any]) -> list[Any]:
+    return list(answers)
+
+
+#: How answers of several organisations combine, by the name a :class:`Call` gives.
+MERGES: dict[str, Callable[[Sequence[Any]], Any]] = {
+    "sum": _sum,  # summed answers: integer sums, the same bits whatever the partition
+    "max": _max,  # bounds (gradient maxima)
+    "range": _range,  # feature ranges
+    "each": _each,  # per-organisation answers, kept apart
+    "none": _none,  # calls without an answer
+}
+
+_TABLE: tuple[Call, ...] = (
+    # -- every strategy ----------------------------------------------------------------------------------
+    Call("describe", ORGANISATION, (ANY,), None, "",
+         "{n_rows, n_valid, n_features: int; features: [str]; label_sums: float64 (n_classes,); report: dict}",
+         "each", DISCLOSED, "row counts, canonical feature names, label sums, the harmonisation report"),
+    Call("secure_setup", ORGANISATION, (ANY,), None, "training_id: str", "public key: bytes (32)",
+         "each", DISCLOSED, "make this training's key pair; answer the public key"),
+    Call("secure_peers", ORGANISATION, (ANY,), None, "peers: {organisation: public key}", "none",
+         "none", NO_ANSWER, "derive pairwise masks from the peers' public keys"),
+    Call("secure_restart", ORGANISATION, (ANY,), None, "remaining: [str], epoch: int", "none",
+         "none", NO_ANSWER, "fresh masks among the remaining organisations (one dropped out)"),
+    Call("evaluate", ORGANISATION, (FOLLOWING,), None, "",
+         "{sums: {name: float64}, metrics: {name: float}}",
+         "each", DISCLOSED, "validation sums and exact metrics of the model the party follows"),
+    Call("local_baseline", ORGANISATION, (ANY,), None, "params: {str: value}, num_boost_round: int",
+         "{metrics, curve, n_rows}", "each", DISCLOSED, "train on this organisation's rows alone; its metrics"),
+    # -- tree strategies (bagging, cyclic, local) ------------------------------------------------------
+    Call("start", ORGANISATION, (ANY,), FOLLOWING, "base_score: float64 (n_trees,)", "none",
+         "none", NO_ANSWER, "follow a model whose raw score starts at base_score"),
+    Call("add_trees", ORGANISATION, (FOLLOWING,), None, "step: int, model_delta: LightGBM model text | None",
+         "none", "none", NO_ANSWER, "add the trees of step to the followed model's scores (a repeat is skipped)"),
+    Call("train_local", ORGANISATION, (FOLLOWING,), None, "params: {str: value}, num_boost_round: int",
+         "[LightGBM tree block: str]", "each", DISCLOSED, "trees trained on this party's rows on top of the model"),
+    # -- histogram strategy: the engine's calls ----------------------------------------------------------
+    Call("feature_ranges", ENGINE, (ANY,), None, "", "float64 (n_features, 2): min, max",
+         "range", DISCLOSED, "min and max per feature (features without declared ranges)"),
+    Call("grid_counts", ENGINE, (ANY,), None, "grids: float64 (n_features, n_grid), categorical: bool (n_features,)",
+         "int64 (n_features, n_grid + 1)", "sum", SUMMED, "row counts on the shared fine grid (agreeing bins)"),
+    Call("set_bins", ENGINE, (CREATED, BINNED), BINNED, "mapper: BinMapper", "none",
+         "none", NO_ANSWER, "bin the rows with the federation's bin edges"),
+    Call("configure", ENGINE, (BINNED, READY, FINISHED), READY,
+         "params: Params, init_scores: float64 (n_trees,), grad_clip?: float, hess_clip?: float", "none",
+         "none", NO_ANSWER, "objective and initial scores (DP: clip bounds)"),
+    Call("label_stats", ENGINE, (ANY,), None, "params: Params", "int64 (objective specific)",
+         "sum", SUMMED, "summable label statistics for the initial score"),
+    Call("begin_round", ENGINE, (READY, GROWING), GRADIENTS, "iteration: int, trees: [Tree]",
+         "float64 (n_trees, 2): max |g|, max h", "max", DISCLOSED, "apply the last round's trees; gradient bounds"),
+    Call("replay", ENGINE, (GRADIENTS,), None, "rounds: [[Tree]]", "float64 (n_trees, 2)",
+         "max", DISCLOSED, "apply past rounds' trees in order (resume, rejoin); gradient bounds"),
+    Call("start_trees", ENGINE, (GRADIENTS,), GROWING,
+         "iteration: int, grad_scales, hess_scales: float64 (n_trees,), count_bits: int, max_nodes: int", "none",
+         "none", NO_ANSWER, "quantise gradients with the global scales, bag rows, reset the partitions"),
+    Call("histograms", ENGINE, (GROWING,), None, "node_ids: int64 (n_nodes,)",
+         "int64 (n_nodes, n_features, max_bin + 1, 3)", "sum", SUMMED, "gradient histograms of the nodes' rows"),
+    Call("apply_split", ENGINE, (GROWING,), None,
+         "node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id", "none",
+         "none", NO_ANSWER, "send a node's rows to its children"),
+    Call("split_histograms", ENGINE, (GROWING,), None, "splits: [apply_split args], node_ids: int64 (n_nodes,)",
+         "int64 (n_nodes, n_features, max_bin + 1, 3)", "sum", SUMMED,
+         "apply queued splits, then answer histograms (one round trip)"),
+    Call("finish", ENGINE, (READY, GRADIENTS, GROWING), FINISHED, "trees: [Tree] | None", "none",
+         "none", NO_ANSWER, "apply the final round's trees"),
+    Call("metric_stats", ENGINE, (READY, GRADIENTS, GROWING, FINISHED), None, "metric: str",
+         "int64 (metric specific)", "sum", SUMMED, "summable statistics of a metric on the validation rows"),
+    Call("set_noise", ENGINE, (BINNED, READY, GRADIENTS, GROWING), None,
+         "variances: float64 (3,) | None, n_parties: int, seed: int | None, party_index: int", "none",
+         "none", NO_ANSWER, "DP: add a noise share to every later histograms answer"),
+    Call("reset", ENGINE, (ANY,), CREATED, "", "none", "none", NO_ANSWER,
+         "back to the engine's first stage (a training recovers from a failure)"),
+)
+
+#: The protocol table, by call name.
+CALLS: dict[str, Call] = {c.name: c for c in _TABLE}
+
+
+def call(name: str) -> Call:
+    """The table entry of ``name``; a :class:`ProtocolError` naming the allowed calls if there is none."""
+    try:
+        return CALLS[name]
+    except (KeyError, TypeError):
+        raise ProtocolError(f"unknown call {str(name)[:80]!r}; allowed: {', '.join(CALLS)}") from None
+
+
+def names(side: str | None = None) -> tuple[str, ...]:
+    """Call names in table order (those of one ``side`` if given)."""
+    return tuple(c.name for c in CALLS.values() if side is None or c.side == side)
+
+
+def summed() -> frozenset[str]:
+    """Calls whose answers are summed over organisations (masked under secure aggregation)."""
+    return frozenset(c.name for c in CALLS.values() if c.release == SUMMED)
+
+
+def disclosed() -> frozenset[str]:
+    """Calls whose answers the coordinator sees per organisation (listed in the privacy receipt)."""
+    return frozenset(c.name for c in CALLS.values() if c.release == DISCLOSED)
+
+
+def merge(name: str, answers: Sequence[Any]) -> Any:
+    """Combine the answers of several organisations to ``name`` as its table entry says."""
+    if not answers:
+        raise ValueError(f"merge {name}: no answers")
+    return MERGES[call(name).merge](answers)
+
+
+def register(entry: Call) -> None:
+    """Add a call to the table (its implementation goes on the party or the engine state)."""
+    if entry.name in CALLS:
+        raise ValueError(f"call {entry.name!r} is already in the protocol table")
+    CALLS[entry.name] = entry
+
+
+@contextmanager
+def registered(entry: Call) -> Iterator[Call]:
+    """:func:`register` for the duration of a ``with`` block (tests, plug-ins)."""
+    register(entry)
+    try:
+        yield entry
+    finally:
+        CALLS.pop(entry.name, None)

@@ -1,0 +1,56 @@
+"""Tasks that run inside one organisation: load, harmonise, split into a party."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from fedmine import connectors
+from fedmine.config import FederationConfig
+from fedmine.party.organisation import Party, split_rows
+from fedmine.schema import HarmonisedFrame, harmonise
+
+
+@task(name="load-source", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=lambda task, run, state: _worth_retrying(state))
+def load_source(cfg: FederationConfig, org: str) -> pd.DataFrame:
+    """The organisation's raw rows from its source (never leaves the organisation's subflow)."""
+    spec = cfg.organisations[org]
+    if spec.source is None:
+        from fedmine.errors import ConfigError
+
+        raise ConfigError(f"organisations.{org}.source: not set; the organisation's data is read where it lives "
+                          f"(its party server has it); here only organisations with a source can be prepared")
+    return connectors.load(spec.source, spec.read, base_dir=cfg.base_dir, org=org)
+
+
+@task(name="harmonise", cache_policy=NO_CACHE)
+def harmonise_frame(frame: pd.DataFrame, cfg: FederationConfig, org: str) -> HarmonisedFrame:
+    """Map the raw rows onto the canonical schema and check them."""
+    return harmonise(frame, cfg, org)
+
+
+@task(name="make-party", cache_policy=NO_CACHE)
+def make_party(data: HarmonisedFrame, cfg: FederationConfig, org: str) -> Party:
+    """Split train/validation with the seed and hold the rows in a party."""
+    t = cfg.training
+    split = split_rows(data, fraction=t.validation_fraction, seed=t.seed, org=org)
+    categorical = [i for i, f in enumerate(cfg.features.values()) if f.type == "category"]
+    return Party(org, split, objective=cfg.objective, num_class=cfg.num_class,
+                      feature_names=data.feature_names, categorical=categorical, report=data.report)
+
+
+def _worth_retrying(state) -> bool:
+    """A source that could not be reached is tried again; bad input (a missing file, a bad scheme) is not."""
+    from fedmine.errors import ConnectorError, FedmineError
+
+    try:
+        state.result()
+    except ConnectorError as exc:
+        return exc.transient
+    except FedmineError:
+        return False
+    except Exception:
+        return True
+    return False
