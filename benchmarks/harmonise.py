@@ -28,8 +28,8 @@ import pandas as pd
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from fedmine.config import FederationConfig, config_from_dict  # noqa: E402
-from fedmine.schema import harmonise  # noqa: E402
+from fedmine.config import FederationConfig, config_from_dict
+from fedmine.schema import harmonise
 
 GOAL_SECONDS = 1.5
 ORG = "clinic"
@@ -103,7 +103,8 @@ def make_frame(n: int, seed: int = 0) -> pd.DataFrame:
         "marital": spellings(["M", "S", "D", "m", "s", "W"], ["?", None]),
         "channel": spellings(["cellular", "telephone", "Cell", "TEL"], ["unknown", None]),
         "colour": spellings(["red", "green", "blue", "Red", "BLUE"], ["unknown", "NA", None]),
-        "education": spellings(["primary", "secondary", "tertiary", "basic.4y", "university.degree"], ["unknown", None]),
+        "education": spellings(["primary", "secondary", "tertiary", "basic.4y", "university.degree"],
+                               ["unknown", None]),
         "visit_date": _text(_sprinkle(rng, dates, ["?", "NA", None], 0.02)),
         "y": _text(rng.choice(np.array(["yes", "no"], dtype=object), n)),
     })

@@ -104,7 +104,7 @@ class _Numbers:
     Missing rows keep their value in ``values``; ``missing`` says which they are.
     """
 
-    __slots__ = ("values", "missing")
+    __slots__ = ("missing", "values")
 
     def __init__(self, values: np.ndarray, missing: np.ndarray) -> None:
         self.values = values
@@ -131,7 +131,7 @@ class _Coded:
     ignored. ``text`` says every entry is a str.
     """
 
-    __slots__ = ("codes", "values", "text", "_counts")
+    __slots__ = ("_counts", "codes", "text", "values")
 
     def __init__(self, codes: np.ndarray, values: np.ndarray, text: bool, counts: np.ndarray | None = None) -> None:
         self.codes = codes
@@ -165,7 +165,7 @@ class _Coded:
         row = int(np.argmax(self.rows(flags)))
         return int(self.counts()[flags].sum()), self.values[self.codes[row]]
 
-    def without(self, positions: np.ndarray) -> "_Coded":
+    def without(self, positions: np.ndarray) -> _Coded:
         """The column with the rows holding ``values[positions]`` missing."""
         dead = np.zeros(len(self.values) + 1, dtype=bool)
         dead[positions] = True
