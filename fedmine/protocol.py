@@ -164,10 +164,10 @@ _TABLE: tuple[Call, ...] = (
     # -- tree strategies (bagging, cyclic, local) ------------------------------------------------------
     Call("start", ORGANISATION, (ANY,), FOLLOWING, "base_score: float64 (n_trees,)", "none",
          "none", NO_ANSWER, "follow a model whose raw score starts at base_score"),
-    Call("add_trees", ORGANISATION, (FOLLOWING,), None, "step: int, model_delta: LightGBM model text | None",
+    Call("add_trees", ORGANISATION, (FOLLOWING,), None, "step: int, trees: [Tree] | None",
          "none", "none", NO_ANSWER, "add the trees of step to the followed model's scores (a repeat is skipped)"),
     Call("train_local", ORGANISATION, (FOLLOWING,), None, "params: {str: value}, num_boost_round: int",
-         "[LightGBM tree block: str]", "each", DISCLOSED, "trees trained on this party's rows on top of the model"),
+         "[Tree]", "each", DISCLOSED, "trees trained with LightGBM on this party's rows on top of the model"),
     # -- histogram strategy: the engine's calls ----------------------------------------------------------
     Call("feature_ranges", ENGINE, (ANY,), None, "", "float64 (n_features, 2): min, max",
          "range", DISCLOSED, "min and max per feature (features without declared ranges)"),

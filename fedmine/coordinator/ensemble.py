@@ -1,13 +1,13 @@
-"""The global model as LightGBM model text: trees that travel, scale and merge.
+"""The global model of the tree strategies: engine tree records that travel, scale and merge.
 
-A LightGBM model file is a header (objective, feature names, feature infos),
-one ``Tree=i`` block per tree, and ``end of trees``. Federated tree strategies
-move tree blocks only: a party trains trees on its own rows and sends their
-blocks; the coordinator scales them (the server learning rate and the
-organisation's weight) and appends them to the global ensemble. The header is
-written from the canonical schema, never copied from a party's model, so it
-carries no party's data ranges. ``tree_sizes`` is left out of the header
-(LightGBM then parses trees sequentially; a wrong value would abort it).
+Under ``bagging``, ``cyclic`` and ``local`` an organisation trains trees with
+LightGBM on its own rows and answers them as engine tree records
+(:func:`fedmine.gbdt.modeltext.read_trees`); the coordinator scales them (the
+server learning rate and the organisation's weight) and appends them to the
+global :class:`Ensemble`. The model text is written by
+:func:`fedmine.gbdt.export.to_lightgbm_text`, the one LightGBM text writer,
+with a header made from the canonical schema (:func:`schema_model`), never
+from a party's data, so it carries no party's data ranges.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedmine.config import FederationConfig
-from fedmine.gbdt.modeltext import tree_blocks
-
-_SCALED_KEYS = ("leaf_value", "internal_value")
+from fedmine.gbdt.export import to_lightgbm_text
+from fedmine.gbdt.model import Model, Tree
 
 
 def _objective_line(cfg: FederationConfig) -> str:
@@ -40,105 +39,72 @@ def _feature_info(spec) -> str:
     return "none"
 
 
-def header_for(cfg: FederationConfig) -> str:
-    """The model header the canonical schema implies (no party's statistics in it)."""
+def schema_model(cfg: FederationConfig, trees: list[Tree], base_score: np.ndarray) -> Model:
+    """A :class:`Model` of ``trees`` whose header comes from the canonical schema (no party's statistics)."""
     names = list(cfg.features)
-    return "\n".join(
-        [
-            "tree",
-            "version=v4",
-            f"num_class={cfg.num_class}",
-            f"num_tree_per_iteration={cfg.num_class}",
-            "label_index=0",
-            f"max_feature_idx={len(names) - 1}",
-            f"objective={_objective_line(cfg)}",
-            "feature_names=" + " ".join(names),
-            "feature_infos=" + " ".join(_feature_info(cfg.features[n]) for n in names),
-        ]
+    return Model(
+        trees=list(trees),
+        init_scores=np.asarray(base_score, dtype=np.float64),
+        objective=cfg.objective,
+        objective_line=_objective_line(cfg),
+        n_trees_per_round=cfg.num_class,
+        n_features=len(names),
+        feature_names=names,
+        categorical=np.array([cfg.features[n].type == "category" for n in names], dtype=bool),
+        feature_infos=[_feature_info(cfg.features[n]) for n in names],
+        params={"learning_rate": 1.0},
+        best_iteration=len(trees) // max(cfg.num_class, 1),
+        history=[],
     )
 
 
-def _transform(block: str, fn) -> str:
-    out = []
-    for line in block.splitlines():
-        key, _, value = line.partition("=")
-        if key in _SCALED_KEYS and value:
-            values = np.array(value.split(" "), dtype=np.float64)
-            value = " ".join(repr(float(v)) for v in fn(values))
-            line = f"{key}={value}"
-        out.append(line)
-    return "\n".join(out)
-
-
-def scale_tree(block: str, factor: float) -> str:
-    """A tree whose every output is multiplied by ``factor``."""
+def scale_tree(tree: Tree, factor: float) -> Tree:
+    """A tree whose every output (leaf and internal values) is multiplied by ``factor``."""
     if factor == 1.0:
-        return block
-    block = _transform(block, lambda v: v * factor)
-    lines = []
-    for line in block.splitlines():
-        if line.startswith("shrinkage="):
-            line = f"shrinkage={float(line.split('=', 1)[1]) * factor!r}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def add_bias(block: str, bias: float) -> str:
-    """A tree whose every output is shifted by ``bias`` (LightGBM's boost-from-average)."""
-    if bias == 0.0:
-        return block
-    return _transform(block, lambda v: v + bias)
+        return tree
+    nodes = tree.nodes.copy()
+    nodes["value"] = nodes["value"] * factor
+    return Tree(nodes, cat_bitsets=tree.cat_bitsets.copy())
 
 
 @dataclass
 class Ensemble:
-    """The global model: a header and tree blocks, ``num_class`` trees per iteration.
+    """The global model: tree records, ``num_class`` trees per iteration.
 
     Parameters
     ----------
-    header : str
-        From :func:`header_for`.
-    num_class : int
-        Trees per boosting iteration.
+    cfg : FederationConfig
+        The canonical schema gives the model text's header.
     base_score : ndarray of shape (num_class,)
-        The initial raw score; folded into the first iteration's trees.
+        The initial raw score; folded into the first iteration's trees in the model text.
     """
 
-    header: str
-    num_class: int
+    cfg: FederationConfig
     base_score: np.ndarray
-    trees: list[str] = field(default_factory=list)
+    trees: list[Tree] = field(default_factory=list)
 
     @classmethod
-    def for_config(cls, cfg: FederationConfig, base_score: np.ndarray) -> "Ensemble":
-        return cls(header=header_for(cfg), num_class=cfg.num_class, base_score=np.asarray(base_score, float))
+    def for_config(cls, cfg: FederationConfig, base_score: np.ndarray) -> Ensemble:
+        return cls(cfg=cfg, base_score=np.asarray(base_score, float))
+
+    @property
+    def num_class(self) -> int:
+        return self.cfg.num_class
 
     @property
     def num_trees(self) -> int:
         return len(self.trees)
 
-    def append(self, blocks: list[str]) -> None:
+    def append(self, trees: list[Tree]) -> None:
         """Append whole iterations (a multiple of ``num_class`` trees), without the base score."""
-        if len(blocks) % self.num_class:
-            raise ValueError(f"expected a multiple of {self.num_class} trees, got {len(blocks)}")
-        self.trees.extend(blocks)
+        if len(trees) % self.num_class:
+            raise ValueError(f"expected a multiple of {self.num_class} trees, got {len(trees)}")
+        self.trees.extend(trees)
 
     def truncate(self, n_trees: int) -> None:
         """Keep the first ``n_trees`` trees (early stopping's best round)."""
         del self.trees[n_trees:]
 
-    def to_text(self, trees: list[str] | None = None) -> str:
-        """LightGBM model text.
-
-        Without ``trees``: the whole model, the base score folded into the first
-        iteration's trees (as LightGBM does). With ``trees``: just those trees
-        under this header and without the base score (a delta a party applies
-        to scores that already start from the base score).
-        """
-        if trees is None:
-            trees = [add_bias(b, float(self.base_score[i])) if i < self.num_class else b for i, b in enumerate(self.trees)]
-        parts = [self.header, ""]
-        for i, block in enumerate(trees):
-            parts.append(f"Tree={i}\n{block}\n")
-        parts.append("end of trees\n")
-        return "\n".join(parts)
+    def to_text(self) -> str:
+        """The whole model as LightGBM model text, the base score folded into the first iteration's trees."""
+        return to_lightgbm_text(schema_model(self.cfg, self.trees, self.base_score))

@@ -17,7 +17,8 @@
   visitor adds ``local_rounds`` iterations on top of the model as the previous
   one left it (scaled by beta).
 
-The maths of scaling lives in :mod:`fedmine.coordinator.ensemble`; strategies
+Every strategy's trees are engine tree records (:class:`~fedmine.gbdt.model.Tree`);
+the maths of scaling lives in :mod:`fedmine.coordinator.ensemble`; strategies
 only decide who trains on what and how the trees combine.
 """
 
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedmine.coordinator.ensemble import Ensemble, scale_tree
+from fedmine.gbdt.model import Tree, tree_arrays, trees_from_arrays
 from fedmine.coordinator.link import EngineProxy, Link
 
 
@@ -35,9 +37,9 @@ from fedmine.coordinator.link import EngineProxy, Link
 class RoundContext:
     """What a strategy may use in a round.
 
-    ``broadcast`` sends a delta (model text of new trees) to every party as
-    the next step; ``send`` sends one to a single party. Steps number every
-    score update, so a retried call is recognised and skipped by the party.
+    ``broadcast`` sends new trees to every party as the next step. Steps
+    number every score update, so a retried call is recognised and skipped by
+    the party.
     """
 
     round_id: int
@@ -62,12 +64,11 @@ class RoundContext:
         self.step += 1
         return self.step
 
-    def broadcast(self, blocks: list[str]) -> None:
-        delta = self.ensemble.to_text(blocks) if blocks else None
+    def broadcast(self, trees: list[Tree]) -> None:
         step = self.next_step()
         for link in self.links:
-            link.call("add_trees", step, delta)
-        self.broadcasts.append(len(blocks))
+            link.call("add_trees", step, trees or None)
+        self.broadcasts.append(len(trees))
 
 
 def bagging_weights(train_rows: dict[str, int], beta: float) -> dict[str, float]:
@@ -90,8 +91,7 @@ class Strategy:
         start = 0
         link.call("start", ctx.ensemble.base_score)
         for step, n in enumerate(ctx.broadcasts, 1):
-            blocks = ctx.ensemble.trees[start:start + n]
-            link.call("add_trees", step, ctx.ensemble.to_text(blocks) if blocks else None)
+            link.call("add_trees", step, ctx.ensemble.trees[start:start + n] or None)
             start += n
 
     def drop(self, ctx: RoundContext, link: Link) -> None:
@@ -123,7 +123,7 @@ class Strategy:
 
     def checkpoint(self, ctx: RoundContext) -> tuple[dict[str, Any], dict[str, Any]]:
         """What the coordinator needs to continue after a crash: (JSON-able state, arrays)."""
-        return {"trees": list(ctx.ensemble.trees), "broadcasts": list(ctx.broadcasts)}, {}
+        return {"n_trees": ctx.ensemble.num_trees, "broadcasts": list(ctx.broadcasts)}, tree_arrays(ctx.ensemble.trees)
 
     def restore(self, ctx: RoundContext, state: dict[str, Any], arrays: dict[str, Any]) -> None:
         """Continue from :meth:`checkpoint`: the same trees, replayed to the parties in the same groups.
@@ -131,7 +131,7 @@ class Strategy:
         Parties add each group's trees to their scores as they did the first
         time, so their scores, and every later tree, are the same bits.
         """
-        trees, groups = state["trees"], state["broadcasts"]
+        trees, groups = trees_from_arrays(arrays, state["n_trees"]), state["broadcasts"]
         ctx.ensemble.trees[:] = trees
         ctx.broadcasts.clear()
         start = 0
@@ -282,9 +282,9 @@ class LocalStrategy(Strategy):
     def run_round(self, ctx: RoundContext) -> None:
         step = ctx.next_step()
         for link in ctx.links:
-            blocks = link.call("train_local", ctx.params, 1)
+            trees = link.call("train_local", ctx.params, 1)
             # The party follows its own model: only it sees its trees.
-            link.call("add_trees", step, ctx.ensemble.to_text(blocks) if blocks else None)
+            link.call("add_trees", step, trees or None)
 
 
 class BaggingStrategy(Strategy):
@@ -292,10 +292,10 @@ class BaggingStrategy(Strategy):
 
     def run_round(self, ctx: RoundContext) -> None:
         weights = bagging_weights(ctx.train_rows, ctx.server_learning_rate)
-        new: list[str] = []
+        new: list[Tree] = []
         for link in ctx.links:
-            blocks = link.call("train_local", ctx.params, ctx.local_rounds)
-            new.extend(scale_tree(b, weights[link.name]) for b in blocks)
+            trees = link.call("train_local", ctx.params, ctx.local_rounds)
+            new.extend(scale_tree(t, weights[link.name]) for t in trees)
         ctx.ensemble.append(new)
         ctx.broadcast(new)
 
@@ -307,8 +307,8 @@ class CyclicStrategy(Strategy):
         # Round r visits organisation (r - 1) mod K; every party then applies
         # the visitor's trees, so the next visitor trains on top of them.
         visitor = ctx.links[(ctx.round_id - 1) % len(ctx.links)]
-        blocks = visitor.call("train_local", ctx.params, ctx.local_rounds)
-        new = [scale_tree(b, ctx.server_learning_rate) for b in blocks]
+        trees = visitor.call("train_local", ctx.params, ctx.local_rounds)
+        new = [scale_tree(t, ctx.server_learning_rate) for t in trees]
         ctx.ensemble.append(new)
         ctx.broadcast(new)
 

@@ -32,7 +32,7 @@ import numpy as np
 from fedmine.errors import DataError
 from fedmine.gbdt import binning
 from fedmine.gbdt.grower import TreeGrower, max_slots
-from fedmine.gbdt.model import Model, Tree
+from fedmine.gbdt.model import Model, Tree, tree_arrays, trees_from_arrays
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.params import make_params
 from fedmine.gbdt.state import EngineGroup, EngineState
@@ -356,17 +356,13 @@ class Trainer:
         state = {"it": self._it, "n_trees": len(self.trees_), "history": [float(v) for v in self.history_],
                  "best_score": self._best_score, "best_round": self._best_round, "done": self.done,
                  "grew": self.grew_, "releases": self.releases_}
-        arrays = {}
-        for i, tree in enumerate(self.trees_):
-            arrays[f"tree{i}.nodes"] = tree.nodes
-            arrays[f"tree{i}.cat_bitsets"] = tree.cat_bitsets
+        arrays = tree_arrays(self.trees_)
         return state, arrays
 
     def restore(self, state: dict, arrays: dict) -> None:
         """Continue from :meth:`checkpoint` after :meth:`start`: the parties replay the trees round by round."""
         n_trees = self._obj.n_trees
-        self.trees_ = [Tree(nodes=arrays[f"tree{i}.nodes"], cat_bitsets=arrays[f"tree{i}.cat_bitsets"])
-                       for i in range(state["n_trees"])]
+        self.trees_ = trees_from_arrays(arrays, state["n_trees"])
         self._it = int(state["it"])
         self.history_ = list(state["history"])
         self._best_score, self._best_round = state["best_score"], int(state["best_round"])

@@ -57,6 +57,7 @@ NODE_DTYPE = np.dtype(
         ("bin_threshold", np.int32),  # numeric: rows with bin <= this go left
         ("threshold", np.float64),  # numeric: raw value <= this goes left
         ("default_left", np.uint8),  # where NaN goes (numeric splits)
+        ("missing", np.uint8),  # numeric splits: MISSING_NAN (engine trees), MISSING_NONE or MISSING_ZERO
         ("is_categorical", np.uint8),  # 1: categorical split, bitset says left
         ("cat_index", np.int32),  # row of Tree.cat_bitsets, -1 if numeric
         ("left", np.int32),  # child node index, -1 for leaves
@@ -73,6 +74,16 @@ NODE_DTYPE = np.dtype(
         ("gain", np.float64),  # split gain, 0 for leaves
     ]
 )
+
+#: Missing-value rules of a numeric split, LightGBM's missing types. The
+#: engine's own trees learn a default side for NaN (MISSING_NAN, 0 so that a
+#: zeroed record means it); trees read from a LightGBM model keep LightGBM's
+#: rule: MISSING_NONE treats NaN as 0.0, MISSING_ZERO sends 0 (and NaN) to
+#: the default side.
+MISSING_NAN, MISSING_NONE, MISSING_ZERO = 0, 1, 2
+
+#: LightGBM's ``IsZero`` bound (``kZeroThreshold = 1e-35f``, as a double).
+ZERO_THRESHOLD = float(np.float32(1e-35))
 
 #: The best split found for one node, as the coordinator computes it from the
 #: summed histograms. ``gain == -inf`` means "no valid split".

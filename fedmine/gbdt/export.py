@@ -10,10 +10,11 @@ Format notes
   them (a split keeps the parent's leaf index on the left and gives the right
   child the next one); a child pointer to leaf ``j`` is written ``~j = -j-1``.
 * ``decision_type`` bits: 1 = categorical, 2 = default left, bits 2-3 = missing
-  type. Every split uses missing type NaN (value 2, i.e. ``+8``): numeric
-  splits send NaN to the default side and compare ``value <= threshold``
+  type. The engine's own splits use missing type NaN (value 2, i.e. ``+8``):
+  numeric splits send NaN to the default side and compare ``value <= threshold``
   otherwise, categorical splits send NaN (and negative codes) right, exactly
-  the engine's rules.
+  the engine's rules. Trees read from LightGBM keep their numeric splits'
+  missing type (None, Zero) in the record's ``missing`` field.
 * Numeric thresholds are the bin upper edges, real numbers written with 17
   significant digits (round trip); categorical splits write the index of their
   bitset in ``threshold`` and the bitsets in ``cat_boundaries``/``cat_threshold``
@@ -31,9 +32,12 @@ from __future__ import annotations
 import numpy as np
 
 from fedmine.gbdt.booster import canonical_feature_names
+from fedmine.gbdt.dtypes import MISSING_NAN, MISSING_NONE, MISSING_ZERO
 from fedmine.gbdt.model import Model, Tree
 
 _NAN_MISSING = 2 << 2
+#: The record's missing rule as LightGBM's missing type in decision_type bits 2-3.
+_MISSING_BITS = {MISSING_NAN: 2 << 2, MISSING_NONE: 0, MISSING_ZERO: 1 << 2}
 _CATEGORICAL = 1
 _DEFAULT_LEFT = 2
 
@@ -111,7 +115,7 @@ def tree_to_text(tree: Tree, index: int, *, bias: float = 0.0, shrinkage: float 
             dtype.append(str(_CATEGORICAL | _NAN_MISSING))
             thresholds.append(str(int(r["cat_index"])))
         else:
-            dtype.append(str((_DEFAULT_LEFT if r["default_left"] else 0) | _NAN_MISSING))
+            dtype.append(str((_DEFAULT_LEFT if r["default_left"] else 0) | _MISSING_BITS[int(r["missing"])]))
             thresholds.append(_num(r["threshold"]))
 
     lines = [

@@ -111,3 +111,17 @@ class Model:
             and all(a.equal(b) for a, b in zip(self.trees, other.trees))
             and np.array_equal(self.init_scores, other.init_scores)
         )
+
+
+def tree_arrays(trees: list[Tree]) -> dict[str, np.ndarray]:
+    """Named arrays of ``trees`` for a checkpoint: ``tree{i}.nodes`` and ``tree{i}.cat_bitsets``."""
+    arrays = {}
+    for i, tree in enumerate(trees):
+        arrays[f"tree{i}.nodes"] = tree.nodes
+        arrays[f"tree{i}.cat_bitsets"] = tree.cat_bitsets
+    return arrays
+
+
+def trees_from_arrays(arrays: dict[str, np.ndarray], n_trees: int) -> list[Tree]:
+    """The first ``n_trees`` trees of :func:`tree_arrays`' output."""
+    return [Tree(nodes=arrays[f"tree{i}.nodes"], cat_bitsets=arrays[f"tree{i}.cat_bitsets"]) for i in range(n_trees)]

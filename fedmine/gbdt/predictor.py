@@ -18,7 +18,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from fedmine.gbdt.dtypes import CAT_BITSET_DTYPE, CAT_WORDS, X_DTYPE, Y_DTYPE
+from fedmine.gbdt.dtypes import (
+    CAT_BITSET_DTYPE,
+    CAT_WORDS,
+    MISSING_NAN,
+    MISSING_ZERO,
+    X_DTYPE,
+    Y_DTYPE,
+    ZERO_THRESHOLD,
+)
 
 
 def flatten(trees):
@@ -34,6 +42,8 @@ def flatten(trees):
     bin_threshold : ndarray of shape (n_nodes_total,), int64
     default_left, is_categorical : ndarray of shape (n_nodes_total,), bool
     bitsets : ndarray of shape (n_cat_total, 8), uint32
+    missing : ndarray of shape (n_nodes_total,), int64
+        The numeric split's missing rule (``dtypes.MISSING_*``).
     """
     offsets, parts, bits = [], [], []
     n_nodes = 0
@@ -51,7 +61,7 @@ def flatten(trees):
     if not parts:
         z = np.zeros(0, dtype=np.int64)
         return (z, z, z, z, z, np.zeros(0), np.zeros(0), z, np.zeros(0, bool), np.zeros(0, bool),
-                np.zeros((0, CAT_WORDS), CAT_BITSET_DTYPE))
+                np.zeros((0, CAT_WORDS), CAT_BITSET_DTYPE), z)
     nodes = np.concatenate([p[0] for p in parts])
     return (
         np.asarray(offsets, dtype=np.int64),
@@ -65,11 +75,12 @@ def flatten(trees):
         nodes["default_left"] == 1,
         nodes["is_categorical"] == 1,
         np.ascontiguousarray(np.concatenate(bits), dtype=CAT_BITSET_DTYPE).reshape(-1, CAT_WORDS),
+        nodes["missing"].astype(np.int64),
     )
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _raw_goes_left(x, threshold, default_left, is_cat, bits):  # pragma: no cover - numba
+def _raw_goes_left(x, threshold, default_left, is_cat, bits, missing):  # pragma: no cover - numba
     if is_cat:
         if np.isnan(x):
             return False
@@ -78,20 +89,25 @@ def _raw_goes_left(x, threshold, default_left, is_cat, bits):  # pragma: no cove
             return False
         return (bits[c >> 5] >> (c & 31)) & 1 == 1
     if np.isnan(x):
+        if missing == MISSING_NAN:
+            return default_left
+        x = 0.0  # LightGBM: NaN is 0.0 unless NaN is the missing value
+    if missing == MISSING_ZERO and -ZERO_THRESHOLD <= x <= ZERO_THRESHOLD:
         return default_left
     return x <= threshold
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _predict_raw_kernel(X, offsets, tree_class, feature, left, right, cat_index, threshold, value,
-                        default_left, is_cat, bitsets, out):  # pragma: no cover - numba
+                        default_left, is_cat, bitsets, missing, out):  # pragma: no cover - numba
     n_rows = X.shape[0]
     for i in numba.prange(n_rows):
         for t in range(offsets.shape[0]):
             node = offsets[t]
             while left[node] >= 0:
                 ci = cat_index[node] if is_cat[node] else 0
-                if _raw_goes_left(X[i, feature[node]], threshold[node], default_left[node], is_cat[node], bitsets[ci]):
+                if _raw_goes_left(X[i, feature[node]], threshold[node], default_left[node], is_cat[node], bitsets[ci],
+                                  missing[node]):
                     node = left[node]
                 else:
                     node = right[node]
@@ -124,7 +140,7 @@ def predict_raw(trees, X, *, n_trees_per_round: int = 1, init_scores=None) -> np
     bitsets = flat[10] if flat[10].shape[0] else np.zeros((1, CAT_WORDS), CAT_BITSET_DTYPE)
     tree_class = np.arange(len(trees), dtype=np.int64) % k
     _predict_raw_kernel(X, flat[0], tree_class, flat[1], flat[2], flat[3], flat[4], flat[5], flat[6],
-                        flat[8], flat[9], bitsets, out)
+                        flat[8], flat[9], bitsets, flat[11], out)
     return out
 
 
@@ -146,7 +162,11 @@ def predict_raw_numpy(trees, X, *, n_trees_per_round: int = 1, init_scores=None)
             cur = node[rows]
             x = X[rows, nd["feature"][cur]]
             nan = np.isnan(x)
-            go = np.where(nan, nd["default_left"][cur] == 1, x <= nd["threshold"][cur])
+            rule = nd["missing"][cur]
+            xz = np.where(nan & (rule != MISSING_NAN), 0.0, x)  # LightGBM: NaN is 0.0 unless NaN is missing
+            to_default = (nan & (rule == MISSING_NAN)) | ((rule == MISSING_ZERO) & (np.abs(xz) <= ZERO_THRESHOLD))
+            with np.errstate(invalid="ignore"):
+                go = np.where(to_default, nd["default_left"][cur] == 1, xz <= nd["threshold"][cur])
             cat = nd["is_categorical"][cur] == 1
             if cat.any():
                 c = np.where(nan | ~np.isfinite(x), -1, np.trunc(np.where(np.isfinite(x), x, -1))).astype(np.int64)

@@ -9,7 +9,9 @@ import numpy as np
 
 from fedmine import metrics, protocol
 from fedmine.errors import PartyError
-from fedmine.gbdt.modeltext import tree_blocks
+from fedmine.gbdt.model import Tree
+from fedmine.gbdt.modeltext import read_trees
+from fedmine.gbdt.predictor import predict_raw
 from fedmine.gbdt.state import EngineState
 from fedmine.protocol import FOLLOWING, NEW, ORGANISATION, SUMMED, ProtocolError
 from fedmine.schema import HarmonisedFrame
@@ -168,27 +170,35 @@ class Party:
         self._valid_raw = np.broadcast_to(base, self._shape(len(self._data.y_valid))).astype(np.float64).copy()
         self._step = 0
 
-    def add_trees(self, step: int, model_delta: str | None) -> None:
-        """Add the trees of ``step`` to the scores (idempotent: a repeated step is skipped)."""
+    def _raw(self, trees: list[Tree], X: np.ndarray) -> np.ndarray:
+        """Raw scores of ``trees`` on ``X`` in the shape of the followed scores: (n,) or (n, num_class)."""
+        raw = predict_raw(trees, X, n_trees_per_round=self.num_class)
+        return raw[0] if self.num_class == 1 else raw.T
+
+    def add_trees(self, step: int, trees: list[Tree] | None) -> None:
+        """Add the trees of ``step`` to the scores (idempotent: a repeated step is skipped).
+
+        The trees' outputs are summed in order, then added to each row's score,
+        as LightGBM's own prediction of those trees would add them.
+        """
         if step <= self._step:
             return  # a retried call: already applied
         if step != self._step + 1:
             raise PartyError(f"party {self.name}: step {step} out of order (last applied {self._step})")
-        if model_delta:
-            booster = lgb.Booster(model_str=model_delta)
-            self._train_raw += booster.predict(self._data.X_train, raw_score=True).reshape(self._train_raw.shape)
+        if trees:
+            self._train_raw += self._raw(trees, self._data.X_train)
             if len(self._data.y_valid):
-                self._valid_raw += booster.predict(self._data.X_valid, raw_score=True).reshape(self._valid_raw.shape)
+                self._valid_raw += self._raw(trees, self._data.X_valid)
         self._step = step
 
-    def train_local(self, params: dict[str, Any], num_boost_round: int) -> list[str]:
-        """Trees trained on this party's rows on top of the current scores.
+    def train_local(self, params: dict[str, Any], num_boost_round: int) -> list[Tree]:
+        """Trees trained with LightGBM on this party's rows on top of the current scores.
 
-        Returns the tree blocks only (no header, no parameters): ``num_class``
-        trees per boosting iteration, in LightGBM's order.
+        Returns them as engine tree records (:func:`fedmine.gbdt.modeltext.read_trees`):
+        ``num_class`` trees per boosting iteration, in LightGBM's order.
         """
         booster = lgb.train(params, self._dataset(self._train_raw.copy()), num_boost_round=num_boost_round)
-        return tree_blocks(booster.model_to_string())
+        return read_trees(booster.model_to_string())
 
     def secure_setup(self, training_id: str) -> bytes:
         """Make this training's key pair; answer the public key (the coordinator relays it to the peers)."""

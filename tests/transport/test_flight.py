@@ -123,10 +123,8 @@ def test_party_calls_over_mtls_answer_as_in_process(pki, serve):
     params = {"objective": "binary", "num_leaves": 4, "min_data_in_leaf": 5, "num_threads": 1, "verbosity": -1,
               "deterministic": True}
     blocks = party.train_local(params, 2)
-    assert blocks == local.call("train_local", params, 2)
-    delta = "tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\nlabel_index=0\nmax_feature_idx=2\n" \
-            "objective=binary sigmoid:1\nfeature_names=a b c\nfeature_infos=none none none\ntree_sizes=\n\n" \
-            + blocks[0] + "\nend of trees\n"
+    assert all(a.equal(b) for a, b in zip(blocks, local.call("train_local", params, 2)))
+    delta = blocks[:1]
     for p in (local, party):
         p.call("add_trees", 1, delta)
         p.call("add_trees", 1, delta)  # a retried call is skipped
