@@ -82,7 +82,6 @@ class Strategy:
 
     name = ""
     federated = True
-    stops_itself = False  # True: the strategy applies early stopping on its own
     can_drop = True  # the strategy can continue without a party that failed
     can_recover = True  # the strategy can bring a restarted party back (replay)
 
@@ -143,14 +142,15 @@ class Strategy:
 class HistogramStrategy(Strategy):
     """Trees grown by the coordinator from summed integer histograms (lossless).
 
-    The engine's :class:`~fedmine.gbdt.booster.Trainer` drives the parties
-    through an in-process :class:`~fedmine.gbdt.state.EngineGroup` whose members
-    are :class:`EngineProxy` objects: every call crosses a :class:`Link`.
-    Early stopping is the engine's, on the same metric.
+    Its round is one hook: the engine's :class:`~fedmine.gbdt.booster.Trainer`
+    grows one round of trees through an :class:`~fedmine.gbdt.state.EngineGroup`
+    whose members are :class:`EngineProxy` objects (every call crosses a
+    :class:`Link`). The coordinator owns the loop around it: it evaluates,
+    stops early and cuts the model back (:meth:`truncate`), as for every
+    strategy.
     """
 
     name = "histogram"
-    stops_itself = True
 
     def drop(self, ctx: RoundContext, link: Link) -> None:
         """Continue without ``link``: the rest start the round over (bins and trees so far are kept)."""
@@ -176,7 +176,7 @@ class HistogramStrategy(Strategy):
             dp = DPConfig(grad_bound=privacy.gradient_bound, hess_bound=privacy.hessian_bound)
         self.group = EngineGroup([EngineProxy(link) for link in ctx.links], n_threads=len(ctx.links))
         self.trainer = Trainer(self.group, ctx.engine_params, categorical=ctx.categorical,
-                               feature_names=ctx.feature_names, ranges=ctx.declared_ranges, dp=dp)
+                               feature_names=ctx.feature_names, ranges=ctx.declared_ranges, dp=dp, evaluate=False)
         self.trainer.start()
         self._model = None
         self.accountant = None
@@ -262,7 +262,10 @@ class HistogramStrategy(Strategy):
             noise_multiplier=self.noise_multiplier, releases_per_round=self.trainer.max_releases_per_round)
 
     def truncate(self, ctx: RoundContext, n_trees: int) -> None:
-        pass  # the engine keeps its best round itself (Trainer.finish)
+        """Keep the first ``n_trees`` trees: the coordinator's early stopping, or a round grown again."""
+        if n_trees < len(self.trainer.trees_):
+            self.trainer.truncate(n_trees)
+            self._model = None
 
 
 class LocalStrategy(Strategy):

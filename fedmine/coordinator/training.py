@@ -312,7 +312,7 @@ class Coordinator:
         """Early stopping on the federated validation metric, for strategies that do not stop themselves."""
         patience = self.cfg.training.early_stopping_rounds
         key = metrics.primary(self.objective)
-        if not patience or self.strategy.stops_itself or key not in global_m or not self.federated:
+        if not patience or key not in global_m or not self.federated:
             return False
         value = global_m[key]
         if self._best is None or metrics.better(self.objective, value, self._best[0]):

@@ -109,6 +109,12 @@ class Trainer:
     dp : DPConfig, dict or None
         Differential privacy: clip bounds and fixed-point resolution. Noise is
         off until :meth:`set_noise`. None (default): the exact engine.
+    evaluate : bool
+        True (default): each :meth:`step` evaluates the validation metric from
+        the parties' summed ``metric_stats`` and applies early stopping, as
+        :func:`train` needs. False: the trainer only grows rounds; its caller
+        (the federation's coordinator, which owns the round loop) evaluates,
+        stops early and cuts the model back with :meth:`truncate`.
 
     Attributes
     ----------
@@ -129,8 +135,9 @@ class Trainer:
     """
 
     def __init__(self, party, params, *, categorical=None, feature_names=None,
-                 n_grid: int = binning.DEFAULT_GRID_SIZE, ranges=None, dp=None) -> None:
+                 n_grid: int = binning.DEFAULT_GRID_SIZE, ranges=None, dp=None, evaluate: bool = True) -> None:
         self.party = party
+        self.evaluate = evaluate
         self.dp = DPConfig.make(dp)
         self.ranges = ranges
         self.params = make_params(params)
@@ -313,7 +320,7 @@ class Trainer:
         else:
             self._bounds = party.begin_round(self._it, new)
         value = None
-        if self._n_valid > 0:
+        if self.evaluate and self._n_valid > 0:
             value = obj.metric_value(params.metric, party.metric_stats(params.metric), self._n_valid)
             self.history_.append(value)
             if self._best_score is None or self._sign * value > self._sign * self._best_score:
@@ -374,6 +381,12 @@ class Trainer:
             return
         rounds = [self.trees_[r * n_trees:(r + 1) * n_trees] for r in range(len(self.trees_) // n_trees)]
         self._bounds = self.party.replay(rounds) if rounds else self._bounds
+
+    def truncate(self, n_trees: int) -> None:
+        """Keep the first ``n_trees`` trees (whole rounds) and grow no further round: the caller's early stopping."""
+        n = int(n_trees) - int(n_trees) % self._obj.n_trees
+        del self.trees_[n:]
+        self.stop()
 
     def stop(self) -> None:
         """Grow no further round (a privacy budget, a caller's limit); the parties' scores stay as they are."""

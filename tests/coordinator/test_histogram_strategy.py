@@ -149,3 +149,32 @@ def test_declared_ranges_keep_party_ranges_private():
     model = train(EngineState(X[rows], y[rows], row_ids=ids), cfg.training.engine_params("binary", 1, "auc"),
                   categorical=[3], feature_names=list(cfg.features), ranges=declared_ranges(cfg))
     assert coord.model_text() == gbdt.to_lightgbm_text(model, list(cfg.features))
+
+
+@pytest.mark.parametrize("objective", ["binary", "regression"])
+def test_the_coordinators_early_stopping_equals_the_engines_on_pooled_rows(objective):
+    """The coordinator owns the round loop: its early stopping keeps the round the engine alone would keep."""
+    from fedmine import metrics
+
+    X, y = make_rows(objective, n=2400, seed=5)
+    parts = partition(y, 3, "skewed")
+    cfg = cfg_for(objective, ORGS[:3], rounds=300, learning_rate=0.5, early_stopping_rounds=4)
+    cuts = [int(len(i) * 0.7) for i in parts]
+    train_parts = [i[:c] for i, c in zip(parts, cuts)]
+    valid_parts = [i[c:] for i, c in zip(parts, cuts)]
+    parties = [Party(o, TrainValidRows(X[t], y[t], X[v], y[v]), objective=objective, num_class=1,
+                     feature_names=list(cfg.features), categorical=[3])
+               for o, t, v in zip(cfg.organisations, train_parts, valid_parts)]
+    coord = Coordinator(cfg, parties)
+    coord.start()
+    for r in range(1, 301):
+        if coord.run_round(r).stopped:
+            break
+    assert r < 300  # stopped early
+    ids = np.concatenate([global_row_ids(o, len(t)) for o, t in zip(cfg.organisations, train_parts)])
+    tr, va = np.concatenate(train_parts), np.concatenate(valid_parts)
+    params = cfg.training.engine_params(objective, 1, metrics.primary(objective))
+    pooled = train(EngineState(X[tr], y[tr], row_ids=ids, X_valid=X[va], y_valid=y[va]), params, categorical=[3],
+                   feature_names=list(cfg.features))
+    assert pooled.best_iteration == len(lgb.Booster(model_str=coord.model_text()).dump_model()["tree_info"])
+    assert coord.model_text() == gbdt.to_lightgbm_text(pooled, list(cfg.features))
