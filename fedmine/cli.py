@@ -244,8 +244,9 @@ def certs_init(
     days: int = typer.Option(1825, "--days", help="Validity."),
 ) -> None:
     """Create the federation's certificate authority (ca.pem, ca.key)."""
-    from fedmine.transport.certs import init_ca
+    from fedmine.transport.certs import check_days, init_ca
 
+    check_days(days, key="--days")
     path = init_ca(folder, federation=federation, days=days)
     typer.echo(f"CA for {federation}: {path}")
 
@@ -258,10 +259,11 @@ def certs_issue(
     days: int = typer.Option(365, "--days", help="Validity."),
 ) -> None:
     """Issue NAME.pem and NAME.key, signed by the federation's CA."""
-    from fedmine.transport.certs import issue
+    from fedmine.transport.certs import check_days, issue
 
     if kind not in ("party", "coordinator"):
         raise ConfigError(f"--kind {kind}: allowed: party, coordinator")
+    check_days(days, key="--days")
     path = issue(folder, name, kind=kind, days=days)
     typer.echo(f"{kind} certificate for {name}: {path}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -146,6 +147,19 @@ def test_certs_from_the_command_line(tmp_path):
     assert result.returncode == 0 and (tmp_path / "c" / "bank.pem").is_file()
     bad = fedmine("certs", "issue", tmp_path / "c", "bank", "--kind", "auditor")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --kind auditor: allowed: party, coordinator"
+
+
+@pytest.mark.parametrize(("command", "days"), [("init", "0"), ("issue", "-1")])
+def test_certs_refuse_a_validity_below_one_day(tmp_path, command, days):
+    init_ca = fedmine("certs", "init", tmp_path / "c", "--federation", "retail-credit")
+    assert init_ca.returncode == 0, init_ca.stderr
+    args = ["init", tmp_path / "new", "--federation", "retail-credit"] if command == "init" else ["issue", tmp_path / "c", "bank"]
+    result = fedmine("certs", *args, "--days", days)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        rf"error: --days {days}: the validity must be a whole number of days in \[1, \d+\]", lines[0]), result.stderr
+    assert not (tmp_path / "new").exists() and not (tmp_path / "c" / "bank.pem").exists()
 
 
 def test_party_serve_needs_a_known_org(demo_config):

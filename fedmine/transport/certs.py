@@ -49,6 +49,9 @@ KINDS = ("party", "coordinator")
 CA_DAYS = 5 * 365
 CERT_DAYS = 365
 
+#: Latest day a certificate can end on (X.509 GeneralizedTime stops at year 9999).
+LAST_DAY = dt.date(9999, 12, 31)
+
 #: Names become DNS names in certificates: letters, digits, ``-``, ``_`` and ``.``.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
 
@@ -95,12 +98,20 @@ class ClientTLS:
 
 def check_name(name: str) -> str:
     """A certificate holder's name, checked (it becomes a DNS name)."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise CertificateError(
             f"certificate name {name!r} is not usable as a DNS name; use 1-63 letters, digits, '.', '-' or '_', "
             "starting with a letter or digit"
         )
     return name
+
+
+def check_days(days: int, *, key: str = "days") -> int:
+    """A validity in days, checked: a whole number from 1 to the days left until :data:`LAST_DAY`."""
+    latest = (LAST_DAY - dt.date.today()).days
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= latest:
+        raise CertificateError(f"{key} {days!r}: the validity must be a whole number of days in [1, {latest}]")
+    return days
 
 
 def _write(path: Path, data: bytes, *, private: bool, overwrite: bool) -> None:
@@ -157,10 +168,11 @@ def init_ca(folder: str | os.PathLike, *, federation: str, days: int = CA_DAYS, 
     Raises
     ------
     CertificateError
-        The files exist already (unless ``overwrite``).
+        The files exist already (unless ``overwrite``); ``days`` is not in [1, days until :data:`LAST_DAY`].
     """
     if not isinstance(federation, str) or not federation.strip():
         raise CertificateError(f"federation name must be a non-empty string, got {federation!r}")
+    check_days(days)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for fname in (CA_CERT, CA_KEY):
@@ -204,9 +216,10 @@ def issue(folder: str | os.PathLike, name: str, *, kind: str = "party", days: in
     Raises
     ------
     CertificateError
-        Bad name or kind, missing or malformed CA files, files that exist already.
+        Bad name, kind or days, missing or malformed CA files, files that exist already.
     """
     check_name(name)
+    check_days(days)
     if kind not in KINDS:
         raise CertificateError(f"certificate kind must be one of {list(KINDS)}, got {kind!r}")
     if name == "ca":

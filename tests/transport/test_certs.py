@@ -79,10 +79,21 @@ def test_existing_files_are_not_overwritten(folder):
     issue(folder, "bank", overwrite=True)
 
 
-@pytest.mark.parametrize("name", ["", "bank/../x", "a b", "-x", "é", "x" * 64])
+@pytest.mark.parametrize("name", ["", "bank/../x", "a b", "-x", "é", "x" * 64, "bank\n"])
 def test_names_must_be_dns_names(folder, name):
     with pytest.raises(CertificateError, match=r"is not usable as a DNS name"):
         issue(folder, name)
+
+
+@pytest.mark.parametrize("days", [0, -30, True, 10**8])
+def test_validity_is_one_day_to_the_year_9999(tmp_path, folder, days):
+    message = rf"^days {days!r}: the validity must be a whole number of days in \[1, \d+\]$"
+    with pytest.raises(CertificateError, match=message):
+        init_ca(tmp_path / "ca", federation="demo", days=days)
+    assert not (tmp_path / "ca").exists()
+    with pytest.raises(CertificateError, match=message):
+        issue(folder, "clinic", days=days)
+    assert not (folder / "clinic.pem").exists()
 
 
 def test_kind_and_reserved_name(folder):
