@@ -12,6 +12,11 @@ Layout of a training in MLflow:
 - one nested run per organisation: its rows, its local-only baseline (final
   metrics and learning curve) and its metrics of the global model per round.
 
+A federated profile (``fedmine profile``, the ``federated_profile`` flow) is
+a run of the same experiment tagged ``fedmine.kind=profile``: PSI and drift
+metrics and the report under ``profile/`` (:func:`log_profile`); the latest
+earlier profile run is the baseline of its drift.
+
 A run that fails is marked FAILED with the error as a tag. Every call goes
 through :class:`MlflowClient` with explicit run ids, so it is safe from any
 thread; only :meth:`Tracker.log_model` uses MLflow's fluent API.
@@ -35,6 +40,9 @@ from fedmine.config import FederationConfig, resolved_dict
 from fedmine.errors import ConfigError
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+#: The tag saying what a run records, and its value on profile runs.
+KIND_TAG = "fedmine.kind"
+PROFILE_KIND = "profile"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -171,6 +179,31 @@ class Tracker:
                 np.savez(path, **arrays)
                 self.client.log_artifact(self.run_id, str(path), "checkpoint")
 
+    def start_profile(self) -> str:
+        """Start a profile run in the federation's experiment (tagged ``fedmine.kind=profile``); return its id."""
+        self.start(tags={KIND_TAG: PROFILE_KIND})
+        self.client.set_tag(self.run_id, "mlflow.runName", f"profile-{time.strftime('%Y%m%d-%H%M%S')}")
+        return self.run_id
+
+    def previous_profile(self, artifact: str) -> tuple[str, dict[str, Any]] | None:
+        """``(run id, JSON artifact)`` of the latest finished profile run of the experiment other than this one."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{KIND_TAG}` = '{PROFILE_KIND}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=5,
+        )
+        for run in runs:
+            if run.info.run_id == self.run_id:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    local = self.client.download_artifacts(run.info.run_id, artifact, tmp)
+                except Exception:  # a run without the artifact: look further back
+                    continue
+                return run.info.run_id, json.loads(Path(local).read_text())
+        return None
+
     def start_organisation(self, org: str, *, rows: int, report: dict[str, Any] | None = None) -> str:
         """The nested run of one organisation."""
         spec = self.cfg.organisations[org]
@@ -216,6 +249,10 @@ class Tracker:
         items = [Metric(k, float(v), ts, step) for k, v in values.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(run_id, metrics=items[i : i + _BATCH])
+
+    def log_metrics(self, values: dict[str, float], *, step: int = 0) -> None:
+        """Metrics by name on the parent run (NaN values are left out)."""
+        self._log_metrics(self.run_id, {k: v for k, v in values.items() if v == v}, step)
 
     def log_round(self, round_id: int, values: dict[str, float], org_values: dict[str, dict[str, float]]) -> None:
         """Metrics of one round: on the parent run, and each organisation's on its nested run."""
@@ -287,6 +324,43 @@ class Tracker:
                                          registered_model_name=register)
         version = getattr(info, "registered_model_version", None)
         return str(version) if version is not None else None
+
+
+def log_profile(cfg: FederationConfig, profile) -> str:
+    """Record a :class:`~fedmine.schema.profiler.FederatedProfile` as a profile run; return its id.
+
+    Compares it with the latest earlier profile run (``profile.drift`` is
+    filled in), logs ``drift.<org>.<feature>`` and ``psi.<org>.<feature>``
+    metrics, the number of flags, and the report (HTML, PNGs, JSON) under
+    ``profile/``.
+    """
+    from fedmine.schema.drift import drift
+    from fedmine.schema.profiler import PROFILE_DIR, PROFILE_JSON, write_report
+
+    tracker = Tracker(cfg)
+    tracker.start_profile()
+    try:
+        before = tracker.previous_profile(f"{PROFILE_DIR}/{PROFILE_JSON}")
+        if before is not None:
+            profile.drift = drift(before[1], profile.as_dict())
+            profile.notices.append(f"drift measured against profile run {before[0]}")
+        metrics = {"profile.flags": float(len(profile.flags))}
+        for org, view in profile.organisations.items():
+            for name, entry in view["features"].items():
+                if "psi" in entry:
+                    metrics[f"psi.{org}.{name}"] = entry["psi"]
+        for org, feats in profile.drift.items():
+            for name, value in feats.items():
+                metrics[f"drift.{org}.{name}"] = value
+        tracker.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            write_report(profile, tmp)
+            tracker.log_artifacts(tmp, PROFILE_DIR)
+        tracker.finish("FINISHED")
+    except BaseException as exc:
+        tracker.fail(exc)
+        raise
+    return tracker.run_id
 
 
 def load_model_text(model: str, tracking_uri: str) -> str:

@@ -25,6 +25,6 @@ def run_profile(cfg: FederationConfig, parties: list[ProfileParty]) -> Federated
 @task(name="record-profile", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def record_profile(cfg: FederationConfig, profile: FederatedProfile) -> str:
     """The profile run in MLflow: drift against the previous one, PSI metrics, the HTML report."""
-    from fedmine.schema.tracking_glue import log_profile
+    from fedmine.tracking import log_profile
 
     return log_profile(cfg, profile)

@@ -103,7 +103,7 @@ def profile(
         result = profile_federation(cfg)
         run_id = None
         if track:
-            from fedmine.schema.tracking_glue import log_profile
+            from fedmine.tracking import log_profile
 
             run_id = log_profile(cfg, result)
         if output is not None:
