@@ -168,6 +168,18 @@ _TABLE: tuple[Call, ...] = (
          "none", "none", NO_ANSWER, "add the trees of step to the followed model's scores (a repeat is skipped)"),
     Call("train_local", ORGANISATION, (FOLLOWING,), None, "params: {str: value}, num_boost_round: int",
          "[Tree]", "each", DISCLOSED, "trees trained with LightGBM on this party's rows on top of the model"),
+    # -- the federated profile (fedmine profile): over all the party's rows, training and validation ------
+    Call("profile_ranges", ORGANISATION, (ANY,), None, "", "float64 (n_features, 2): min, max",
+         "range", DISCLOSED, "min and max per feature over all rows (the profile's shared grid)"),
+    Call("profile_counts", ORGANISATION, (ANY,), None,
+         "grids: float64 (n_features, n_grid), categorical: bool (n_features,)", "int64 (n_features, n_grid + 1)",
+         "sum", SUMMED, "counts of all rows on the profile's grid: per cell or category code, missing last"),
+    Call("profile_view", ORGANISATION, (ANY,), None,
+         "grids: float64 (n_features, n_grid), lows: float64 (n_features,), totals: int64 (n_features, n_grid + 1), "
+         "features: [{name, type, categories}]",
+         "{rows: int, features: {name: {count, missing_rate, quantiles, percentiles, plot | categories, psi, "
+         "median_ratio}}, problems: [str]}",
+         "each", DISCLOSED, "the organisation's own view: its summary and its PSI against the federation's rest"),
     # -- histogram strategy: the engine's calls ----------------------------------------------------------
     Call("feature_ranges", ENGINE, (ANY,), None, "", "float64 (n_features, 2): min, max",
          "range", DISCLOSED, "min and max per feature (features without declared ranges)"),

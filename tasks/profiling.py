@@ -1,23 +1,22 @@
-"""Tasks of the federated profile: a party inside each organisation, the profile at the coordinator."""
+"""Tasks of the federated profile at the coordinator: the profile over the parties, its MLflow run.
+
+The parties are the training's: prepared inside each organisation
+(flows/prepare.py) or reached at its party server (``connect-party``).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fedmine.config import FederationConfig
-from fedmine.schema import HarmonisedFrame
-from fedmine.schema.profiler import FederatedProfile, ProfileParty, profile_parties
-
-
-@task(name="make-profile-party", cache_policy=NO_CACHE)
-def make_profile_party(data: HarmonisedFrame, cfg: FederationConfig, org: str) -> ProfileParty:
-    """Hold the organisation's canonical rows in a party that answers with aggregates only."""
-    return ProfileParty(org, data, cfg)
+from fedmine.schema.profiler import FederatedProfile, profile_parties
 
 
 @task(name="profile", cache_policy=NO_CACHE)
-def run_profile(cfg: FederationConfig, parties: list[ProfileParty]) -> FederatedProfile:
+def run_profile(cfg: FederationConfig, parties: list[Any]) -> FederatedProfile:
     """Shared grid, summed (masked when secure aggregation is on) counts, each organisation's own view."""
     return profile_parties(cfg, parties)
 

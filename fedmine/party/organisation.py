@@ -256,3 +256,58 @@ class Party:
             final = metrics.exact(d.y_valid, raw, self.objective)
         history = {k: [float(v) for v in vals] for k, vals in curve.get("valid_0", {}).items()}
         return {"metrics": final, "curve": history, "rows_train": int(len(d.y_train))}
+
+    # -- profile calls (protocol table: the federated profile, over all this party's rows) ----------
+    def _profile_rows(self) -> list[np.ndarray]:
+        """Training and validation rows, each as it is held (never joined into a copy)."""
+        d = self._data
+        return [X for X in (d.X_train, d.X_valid) if len(X)] or [d.X_train]
+
+    def profile_ranges(self) -> np.ndarray:
+        """Per-feature (min, max) over all rows, shape (n_features, 2); ``+inf, -inf`` for a feature without values."""
+        from fedmine.gbdt.binning import feature_ranges, merge_ranges
+
+        return merge_ranges(np.stack([feature_ranges(X) for X in self._profile_rows()]))
+
+    def profile_counts(self, grids: np.ndarray, categorical: np.ndarray) -> np.ndarray:
+        """Counts of all rows on the shared grid, shape (n_features, n_grid + 1), int64; last column: missing."""
+        from fedmine.gbdt.binning import grid_counts
+
+        blocks = self._profile_rows()
+        total = grid_counts(blocks[0], grids, categorical=categorical)
+        for X in blocks[1:]:
+            total += grid_counts(X, grids, categorical=categorical)
+        return total
+
+    def profile_view(self, grids: np.ndarray, lows: np.ndarray, totals: np.ndarray,
+                     features: list[dict[str, Any]]) -> dict[str, Any]:
+        """This organisation's own view: its summary from its rows and the federation's ``totals``.
+
+        Per feature: count, missing rate, quantiles, percentiles and plot bars
+        (numeric) or category counts, its PSI against the other organisations
+        (``totals - own``) and the ratio of its median to theirs; and the
+        harmonisation's problems. ``features`` must be this party's columns,
+        with ``category`` exactly where its own schema has categories, so no
+        numeric column is answered cell by cell.
+        """
+        from fedmine.schema.summary import TYPES, categorical_mask, summarise_counts
+
+        names = [f.get("name") if isinstance(f, dict) else None for f in features]
+        if names != list(self.feature_names):
+            raise PartyError(f"party {self.name}: profile_view: features {names} are not this party's "
+                             f"{list(self.feature_names)}")
+        for i, f in enumerate(features):
+            if f.get("type") not in TYPES or (f["type"] == "category") != (i in self.categorical):
+                raise PartyError(f"party {self.name}: profile_view: feature {f['name']!r} cannot be of type "
+                                 f"{f.get('type')!r} here")
+        grids = np.asarray(grids, dtype=np.float64)
+        lows = np.asarray(lows, dtype=np.float64)
+        totals = np.asarray(totals, dtype=np.int64)
+        n = len(features)
+        if grids.ndim != 2 or grids.shape[0] != n or lows.shape != (n,) or totals.shape != (n, grids.shape[1] + 1):
+            raise PartyError(f"party {self.name}: profile_view: grids {grids.shape}, lows {lows.shape} and totals "
+                             f"{totals.shape} do not fit {n} features")
+        own = self.profile_counts(grids, categorical_mask(features))
+        view = summarise_counts(features, grids, lows, own, rest=totals - own)
+        view["problems"] = list(self.report.get("problems", []))
+        return view

@@ -1,13 +1,17 @@
 """The federated profile: distributions of the canonical features without moving rows.
 
-Protocol (each step is aggregates only)::
+The profile speaks the party protocol (:mod:`fedmine.protocol`, calls
+``profile_*``), so an organisation is profiled the same way in this process
+(a :class:`~fedmine.party.organisation.Party` prepared from its ``source``)
+or behind its party server (a :class:`~fedmine.coordinator.client.RemoteParty`
+at its ``endpoint``); its rows never leave it. Each step is aggregates only::
 
-    party        describe()                 -> rows, missing count per feature
-    party        ranges()                   -> min, max per numeric feature (as for binning)
+    party        profile_ranges()           -> min, max per feature (disclosed, as for binning)
     coordinator  shared grid per feature     make_grids(declared or merged ranges)
-    party        grid_counts(grid)          -> int64 counts per cell (masked when secure aggregation is on)
-    coordinator  totals = sum of counts      unmask_sum(...) under secure aggregation
-    party        own_view(grid, totals)     -> its own summary and its PSI against the rest
+    party        secure_setup / secure_peers   key agreement (under secure aggregation)
+    party        profile_counts(grid)       -> int64 counts per cell (summed: masked under secure aggregation)
+    coordinator  totals = sum of counts      the masks cancel in the sum
+    party        profile_view(grid, totals) -> its own summary and its PSI against the rest (disclosed)
 
 The federation's counts, quantiles and category frequencies come from the
 summed grid counts only. Each organisation's section is its *own view*: the
@@ -15,11 +19,12 @@ party computes it from its rows and the federation totals (``rest = totals -
 own``), including the population stability index (PSI) of each feature
 against the other organisations. A PSI above ``profile.psi_threshold`` flags
 the feature; with the ratio of medians the report names a likely unit factor
-(income in thousands at one organisation reads as ``x1000``).
+(income in thousands at one organisation reads as ``x1000``). The summaries
+themselves are :mod:`fedmine.schema.summary`'s, shared by both ends.
 
-With secure aggregation the coordinator never sees a party's counts; in this
-in-process profile every organisation's own view is gathered into one report,
-each section labelled as that organisation's view.
+With secure aggregation the coordinator never sees a party's counts; the
+own views are disclosed to it and gathered into one report, each section
+labelled as that organisation's view.
 """
 
 from __future__ import annotations
@@ -27,96 +32,36 @@ from __future__ import annotations
 import json
 import math
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedmine import protocol
 from fedmine.config import FederationConfig
-from fedmine.gbdt.binning import feature_ranges, grid_counts, make_grids, merge_ranges
-from fedmine.schema.harmonise import HarmonisedFrame
+from fedmine.coordinator.link import Link
+from fedmine.gbdt.binning import make_grids
+from fedmine.schema.summary import (  # noqa: F401 - PERCENTILES and psi: also this module's names (drift)
+    PERCENTILES,
+    PLOT_BINS,
+    categorical_mask,
+    cell_bounds,
+    is_numeric,
+    plot_groups,
+    psi,
+    summarise_counts,
+)
+
+if TYPE_CHECKING:
+    from fedmine.party.organisation import Party
 
 #: Grid cells per numeric feature (enough for percentiles; cheap to send).
 N_GRID = 1024
-#: Quantiles shown in tables.
-QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-#: Percentiles stored for drift (1 .. 99).
-PERCENTILES = tuple(i / 100 for i in range(1, 100))
-#: Bins of the PSI: groups of cells holding about a tenth of the federation's values each.
-PSI_BINS = 10
-#: Floor of a bin's share in the PSI (a bin empty on one side would be infinite).
-PSI_FLOOR = 1e-4
-#: Plot bars per numeric feature.
-PLOT_BINS = 32
 #: Artifact folder of a profile run.
 PROFILE_DIR = "profile"
 PROFILE_JSON = "profile.json"
-
-
-def is_numeric(kind: str) -> bool:
-    return kind in ("float", "int", "date")
-
-
-# ---------------------------------------------------------------------------
-# pure helpers
-# ---------------------------------------------------------------------------
-
-
-def psi(p_counts, q_counts, *, floor: float = PSI_FLOOR) -> float:
-    """Population stability index of two histograms over the same bins.
-
-    ``sum((p - q) * ln(p / q))`` over shares, each share floored at ``floor``.
-    0 for identical shares; 0.1 is a small shift, above 0.25 a large one.
-    NaN when either side is empty.
-    """
-    p = np.asarray(p_counts, dtype=np.float64)
-    q = np.asarray(q_counts, dtype=np.float64)
-    if p.sum() <= 0 or q.sum() <= 0:
-        return float("nan")
-    p = np.maximum(p / p.sum(), floor)
-    q = np.maximum(q / q.sum(), floor)
-    return float(np.sum((p - q) * np.log(p / q)))
-
-
-def cell_bounds(grid: np.ndarray, lo: float) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bounds of each grid cell (cell 0 starts at ``lo``)."""
-    upper = np.asarray(grid, dtype=np.float64)
-    lower = np.concatenate([[min(lo, upper[0])], upper[:-1]])
-    return lower, upper
-
-
-def grid_quantiles(counts: np.ndarray, grid: np.ndarray, lo: float, qs) -> list[float]:
-    """Quantiles from cell counts, interpolating linearly inside the cell (NaN when empty)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum()
-    if total <= 0:
-        return [float("nan")] * len(qs)
-    lower, upper = cell_bounds(grid, lo)
-    cum = np.cumsum(counts)
-    out = []
-    for q in qs:
-        target = q * total
-        j = int(np.searchsorted(cum, target, side="left"))
-        j = min(j, len(counts) - 1)
-        before = cum[j] - counts[j]
-        frac = (target - before) / counts[j] if counts[j] > 0 else 0.0
-        out.append(float(lower[j] + (upper[j] - lower[j]) * min(max(frac, 0.0), 1.0)))
-    return out
-
-
-def equal_mass_groups(counts: np.ndarray, n_bins: int) -> np.ndarray:
-    """Group index per cell so that each group holds about ``1 / n_bins`` of the counts."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum()
-    if total <= 0:
-        return np.zeros(len(counts), dtype=np.int64)
-    cum_before = np.cumsum(counts) - counts
-    return np.minimum((cum_before / total * n_bins).astype(np.int64), n_bins - 1)
-
-
-def grouped(counts: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    return np.bincount(groups, weights=np.asarray(counts, dtype=np.float64), minlength=int(groups.max()) + 1)
 
 
 def nearest_factor(ratio: float, *, quantity: str | None = None, tolerance: float = 0.1) -> tuple[float, str] | None:
@@ -136,114 +81,10 @@ def nearest_factor(ratio: float, *, quantity: str | None = None, tolerance: floa
     return None
 
 
-# ---------------------------------------------------------------------------
-# party side
-# ---------------------------------------------------------------------------
-
-
-class ProfileParty:
-    """An organisation's end of the profile: holds canonical rows, answers with aggregates.
-
-    Parameters
-    ----------
-    name : the organisation.
-    data : its harmonised rows (never sent).
-    cfg : the federation config (feature types and vocabularies).
-    """
-
-    def __init__(self, name: str, data: HarmonisedFrame, cfg: FederationConfig) -> None:
-        self.name = name
-        self.cfg = cfg
-        self.problems = list(data.report.get("problems", []))
-        self._X = data.X
-        self._masker = None
-        self._keypair = None
-
-    # -- plain answers ------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
-        """Rows and missing count per feature."""
-        return {"rows": int(self._X.shape[0]), "missing": np.isnan(self._X).sum(axis=0).astype(np.int64)}
-
-    def ranges(self) -> np.ndarray:
-        """Per-feature (min, max), shape (n_features, 2)."""
-        return feature_ranges(self._X)
-
-    def grid_counts(self, grids: np.ndarray, categorical: np.ndarray) -> np.ndarray:
-        """Counts per cell, shape (n_features, n_grid + 1), int64; last column: missing."""
-        return grid_counts(self._X, grids, categorical=categorical)
-
-    # -- secure aggregation -------------------------------------------------
-    def public_key(self) -> bytes:
-        from fedmine.privacy.secure_agg import generate_keypair
-
-        self._keypair = generate_keypair()
-        return self._keypair.public_bytes
-
-    def set_peers(self, peers: dict[str, bytes], profile_id: str) -> None:
-        import warnings
-
-        from fedmine.privacy.secure_agg import Masker, SecureAggregationWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SecureAggregationWarning)  # the profile reports it once
-            self._masker = Masker(self.name, self._keypair, peers, profile_id)
-
-    def masked_grid_counts(self, grids: np.ndarray, categorical: np.ndarray) -> np.ndarray:
-        """:meth:`grid_counts` masked for the sum (uint64): the coordinator learns only the total."""
-        return self._masker.mask(self.grid_counts(grids, categorical), "profile.grid_counts")
-
-    # -- own view -----------------------------------------------------------
-    def own_view(self, grids: np.ndarray, lows: np.ndarray, totals: np.ndarray, *,
-                 plot_groups: list[np.ndarray | None]) -> dict[str, Any]:
-        """This organisation's summary, from its rows and the federation's totals.
-
-        Returns per feature: count, missing rate, quantiles and percentiles
-        (numeric) or category counts, its PSI against the other organisations
-        (``totals - own``), the ratio of its median to theirs and its plot
-        histogram.
-        """
-        own = self.grid_counts(grids, _categorical_mask(self.cfg))
-        return summarise_counts(self.cfg, grids, lows, own, rest=totals - own, plot_groups=plot_groups)
-
-
-def _categorical_mask(cfg: FederationConfig) -> np.ndarray:
-    return np.array([f.type in ("category", "bool") for f in cfg.features.values()], dtype=bool)
-
-
-def summarise_counts(cfg: FederationConfig, grids: np.ndarray, lows: np.ndarray, counts: np.ndarray, *,
-                     rest: np.ndarray | None = None, plot_groups: list[np.ndarray | None]) -> dict[str, Any]:
-    """Per-feature summary of grid counts; with ``rest``, the PSI and median ratio against it."""
-    features: dict[str, Any] = {}
-    rows = int(counts[0].sum()) if len(counts) else 0
-    for i, (name, feat) in enumerate(cfg.features.items()):
-        c = counts[i, :-1]
-        n_missing = int(counts[i, -1])
-        count = int(c.sum())
-        entry: dict[str, Any] = {"type": feat.type, "count": count,
-                                 "missing_rate": n_missing / rows if rows else float("nan")}
-        if is_numeric(feat.type):
-            grid, lo = grids[i], float(lows[i])
-            qs = grid_quantiles(c, grid, lo, QUANTILES)
-            if feat.type in ("int", "date"):  # whole values: the interpolation inside a cell is noise
-                qs = [float(np.round(v)) if v == v else v for v in qs]
-            entry["quantiles"] = dict(zip((f"p{int(q * 100)}" for q in QUANTILES), qs))
-            entry["percentiles"] = grid_quantiles(c, grid, lo, PERCENTILES)
-            if plot_groups[i] is not None:
-                entry["plot"] = grouped(c, plot_groups[i]).tolist()
-            if rest is not None:
-                r = rest[i, :-1]
-                groups = equal_mass_groups(c + r, PSI_BINS)
-                entry["psi"] = psi(grouped(c, groups), grouped(r, groups))
-                med_own = grid_quantiles(c, grid, lo, (0.5,))[0]
-                med_rest = grid_quantiles(r, grid, lo, (0.5,))[0]
-                entry["median_ratio"] = (med_own / med_rest) if med_rest not in (0.0,) and med_rest == med_rest else float("nan")
-        else:
-            vocab = feat.categories if feat.type == "category" else ["false", "true"]
-            entry["categories"] = {str(v): int(c[j]) for j, v in enumerate(vocab)}
-            if rest is not None:
-                entry["psi"] = psi(c[: len(vocab)], rest[i, : len(vocab)])
-        features[name] = entry
-    return {"rows": rows, "features": features}
+def feature_specs(cfg: FederationConfig) -> list[dict[str, Any]]:
+    """The canonical features as ``profile_view`` takes them: name, type, categories (config order)."""
+    return [{"name": name, "type": f.type, "categories": list(f.categories or []) if f.type == "category" else None}
+            for name, f in cfg.features.items()]
 
 
 # ---------------------------------------------------------------------------
@@ -363,29 +204,34 @@ def _table(title: str, summary: dict[str, Any], threshold: float | None) -> list
     return lines
 
 
-def profile_parties(cfg: FederationConfig, parties: list[ProfileParty], *, secure: bool | None = None,
+def profile_parties(cfg: FederationConfig, parties: list[Any], *, secure: bool | None = None,
                     n_grid: int = N_GRID) -> FederatedProfile:
     """Run the profile protocol over ``parties`` (coordinator side).
 
     Parameters
     ----------
+    parties : anything answering ``call(name, ...)`` and naming its organisation in ``name``: a
+        :class:`~fedmine.party.organisation.Party` in this process, a
+        :class:`~fedmine.coordinator.client.RemoteParty` at its endpoint, or a :class:`Link` to either.
     secure : mask the grid counts (default: ``cfg.secure_aggregation``).
     """
-    from fedmine.privacy.secure_agg import unmask_sum
+    from fedmine.privacy.secure_agg import SecureAggregationWarning
 
+    links = [p if isinstance(p, Link) else Link(p) for p in parties]
     secure = cfg.secure_aggregation if secure is None else secure
     notices = []
-    if secure and len(parties) < 2:
+    if secure and len(links) < 2:
         secure = False
         notices.append("secure aggregation needs 2 or more organisations; the profile used plain sums")
-    if secure and len(parties) == 2:
+    if secure and len(links) == 2:
         notices.append("with two organisations each can read the other's counts from the federation totals")
+    features = feature_specs(cfg)
     feats = list(cfg.features.values())
-    categorical = _categorical_mask(cfg)
+    categorical = categorical_mask(features)
     n_vocab = max([len(f.categories) for f in feats if f.type == "category"] + [2])
     n_grid = max(n_grid, n_vocab)
 
-    ranges = merge_ranges(np.stack([p.ranges() for p in parties]))
+    ranges = protocol.merge("profile_ranges", [link.call("profile_ranges") for link in links])
     for i, f in enumerate(feats):
         if f.type == "category" or f.type == "bool":
             ranges[i] = (0, n_grid - 1)
@@ -399,32 +245,24 @@ def profile_parties(cfg: FederationConfig, parties: list[ProfileParty], *, secur
     grids = np.where(use_log[:, None], log, uniform)
     lows = np.where(np.isfinite(lo), lo, 0.0)
 
-    if secure:
+    if secure:  # the table's key agreement: the coordinator relays public keys, the parties mask summed answers
         profile_id = f"profile-{uuid.uuid4().hex}"
-        keys = {p.name: p.public_key() for p in parties}
-        for p in parties:
-            p.set_peers(keys, profile_id)
-        totals = unmask_sum([p.masked_grid_counts(grids, categorical) for p in parties])
-    else:
-        totals = sum(p.grid_counts(grids, categorical) for p in parties)
+        keys = {link.name: link.call("secure_setup", profile_id) for link in links}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SecureAggregationWarning)  # the profile's notices say it once
+            for link in links:
+                link.call("secure_peers", keys)
+    totals = protocol.merge("profile_counts", [link.call("profile_counts", grids, categorical) for link in links])
 
-    plot_groups: list[np.ndarray | None] = []
     plot_edges: dict[str, list[float]] = {}
+    groups = plot_groups(n_grid)
     for i, (name, f) in enumerate(cfg.features.items()):
         if is_numeric(f.type):
-            groups = np.arange(n_grid) * PLOT_BINS // n_grid
-            plot_groups.append(groups)
             lower, upper = cell_bounds(grids[i], lows[i])
             plot_edges[name] = [float(lower[0])] + [float(upper[groups == g].max()) for g in range(PLOT_BINS)]
-        else:
-            plot_groups.append(None)
 
-    federation = summarise_counts(cfg, grids, lows, totals, plot_groups=plot_groups)
-    organisations = {}
-    for p in parties:
-        view = p.own_view(grids, lows, totals, plot_groups=plot_groups)
-        view["problems"] = p.problems
-        organisations[p.name] = view
+    federation = summarise_counts(features, grids, lows, totals)
+    organisations = {link.name: link.call("profile_view", grids, lows, totals, features) for link in links}
     threshold = cfg.profile.psi_threshold
     flags = []
     for org, view in organisations.items():
@@ -456,28 +294,50 @@ def profile_parties(cfg: FederationConfig, parties: list[ProfileParty], *, secur
                             notices=notices)
 
 
-def prepare_profile_parties(cfg: FederationConfig, orgs: list[str] | None = None, *,
-                            collect: bool = True) -> list[ProfileParty]:
-    """Each organisation loads and harmonises its own rows into a :class:`ProfileParty`.
+def prepare_party(cfg: FederationConfig, org: str, *, collect: bool = True) -> Party:
+    """``org``'s party made here from its ``source``: load, harmonise, split as a training's party is made.
 
     ``collect=True`` keeps going past schema violations (their values become
     missing; ``fedmine schema check`` lists them).
     """
     from fedmine import connectors
+    from fedmine.errors import ConfigError
+    from fedmine.party.organisation import Party, split_rows
     from fedmine.schema.harmonise import harmonise
 
-    parties = []
-    for org in orgs or list(cfg.organisations):
-        spec = cfg.organisations[org]
-        frame = connectors.load(spec.source, spec.read, base_dir=cfg.base_dir, org=org)
-        parties.append(ProfileParty(org, harmonise(frame, cfg, org, collect=collect), cfg))
-    return parties
+    spec = cfg.organisations[org]
+    if spec.source is None:
+        raise ConfigError(f"organisations.{org}.source: not set; an organisation with only an endpoint is "
+                          "profiled at its party server")
+    frame = connectors.load(spec.source, spec.read, base_dir=cfg.base_dir, org=org)
+    data = harmonise(frame, cfg, org, collect=collect)
+    t = cfg.training
+    rows = split_rows(data, fraction=t.validation_fraction, seed=t.seed, org=org)
+    categorical = [i for i, f in enumerate(cfg.features.values()) if f.type == "category"]
+    return Party(org, rows, objective=cfg.objective, num_class=cfg.num_class, feature_names=data.feature_names,
+                 categorical=categorical, report=data.report)
 
 
 def profile_federation(cfg: FederationConfig, orgs: list[str] | None = None, *,
                        secure: bool | None = None) -> FederatedProfile:
-    """Prepare every organisation (or ``orgs``) and profile them together."""
-    return profile_parties(cfg, prepare_profile_parties(cfg, orgs), secure=secure)
+    """Profile every organisation (or ``orgs``): made here from its ``source``, or at its ``endpoint``.
+
+    An organisation with an ``endpoint`` is reached at its party server over
+    mutual TLS (:func:`fedmine.coordinator.client.connect`); its rows are read there.
+    """
+    from fedmine.coordinator.client import connect
+
+    parties: list[Any] = []
+    try:
+        for org in orgs or list(cfg.organisations):
+            parties.append(connect(cfg, org) if cfg.organisations[org].endpoint else prepare_party(cfg, org))
+        return profile_parties(cfg, parties, secure=secure)
+    finally:
+        for party in parties:
+            close = getattr(party, "close", None)
+            if close is not None:
+                close()
+
 
 
 # ---------------------------------------------------------------------------

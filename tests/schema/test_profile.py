@@ -11,7 +11,8 @@ import pytest
 
 from fedmine.config import config_from_dict
 from fedmine.schema.drift import drift
-from fedmine.schema.profiler import grid_quantiles, profile_federation, psi, write_report
+from fedmine.schema.profiler import profile_federation, write_report
+from fedmine.schema.summary import grid_quantiles, psi
 
 ORGS = ("bank", "insurer", "retailer")
 
