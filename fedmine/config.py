@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fedmine.errors import ConfigError
 from fedmine.gbdt import params as gbdt_params
+from fedmine.gbdt.dtypes import MAX_BIN_LIMIT
 from fedmine.gbdt.params import TrainingParams, redeclare
 
 OBJECTIVES = ("binary", "multiclass", "regression", "poisson", "tweedie")
@@ -30,11 +32,35 @@ DERIVATIONS = ("years_since", "months_since", "days_since", "year", "month", "we
 EPOCH = _dt.date(1970, 1, 1)
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Names of the federation and of organisations (matched in full: no trailing newline or space).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAME_ALLOWED = "letters, digits, '.', '_' or '-', starting with a letter or digit ([A-Za-z0-9][A-Za-z0-9_.-]*)"
+
+
+def _is_number(annotation: Any) -> bool:
+    """Whether a field holds a number (int or float, maybe also None or a date), never a bool."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return bool not in args and any(a in (int, float) for a in args)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false is not a number: pydantic would read true as 1."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        annotation = field.annotation
+        if isinstance(value, bool) and _is_number(annotation):
+            raise ValueError(f"must be {gbdt_params.allowed(field)}, got {value!r}")
+        if isinstance(value, dict) and get_origin(annotation) is dict and _is_number(get_args(annotation)[1]):
+            for key, item in value.items():
+                if isinstance(item, bool):
+                    raise ValueError(f"{key}: must be a number, got {item!r}")
+        return value
 
 
 def date_to_days(value: _dt.date) -> float:
@@ -352,8 +378,8 @@ class FederationConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name_is_identifier(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError(f"{v!r} is not allowed; use letters, digits, '.', '_' or '-', starting with a letter or digit")
+        if not _NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not allowed; allowed: {_NAME_ALLOWED}")
         return v
 
     @field_validator("features")
@@ -369,8 +395,8 @@ class FederationConfig(_Strict):
         if not v:
             raise ValueError("no organisations; list at least one (name: {source: ...})")
         for name in v:
-            if not _NAME.match(str(name)):
-                raise ValueError(f"organisation name {name!r} is not allowed; use letters, digits, '.', '_' or '-'")
+            if not _NAME.fullmatch(str(name)):
+                raise ValueError(f"organisation name {name!r} is not allowed; allowed: {_NAME_ALLOWED}")
         return v
 
     @model_validator(mode="after")
@@ -383,6 +409,14 @@ class FederationConfig(_Strict):
             raise ValueError(f"objective binary needs exactly 2 'classes' [negative, positive]; got {len(self.classes)}")
         if self.objective in ("regression", "poisson", "tweedie") and self.classes is not None:
             raise ValueError(f"'classes' is not allowed with objective {self.objective}")
+        max_bin = self.training.max_bin
+        for name, feat in self.features.items():
+            k = len(feat.categories or ())
+            if k > max_bin:
+                fix = (f"raise training.max_bin to at least {k}" if k <= MAX_BIN_LIMIT
+                       else f"merge categories to at most {MAX_BIN_LIMIT}")
+                raise ValueError(f"features.{name}: {k} categories, but training.max_bin is {max_bin} "
+                                 f"(each category takes one bin); {fix}")
         strategy, privacy = self.training.strategy, self.privacy
         if privacy.secure_aggregation and strategy != "histogram":
             raise ValueError(
@@ -519,6 +553,43 @@ def config_from_dict(raw: Any, *, source: str = "<config>", path: Path | None = 
     return cfg
 
 
+def _no_duplicate_keys(node: yaml.Node, source: str, path: tuple[str, ...] = (), seen: set[int] | None = None) -> None:
+    """Raise when a mapping of the composed YAML gives a key twice (PyYAML would keep the last silently)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already walked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                line = key.start_mark.line + 1
+                where = ".".join((*path, key.value))
+                if (key.tag, key.value) in first:
+                    raise ConfigError(f"{source}: {where}: duplicate key at line {line} (first at line "
+                                      f"{first[key.tag, key.value]}); YAML keeps only the last, give it once")
+                first[key.tag, key.value] = line
+                _no_duplicate_keys(value, source, (*path, key.value), seen)
+            else:
+                _no_duplicate_keys(value, source, path, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _no_duplicate_keys(item, source, (*path, str(i)), seen)
+
+
+def _read_yaml(text: str, source: str) -> Any:
+    """One YAML document, refusing duplicate keys."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _no_duplicate_keys(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> FederationConfig:
     """Read, override and validate a federation YAML file.
 
@@ -532,7 +603,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Federat
     if not path.is_file():
         raise ConfigError(f"{source}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _read_yaml(path.read_text(), source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

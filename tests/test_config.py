@@ -199,3 +199,69 @@ def test_every_training_key_is_documented():
     section = text[text.index("## training"):text.index("## privacy")]
     for name, field in TrainingSpec.model_fields.items():
         assert f"`{field.serialization_alias or name}`" in section, name
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["training.rounds=true"], r"training.rounds: must be an integer in \[1, 100000\], got True$"),
+    (["training.local_rounds=true"], r"training.local_rounds: must be an integer in \[1, 1000\], got True$"),
+    (["training.validation_fraction=false"], r"training.validation_fraction: must be a number in \[0, 1\), got False$"),
+    (["privacy.min_parties=true"], r"privacy.min_parties: must be an integer >= 2, got True$"),
+    (["transport.retries=true"], r"transport.retries: must be an integer in \[0, 100\], got True$"),
+    (["transport.timeout_seconds=true"], r"transport.timeout_seconds: must be a number > 0, got True$"),
+    (["organisations.retailer.scale={income: true}"], r"organisations.retailer.scale: income: must be a number, got True$"),
+    (["features.age={type: float, max: true}"], r"features.age.max: must be a number, got True$"),
+])
+def test_yaml_booleans_are_not_numbers(cfg_file, overrides, message):
+    """Pydantic's lax mode reads true as 1; a config where a number belongs says true is not one."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(cfg_file, overrides)
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("  rounds: 30\n", "  rounds: 30\n  local_rounds: 2\n  rounds: 40\n",
+     r"f.yaml: training.rounds: duplicate key at line 22 \(first at line 20\); YAML keeps only the last, give it once$"),
+    ("  retailer:\n", "  bank:\n", r"f.yaml: organisations.bank: duplicate key at line 14 \(first at line 9\)"),
+    ("    scale: {income: 1000}\n", "    scale: {income: 1000, \"income\": 10}\n",
+     r"f.yaml: organisations.retailer.scale.income: duplicate key at line 17 \(first at line 17\)"),
+    ("name: retail-credit ", "name: x\nname: retail-credit ", r"f.yaml: name: duplicate key at line 2 \(first at line 1\)"),
+])
+def test_duplicate_yaml_keys_name_the_key_and_line(tmp_path, old, new, message):
+    path = tmp_path / "f.yaml"
+    path.write_text(ISSUE_EXAMPLE.replace(old, new, 1))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text(ISSUE_EXAMPLE.replace("  bank:\n", "  bank: &bank\n", 1).replace(
+        "  retailer:\n    source: data/retailer.parquet\n", "  retailer:\n    <<: *bank\n    source: data/retailer.parquet\n"))
+    assert load_config(path).organisations["retailer"].read == {"sep": ";", "na_values": ["?", "-9"]}
+
+
+@pytest.mark.parametrize("name", ["bank\\n", "bank ", " bank", "ba\\tnk", "bank\\x00"])
+def test_organisation_names_with_whitespace_or_control_characters(tmp_path, name):
+    path = tmp_path / "f.yaml"
+    path.write_text(ISSUE_EXAMPLE.replace("  bank:\n", f'  "{name}":\n', 1))
+    shown = repr(name.encode().decode("unicode_escape"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(exc.value) == (
+        f"{path}: organisations: organisation name {shown} is not allowed; allowed: letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit ([A-Za-z0-9][A-Za-z0-9_.-]*)")
+    with pytest.raises(ConfigError, match=r"name: 'retail-credit\\n' is not allowed; allowed: letters"):
+        load_config(path, ["name=\"retail-credit\\n\""])
+
+
+def test_more_categories_than_max_bin(cfg_file):
+    vocabulary = "[" + ", ".join(f"c{i}" for i in range(40)) + "]"
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg_file, [f"features.region={{type: category, categories: {vocabulary}}}", "training.max_bin=32"])
+    assert str(exc.value) == (f"{cfg_file}: features.region: 40 categories, but training.max_bin is 32 "
+                              "(each category takes one bin); raise training.max_bin to at least 40")
+    assert load_config(cfg_file, [f"features.region={{type: category, categories: {vocabulary}}}",
+                                  "training.max_bin=40"]).training.max_bin == 40
+    vocabulary = "[" + ", ".join(f"c{i}" for i in range(300)) + "]"
+    with pytest.raises(ConfigError, match=r"features.region: 300 categories, but training.max_bin is 255 "
+                                          r"\(each category takes one bin\); merge categories to at most 255$"):
+        load_config(cfg_file, [f"features.region={{type: category, categories: {vocabulary}}}"])
