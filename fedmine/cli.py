@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from fedmine.errors import ConfigError, FedmineError
+from fedmine.errors import ConfigError, FedmineError, output_path
 from fedmine.schema.commands import profile, schema_app
 
 app = typer.Typer(
@@ -100,6 +100,8 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
 ) -> None:
     """Train the federation in CONFIG now (the ad-hoc trigger)."""
+    if summary_json is not None:
+        output_path(summary_json, "--summary-json")
     summary = _train(config, set_, summary_json, verbose, resume)
     _print_summary(summary)
 
@@ -118,6 +120,9 @@ def demo(
     uri = tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if summary_json is not None:
+        output_path(summary_json, "--summary-json")
+    output_path(folder, "--dir", folder=True)
     config = write_demo(folder, tracking_uri=uri)
     typer.echo(f"demo data and config written to {folder}/ (bank.csv, retailer.parquet, telecom.db, federation.yaml)")
     summary = _train(config, set_, summary_json, verbose)
@@ -147,6 +152,7 @@ def predict(
     if org not in cfg.organisations:
         raise ConfigError(f"--org {org}: not in {config}; allowed: {', '.join(cfg.organisations)}")
     spec = cfg.organisations[org]
+    output_path(output, "--output")
     frame = connectors.load(input, spec.read, org=org)
     X = harmonise_features(frame, cfg, org)
     booster = lgb.Booster(model_str=load_model_text(model, cfg.tracking.uri))
@@ -162,7 +168,6 @@ def predict(
             out[f"probability_{c}"] = proba[:, i]
     else:
         out["prediction"] = metrics.transform(raw, cfg.objective)
-    output.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(output, index=False)
     typer.echo(f"{len(out)} rows scored -> {output}")
 
@@ -282,7 +287,7 @@ def _check_cron(cron: str) -> None:
 def main() -> None:
     """Entry point: run the app, turning input errors into one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except FedmineError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -291,13 +296,15 @@ def main() -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(1)
-    except Exception as exc:  # click usage errors
+    except Exception as exc:  # usage errors: a bad option value, a missing argument (typer's click or click's)
         import click
 
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, (click.ClickException, typer.TyperException)) and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 2))
         raise
+    if isinstance(code, int) and code:  # a command's typer.Exit(code), which click hands back as the result
+        sys.exit(code)
 
 
 if __name__ == "__main__":

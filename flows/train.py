@@ -17,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from fedmine import progress, report
 from fedmine.config import FederationConfig, load_config
+from fedmine.errors import ConfigError, output_path
 from fedmine.schema.check import log_check
 from fedmine.tracking import Tracker, summary_json
 from fedmine.flows.prepare import prepare_organisation
@@ -42,6 +43,8 @@ def federated_training(
     """
     t_start = time.perf_counter()
     cfg = load_config(config, overrides)
+    if summary_path:  # before any run exists: a summary that cannot be written stops nothing half-way
+        output_path(summary_path, "summary_path")
     tracker = Tracker(cfg)
     if resume:
         checkpoint = tracker.resume(resume)
@@ -83,8 +86,10 @@ def federated_training(
 
         summary = report.publish(tracker, coord, baselines, train_seconds=train_seconds, started=t_start)
         if summary_path:
-            Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(summary_path).write_text(summary_json(summary))
+            try:
+                Path(summary_path).write_text(summary_json(summary))
+            except OSError as exc:
+                raise ConfigError(f"summary_path {summary_path}: cannot write it: {exc.strerror or exc}") from None
         tracker.finish("FINISHED")
         return summary
     except BaseException as exc:

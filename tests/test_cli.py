@@ -41,6 +41,7 @@ def call_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["run", "demo", "predict", "ui", "schedule", "profile", "schema check",
                                      "schema suggest", "party serve", "certs init", "certs issue"])
 def test_every_command_has_help(command):
@@ -63,6 +64,7 @@ def test_demo_subprocess_smoke(tmp_path):
     assert Path(summary["model_file"]).is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("content", "args", "message"),
     [
@@ -106,6 +108,51 @@ def test_bad_data_exits_2_and_marks_run_failed(demo_config, tmp_path):
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow
+def test_run_with_a_summary_that_cannot_be_written_exits_2_before_any_run(demo_config, tmp_path):
+    """In a fresh process: the summary's folder is checked before Prefect starts; no MLflow run is left RUNNING."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = fedmine("run", demo_config, "--set", f"tracking.uri={uri}", "--summary-json", "/proc/x/out.json")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --summary-json /proc/x/out.json: cannot create folder /proc/x: No such file or directory"]
+    assert not (tmp_path / "mlflow.db").exists()  # no store, so no run, was created
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["predict", "{config}", "--model", "x", "--org", "bank", "--input", "x.csv", "--output", "/dev/null/x.csv"],
+     "--output /dev/null/x.csv: cannot create folder /dev/null: it is a file (Not a directory)"),
+    (["demo", "--dir", "{file}"], "--dir {file}: cannot create folder {file}: it is a file (Not a directory)"),
+    (["demo", "--dir", "{tmp}/demo", "--summary-json", "{file}/s.json"],
+     "--summary-json {file}/s.json: cannot create folder {file}: it is a file (Not a directory)"),
+    (["profile", "{config}", "--output", "{file}/report"],
+     "--output {file}/report: cannot create folder {file}/report: {file} is a file (Not a directory)"),
+    (["schema", "check", "{config}", "--json", "{tmp}"], "--json {tmp}: is a folder (Is a directory); give a file name"),
+    (["schema", "suggest", "{config}", "--org", "bank", "--output", "/proc/x/m.yaml"],
+     "--output /proc/x/m.yaml: cannot create folder /proc/x: No such file or directory"),
+])
+def test_an_output_that_cannot_be_created_exits_2_with_one_line(demo_config, tmp_path, monkeypatch, capsys, args,
+                                                                 message):
+    file = tmp_path / "taken"
+    file.write_text("a file")
+    names = {"config": demo_config, "file": file, "tmp": tmp_path}
+    code, out, err = call_main(monkeypatch, capsys, *[a.format(**names) for a in args])
+    assert code == 2, err
+    assert err.strip().splitlines() == [f"error: {message.format(**names)}"]
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.slow
+def test_exit_codes_of_subcommands_and_usage_errors_reach_the_shell(tmp_path):
+    """`fedmine schema check` exits as the command says; a bad option value is a usage error, not a traceback."""
+    result = fedmine("schema", "check", tmp_path / "nope.yaml")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.yaml'}: config file not found"]
+    result = fedmine("certs", "init", tmp_path / "c", "--federation", "x", "--days", "soon")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Invalid value for '--days'" in result.stderr.strip().splitlines()[-1]
+
+
 def test_predict_scores_rows_in_order(trained, tmp_path, monkeypatch, capsys):
     cfg_path = trained["config"]
     raw = pd.read_csv(cfg_path.parent / "data" / "bank.csv", sep=";")
@@ -128,6 +175,7 @@ def test_predict_scores_rows_in_order(trained, tmp_path, monkeypatch, capsys):
     np.testing.assert_allclose(scored["prediction"].to_numpy(), expected, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_predict_accepts_run_id_and_registered_model(trained, tmp_path, monkeypatch, capsys):
     cfg_path = trained["config"]
     src = cfg_path.parent / "data" / "retailer.parquet"
@@ -141,6 +189,7 @@ def test_predict_accepts_run_id_and_registered_model(trained, tmp_path, monkeypa
     assert len(outputs[0]) == len(pd.read_parquet(src))
 
 
+@pytest.mark.slow
 def test_certs_from_the_command_line(tmp_path):
     assert fedmine("certs", "init", tmp_path / "c", "--federation", "retail-credit").returncode == 0
     result = fedmine("certs", "issue", tmp_path / "c", "bank")
@@ -149,6 +198,7 @@ def test_certs_from_the_command_line(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --kind auditor: allowed: party, coordinator"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("command", "days"), [("init", "0"), ("issue", "-1")])
 def test_certs_refuse_a_validity_below_one_day(tmp_path, command, days):
     init_ca = fedmine("certs", "init", tmp_path / "c", "--federation", "retail-credit")
@@ -162,12 +212,14 @@ def test_certs_refuse_a_validity_below_one_day(tmp_path, command, days):
     assert not (tmp_path / "new").exists() and not (tmp_path / "c" / "bank.pem").exists()
 
 
+@pytest.mark.slow
 def test_party_serve_needs_a_known_org(demo_config):
     result = fedmine("party", "serve", demo_config, "--org", "insurer")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: --org insurer: not in") and "allowed: bank, retailer, telecom" in result.stderr
 
 
+@pytest.mark.slow
 def test_predict_unknown_org(trained, monkeypatch, capsys):
     code, _, err = call_main(monkeypatch, capsys, "predict", trained["config"], "--model", "x", "--org", "insurer",
                              "--input", "x.csv", "--output", "y.csv")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from fedmine.errors import FedmineError
+from fedmine.errors import FedmineError, output_path
 
 schema_app = typer.Typer(
     add_completion=False,
@@ -48,6 +48,9 @@ def check(
 
     try:
         cfg = load_config(config, set_)
+        for path, option in ((json_out, "--json"), (markdown_out, "--markdown")):
+            if path is not None:
+                output_path(path, option)
         unknown = [o for o in org if o not in cfg.organisations]
         if unknown:
             raise ConfigError(f"--org {unknown[0]}: not in {config}; allowed: {', '.join(cfg.organisations)}")
@@ -57,7 +60,6 @@ def check(
     typer.echo(report.to_text())
     for path, text in ((json_out, report.to_json()), (markdown_out, report.to_markdown())):
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     raise typer.Exit(0 if report.ok else 1)
 
@@ -75,13 +77,14 @@ def suggest(
 
     try:
         cfg = load_config(config, set_)
+        if output is not None:
+            output_path(output, "--output")
         text = suggest_mapping(cfg, org).to_yaml()
     except FedmineError as exc:
         _fail(exc)
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
         typer.echo(f"proposed mapping of {org} written to {output} (review it; nothing was applied)")
 
@@ -100,6 +103,8 @@ def profile(
     _quiet()
     try:
         cfg = load_config(config, set_)
+        if output is not None:
+            output_path(output, "--output", folder=True)
         result = profile_federation(cfg)
         run_id = None
         if track:

@@ -108,6 +108,17 @@ def test_unknown_category_fails_the_run(prefect_harness, demo_config, tmp_path, 
     assert "unknown category 'NE'" in run.data.tags["fedmine.error"]
 
 
+def test_a_summary_path_that_cannot_be_written_stops_before_the_run(prefect_harness, demo_config, tmp_path):
+    from fedmine.errors import ConfigError
+    from fedmine.flows.train import federated_training
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(ConfigError, match=r"^summary_path /dev/null/s.json: cannot create folder /dev/null: "
+                                          r"it is a file \(Not a directory\)$"):
+        federated_training(str(demo_config), ["training.rounds=2", f"tracking.uri={uri}"], "/dev/null/s.json")
+    assert not (tmp_path / "mlflow.db").exists()  # no store opened, no run left RUNNING
+
+
 def test_missing_source_file_fails_the_run(prefect_harness, demo_config, tmp_path, store):
     def edit(raw, folder):
         (folder / "data" / "retailer.parquet").unlink()
