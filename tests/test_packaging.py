@@ -21,6 +21,7 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_wheel_ships_flows_tasks_connectors_inside_fedmine(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("fedmine/cli.py", "fedmine/protocol.py", "fedmine/coordinator/training.py",
@@ -53,6 +54,7 @@ def test_installed_wheel_works_from_anywhere(wheel, tmp_path):
     assert "demo" in help_text.stdout and "run" in help_text.stdout
 
 
+@pytest.mark.slow
 def test_engine_does_not_import_prefect():
     """fedmine/ is the engine: importing all of it must not load Prefect."""
     code = (

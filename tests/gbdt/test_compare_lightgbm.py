@@ -34,6 +34,7 @@ def binary():
     return _load("binary.train"), _load("binary.test")
 
 
+@pytest.mark.slow
 def test_binary_auc_matches_lightgbm(binary):
     (X, y), (Xt, yt) = binary
     rounds = 100
@@ -77,6 +78,7 @@ def test_first_trees_are_lightgbm_trees(binary):
         np.testing.assert_allclose([s[2] for s in a], [s[2] for s in b], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_binary_federated_auc_matches_lightgbm(binary):
     (X, y), (Xt, yt) = binary
     idx = np.array_split(np.random.default_rng(0).permutation(y.size), 4)
@@ -88,6 +90,7 @@ def test_binary_federated_auc_matches_lightgbm(binary):
     assert abs(auc_ours - auc_theirs) < 0.002, (auc_ours, auc_theirs)
 
 
+@pytest.mark.slow
 def test_regression_rmse_matches_lightgbm():
     (X, y), (Xt, yt) = _load("regression.train"), _load("regression.test")
     rounds = 100

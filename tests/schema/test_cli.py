@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import typer
 import yaml
 from mlflow.tracking import MlflowClient
@@ -59,6 +60,7 @@ def test_suggest_writes_yaml(bank_config, tmp_path):
     assert result.exit_code == 2
 
 
+@pytest.mark.slow
 def test_profile_records_runs_and_drift(tmp_path):
     cfg = income_federation(tmp_path)
     path = tmp_path / "federation.yaml"
@@ -82,6 +84,7 @@ def test_profile_records_runs_and_drift(tmp_path):
     assert {"profile/profile.html", "profile/profile.json", "profile/income.png"} <= artifacts
 
 
+@pytest.mark.slow
 def test_check_subprocess(bank_config):
     code = "from fedmine.schema.commands import schema_app; schema_app(prog_name='fedmine schema')"
     done = subprocess.run([sys.executable, "-c", code, "check", str(bank_config)], cwd=ROOT,

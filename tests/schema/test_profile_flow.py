@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.schema.test_profile import income_federation
+
+pytestmark = pytest.mark.slow
 
 
 def test_federated_profile_flow(prefect_harness, tmp_path):

@@ -102,6 +102,7 @@ def test_a_served_organisation_is_profiled_where_its_rows_are(federation, monkey
     assert np.array_equal(sent, plain) is not cfg.secure_aggregation
 
 
+@pytest.mark.slow
 def test_the_profile_flow_reaches_a_served_organisation(prefect_harness, tmp_path, pki):
     from fedmine.flows.profile import federated_profile
 
