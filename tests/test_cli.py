@@ -42,7 +42,6 @@ def call_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 @pytest.mark.parametrize("command", ["run", "demo", "predict", "ui", "schedule", "profile", "schema check",
                                      "schema suggest", "party serve", "certs init", "certs issue"])
 def test_every_command_has_help(command):
@@ -65,7 +64,6 @@ def test_demo_subprocess_smoke(tmp_path):
     assert Path(summary["model_file"]).is_file()
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("content", "args", "message"),
@@ -179,7 +177,6 @@ def test_predict_scores_rows_in_order(trained, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_predict_accepts_run_id_and_registered_model(trained, tmp_path, monkeypatch, capsys):
     cfg_path = trained["config"]
     src = cfg_path.parent / "data" / "retailer.parquet"
@@ -194,7 +191,6 @@ def test_predict_accepts_run_id_and_registered_model(trained, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_certs_from_the_command_line(tmp_path):
     assert fedmine("certs", "init", tmp_path / "c", "--federation", "retail-credit").returncode == 0
     result = fedmine("certs", "issue", tmp_path / "c", "bank")
@@ -203,7 +199,6 @@ def test_certs_from_the_command_line(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --kind auditor: allowed: party, coordinator"
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 @pytest.mark.parametrize(("command", "days"), [("init", "0"), ("issue", "-1")])
 def test_certs_refuse_a_validity_below_one_day(tmp_path, command, days):
@@ -219,14 +214,12 @@ def test_certs_refuse_a_validity_below_one_day(tmp_path, command, days):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_party_serve_needs_a_known_org(demo_config):
     result = fedmine("party", "serve", demo_config, "--org", "insurer")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: --org insurer: not in") and "allowed: bank, retailer, telecom" in result.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_predict_unknown_org(trained, monkeypatch, capsys):
     code, _, err = call_main(monkeypatch, capsys, "predict", trained["config"], "--model", "x", "--org", "insurer",
