@@ -76,7 +76,7 @@ def test_zero_as_missing_is_read_as_the_zero_rule():
 
 
 def test_multiclass_and_regression_trees_predict_bit_for_bit():
-    X, y = rows(1500, 3)
+    X, _ = rows(1500, 3)
     y3 = (np.nan_to_num(X[:, 1]) > 0.5).astype(float) + (X[:, 2] == 1)
     assert_predicts_as_lightgbm(booster(X, y3, objective="multiclass", num_class=3), n_class=3)
     assert_predicts_as_lightgbm(booster(X, X[:, 1] * 2 + np.nan_to_num(X[:, 0]), objective="regression"))
