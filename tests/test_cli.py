@@ -191,41 +191,6 @@ def test_predict_accepts_run_id_and_registered_model(trained, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_predict_refuses_a_model_of_another_schema(demo_config, tmp_path, monkeypatch, capsys):
-    """Same number of features, another schema: refused naming the first feature that differs."""
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(200, 6))
-    names = ["age", "income", "region", "debt_ratio", "late_payments", "months_customer"]
-    model = tmp_path / "other.txt"
-    lgb.train({"objective": "binary", "verbosity": -1, "num_leaves": 4},
-              lgb.Dataset(X, (X[:, 0] > 0).astype(float), feature_name=names), 2).save_model(model)
-    out = tmp_path / "scored.csv"
-    code, _, err = call_main(monkeypatch, capsys, "predict", demo_config, "--model", model, "--org", "bank",
-                             "--input", demo_config.parent / "data" / "bank.csv", "--output", out)
-    assert code == 2
-    assert err.strip().splitlines() == [
-        f"error: --model {model}: feature 6 is 'months_customer' in the model, 'tenure_years' in the schema of "
-        f"{demo_config}; the model was trained on another schema"]
-    assert not out.exists()
-
-
-def test_predict_refuses_a_model_of_another_federation(trained, tmp_path, monkeypatch, capsys):
-    """The registered model and the run name their federation: another federation's config refuses them."""
-    text = trained["config"].read_text()
-    assert "name: retail-credit\n" in text
-    other = tmp_path / "other.yaml"
-    other.write_text(text.replace("name: retail-credit\n", "name: other-credit\n", 1))
-    src = trained["config"].parent / "data" / "retailer.parquet"
-    for model in ("models:/retail-credit/1", trained["summary"]["run_id"], f"runs:/{trained['summary']['run_id']}/model"):
-        code, _, err = call_main(monkeypatch, capsys, "predict", other, "--model", model, "--org", "retailer",
-                                 "--input", src, "--output", tmp_path / "scored.csv")
-        assert code == 2
-        assert err.strip().splitlines() == [
-            f"error: --model {model}: the model belongs to federation 'retail-credit', {other} is federation "
-            f"'other-credit'"]
-    assert not (tmp_path / "scored.csv").exists()
-
-
 def test_certs_from_the_command_line(tmp_path):
     assert fedmine("certs", "init", tmp_path / "c", "--federation", "retail-credit").returncode == 0
     result = fedmine("certs", "issue", tmp_path / "c", "bank")
