@@ -263,7 +263,8 @@ def exact_sum_parts(values) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64).ravel()
     finite = np.isfinite(v)
     if not finite.all():
-        return np.full(N_LIMBS, v[~finite].sum())
+        with np.errstate(invalid="ignore"):
+            return np.full(N_LIMBS, v[~finite].sum())
     v = v[v != 0.0]
     total = 0
     if v.size:
