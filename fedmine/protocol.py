@@ -147,9 +147,12 @@ MERGES: dict[str, Callable[[Sequence[Any]], Any]] = {
 
 _TABLE: tuple[Call, ...] = (
     # -- every strategy ----------------------------------------------------------------------------------
+    Call("begin_training", ORGANISATION, (ANY,), NEW, "training_id: str", "none", "none", NO_ANSWER,
+         "start a training (or resume one): fresh engine state, no keys, no noise"),
     Call("describe", ORGANISATION, (ANY,), None, "",
-         "{n_rows, n_valid, n_features: int; features: [str]; label_sums: float64 (n_classes,); report: dict}",
-         "each", DISCLOSED, "row counts, canonical feature names, label sums, the harmonisation report"),
+         "{n_rows, n_valid, n_features: int; features: [str]; label_sums: float64 (n_classes,); "
+         "report: counts and rates; fingerprint: str}",
+         "each", DISCLOSED, "row counts, canonical feature names, label sums, report counts, a digest of the rows"),
     Call("secure_setup", ORGANISATION, (ANY,), None, "training_id: str", "public key: bytes (32)",
          "each", DISCLOSED, "make this training's key pair; answer the public key"),
     Call("secure_peers", ORGANISATION, (ANY,), None, "peers: {organisation: public key}", "none",

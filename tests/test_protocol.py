@@ -66,7 +66,7 @@ def test_a_bad_entry_is_refused_when_declared():
 
 def test_party_checks_the_stage_and_the_table_before_acting():
     party = make_party("bank", 1)
-    with pytest.raises(ProtocolError, match=r"^unknown call 'drop_tables'; allowed: describe, secure_setup, "):
+    with pytest.raises(ProtocolError, match=r"^unknown call 'drop_tables'; allowed: begin_training, describe, secure_setup, "):
         party.call("drop_tables")
     with pytest.raises(ProtocolError, match=r"^train_local is not accepted in stage 'new'; it needs one of "
                                             r"\['following'\]$"):

@@ -111,6 +111,7 @@ class Coordinator:
         self.dropped: list[dict[str, Any]] = []  # parties that failed and were left out
         self.notices: list[str] = []  # warnings for the user and the MLflow run
         self.last_round = 0  # rounds done, including those before a resume
+        self._key_sessions = 0  # key exchanges so far: each names its own session, no mask is reused
 
     @property
     def objective(self) -> str:
@@ -127,8 +128,9 @@ class Coordinator:
         return sum(link.bytes_received for link in self._all_links)
 
     def start(self) -> None:
-        """Ask every party to describe itself, agree the base score, start the parties."""
+        """Begin the training at every party, ask each to describe itself, agree the base score, start the parties."""
         for link in self.links:
+            link.call("begin_training", self.training_id)
             d = link.call("describe")
             if d["n_rows"] == 0:
                 raise DataError(f"organisation {link.name}: no training rows after the validation split")
@@ -172,7 +174,9 @@ class Coordinator:
             warnings.simplefilter("always")
             require_min_parties(len(self.links), self.cfg.privacy.min_parties)
         self.notices += [str(w.message) for w in caught]
-        keys = {link.name: link.call("secure_setup", self.training_id) for link in self.links}
+        self._key_sessions += 1
+        session = f"{self.training_id}:{self._key_sessions}"
+        keys = {link.name: link.call("secure_setup", session) for link in self.links}
         for link in self.links:
             link.call("secure_peers", keys)
 
@@ -276,11 +280,22 @@ class Coordinator:
                     return False
                 time.sleep(1.0)
         failed.failed = False
+        self._same_rows(failed.name, failed.call("describe"))
+        failed.call("begin_training", self.training_id)
         self.notices.append(f"party {failed.name} failed in round {ctx.round_id} ({exc}) and rejoined")
         if self.cfg.secure_aggregation:
-            self.training_id = uuid.uuid4().hex  # new keys for everyone: no mask is ever reused
-            self._secure_setup()
+            self._secure_setup()  # new keys for everyone: no mask is ever reused
         return True
+
+    def _same_rows(self, org: str, description: dict[str, Any], *, was: str | None = None) -> None:
+        """The organisation still holds the rows it started the training with (by their fingerprint)."""
+        from fedmine.errors import DataError
+
+        before = was if was is not None else self.descriptions[org].get("fingerprint")
+        now = description.get("fingerprint")
+        if before != now:
+            raise DataError(f"organisation {org}: source changed since the training started "
+                            f"(rows fingerprint {str(before)[:12]} then, {str(now)[:12]} now)")
 
     def _drop(self, failed: Link, ctx: RoundContext, exc: Exception) -> None:
         """Leave ``failed`` out: fewer parties, fresh masks among the rest (privacy.on_party_failure: continue)."""
@@ -333,6 +348,7 @@ class Coordinator:
             "best": list(self._best) if self._best else None,
             "stopped": self.stopped,
             "dropped": self.dropped,
+            "fingerprints": {name: d.get("fingerprint") for name, d in self.descriptions.items()},
             "strategy_state": state,
         }, arrays
 
@@ -346,6 +362,9 @@ class Coordinator:
         if state["dropped"]:
             names = ", ".join(d["organisation"] for d in state["dropped"])
             raise ConfigError(f"--resume: the run left out {names} after a failure; resuming it is not supported")
+        for name, was in (state.get("fingerprints") or {}).items():
+            if name in self.descriptions:
+                self._same_rows(name, self.descriptions[name], was=was)
         self.strategy.restore(self._ctx, state["strategy_state"], arrays)
         self._best = tuple(state["best"]) if state["best"] else None
         self.stopped = bool(state["stopped"])

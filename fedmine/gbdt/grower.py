@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from fedmine.errors import PartyError
 from fedmine.gbdt.dtypes import CAT_BITSET_DTYPE, CAT_WORDS, COUNT, GRAD, HESS, NODE_DTYPE
 from fedmine.gbdt.model import Tree
 from fedmine.gbdt.rows import NODE_STRIDE
@@ -82,6 +83,31 @@ class _TreeState:
         self.bitsets: list[np.ndarray] = []
         self.n_splits = 0
         self.active = True
+
+
+def check_histograms(hists: np.ndarray, node_ids: np.ndarray) -> None:
+    """Exact sums add up: in every node, every feature's bin counts total the same, none negative.
+
+    Each row of a node falls in exactly one bin of every feature (missing
+    values in the NaN bin), so honest integer sums always pass. Sums of
+    answers that do not cancel (parties that were sent different requests,
+    masks that do not match, a faulty party) fail here, loudly, before a
+    split is made of them.
+
+    Raises
+    ------
+    PartyError
+        Naming the first node whose counts do not add up.
+    """
+    counts = hists[..., COUNT]
+    totals = counts.sum(axis=2)  # (n_nodes, n_features)
+    bad = np.flatnonzero((counts < 0).any(axis=(1, 2)) | (totals != totals[:, :1]).any(axis=1))
+    if bad.size:
+        j = int(bad[0])
+        raise PartyError(
+            f"the organisations' histograms of node {int(node_ids[j])} do not add up (feature counts "
+            f"{int(totals[j].min())}..{int(totals[j].max())}): the parties answered different requests, "
+            f"or a party is faulty")
 
 
 class TreeGrower:
@@ -127,10 +153,13 @@ class TreeGrower:
         self.exchanges_ = 0
 
     def _receive(self, node_ids: np.ndarray) -> np.ndarray:
-        """One exchange: the summed histograms of ``node_ids`` (clamped under DP)."""
+        """One exchange: the summed histograms of ``node_ids`` (clamped under DP, checked without noise)."""
         self.exchanges_ += 1
         hists = self.source.histograms(node_ids)
-        return clamp_histograms(hists) if self.clamp else hists
+        if self.clamp:
+            return clamp_histograms(hists)
+        check_histograms(hists, node_ids)
+        return hists
 
     # ------------------------------------------------------------------
     def _searchable(self, st: _TreeState, node: int) -> bool:

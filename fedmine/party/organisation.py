@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -10,9 +12,11 @@ import numpy as np
 from fedmine import metrics, protocol
 from fedmine.errors import PartyError
 from fedmine.gbdt.model import Tree
+from fedmine.gbdt.params import check_lightgbm_params
 from fedmine.gbdt.modeltext import read_trees
 from fedmine.gbdt.predictor import predict_raw
 from fedmine.gbdt.state import EngineState
+from fedmine.party.policy import PartyPolicy
 from fedmine.protocol import FOLLOWING, NEW, ORGANISATION, SUMMED, ProtocolError
 from fedmine.schema import HarmonisedFrame
 
@@ -55,6 +59,49 @@ def split_rows(data: HarmonisedFrame, *, fraction: float, seed: int, org: str) -
     return TrainValidRows(data.X[train], data.y[train], data.X[valid], data.y[valid])
 
 
+def fingerprint(rows: TrainValidRows) -> str:
+    """A digest of an organisation's prepared rows (never the rows): its training and validation rows, labels.
+
+    The coordinator compares it when a party rejoins or a training resumes, so
+    a source that changed since the training started is noticed.
+    """
+    h = hashlib.sha256(b"fedmine rows v1")
+    for a in (rows.X_train, rows.y_train, rows.X_valid, rows.y_valid):
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:32]
+
+
+def request_digest(name: str, args: tuple, kwargs: dict) -> str:
+    """A digest of one request as the party received it (bound into the masks of its answer)."""
+    from fedmine.transport import wire
+
+    return hashlib.sha256(wire.encode((name, list(args), dict(kwargs)))).hexdigest()[:32]
+
+
+#: Harmonisation report entries that are counts and rates (they may leave the party).
+_SHARED_REPORT_KEYS = ("rows", "missing_rate", "out_of_range", "absent_features")
+
+
+def shared_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The harmonisation report without raw values: counts and rates only (no examples, no source column names)."""
+    out = {k: report[k] for k in _SHARED_REPORT_KEYS if k in report}
+    if "unknown_categories" in report:
+        out["unknown_categories"] = {f: {"count": v.get("count", 0), "policy": v.get("policy")}
+                                     for f, v in report["unknown_categories"].items()}
+    if "unmapped_columns" in report:
+        out["unmapped_columns"] = len(report["unmapped_columns"])
+    if "problems" in report:
+        out["problems"] = len(report["problems"])
+    return out
+
+
+def _same_bins(a: Any, b: Any) -> bool:
+    return all(np.array_equal(np.asarray(getattr(a, k)), np.asarray(getattr(b, k)), equal_nan=True)
+               for k in ("edges", "n_bins", "categorical"))
+
+
 class Party:
     """An organisation's party: it answers the protocol table's calls from its own rows.
 
@@ -66,7 +113,9 @@ class Party:
     num_class : trees per iteration (1 unless multiclass).
     feature_names : canonical feature names, in column order.
     categorical : indices of categorical columns.
-    report : the harmonisation report (rows, missing rates).
+    report : the harmonisation report (rows, missing rates); only its counts and rates leave the party.
+    policy : what this organisation answers, from its own config (:class:`~fedmine.party.policy.PartyPolicy`);
+        None enforces the protocol's stages only.
     """
 
     def __init__(
@@ -79,6 +128,7 @@ class Party:
         feature_names: list[str],
         categorical: list[int],
         report: dict[str, Any] | None = None,
+        policy: PartyPolicy | None = None,
     ) -> None:
         self.name = name
         self.objective = objective
@@ -94,8 +144,12 @@ class Party:
         self._engine: EngineState | None = None
         self._keypair = None
         self._training_id: str | None = None
+        self._key_session = ""
         self._masker = None
         self._masked = 0  # masked messages sent: the next message id
+        self.policy = policy
+        self._mapper = None  # the bins of this training: set once
+        self.fingerprint_ = fingerprint(rows)
 
     # -- the one dispatch point ---------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -108,6 +162,8 @@ class Party:
         cancel in the sum over organisations.
         """
         entry = protocol.call(name)
+        if self.policy is not None:
+            self._check_policy(entry, args, kwargs)
         if entry.side == ORGANISATION:
             if not entry.accepts(self.stage_):
                 raise ProtocolError(f"{name} is not accepted in stage {self.stage_!r}; "
@@ -117,11 +173,68 @@ class Party:
                 self.stage_ = entry.leads_to
         else:
             answer = getattr(self.engine_state(), name)(*args, **kwargs)
+            if name == "set_bins":
+                self._mapper = args[0] if args else kwargs["mapper"]
+            elif name == "feature_ranges" and self.policy is not None:
+                answer = np.where(self.policy.declared[:, None], np.nan, answer)  # declared: the schema's, not ours
         if entry.release == SUMMED and self._masker is not None:
             plain = np.ascontiguousarray(answer, dtype=np.int64)
-            answer = self._masker.mask(plain, f"{name}:{self._masked}").view(np.int64).reshape(plain.shape)
+            # the masks of a message are bound to the request it answers: parties sent different
+            # requests mask with different streams, and their sum is noise, not anyone's data
+            message = f"{name}:{self._masked}:{request_digest(name, args, kwargs)}"
+            answer = self._masker.mask(plain, message).view(np.int64).reshape(plain.shape)
             self._masked += 1
         return answer
+
+    def _refuse(self, name: str, why: str) -> PartyError:
+        return PartyError(f"party {self.name}: {name} refused: {why}")
+
+    def _check_policy(self, entry: protocol.Call, args: tuple, kwargs: dict) -> None:
+        """This organisation's own limits (its config's), before any work is done."""
+        policy, name = self.policy, entry.name
+        if entry.release == SUMMED and policy.secure_aggregation and self._masker is None:
+            raise self._refuse(name, "this organisation's config requires secure aggregation and no key exchange "
+                                     "has happened in this training")
+        if name in ("histograms", "split_histograms"):
+            node_ids = np.asarray(args[-1] if args else kwargs["node_ids"]).ravel()
+            if node_ids.shape[0] > policy.max_nodes_per_request:
+                raise self._refuse(name, f"{node_ids.shape[0]} nodes in one request; at most "
+                                         f"{policy.max_nodes_per_request}")
+            state = self.engine_state()
+            size = node_ids.shape[0] * state.n_features * (state.max_bin + 1) * 3 * 8 if state.bins is not None else 0
+            if size > policy.max_answer_bytes:
+                raise self._refuse(name, f"the answer would be {size} bytes; at most {policy.max_answer_bytes}")
+        elif name == "set_bins" and self._mapper is not None:
+            mapper = args[0] if args else kwargs["mapper"]
+            if not _same_bins(mapper, self._mapper):
+                raise self._refuse(name, "bins are set once per training; these differ from the training's bins")
+        elif name == "set_noise":
+            variances = args[0] if args else kwargs.get("variances")
+            if kwargs.get("seed") is not None:
+                raise self._refuse(name, "noise is drawn from this party's own randomness; a seed is not accepted")
+            if policy.epsilon is not None and variances is None:
+                raise self._refuse(name, f"this organisation's config sets privacy.epsilon={policy.epsilon:g}; "
+                                         "noise cannot be switched off")
+            n_parties = kwargs.get("n_parties", 1)
+            if not 1 <= int(n_parties) <= len(policy.peers):
+                raise self._refuse(name, f"n_parties={n_parties}: the federation has {len(policy.peers)} "
+                                         "organisations")
+        elif name in ("train_local", "local_baseline"):
+            rounds = int(args[1] if len(args) > 1 else kwargs["num_boost_round"])
+            cap = policy.local_rounds if name == "train_local" else policy.rounds
+            if not 1 <= rounds <= cap:
+                raise self._refuse(name, f"{rounds} rounds; this organisation's config allows 1 to {cap}")
+
+    def begin_training(self, training_id: str) -> None:
+        """A new training (or a resumed one): fresh engine state, no keys, no noise, the model followed from scratch."""
+        self._training_id = str(training_id)
+        self.stage_ = NEW
+        self._step = 0
+        self._train_raw = self._valid_raw = None
+        self._engine = None
+        self._keypair = self._masker = None
+        self._masked = 0
+        self._mapper = None
 
     def engine_state(self) -> EngineState:
         """The engine's state over this party's rows (``histogram`` strategy), made on first use."""
@@ -160,7 +273,8 @@ class Party:
             "n_features": len(self.feature_names),
             "label_sums": label_sums,
             "features": list(self.feature_names),
-            "report": self.report,
+            "report": self.report if self.policy is None else shared_report(self.report),
+            "fingerprint": self.fingerprint_,
         }
 
     def start(self, base_score: np.ndarray) -> None:
@@ -197,15 +311,37 @@ class Party:
         Returns them as engine tree records (:func:`fedmine.gbdt.modeltext.read_trees`):
         ``num_class`` trees per boosting iteration, in LightGBM's order.
         """
-        booster = lgb.train(params, self._dataset(self._train_raw.copy()), num_boost_round=num_boost_round)
+        booster = lgb.train(self._lightgbm_params(params), self._dataset(self._train_raw.copy()),
+                            num_boost_round=num_boost_round, callbacks=self._time_limit("train_local"))
         return read_trees(booster.model_to_string())
 
+    def _time_limit(self, name: str) -> list:
+        """A LightGBM callback that stops local training past the policy's time limit (none without a policy)."""
+        if self.policy is None:
+            return []
+        limit, started = self.policy.train_seconds, time.monotonic()
+
+        def check(env) -> None:
+            if time.monotonic() - started > limit:
+                raise self._refuse(name, f"stopped after {limit:g} s, this organisation's limit on local training")
+
+        return [check]
+
+    def _lightgbm_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters of local LightGBM training: this organisation's own config's, else the allow-listed ones sent."""
+        if self.policy is not None:
+            return dict(self.policy.lightgbm_params)
+        return check_lightgbm_params(params)
+
     def secure_setup(self, training_id: str) -> bytes:
-        """Make this training's key pair; answer the public key (the coordinator relays it to the peers)."""
+        """Make a key pair for this key exchange; answer the public key (the coordinator relays it to the peers).
+
+        ``training_id`` names the exchange (a training, or a rejoin within it) and is bound into every pair key.
+        """
         from fedmine.privacy.secure_agg import generate_keypair
 
         self._keypair = generate_keypair()
-        self._training_id = str(training_id)
+        self._key_session = str(training_id)
         self._masker = None
         self._masked = 0
         return self._keypair.public_bytes
@@ -218,7 +354,12 @@ class Party:
             raise PartyError(f"party {self.name}: secure_peers before secure_setup")
         if self.name not in peers or peers[self.name] != self._keypair.public_bytes:
             raise PartyError(f"party {self.name}: the relayed keys do not carry this party's own public key")
-        self._masker = Masker(self.name, self._keypair, peers, self._training_id)
+        if self.policy is not None and set(peers) != self.policy.peers:
+            extra, missing = sorted(set(peers) - self.policy.peers), sorted(self.policy.peers - set(peers))
+            raise self._refuse("secure_peers", f"the peers must be this federation's organisations "
+                                               f"({', '.join(sorted(self.policy.peers))}); "
+                                               f"unknown: {extra or 'none'}, missing: {missing or 'none'}")
+        self._masker = Masker(self.name, self._keypair, peers, self._key_session)
 
     def secure_restart(self, remaining: list[str], epoch: int) -> None:
         """Fresh masks among the ``remaining`` parties (a party dropped out)."""
@@ -248,8 +389,9 @@ class Party:
         if len(d.y_valid):
             valid_sets = [lgb.Dataset(d.X_valid, label=d.y_valid, reference=train_set)]
             callbacks = [lgb.record_evaluation(curve)]
-        p = dict(params, metric=LGB_METRICS[self.objective])
-        booster = lgb.train(p, train_set, num_boost_round=num_boost_round, valid_sets=valid_sets, callbacks=callbacks)
+        p = dict(self._lightgbm_params(params), metric=LGB_METRICS[self.objective])
+        booster = lgb.train(p, train_set, num_boost_round=num_boost_round, valid_sets=valid_sets,
+                            callbacks=callbacks + self._time_limit("local_baseline"))
         final = {}
         if len(d.y_valid):
             raw = booster.predict(d.X_valid, raw_score=True)

@@ -231,6 +231,9 @@ def profile_parties(cfg: FederationConfig, parties: list[Any], *, secure: bool |
     n_vocab = max([len(f.categories) for f in feats if f.type == "category"] + [2])
     n_grid = max(n_grid, n_vocab)
 
+    profile_id = f"profile-{uuid.uuid4().hex}"
+    for link in links:  # a session of its own: no keys or masks of an earlier training or profile remain
+        link.call("begin_training", profile_id)
     ranges = protocol.merge("profile_ranges", [link.call("profile_ranges") for link in links])
     for i, f in enumerate(feats):
         if f.type == "category" or f.type == "bool":
@@ -246,7 +249,6 @@ def profile_parties(cfg: FederationConfig, parties: list[Any], *, secure: bool |
     lows = np.where(np.isfinite(lo), lo, 0.0)
 
     if secure:  # the table's key agreement: the coordinator relays public keys, the parties mask summed answers
-        profile_id = f"profile-{uuid.uuid4().hex}"
         keys = {link.name: link.call("secure_setup", profile_id) for link in links}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SecureAggregationWarning)  # the profile's notices say it once

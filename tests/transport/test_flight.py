@@ -193,7 +193,7 @@ def test_calls_not_served_are_refused(pki, serve):
         party.secure_setup("training-1")
     with pytest.raises(AttributeError, match=r"RemoteParty 'bank' has no call 'drop_tables'"):
         party.drop_tables  # noqa: B018 - not in the protocol table
-    with pytest.raises(ProtocolError, match=r"unknown call 'drop_table'; allowed: describe, "):
+    with pytest.raises(ProtocolError, match=r"unknown call 'drop_table'; allowed: begin_training, describe, "):
         party.call("drop_table")
     assert party.describe()["n_rows"] == 225  # still serving
 
@@ -553,3 +553,23 @@ def test_a_bound_port_is_a_party_error(pki, serve):
     with pytest.raises(FedmineError, match=r"port must be an integer in \[0, 65535\], got 70000"):
         serve_party(make_party("bank"), port=70000, tls=server_tls(pki[0], "bank"))
     assert isinstance(server, PartyServer)
+
+
+@pytest.mark.parametrize("who", ["coordinator", "clinic"])
+def test_unserved_flight_methods_answer_one_line_without_a_traceback(pki, serve, who):
+    server = serve(make_party("bank"))
+    c = client_tls(pki[0], who)
+    client = flight.FlightClient(server.endpoint, tls_root_certs=c.ca, cert_chain=c.cert, private_key=c.key,
+                                 override_hostname="bank")
+    descriptor = flight.FlightDescriptor.for_command(b"x")
+    schema = client.get_schema(descriptor).schema  # answered: no schema, the reason in one line
+    assert len(schema) == 0 and b"is not" in schema.metadata[b"error"] and b"\n" not in schema.metadata[b"error"]
+    calls = [lambda: client.get_flight_info(descriptor),
+             lambda: list(client.list_flights()), lambda: client.do_get(flight.Ticket(b"x")).read_all()]
+    for call in calls:
+        with pytest.raises(flight.FlightError) as info:
+            call()
+        text = str(info.value)
+        assert "Traceback" not in text and ".py" not in text and "site-packages" not in text, text
+        assert text.count("\n") <= 1, text
+    client.close()

@@ -1,0 +1,84 @@
+"""What an organisation's party answers, decided by its own config, never by the coordinator.
+
+This module owns :class:`PartyPolicy`: the limits a party enforces on every
+call of the protocol table, built from the organisation's copy of the
+federation config (:meth:`PartyPolicy.from_config`). The coordinator is
+trusted for nothing the party can check:
+
+- secure aggregation, when the config asks for it, comes first: no summed
+  answer (histograms, grid counts, label or validation sums) leaves before the
+  key exchange, and the peers must be exactly the config's organisations;
+- differential-privacy noise comes from the party's own randomness (a seed
+  sent by the coordinator is refused) and cannot be switched off when the
+  config sets ``privacy.epsilon``;
+- local LightGBM training uses the parameters of the config's ``training``
+  section (an allow-list without sockets or files), with the config's rounds
+  as a cap and a time limit;
+- bins are set once per training; ranges are answered only for features
+  whose range the schema does not declare; requests and answers are bounded.
+
+``Party(policy=None)`` (engine tests, benchmarks) enforces the protocol's
+stages only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Node ids one histograms request may name: a round's trees open at most
+#: ``2 * num_leaves * (1 + lookahead)`` slots each; this leaves room for many classes.
+MAX_NODES_PER_REQUEST = 4096
+
+#: Largest answer a party builds (bytes); larger requests are refused before any work.
+MAX_ANSWER_BYTES = 512 * 1024 * 1024
+
+#: Seconds a local LightGBM training may take before the party stops it.
+TRAIN_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class PartyPolicy:
+    """One organisation's limits (see the module docstring).
+
+    Parameters
+    ----------
+    organisation : the party's own name.
+    peers : every organisation of the federation, as the party's config lists them.
+    secure_aggregation : summed answers only after the key exchange.
+    epsilon : the config's DP budget (None: no DP).
+    lightgbm_params : the ``lightgbm.train`` parameters of local training.
+    local_rounds, rounds : caps on ``train_local`` and ``local_baseline`` rounds.
+    declared : bool mask of features whose range the schema declares.
+    """
+
+    organisation: str
+    peers: frozenset[str]
+    secure_aggregation: bool
+    epsilon: float | None
+    lightgbm_params: dict[str, Any] = field(hash=False)
+    local_rounds: int
+    rounds: int
+    declared: np.ndarray = field(hash=False, compare=False)
+    max_nodes_per_request: int = MAX_NODES_PER_REQUEST
+    max_answer_bytes: int = MAX_ANSWER_BYTES
+    train_seconds: float = TRAIN_SECONDS
+
+    @classmethod
+    def from_config(cls, cfg: Any, org: str) -> PartyPolicy:
+        """The policy of organisation ``org`` from its copy of the federation config."""
+        declared = np.array([spec.type in ("category", "bool") or (spec.min is not None and spec.max is not None)
+                             for spec in cfg.features.values()], dtype=bool)
+        t = cfg.training
+        return cls(
+            organisation=org,
+            peers=frozenset(cfg.organisations),
+            secure_aggregation=bool(cfg.secure_aggregation),
+            epsilon=cfg.privacy.epsilon,
+            lightgbm_params=t.lightgbm_params(cfg.objective, cfg.num_class),
+            local_rounds=int(t.local_rounds),
+            rounds=int(t.rounds),
+            declared=declared,
+        )
