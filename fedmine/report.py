@@ -2,7 +2,9 @@
 
 :func:`summarise` turns a finished training into the summary dictionary (the
 ``--summary-json`` file); :func:`write_report` renders it as Markdown and HTML
-with PNG plots into a folder, which the flow logs to MLflow.
+with PNG plots into a folder, which the flow logs to MLflow. Where an
+organisation's figures are undefined or its local model cannot learn,
+:func:`organisation_notes` says why, in the summary, the gain table and the report.
 """
 
 from __future__ import annotations
@@ -18,7 +20,38 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fedmine import metrics
+from fedmine.config import FederationConfig
 from fedmine.coordinator.training import Coordinator
+
+
+def organisation_notes(cfg: FederationConfig, description: dict[str, Any], federated: dict[str, float],
+                       local_only: dict[str, float]) -> list[str]:
+    """Why an organisation's row of the gain table is undefined (nan) or its local model constant.
+
+    ``description`` is what the party answered to ``describe`` (row counts,
+    label sums of its training rows); ``federated`` and ``local_only`` its
+    validation metrics of the global and of its local-only model.
+    """
+    notes = []
+    t = cfg.training
+    n_train, n_valid = int(description["n_rows"]), int(description["n_valid"])
+    if n_valid == 0:
+        notes.append("no validation rows (validation_fraction: 0)" if t.validation_fraction == 0 else
+                     f"no validation rows ({n_train + n_valid} rows are too few for validation_fraction: "
+                     f"{t.validation_fraction:g})")
+    elif cfg.objective == "binary" and any(m.get("auc", 0.0) != m.get("auc", 0.0) for m in (federated, local_only)):
+        notes.append("validation rows hold one class: auc undefined")  # metrics.auc's only nan
+    sums = np.asarray(description.get("label_sums", []), dtype=np.float64)
+    if cfg.objective == "binary" and n_train and sums.size and sums[0] in (0.0, float(n_train)):
+        notes.append(f"training rows hold one class ({'positive' if sums[0] else 'negative'}): "
+                     f"the local model is constant")
+    elif cfg.objective == "multiclass" and n_train and np.count_nonzero(sums) == 1:
+        notes.append(f"training rows hold one class ({cfg.classes[int(np.flatnonzero(sums)[0])]}): "
+                     f"the local model is constant")
+    if n_train < 2 * t.min_data_in_leaf:
+        notes.append(f"fewer training rows ({n_train}) than a split needs (2 x min_data_in_leaf = "
+                     f"{2 * t.min_data_in_leaf}): the local model is constant")
+    return notes
 
 
 def summarise(
@@ -35,12 +68,14 @@ def summarise(
     last = coord.history[-1]
     orgs = {}
     for org, d in coord.descriptions.items():
+        federated, local_only = last.org_metrics.get(org, {}), baselines[org]["metrics"]
         orgs[org] = {
             "rows": d["n_rows"] + d["n_valid"],
             "rows_train": d["n_rows"],
             "rows_valid": d["n_valid"],
-            "federated": last.org_metrics.get(org, {}),
-            "local_only": baselines[org]["metrics"],
+            "federated": federated,
+            "local_only": local_only,
+            "notes": organisation_notes(cfg, d, federated, local_only),
         }
     return {
         "run_id": run_id,
@@ -118,7 +153,13 @@ def gain_table(summary: dict[str, Any]) -> str:
     if g is not None:
         lines.append(f"{'federation':<16}{sum(o['rows'] for o in summary['organisations'].values()):>8}"
                      f"{'':>22}{g:>22.4f}")
+    lines += [f"note: {org}: {note}" for org, note in notes(summary)]
     return "\n".join(lines)
+
+
+def notes(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(organisation, note) for every note of the summary's organisations (:func:`organisation_notes`)."""
+    return [(org, note) for org, o in summary["organisations"].items() for note in o.get("notes", [])]
 
 
 def _plot_curves(coord: Coordinator, baselines: dict, key: str, path: Path) -> None:
@@ -190,6 +231,8 @@ def write_report(coord: Coordinator, baselines: dict, summary: dict, model_text:
           f"| organisation | rows | local-only {key} | federated {key} | gain |", "|---|---:|---:|---:|---:|"]
     for org, n, local, fed, gain in gain_rows(summary):
         md.append(f"| {org} | {n} | {local:.4f} | {fed:.4f} | {gain:+.4f} |")
+    if notes(summary):
+        md += [""] + [f"Note: {org}: {note}" for org, note in notes(summary)]
     md += ["", f"Federation-wide {key}: {summary['global'].get(key, float('nan')):.4f}", "",
            "![gain](federation_gain.png)", "", "## Learning curves", "", "![curves](learning_curves.png)", ""]
     if importance is not None:
