@@ -146,18 +146,17 @@ def predict(
     from fedmine import connectors, metrics
     from fedmine.config import load_config
     from fedmine.schema import harmonise_features
-    from fedmine.tracking import load_model_text
+    from fedmine.tracking import load_model_text, model_federation
 
     cfg = load_config(config)
     if org not in cfg.organisations:
         raise ConfigError(f"--org {org}: not in {config}; allowed: {', '.join(cfg.organisations)}")
     spec = cfg.organisations[org]
     output_path(output, "--output")
+    booster = lgb.Booster(model_str=load_model_text(model, cfg.tracking.uri))
+    _check_model(booster, model, model_federation(model, cfg.tracking.uri), cfg, config)
     frame = connectors.load(input, spec.read, org=org)
     X = harmonise_features(frame, cfg, org)
-    booster = lgb.Booster(model_str=load_model_text(model, cfg.tracking.uri))
-    if booster.num_feature() != X.shape[1]:
-        raise ConfigError(f"--model {model}: expects {booster.num_feature()} features, the schema in {config} has {X.shape[1]}")
     raw = booster.predict(X, raw_score=True)
     out = frame.copy()
     if cfg.objective == "multiclass":
@@ -170,6 +169,24 @@ def predict(
         out["prediction"] = metrics.transform(raw, cfg.objective)
     out.to_csv(output, index=False)
     typer.echo(f"{len(out)} rows scored -> {output}")
+
+
+def _check_model(booster, model: str, federation: str | None, cfg, config: Path) -> None:
+    """Refuse a model of another federation (as MLflow records it) or trained on another canonical schema."""
+    from fedmine.gbdt.booster import canonical_feature_names
+
+    if federation is not None and federation != cfg.name:
+        raise ConfigError(f"--model {model}: the model belongs to federation {federation!r}, "
+                          f"{config} is federation {cfg.name!r}")
+    expected = canonical_feature_names(len(cfg.features), list(cfg.features))  # as the model text writes them
+    actual = booster.feature_name()
+    if len(actual) != len(expected):
+        raise ConfigError(f"--model {model}: expects {len(actual)} features, "
+                          f"the schema in {config} has {len(expected)}")
+    for i, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        if got != want:
+            raise ConfigError(f"--model {model}: feature {i + 1} is {got!r} in the model, {want!r} in the schema "
+                              f"of {config}; the model was trained on another schema")
 
 
 @app.command()

@@ -383,6 +383,29 @@ def load_model_text(model: str, tracking_uri: str) -> str:
     raise ConfigError(f"--model {model}: not a file, a run id or a model URI (models:/NAME/VERSION, runs:/ID/model)")
 
 
+def model_federation(model: str, tracking_uri: str) -> str | None:
+    """The federation a model loaded by :func:`load_model_text` belongs to, when MLflow says it.
+
+    A model registered by :meth:`Tracker.log_model` carries the federation's
+    ``name`` as its registered name (``models:/NAME/VERSION``); a run id or
+    ``runs:/ID/model`` belongs to the run's experiment, also named after the
+    federation. A file says nothing: None.
+    """
+    if Path(model).is_file():
+        return None
+    if model.startswith("models:/"):
+        return model[len("models:/"):].split("/")[0].split("@")[0] or None
+    run_id = model[len("runs:/"):].split("/")[0] if model.startswith("runs:/") else model
+    if not (len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id)):
+        return None
+    client = MlflowClient(tracking_uri)
+    try:
+        return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"--model {model}: cannot read its run from {tracking_uri}: {reason}") from None
+
+
 def summary_json(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=2, sort_keys=False, default=float)
 

@@ -191,6 +191,60 @@ def test_predict_accepts_run_id_and_registered_model(trained, tmp_path, monkeypa
 
 
 @pytest.mark.slow
+def test_predict_refuses_a_model_of_another_schema(demo_config, tmp_path, monkeypatch, capsys):
+    """Same number of features, another schema: refused naming the first feature that differs."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 6))
+    names = ["age", "income", "region", "debt_ratio", "late_payments", "months_customer"]
+    model = tmp_path / "other.txt"
+    lgb.train({"objective": "binary", "verbosity": -1, "num_leaves": 4},
+              lgb.Dataset(X, (X[:, 0] > 0).astype(float), feature_name=names), 2).save_model(model)
+    out = tmp_path / "scored.csv"
+    code, _, err = call_main(monkeypatch, capsys, "predict", demo_config, "--model", model, "--org", "bank",
+                             "--input", demo_config.parent / "data" / "bank.csv", "--output", out)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: --model {model}: feature 6 is 'months_customer' in the model, 'tenure_years' in the schema of "
+        f"{demo_config}; the model was trained on another schema"]
+    assert not out.exists()
+
+
+def test_predict_refuses_a_model_of_another_federation(demo_config, tmp_path, monkeypatch, capsys):
+    """MLflow names a model's federation (registered name, run's experiment): another federation's config refuses it."""
+    import yaml
+
+    from fedmine.config import load_config
+    from fedmine.tracking import Tracker
+
+    raw = yaml.safe_load(demo_config.read_text())
+    raw["tracking"]["uri"] = f"sqlite:///{tmp_path}/mlflow.db"
+    configs = {}
+    for name in ("retail-credit", "other-credit"):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(yaml.safe_dump({**raw, "name": name}, sort_keys=False))
+    tracker = Tracker(load_config(configs["retail-credit"]))  # a model logged and registered as a training does
+    run_id = tracker.start()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 6))
+    names = ["age", "income", "region", "debt_ratio", "late_payments", "tenure_years"]
+    booster = lgb.train({"objective": "binary", "verbosity": -1, "num_leaves": 4},
+                        lgb.Dataset(X, (X[:, 0] > 0).astype(float), feature_name=names), 2)
+    assert tracker.log_model(booster.model_to_string()) == "1"
+    tracker.finish()
+    capsys.readouterr()  # MLflow's log of creating the store
+    src = demo_config.parent / "data" / "retailer.parquet"
+    for model in ("models:/retail-credit/1", run_id, f"runs:/{run_id}/model"):
+        args = ["--model", model, "--org", "retailer", "--input", src, "--output", tmp_path / f"{len(model)}.csv"]
+        code, _, err = call_main(monkeypatch, capsys, "predict", configs["other-credit"], *args)
+        assert code == 2
+        assert err.strip().splitlines() == [
+            f"error: --model {model}: the model belongs to federation 'retail-credit', {configs['other-credit']} is "
+            f"federation 'other-credit'"]
+        assert not (tmp_path / f"{len(model)}.csv").exists()
+        code, _, err = call_main(monkeypatch, capsys, "predict", configs["retail-credit"], *args)
+        assert code == 0, err
+
+
 def test_certs_from_the_command_line(tmp_path):
     assert fedmine("certs", "init", tmp_path / "c", "--federation", "retail-credit").returncode == 0
     result = fedmine("certs", "issue", tmp_path / "c", "bank")
