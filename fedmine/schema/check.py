@@ -53,7 +53,12 @@ class CheckReport:
         r = self.organisations[org]
         if "error" in r:
             return [r["error"]]
-        out = list(r.get("problems", []))
+        problems = r.get("problems", [])
+        if isinstance(problems, int):  # a party's shared report: the count; the lines stay with the organisation
+            out = [f"organisation {org}: {problems} harmonisation problems (the details stay with the organisation: "
+                   f"fedmine schema check there lists them)"] if problems else []
+        else:
+            out = list(problems)
         for name, count in r.get("out_of_range", {}).items():
             if count:
                 spec = self.features.get(name, {})
@@ -85,8 +90,9 @@ class CheckReport:
         for name in self.features:
             unknown = r.get("unknown_categories", {}).get(name)
             if unknown:
-                shown = ", ".join(str(v) for v in unknown["examples"])
-                unknown_text = f"{unknown['count']} ({shown}) -> {unknown['policy']}"
+                shown = ", ".join(str(v) for v in unknown.get("examples", []))
+                unknown_text = f"{unknown['count']} ({shown}) -> {unknown['policy']}" if shown else \
+                    f"{unknown['count']} -> {unknown['policy']}"
             else:
                 unknown_text = ""
             missing = r.get("missing_rate", {}).get(name)
@@ -114,7 +120,7 @@ class CheckReport:
             for row in rows:
                 lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
             if r.get("unmapped_columns"):
-                lines.append(f"  unmapped source columns: {', '.join(r['unmapped_columns'])}")
+                lines.append(f"  unmapped source columns: {_columns(r['unmapped_columns'])}")
             if r.get("absent_features"):
                 lines.append(f"  optional features absent: {', '.join(r['absent_features'])}")
             for v in self.violations(org):
@@ -140,7 +146,7 @@ class CheckReport:
                 out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
             out.append("")
             if r.get("unmapped_columns"):
-                out += [f"Unmapped source columns: {', '.join(r['unmapped_columns'])}", ""]
+                out += [f"Unmapped source columns: {_columns(r['unmapped_columns'])}", ""]
             if r.get("absent_features"):
                 out += [f"Optional features absent: {', '.join(r['absent_features'])}", ""]
             for v in self.violations(org):
@@ -174,3 +180,8 @@ def log_check(tracker, cfg: FederationConfig, reports: dict[str, dict[str, Any]]
     tracker.log_text(check.to_json(), CHECK_JSON)
     tracker.log_text(check.to_markdown(), CHECK_MARKDOWN)
     return check
+
+
+def _columns(unmapped: list[str] | int) -> str:
+    """Unmapped source columns by name (the organisation's own report) or by count (what its party shares)."""
+    return str(unmapped) if isinstance(unmapped, int) else ", ".join(unmapped)

@@ -201,3 +201,46 @@ def test_each_party_in_its_own_network_namespace(federation, namespaces, demo_co
         stop(procs)
     local = federated_training(str(demo_config), [*TRAINING, f"tracking.uri=sqlite:///{tmp_path}/l/m.db"])
     assert Path(remote["model_file"]).read_text() == Path(local["model_file"]).read_text()
+
+
+def test_party_servers_serve_two_trainings_and_a_resume(federation, tmp_path):
+    """Long-running party servers: a second training and a resumed one against the same three processes."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from fedmine.flows.train import federated_training
+
+    training = ["training.strategy=histogram", "training.rounds=40", "training.learning_rate=0.05"]
+    procs = [start_party(federation["config"], org, federation["env"]) for org in ORGS]
+    try:
+        first = federated_training(str(federation["config"]), [*training, f"tracking.uri=sqlite:///{tmp_path}/a/m.db"])
+        second = federated_training(str(federation["config"]), [*training, f"tracking.uri=sqlite:///{tmp_path}/b/m.db"])
+        # a coordinator killed mid-training, resumed while the party servers stay up
+        uri = f"sqlite:///{tmp_path}/c/m.db"
+        args = [sys.executable, "-m", "fedmine.cli", "run", str(federation["config"])]
+        for item in [*training, f"tracking.uri={uri}"]:
+            args += ["--set", item]
+        coordinator = subprocess.Popen(args, env=federation["env"], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, start_new_session=True)
+        artifacts, run_id, done, deadline = tmp_path / "c" / "artifacts", None, 0, time.time() + 240
+        try:
+            while done < 5:
+                assert coordinator.poll() is None, "the training ended before it could be killed"
+                assert time.time() < deadline, "no progress"
+                for state in artifacts.glob("*/artifacts/checkpoint/state.json"):
+                    try:
+                        done, run_id = json.loads(state.read_text())["round"], state.parts[-4]
+                    except (ValueError, KeyError):
+                        pass
+                time.sleep(0.02)
+        finally:
+            os.killpg(coordinator.pid, signal.SIGKILL)
+            coordinator.wait()
+        resumed = federated_training(str(federation["config"]), [*training, f"tracking.uri={uri}"], resume=run_id)
+    finally:
+        stop(procs)
+    model = Path(first["model_file"]).read_text()
+    assert Path(second["model_file"]).read_text() == model
+    assert Path(resumed["model_file"]).read_text() == model
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
