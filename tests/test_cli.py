@@ -245,6 +245,7 @@ def test_predict_refuses_a_model_of_another_federation(demo_config, tmp_path, mo
         assert code == 0, err
 
 
+@pytest.mark.slow
 def test_certs_from_the_command_line(tmp_path):
     assert fedmine("certs", "init", tmp_path / "c", "--federation", "retail-credit").returncode == 0
     result = fedmine("certs", "issue", tmp_path / "c", "bank")
