@@ -100,7 +100,7 @@ class FeatureSpec(_Strict):
                 if self.type != "date":
                     raise ValueError(f"{key} is a date ({bound}); dates are allowed with type: date (type is {self.type})")
                 setattr(self, key, date_to_days(bound))
-        if self.min is not None and self.max is not None and self.min >= self.max:
+        if self.min is not None and self.max is not None and self.min >= self.max:  # type: ignore[operator]  # dates are days by now
             raise ValueError(f"min ({self.min}) must be below max ({self.max})")
         return self
 
@@ -251,10 +251,10 @@ def check_mapping(org: str, spec: OrganisationSpec, features: dict[str, FeatureS
             allowed = sorted(n for n, f in features.items() if f.type == "category")
             raise ValueError(f"organisations.{org}.unknown_categories.{name}: not a category feature; "
                              f"allowed: {', '.join(allowed) or '(none)'}")
-        if policy == "other" and "other" not in feat.categories:
+        if policy == "other" and "other" not in (feat.categories or []):
             raise ValueError(
                 f"organisations.{org}.unknown_categories: 'other' needs 'other' in features.{name}.categories "
-                f"({', '.join(feat.categories)})"
+                f"({', '.join(feat.categories or [])})"
             )
 
 
@@ -459,7 +459,7 @@ class FederationConfig(_Strict):
     @property
     def num_class(self) -> int:
         """Trees per round: the number of classes for multiclass, else 1."""
-        return len(self.classes) if self.objective == "multiclass" else 1
+        return len(self.classes or []) if self.objective == "multiclass" else 1
 
     @property
     def base_dir(self) -> Path:

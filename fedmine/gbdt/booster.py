@@ -27,6 +27,8 @@ entry points.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from fedmine.errors import DataError
@@ -149,9 +151,9 @@ class Trainer:
         self.done = False
         self.grew_ = False
         self.releases_ = 0
-        self.sensitivity = None
-        self.noise_multiplier_ = None
-        self._noise_request = None  # (z, seed, n_parties) set before start()
+        self.sensitivity: Any = None  # fedmine.privacy.dp.Sensitivity under DP
+        self.noise_multiplier_: float | None = None
+        self._noise_request: tuple[float | None, int | None, int] | None = None  # (z, seed, n_parties) before start()
         self._started = False
 
     def start(self) -> None:
@@ -195,10 +197,12 @@ class Trainer:
         """DP: clip bounds, fixed scales, the sensitivity of one release; parties clip."""
         from fedmine.privacy.dp import dp_scale, histogram_sensitivity
 
-        g, h = dp_bounds(self.dp, self._obj)
+        dp = self.dp
+        assert dp is not None  # called under DP only
+        g, h = dp_bounds(dp, self._obj)
         self._dp_bounds = (g, h)
-        self._dp_scales = (dp_scale(g, n_total=self._n_total, row_bits=self.dp.row_bits),
-                           dp_scale(h, n_total=self._n_total, row_bits=self.dp.row_bits))
+        self._dp_scales = (dp_scale(g, n_total=self._n_total, row_bits=dp.row_bits),
+                           dp_scale(h, n_total=self._n_total, row_bits=dp.row_bits))
         self.sensitivity = histogram_sensitivity(n_features, grad_bound=g, hess_bound=h,
                                                  grad_scale=self._dp_scales[0], hess_scale=self._dp_scales[1],
                                                  nodes_per_row=self._obj.n_trees)
@@ -241,7 +245,7 @@ class Trainer:
         if n_parties is None:
             n_parties = len(self.party.parties) if hasattr(self.party, "parties") else 1
         if not self._started:
-            self._noise_request = (z, seed, n_parties)
+            self._noise_request = (z, None if seed is None else int(seed), int(n_parties))
             return
         self._noise_request = None
         variances = None if z is None else check_variances(self.sensitivity.variances(z))

@@ -80,7 +80,7 @@ class EngineState(LocalRows):
         self.X_valid = None if X_valid is None else np.ascontiguousarray(X_valid, dtype=X_DTYPE)
         self.y_valid = None if y_valid is None else np.ascontiguousarray(y_valid, dtype=Y_DTYPE).ravel()
         self.partitions_ = []
-        self.bins = None
+        self.bins = None  # type: ignore[assignment]  # binned by set_bins (LocalRows' rows)
         self.stage_ = CREATED
         self.clip_ = None
         self._noise = None
@@ -129,7 +129,7 @@ class EngineState(LocalRows):
             raise ValueError(f"grad_clip and hess_clip go together, got {grad_clip!r} and {hess_clip!r}")
         self.clip_ = None
         if grad_clip is not None:
-            g, h = float(grad_clip), float(hess_clip)
+            g, h = float(grad_clip), float(hess_clip)  # type: ignore[arg-type]  # both or neither: checked above
             if not (0.0 < g < np.inf and 0.0 < h < np.inf):
                 raise ValueError(f"clips must be positive and finite, got {grad_clip!r} and {hess_clip!r}")
             self.clip_ = (g, h)
@@ -199,7 +199,7 @@ class EngineState(LocalRows):
         """Back to the stage after construction (a training recovers from a failure and starts the party over)."""
         self._enter("reset")
         self.partitions_ = []
-        self.bins = None
+        self.bins = None  # type: ignore[assignment]  # until set_bins again
 
     def replay(self, rounds) -> np.ndarray:
         """Apply the trees of past rounds, in order, then compute gradients (a resumed training).

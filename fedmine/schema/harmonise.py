@@ -348,8 +348,8 @@ def _floats(c: _Numbers | _Coded, *, org: str, name: str) -> tuple[np.ndarray, s
     values = c.values[present]
     if c.any_missing():
         values = np.append(values, _objects([None], 1))
-    numbers = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
-    numbers = numbers.to_numpy(dtype=np.float64, na_value=np.nan)[:len(present)]
+    parsed = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
+    numbers = parsed.to_numpy(dtype=np.float64, na_value=np.nan)[:len(present)]
     per_value = np.full(len(c.values), np.nan)
     per_value[present] = numbers
     bad = np.zeros(len(c.values), dtype=bool)
@@ -426,7 +426,7 @@ def _examples(c: _Numbers | _Coded, rows: np.ndarray, n: int = 5) -> list[Any]:
         values = c.values[order]
         counts = np.bincount(sub_codes, minlength=len(c.values))[order]
     plain = pd.Series(values, dtype=object).map(lambda v: v.item() if hasattr(v, "item") else v)
-    return [v for v in plain.repeat(counts).value_counts().index[:n]]
+    return [v for v in plain.repeat(counts.tolist()).value_counts().index[:n]]
 
 
 def encode_label(col: pd.Series, cfg: FederationConfig, *, org: str) -> np.ndarray:
@@ -547,7 +547,7 @@ def _derive(parsed: pd.Series, how: str, at: Any) -> np.ndarray:
     elif how == "weekday":
         out[ok] = d.dt.weekday.to_numpy(dtype=np.float64)
     elif how == "days_since":
-        out[ok] = ((pd.Timestamp(at) - d) / pd.Timedelta(days=1)).to_numpy(dtype=np.float64)
+        out[ok] = ((pd.Timestamp(at) - d) / pd.Timedelta(days=1)).to_numpy(dtype=np.float64)  # type: ignore[operator]
     else:  # whole calendar years or months elapsed by the reference date
         y, m, day = d.dt.year.to_numpy(), d.dt.month.to_numpy(), d.dt.day.to_numpy()
         months = (at.year - y) * 12 + (at.month - m) - (at.day < day)
@@ -702,7 +702,7 @@ def harmonise(frame: pd.DataFrame, cfg: FederationConfig, org: str, *, collect: 
         else:
             col = cleaned(name)
             if feat.type == "category":
-                x = _encode_category(col, feat.categories, spec.unknown_policy(name), org=org, name=name,
+                x = _encode_category(col, feat.categories or [], spec.unknown_policy(name), org=org, name=name,
                                      problem=problem, report=report)
             elif feat.type == "bool":
                 x, message = _bools(col, org=org, name=name)
@@ -716,7 +716,7 @@ def harmonise(frame: pd.DataFrame, cfg: FederationConfig, org: str, *, collect: 
                 if message:
                     problem(message)
                 if name in spec.units:
-                    scale, offset = conversion(spec.units[name], feat.unit, quantity=feat.quantity or name)
+                    scale, offset = conversion(spec.units[name], feat.unit or "", quantity=feat.quantity or name)
                 else:
                     scale, offset = spec.scale.get(name, 1.0), spec.offset.get(name, 0.0)
                 x = x * scale + offset
