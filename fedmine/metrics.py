@@ -300,10 +300,10 @@ def exact_total(parts) -> float:
 
 
 def _sparse(hist: np.ndarray) -> np.ndarray:
-    """Dense AUC histograms -> int64 (2, m): flat cell index (label * AUC_CELLS + cell) and count of nonzero cells."""
+    """Dense AUC histograms -> int32 (2, m): flat cell index (label * AUC_CELLS + cell) and count of nonzero cells."""
     flat = hist.ravel()
     idx = np.flatnonzero(flat)
-    return np.stack([idx.astype(np.int64), flat[idx]])
+    return np.stack([idx, flat[idx]]).astype(np.int32)  # indices < 2**17; a party's count per cell < 2**31
 
 
 def _dense(sparse: np.ndarray) -> np.ndarray:
@@ -315,8 +315,8 @@ def sums(y: np.ndarray, raw: np.ndarray, objective: str) -> dict[str, int | np.n
     """Mergeable sums of one party's validation rows (what it may send).
 
     ``n``: the row count; per mean metric, :func:`exact_sum_parts` of its row
-    values; ``auc``: the nonzero cells of :func:`auc_histograms` (int64 (2, m):
-    flat cell index, count), so a small validation set sends a small message.
+    values; ``auc``: the nonzero cells of :func:`auc_histograms` (int32 (2, m):
+    flat cell index, count; at most 8 bytes a validation row, at most 1 MiB).
     """
     y = np.asarray(y, dtype=np.float64)
     out: dict[str, int | np.ndarray] = {"n": len(y)}
