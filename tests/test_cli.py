@@ -209,6 +209,7 @@ def test_predict_refuses_a_model_of_another_schema(demo_config, tmp_path, monkey
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_model_of_another_federation(demo_config, tmp_path, monkeypatch, capsys):
     """MLflow names a model's federation (registered name, run's experiment): another federation's config refuses it."""
     import yaml
