@@ -101,6 +101,8 @@ class Tracker:
         self.run_id: str | None = None
         self.org_runs: dict[str, str] = {}
         self.experiment_id: str | None = None
+        self._saved_arrays: dict[str, Any] = {}  # checkpoint arrays already written (never rewritten)
+        self._checkpoints = 0  # checkpoint array files written
 
     # -- lifecycle -------------------------------------------------------
     def start(self, *, tags: dict[str, str] | None = None) -> str:
@@ -162,22 +164,34 @@ class Tracker:
             self.client.update_run(child.info.run_id, status="RUNNING")
         with tempfile.TemporaryDirectory() as tmp:
             state = json.loads(Path(self.client.download_artifacts(run_id, "checkpoint/state.json", tmp)).read_text())
-            arrays = {}
-            if "checkpoint/arrays.npz" in names:
-                with np.load(self.client.download_artifacts(run_id, "checkpoint/arrays.npz", tmp)) as npz:
-                    arrays = {k: npz[k] for k in npz.files}
+            arrays: dict[str, Any] = {}
+            parts = sorted(n for n in names if n.startswith("checkpoint/arrays") and n.endswith(".npz"))
+            for name in parts:  # appended in order; a later part never repeats a key
+                with np.load(self.client.download_artifacts(run_id, name, tmp)) as npz:
+                    arrays.update({k: npz[k] for k in npz.files})
+        self._saved_arrays = dict(arrays)
+        self._checkpoints = len(parts)
         return state, arrays
 
     def save_checkpoint(self, state: dict[str, Any], arrays: dict[str, Any]) -> None:
-        """The coordinator's state after a round (replaces the previous checkpoint)."""
+        """The coordinator's state after a round: ``state.json`` replaced, arrays appended.
+
+        Only arrays not saved before (a round's new trees) are written, as
+        ``checkpoint/arrays-NNNNN.npz``, so a round's checkpoint costs the same
+        whatever the round number. An array once saved never changes: trees are
+        only ever added, or dropped from the end (``state`` says how many count).
+        """
         import numpy as np
 
-        self.client.log_dict(self.run_id, state, "checkpoint/state.json")
-        if arrays:
+        new = {k: v for k, v in arrays.items() if k not in self._saved_arrays}
+        if new:
             with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "arrays.npz"
-                np.savez(path, **arrays)
+                path = Path(tmp) / f"arrays-{self._checkpoints:05d}.npz"
+                np.savez(path, **new)
                 self.client.log_artifact(self.run_id, str(path), "checkpoint")
+            self._saved_arrays.update(new)
+            self._checkpoints += 1
+        self.client.log_dict(self.run_id, state, "checkpoint/state.json")
 
     def start_profile(self) -> str:
         """Start a profile run in the federation's experiment (tagged ``fedmine.kind=profile``); return its id."""
