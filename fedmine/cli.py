@@ -238,13 +238,18 @@ def party_serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (loopback unless told otherwise)."),
     port: int | None = typer.Option(None, "--port", help="Port (default: the port of the organisation's endpoint)."),
     allow_insecure: bool = typer.Option(False, "--allow-insecure", help="Plain gRPC, for local tests only."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path (this party's policy)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
 ) -> None:
-    """Prepare ORG's data here (its rows stay here) and answer the coordinator over mutual TLS."""
+    """Prepare ORG's data here (its rows stay here) and answer the coordinator over mutual TLS.
+
+    The party answers by its own config: its LightGBM parameters, round caps and
+    privacy settings come from CONFIG (and --set), never from the coordinator.
+    """
     from fedmine.config import load_config
     from fedmine.party.server import listen_address, serve
 
-    cfg = load_config(config)
+    cfg = load_config(config, list(set_))
     if org not in cfg.organisations:
         raise ConfigError(f"--org {org}: not in {config}; allowed: {', '.join(cfg.organisations)}")
     if cfg.organisations[org].source is None:

@@ -163,7 +163,7 @@ _TABLE: tuple[Call, ...] = (
          "{sums: {name: float64}, metrics: {name: float}}",
          "each", DISCLOSED, "validation sums and exact metrics of the model the party follows"),
     Call("local_baseline", ORGANISATION, (ANY,), None, "params: {str: value}, num_boost_round: int",
-         "{metrics, curve, n_rows}", "each", DISCLOSED, "train on this organisation's rows alone; its metrics"),
+         "{metrics, curve, rows_train}", "each", DISCLOSED, "train on this organisation's rows alone; its metrics"),
     # -- tree strategies (bagging, cyclic, local) ------------------------------------------------------
     Call("start", ORGANISATION, (ANY,), FOLLOWING, "base_score: float64 (n_trees,)", "none",
          "none", NO_ANSWER, "follow a model whose raw score starts at base_score"),

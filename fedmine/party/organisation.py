@@ -97,6 +97,25 @@ def shared_report(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_trees(call: str, org: str, args: tuple, n_features: int) -> None:
+    """Trees sent to the party split on its features, with known missing rules (nothing reads out of bounds)."""
+    found: list = []
+    stack = list(args)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Tree):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    for tree in found:
+        nd = tree.nodes
+        inner = nd["is_leaf"] == 0
+        if np.any(nd["feature"][inner] >= n_features) or np.any(nd["missing"] > 2):
+            raise PartyError(f"party {org}: {call} refused: a tree splits on feature "
+                             f"{int(nd['feature'][inner].max())} or has an unknown missing rule; "
+                             f"this organisation has {n_features} features")
+
+
 def _same_bins(a: Any, b: Any) -> bool:
     return all(np.array_equal(np.asarray(getattr(a, k)), np.asarray(getattr(b, k)), equal_nan=True)
                for k in ("edges", "n_bins", "categorical"))
@@ -196,6 +215,9 @@ class Party:
             raise self._refuse(name, "this organisation's config requires secure aggregation and no key exchange "
                                      "has happened in this training")
         if name in ("histograms", "split_histograms"):
+            if policy.epsilon is not None and getattr(self.engine_state(), "_noise", None) is None:
+                raise self._refuse(name, f"this organisation's config sets privacy.epsilon={policy.epsilon:g}; "
+                                         "no histogram leaves without its noise share (set_noise first)")
             node_ids = np.asarray(args[-1] if args else kwargs["node_ids"]).ravel()
             if node_ids.shape[0] > policy.max_nodes_per_request:
                 raise self._refuse(name, f"{node_ids.shape[0]} nodes in one request; at most "
@@ -215,10 +237,19 @@ class Party:
             if policy.epsilon is not None and variances is None:
                 raise self._refuse(name, f"this organisation's config sets privacy.epsilon={policy.epsilon:g}; "
                                          "noise cannot be switched off")
+            if variances is not None and not np.all(np.asarray(variances, dtype=np.float64) > 0):
+                raise self._refuse(name, f"noise variances must be positive, got {np.asarray(variances).tolist()}")
             n_parties = kwargs.get("n_parties", 1)
             if not 1 <= int(n_parties) <= len(policy.peers):
                 raise self._refuse(name, f"n_parties={n_parties}: the federation has {len(policy.peers)} "
                                          "organisations")
+        elif name == "secure_restart":
+            remaining = list(args[0] if args else kwargs["remaining"])
+            if len(set(remaining) & policy.peers) < policy.min_parties or not set(remaining) <= policy.peers:
+                raise self._refuse(name, f"{len(remaining)} remaining organisations ({', '.join(map(str, remaining))}); "
+                                         f"this organisation's config needs at least {policy.min_parties} of its own")
+        elif name in ("add_trees", "begin_round", "replay", "finish"):
+            _check_trees(name, self.name, args, len(self.feature_names))
         elif name in ("train_local", "local_baseline"):
             rounds = int(args[1] if len(args) > 1 else kwargs["num_boost_round"])
             cap = policy.local_rounds if name == "train_local" else policy.rounds

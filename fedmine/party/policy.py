@@ -32,8 +32,8 @@ import numpy as np
 #: ``2 * num_leaves * (1 + lookahead)`` slots each; this leaves room for many classes.
 MAX_NODES_PER_REQUEST = 4096
 
-#: Largest answer a party builds (bytes); larger requests are refused before any work.
-MAX_ANSWER_BYTES = 512 * 1024 * 1024
+#: Largest answer a party builds (bytes): the wire's message limit, which the coordinator's client also applies.
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 #: Seconds a local LightGBM training may take before the party stops it.
 TRAIN_SECONDS = 3600.0
@@ -51,6 +51,7 @@ class PartyPolicy:
     epsilon : the config's DP budget (None: no DP).
     lightgbm_params : the ``lightgbm.train`` parameters of local training.
     local_rounds, rounds : caps on ``train_local`` and ``local_baseline`` rounds.
+    min_parties : the fewest organisations secure aggregation may continue with (``privacy.min_parties``).
     declared : bool mask of features whose range the schema declares.
     """
 
@@ -61,6 +62,7 @@ class PartyPolicy:
     lightgbm_params: dict[str, Any] = field(hash=False)
     local_rounds: int
     rounds: int
+    min_parties: int
     declared: np.ndarray = field(hash=False, compare=False)
     max_nodes_per_request: int = MAX_NODES_PER_REQUEST
     max_answer_bytes: int = MAX_ANSWER_BYTES
@@ -80,5 +82,6 @@ class PartyPolicy:
             lightgbm_params=t.lightgbm_params(cfg.objective, cfg.num_class),
             local_rounds=int(t.local_rounds),
             rounds=int(t.rounds),
+            min_parties=int(cfg.privacy.min_parties),
             declared=declared,
         )

@@ -17,6 +17,13 @@ COVERS_HISTOGRAMS = "histogram releases"
 NO_DP = "none"
 
 
+def disclosed_calls() -> list[str]:
+    """The calls whose answers each organisation discloses to the coordinator, by the protocol table."""
+    from fedmine import protocol
+
+    return sorted(protocol.disclosed())
+
+
 @dataclass(frozen=True)
 class PrivacyReceipt:
     """Privacy of one training.
@@ -65,6 +72,7 @@ class PrivacyReceipt:
             "delta": _number(self.delta),
             "releases": int(self.releases),
             "covers": self.covers if self.mechanism != NO_DP else NO_DP,
+            "disclosed": ", ".join(disclosed_calls()),
         }
         for key in sorted(self.parameters):
             value = self.parameters[key]

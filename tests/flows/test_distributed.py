@@ -31,8 +31,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_party(config: Path, org: str, env: dict) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "fedmine.cli", "party", "serve", str(config), "--org", org],
+def start_party(config: Path, org: str, env: dict, overrides: list[str] = ()) -> subprocess.Popen:
+    """An organisation's party server; ``overrides`` are its own --set (its policy follows its config)."""
+    extra = [arg for item in overrides for arg in ("--set", item)]
+    proc = subprocess.Popen([sys.executable, "-m", "fedmine.cli", "party", "serve", str(config), "--org", org, *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     deadline = time.time() + 120
@@ -104,7 +106,7 @@ def test_party_killed_mid_training_rejoins_and_the_model_is_unchanged(federation
     from fedmine.flows.train import federated_training
 
     training = ["training.strategy=histogram", "training.rounds=60"]
-    procs = {org: start_party(federation["config"], org, federation["env"]) for org in ORGS}
+    procs = {org: start_party(federation["config"], org, federation["env"], training) for org in ORGS}
     artifacts = tmp_path / "r" / "artifacts"
     events = []
 
@@ -121,7 +123,7 @@ def test_party_killed_mid_training_rejoins_and_the_model_is_unchanged(federation
                 os.killpg(procs["bank"].pid, signal.SIGKILL)
                 procs["bank"].wait()
                 events.append(("killed", done))
-                procs["bank"] = start_party(federation["config"], "bank", federation["env"])
+                procs["bank"] = start_party(federation["config"], "bank", federation["env"], training)
                 events.append(("restarted", None))
                 return
             time.sleep(0.02)
@@ -212,7 +214,7 @@ def test_party_servers_serve_two_trainings_and_a_resume(federation, tmp_path):
     from fedmine.flows.train import federated_training
 
     training = ["training.strategy=histogram", "training.rounds=40", "training.learning_rate=0.05"]
-    procs = [start_party(federation["config"], org, federation["env"]) for org in ORGS]
+    procs = [start_party(federation["config"], org, federation["env"], training) for org in ORGS]
     try:
         first = federated_training(str(federation["config"]), [*training, f"tracking.uri=sqlite:///{tmp_path}/a/m.db"])
         second = federated_training(str(federation["config"]), [*training, f"tracking.uri=sqlite:///{tmp_path}/b/m.db"])

@@ -283,3 +283,42 @@ def test_local_training_stops_at_the_organisations_time_limit(rows):
     bank.call("start", np.zeros(1))
     with pytest.raises(PartyError, match=r"train_local refused: stopped after 0 s, this organisation's limit"):
         bank.call("train_local", {}, 50)
+
+
+def test_no_histogram_leaves_without_noise_under_dp_and_noise_is_positive(rows):
+    X, y, parts = rows
+    cfg = cfg_for("binary", ORGS[:3])
+    cfg.privacy.epsilon = 1.0
+    parties = policy_parties(cfg, X, y, parts)
+    keyed(parties)
+    bank = parties[0]
+    with pytest.raises(PartyError, match=r"privacy.epsilon=1; no histogram leaves without its noise share"):
+        bank.call("histograms", np.zeros(1, dtype=np.int64))
+    bank.engine_state().stage_ = "binned"
+    with pytest.raises(PartyError, match=r"noise variances must be positive, got \[0.0, 0.0, 0.0\]"):
+        bank.call("set_noise", np.zeros(3), n_parties=3)
+
+
+def test_masks_cannot_be_narrowed_below_the_configs_minimum(rows):
+    X, y, parts = rows
+    cfg = cfg_for("binary", ORGS[:3])
+    cfg.privacy.min_parties = 3
+    parties = policy_parties(cfg, X, y, parts)
+    keyed(parties)
+    with pytest.raises(PartyError, match=r"secure_restart refused: 2 remaining organisations \(bank, clinic\); this "
+                                         r"organisation's config needs at least 3 of its own"):
+        parties[0].call("secure_restart", ["bank", "clinic"], 1)
+
+
+def test_trees_sent_to_a_party_are_checked_against_its_features(rows):
+    from fedmine.gbdt.model import Tree
+
+    X, y, parts = rows
+    bank = policy_parties(cfg_for("binary", ORGS[:3], strategy="bagging"), X, y, parts)[0]
+    bank.call("start", np.zeros(1))
+    tree = Tree.single_leaf(0.1)
+    nodes = np.concatenate([tree.nodes, tree.nodes, tree.nodes])
+    nodes[0]["is_leaf"], nodes[0]["feature"], nodes[0]["left"], nodes[0]["right"] = 0, 10**6, 1, 2
+    with pytest.raises(PartyError, match=r"add_trees refused: a tree splits on feature 1000000 .* this "
+                                         r"organisation has 5 features"):
+        bank.call("add_trees", 1, [Tree(nodes)])

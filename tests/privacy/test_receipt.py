@@ -13,7 +13,17 @@ from fedmine.privacy.receipt import PrivacyReceipt
 def test_receipt_without_dp():
     d = PrivacyReceipt(secure_aggregation=True, n_parties=3).as_dict()
     assert d == {"secure_aggregation": True, "n_parties": 3, "mechanism": "none", "epsilon_per_round": None,
-                 "epsilon_total": None, "delta": None, "releases": 0, "covers": "none"}
+                 "epsilon_total": None, "delta": None, "releases": 0, "covers": "none",
+                 "disclosed": d["disclosed"]}
+
+
+def test_receipt_lists_every_answer_the_protocol_table_marks_disclosed():
+    from fedmine import protocol
+
+    listed = set(PrivacyReceipt(secure_aggregation=True, n_parties=3).as_dict()["disclosed"].split(", "))
+    assert listed == protocol.disclosed()
+    assert {"describe", "evaluate", "train_local", "feature_ranges", "begin_round"} <= listed
+    assert not listed & protocol.summed()
 
 
 def test_receipt_from_accountant_is_flat_json_and_matches_the_accountant():
