@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # fedmine/, as they are installed, so import-linter sees them as fedmine.flows, ...
 IMPORT_TREE := build/import-tree
 
-LINT_FORMAT ?=
+LINT_FORMAT ?= $(BIN)/ruff format --check .
 
 .PHONY: demo test test-fast lint lint-imports install ui clean
 

@@ -33,8 +33,19 @@ from fedmine.schema import harmonise
 
 GOAL_SECONDS = 1.5
 ORG = "clinic"
-JOBS = ["admin.", "blue-collar", "entrepreneur", "housemaid", "management", "retired", "self-employed",
-        "services", "student", "technician", "unemployed"]
+JOBS = [
+    "admin.",
+    "blue-collar",
+    "entrepreneur",
+    "housemaid",
+    "management",
+    "retired",
+    "self-employed",
+    "services",
+    "student",
+    "technician",
+    "unemployed",
+]
 
 
 def _text(values: np.ndarray) -> pd.Series:
@@ -76,38 +87,41 @@ def make_frame(n: int, seed: int = 0) -> pd.DataFrame:
     dates = (np.datetime64("2004-01-01") + days).astype(str)
     region = ["north", "North", "NORTH", "N", "south", "South", "S", "east", "East", "west", "West", "W", "Mars"]
     plan = ["basic", "Basic", "BASIC", "premium", "Premium", "gold"]
-    return pd.DataFrame({
-        "temp_f": floats(98.6, 1.2, 1, -999.0),
-        "glc_mmol": floats(5.5, 1.1, 2, -9.0),
-        "income_k": floats(42.0, 15.0, 1, -1.0),
-        "weight_lb": floats(170.0, 30.0, 1, -999.0),
-        "height_cm": floats(172.0, 9.0, 0, 0.0),
-        "score": floats(640.0, 80.0, 0, -1.0),
-        "call_min": floats(4.5, 2.0, 2, -1.0),
-        "share_pct": floats(35.0, 12.0, 1, 999.0),
-        "age": ints(18, 95, -1),
-        "visits": ints(0, 40, -999),
-        "children": ints(0, 6, 99),
-        "region_code": ints(1, 6, 0),
-        "bp_text": number_text(120.0, 15.0, 1),
-        "chol_text": number_text(5.2, 0.9, 2),
-        "days_text": number_text(30.0, 10.0, 0),
-        "rent_text": number_text(900.0, 250.0, 2),
-        "smoker": spellings(["yes", "no", "Yes", "NO", "y", "n", " yes"], ["?", "NA", None]),
-        "insured": spellings(["true", "false", "TRUE", "False", "1", "0"], ["?", None]),
-        "employed": spellings(["Y", "N", "t", "f"], ["NA", None]),
-        "vip": ints(0, 2, -9, share=0.01),
-        "region": spellings(region, ["?", "NA", None]),
-        "plan": spellings(plan, ["none", None]),
-        "job": spellings(JOBS + ["Student", "pilot"], ["unknown", None]),
-        "marital": spellings(["M", "S", "D", "m", "s", "W"], ["?", None]),
-        "channel": spellings(["cellular", "telephone", "Cell", "TEL"], ["unknown", None]),
-        "colour": spellings(["red", "green", "blue", "Red", "BLUE"], ["unknown", "NA", None]),
-        "education": spellings(["primary", "secondary", "tertiary", "basic.4y", "university.degree"],
-                               ["unknown", None]),
-        "visit_date": _text(_sprinkle(rng, dates, ["?", "NA", None], 0.02)),
-        "y": _text(rng.choice(np.array(["yes", "no"], dtype=object), n)),
-    })
+    return pd.DataFrame(
+        {
+            "temp_f": floats(98.6, 1.2, 1, -999.0),
+            "glc_mmol": floats(5.5, 1.1, 2, -9.0),
+            "income_k": floats(42.0, 15.0, 1, -1.0),
+            "weight_lb": floats(170.0, 30.0, 1, -999.0),
+            "height_cm": floats(172.0, 9.0, 0, 0.0),
+            "score": floats(640.0, 80.0, 0, -1.0),
+            "call_min": floats(4.5, 2.0, 2, -1.0),
+            "share_pct": floats(35.0, 12.0, 1, 999.0),
+            "age": ints(18, 95, -1),
+            "visits": ints(0, 40, -999),
+            "children": ints(0, 6, 99),
+            "region_code": ints(1, 6, 0),
+            "bp_text": number_text(120.0, 15.0, 1),
+            "chol_text": number_text(5.2, 0.9, 2),
+            "days_text": number_text(30.0, 10.0, 0),
+            "rent_text": number_text(900.0, 250.0, 2),
+            "smoker": spellings(["yes", "no", "Yes", "NO", "y", "n", " yes"], ["?", "NA", None]),
+            "insured": spellings(["true", "false", "TRUE", "False", "1", "0"], ["?", None]),
+            "employed": spellings(["Y", "N", "t", "f"], ["NA", None]),
+            "vip": ints(0, 2, -9, share=0.01),
+            "region": spellings(region, ["?", "NA", None]),
+            "plan": spellings(plan, ["none", None]),
+            "job": spellings(JOBS + ["Student", "pilot"], ["unknown", None]),
+            "marital": spellings(["M", "S", "D", "m", "s", "W"], ["?", None]),
+            "channel": spellings(["cellular", "telephone", "Cell", "TEL"], ["unknown", None]),
+            "colour": spellings(["red", "green", "blue", "Red", "BLUE"], ["unknown", "NA", None]),
+            "education": spellings(
+                ["primary", "secondary", "tertiary", "basic.4y", "university.degree"], ["unknown", None]
+            ),
+            "visit_date": _text(_sprinkle(rng, dates, ["?", "NA", None], 0.02)),
+            "y": _text(rng.choice(np.array(["yes", "no"], dtype=object), n)),
+        }
+    )
 
 
 def make_config() -> FederationConfig:
@@ -142,37 +156,85 @@ def make_config() -> FederationConfig:
         "education": {"type": "category", "categories": ["primary", "secondary", "tertiary"]},
         "visit": {"type": "date", "min": "2000-01-01", "max": "2030-12-31"},
     }
-    rename = {"temp_f": "temperature", "glc_mmol": "glucose", "income_k": "income", "weight_lb": "weight",
-              "height_cm": "height", "call_min": "call_duration", "share_pct": "share", "bp_text": "blood_pressure",
-              "chol_text": "cholesterol", "days_text": "days_since", "rent_text": "rent", "visit_date": "visit",
-              "y": "sick"}
+    rename = {
+        "temp_f": "temperature",
+        "glc_mmol": "glucose",
+        "income_k": "income",
+        "weight_lb": "weight",
+        "height_cm": "height",
+        "call_min": "call_duration",
+        "share_pct": "share",
+        "bp_text": "blood_pressure",
+        "chol_text": "cholesterol",
+        "days_text": "days_since",
+        "rent_text": "rent",
+        "visit_date": "visit",
+        "y": "sick",
+    }
     missing = {
         "*": ["?", "NA"],
-        "temperature": [-999], "glucose": [-9], "income": [-1], "weight": [-999], "height": [0],
-        "score": [-1], "call_duration": [-1], "share": [999], "age": [-1, 999], "visits": [-999],
-        "children": [99], "region_code": [0], "blood_pressure": ["-999"], "cholesterol": [-999],
-        "days_since": [-999, "n/a"], "rent": ["-999", "none"], "smoker": ["unknown"], "insured": ["unknown"],
-        "employed": ["unknown"], "vip": [-9], "region": ["unknown"], "plan": ["none"], "job": ["unknown"],
-        "marital": ["unknown"], "channel": ["unknown"], "colour": ["unknown"], "education": ["unknown"],
-        "visit": ["1900-01-01"], "sick": ["unknown"],
+        "temperature": [-999],
+        "glucose": [-9],
+        "income": [-1],
+        "weight": [-999],
+        "height": [0],
+        "score": [-1],
+        "call_duration": [-1],
+        "share": [999],
+        "age": [-1, 999],
+        "visits": [-999],
+        "children": [99],
+        "region_code": [0],
+        "blood_pressure": ["-999"],
+        "cholesterol": [-999],
+        "days_since": [-999, "n/a"],
+        "rent": ["-999", "none"],
+        "smoker": ["unknown"],
+        "insured": ["unknown"],
+        "employed": ["unknown"],
+        "vip": [-9],
+        "region": ["unknown"],
+        "plan": ["none"],
+        "job": ["unknown"],
+        "marital": ["unknown"],
+        "channel": ["unknown"],
+        "colour": ["unknown"],
+        "education": ["unknown"],
+        "visit": ["1900-01-01"],
+        "sick": ["unknown"],
     }
     org = {
         "source": "clinic.csv",
         "rename": rename,
-        "units": {"temperature": "F", "glucose": "mmol/L", "income": "thousands", "weight": "lb",
-                  "height": "cm", "call_duration": "minutes", "share": "%", "cholesterol": "mmol/L",
-                  "rent": "monthly"},
+        "units": {
+            "temperature": "F",
+            "glucose": "mmol/L",
+            "income": "thousands",
+            "weight": "lb",
+            "height": "cm",
+            "call_duration": "minutes",
+            "share": "%",
+            "cholesterol": "mmol/L",
+            "rent": "monthly",
+        },
         "scale": {"score": 0.1},
         "offset": {"score": -50.0},
         "missing": missing,
         "values": {
             "region_code": {1: "north", 2: "south", 3: "east", 4: "west"},
-            "region": {"North": "north", "NORTH": "north", "N": "north", "South": "south", "S": "south",
-                       "East": "east", "West": "west", "W": "west"},
+            "region": {
+                "North": "north",
+                "NORTH": "north",
+                "N": "north",
+                "South": "south",
+                "S": "south",
+                "East": "east",
+                "West": "west",
+                "W": "west",
+            },
             "plan": {"Basic": "basic", "BASIC": "basic", "Premium": "premium"},
             "job": {"Student": "student"},
-            "marital": {"M": "married", "m": "married", "S": "single", "s": "single", "D": "divorced",
-                        "W": "widowed"},
+            "marital": {"M": "married", "m": "married", "S": "single", "s": "single", "D": "divorced", "W": "widowed"},
             "channel": {"Cell": "cellular", "TEL": "telephone"},
             "colour": {"Red": "red", "BLUE": "blue"},
             "education": {"basic.4y": "primary", "university.degree": "tertiary"},
@@ -180,10 +242,15 @@ def make_config() -> FederationConfig:
         "dates": {"visit": "%Y-%m-%d"},
         "unknown_categories": {"region_code": "other", "region": "other", "plan": "missing", "job": "missing"},
     }
-    return config_from_dict({
-        "name": "harmonise-benchmark", "objective": "binary", "label": "sick",
-        "features": features, "organisations": {ORG: org},
-    })
+    return config_from_dict(
+        {
+            "name": "harmonise-benchmark",
+            "objective": "binary",
+            "label": "sick",
+            "features": features,
+            "organisations": {ORG: org},
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,10 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     rows, features = h.X.shape
     goal = GOAL_SECONDS * args.rows / 1_000_000
     print(f"rows {rows}  features {features}  source columns {frame.shape[1] - 1} + label")
-    print(f"harmonise: {best:.3f} s (best of {args.repeat}: {', '.join(f'{t:.3f}' for t in times)})  "
-          f"{rows / best:,.0f} rows/s")
-    print(f"goal: {goal:.2f} s for {args.rows:,} rows ({GOAL_SECONDS} s per million)  "
-          f"{'met' if best <= goal else 'NOT met'}")
+    print(
+        f"harmonise: {best:.3f} s (best of {args.repeat}: {', '.join(f'{t:.3f}' for t in times)})  "
+        f"{rows / best:,.0f} rows/s"
+    )
+    print(
+        f"goal: {goal:.2f} s for {args.rows:,} rows ({GOAL_SECONDS} s per million)  "
+        f"{'met' if best <= goal else 'NOT met'}"
+    )
     return 0
 
 

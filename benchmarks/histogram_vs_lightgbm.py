@@ -87,14 +87,30 @@ class RssPeak:
 def run_lightgbm(args, X, y, Xt, yt, out):
     import lightgbm as lgb
 
-    params = dict(objective="binary", num_leaves=args.num_leaves, max_bin=args.max_bin, learning_rate=0.1,
-                  num_threads=args.threads, verbose=-1, min_data_in_leaf=20, seed=0)
+    params = dict(
+        objective="binary",
+        num_leaves=args.num_leaves,
+        max_bin=args.max_bin,
+        learning_rate=0.1,
+        num_threads=args.threads,
+        verbose=-1,
+        min_data_in_leaf=20,
+        seed=0,
+    )
     with RssPeak() as mem:
         t0 = time.perf_counter()
         booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=args.rounds)
         wall = time.perf_counter() - t0
-    out.put(dict(name="lightgbm", wall=wall, peak=mem.extra_mb,
-                 auc=auc(yt, booster.predict(Xt, raw_score=True)), bytes_per_tree=0, exchanges=0))
+    out.put(
+        dict(
+            name="lightgbm",
+            wall=wall,
+            peak=mem.extra_mb,
+            auc=auc(yt, booster.predict(Xt, raw_score=True)),
+            bytes_per_tree=0,
+            exchanges=0,
+        )
+    )
 
 
 def run_engine(args, X, y, Xt, yt, out):
@@ -103,8 +119,14 @@ def run_engine(args, X, y, Xt, yt, out):
     numba.set_num_threads(args.threads)
     from fedmine.gbdt import predict_raw, train_partitioned
 
-    params = dict(objective="binary", num_leaves=args.num_leaves, max_bin=args.max_bin, learning_rate=0.1,
-                  min_data_in_leaf=20, num_boost_round=args.rounds)
+    params = dict(
+        objective="binary",
+        num_leaves=args.num_leaves,
+        max_bin=args.max_bin,
+        learning_rate=0.1,
+        min_data_in_leaf=20,
+        num_boost_round=args.rounds,
+    )
     # warm the numba cache on a tiny run so compile time is not counted
     train_partitioned([(X[:2000], y[:2000])], dict(params, num_boost_round=2))
     parts = np.array_split(np.arange(X.shape[0]), args.parties)
@@ -116,9 +138,16 @@ def run_engine(args, X, y, Xt, yt, out):
     raw = predict_raw(model.trees, Xt, init_scores=model.init_scores)[0]
     src = group.source
     n_trees = max(len(model.trees), 1)
-    out.put(dict(name="engine", wall=wall, peak=mem.extra_mb, auc=auc(yt, raw),
-                 bytes_per_tree=(src.bytes_to_coordinator_ + src.bytes_to_parties_) / n_trees,
-                 exchanges=src.exchanges_ / n_trees))
+    out.put(
+        dict(
+            name="engine",
+            wall=wall,
+            peak=mem.extra_mb,
+            auc=auc(yt, raw),
+            bytes_per_tree=(src.bytes_to_coordinator_ + src.bytes_to_parties_) / n_trees,
+            exchanges=src.exchanges_ / n_trees,
+        )
+    )
 
 
 def serve_one(args):
@@ -133,8 +162,14 @@ def serve_one(args):
     X = np.load(os.path.join(args.serve_party, "X.npy"))
     y = np.load(os.path.join(args.serve_party, "y.npy"))
     name = os.path.basename(args.serve_party)
-    party = Party(name, TrainValidRows(X, y, X[:0], y[:0]), objective="binary", num_class=1,
-                       feature_names=[f"f{i}" for i in range(X.shape[1])], categorical=[])
+    party = Party(
+        name,
+        TrainValidRows(X, y, X[:0], y[:0]),
+        objective="binary",
+        num_class=1,
+        feature_names=[f"f{i}" for i in range(X.shape[1])],
+        categorical=[],
+    )
     server = serve_party(party, port=args.port, tls=server_tls(args.certs, name))
     run_party_server(server, ready=lambda: print("ready", flush=True))
 
@@ -161,9 +196,22 @@ def flight_parties(args, X, y, workdir):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, __file__, "--serve-party", folder, "--port", str(port),
-                                 "--certs", certs, "--threads", str(args.threads)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve-party",
+                folder,
+                "--port",
+                str(port),
+                "--certs",
+                certs,
+                "--threads",
+                str(args.threads),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout.readline().strip() == "ready"
         procs.append(proc)
         remotes.append(RemoteParty(name, f"grpc+tls://127.0.0.1:{port}", tls=client_tls(certs, "coordinator")))
@@ -183,8 +231,14 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool, transport: str = "inpr
     from fedmine.gbdt.state import EngineGroup
     from fedmine.party.organisation import Party, TrainValidRows
 
-    params = dict(objective="binary", num_leaves=args.num_leaves, max_bin=args.max_bin, learning_rate=0.1,
-                  min_data_in_leaf=20, num_boost_round=args.rounds)
+    params = dict(
+        objective="binary",
+        num_leaves=args.num_leaves,
+        max_bin=args.max_bin,
+        learning_rate=0.1,
+        min_data_in_leaf=20,
+        num_boost_round=args.rounds,
+    )
     train_partitioned([(X[:2000], y[:2000])], dict(params, num_boost_round=2))
     names = [f"party{i}" for i in range(args.parties)]
     parts = np.array_split(np.arange(X.shape[0]), args.parties)
@@ -194,8 +248,17 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool, transport: str = "inpr
         workdir = tempfile.mkdtemp()
         parties, procs = flight_parties(args, X, y, workdir)
     else:
-        parties = [Party(n, TrainValidRows(X[p], y[p], X[:0], y[:0]), objective="binary", num_class=1,
-                              feature_names=features, categorical=[]) for n, p in zip(names, parts)]
+        parties = [
+            Party(
+                n,
+                TrainValidRows(X[p], y[p], X[:0], y[:0]),
+                objective="binary",
+                num_class=1,
+                feature_names=features,
+                categorical=[],
+            )
+            for n, p in zip(names, parts)
+        ]
     links = [Link(p) for p in parties]
     if secure:
         keys = {link.name: link.call("secure_setup", "benchmark") for link in links}
@@ -216,10 +279,17 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool, transport: str = "inpr
     raw = predict_raw(model.trees, Xt, init_scores=model.init_scores)[0]
     n_trees = max(len(model.trees), 1)
     name = ("fedmine+secagg" if secure else "fedmine") + ("/flight" if transport == "flight" else "")
-    out.put(dict(name=name, wall=wall, peak=mem.extra_mb, auc=auc(yt, raw),
-                 bytes_per_tree=sum(link.bytes_sent + link.bytes_received for link in links) / n_trees,
-                 exchanges=group.source.exchanges_ / n_trees,
-                 round_trips=sum(link.calls for link in links) / n_trees))
+    out.put(
+        dict(
+            name=name,
+            wall=wall,
+            peak=mem.extra_mb,
+            auc=auc(yt, raw),
+            bytes_per_tree=sum(link.bytes_sent + link.bytes_received for link in links) / n_trees,
+            exchanges=group.source.exchanges_ / n_trees,
+            round_trips=sum(link.calls for link in links) / n_trees,
+        )
+    )
 
 
 def run_federation_plain(args, X, y, Xt, yt, out):
@@ -244,10 +314,17 @@ def main(argv=None):
     ap.add_argument("--max-bin", type=int, default=255)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["lightgbm", "engine"], default=None)
-    ap.add_argument("--secure-aggregation", action="store_true",
-                    help="also train through the federation layer, plain and with secure aggregation")
-    ap.add_argument("--transport", choices=["inprocess", "flight"], default="inprocess",
-                    help="flight: also train with every party in its own process behind Flight with mutual TLS")
+    ap.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="also train through the federation layer, plain and with secure aggregation",
+    )
+    ap.add_argument(
+        "--transport",
+        choices=["inprocess", "flight"],
+        default="inprocess",
+        help="flight: also train with every party in its own process behind Flight with mutual TLS",
+    )
     ap.add_argument("--serve-party", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--certs", help=argparse.SUPPRESS)
@@ -275,20 +352,26 @@ def main(argv=None):
         results[name] = q.get()
         proc.join()
 
-    print(f"rows={args.rows} features={args.features} parties={args.parties} rounds={args.rounds} "
-          f"num_leaves={args.num_leaves} max_bin={args.max_bin} threads={args.threads}")
+    print(
+        f"rows={args.rows} features={args.features} parties={args.parties} rounds={args.rounds} "
+        f"num_leaves={args.num_leaves} max_bin={args.max_bin} threads={args.threads}"
+    )
     print(f"{'':<15}{'train s':>10}{'ratio':>8}{'+peak MB':>10}{'AUC':>9}{'KB/tree':>10}{'exch/tree':>11}")
     ref = results.get("lightgbm", {}).get("wall")
     for name, r in results.items():
         ratio = r["wall"] / ref if ref else float("nan")
-        print(f"{name:<15}{r['wall']:>10.2f}{ratio:>8.2f}{r['peak']:>10.0f}{r['auc']:>9.4f}"
-              f"{r['bytes_per_tree'] / 1024:>10.0f}{r['exchanges']:>11.1f}")
+        print(
+            f"{name:<15}{r['wall']:>10.2f}{ratio:>8.2f}{r['peak']:>10.0f}{r['auc']:>9.4f}"
+            f"{r['bytes_per_tree'] / 1024:>10.0f}{r['exchanges']:>11.1f}"
+        )
     if "fedmine" in results and "fedmine+secagg" in results:
         print(f"secure aggregation / plain: {results['fedmine+secagg']['wall'] / results['fedmine']['wall']:.2f}")
     if "fedmine" in results and "fedmine/flight" in results:
-        print(f"flight with mutual TLS / in-process: "
-              f"{results['fedmine/flight']['wall'] / results['fedmine']['wall']:.2f}; "
-              f"round trips per tree: {results['fedmine/flight']['round_trips']:.1f}")
+        print(
+            f"flight with mutual TLS / in-process: "
+            f"{results['fedmine/flight']['wall'] / results['fedmine']['wall']:.2f}; "
+            f"round trips per tree: {results['fedmine/flight']['round_trips']:.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -42,16 +42,36 @@ def train(X, y, parties, rounds, epsilon, *, num_leaves=7, max_bin=16, learning_
     privacy = {"secure_aggregation": True}
     if math.isfinite(epsilon):
         privacy["epsilon"] = epsilon
-    cfg = config_from_dict({
-        "name": "privacy-benchmark", "label": "y", "features": {f: {} for f in features},
-        "organisations": {n: {"source": f"{n}.csv"} for n in names},
-        "training": {"strategy": "histogram", "rounds": rounds, "num_leaves": num_leaves, "max_bin": max_bin,
-                     "learning_rate": learning_rate, "lookahead": 0, "validation_fraction": 0.0},
-        "privacy": privacy,
-    })
+    cfg = config_from_dict(
+        {
+            "name": "privacy-benchmark",
+            "label": "y",
+            "features": {f: {} for f in features},
+            "organisations": {n: {"source": f"{n}.csv"} for n in names},
+            "training": {
+                "strategy": "histogram",
+                "rounds": rounds,
+                "num_leaves": num_leaves,
+                "max_bin": max_bin,
+                "learning_rate": learning_rate,
+                "lookahead": 0,
+                "validation_fraction": 0.0,
+            },
+            "privacy": privacy,
+        }
+    )
     parts = np.array_split(np.random.default_rng(0).permutation(len(y)), parties)
-    members = [Party(n, TrainValidRows(X[p], y[p], X[:0], y[:0]), objective="binary", num_class=1,
-                          feature_names=features, categorical=[]) for n, p in zip(names, parts)]
+    members = [
+        Party(
+            n,
+            TrainValidRows(X[p], y[p], X[:0], y[:0]),
+            objective="binary",
+            num_class=1,
+            feature_names=features,
+            categorical=[],
+        )
+        for n, p in zip(names, parts)
+    ]
     coord = Coordinator(cfg, members)
     coord.start()
     t0 = time.perf_counter()
@@ -79,18 +99,38 @@ def main(argv=None):
     Xt, yt = load("binary.test")
     rows = []
     for eps in args.epsilons:
-        coord, wall = train(X, y, args.parties, args.rounds, eps, num_leaves=args.num_leaves, max_bin=args.max_bin,
-                            learning_rate=args.learning_rate)
+        coord, wall = train(
+            X,
+            y,
+            args.parties,
+            args.rounds,
+            eps,
+            num_leaves=args.num_leaves,
+            max_bin=args.max_bin,
+            learning_rate=args.learning_rate,
+        )
         model = lgb.Booster(model_str=coord.model_text())
         receipt = coord.receipt().as_dict()
-        rows.append((eps, auc(yt, model.predict(Xt)), receipt.get("epsilon_total"),
-                     receipt.get("param.noise_multiplier"), coord.last_round, wall))
-    print(f"parties={args.parties} rounds={args.rounds} num_leaves={args.num_leaves} max_bin={args.max_bin} "
-          f"learning_rate={args.learning_rate} rows={len(y)} (HIGGS subset), secure aggregation on")
+        rows.append(
+            (
+                eps,
+                auc(yt, model.predict(Xt)),
+                receipt.get("epsilon_total"),
+                receipt.get("param.noise_multiplier"),
+                coord.last_round,
+                wall,
+            )
+        )
+    print(
+        f"parties={args.parties} rounds={args.rounds} num_leaves={args.num_leaves} max_bin={args.max_bin} "
+        f"learning_rate={args.learning_rate} rows={len(y)} (HIGGS subset), secure aggregation on"
+    )
     print(f"{'epsilon':>9}{'test AUC':>10}{'spent':>9}{'noise z':>10}{'rounds':>8}{'seconds':>9}")
     for eps, a, spent, z, r, wall in rows:
-        print(f"{eps:>9g}{a:>10.4f}{(spent if spent is not None else float('nan')):>9.3f}"
-              f"{(z if z is not None else float('nan')):>10.3g}{r:>8}{wall:>9.2f}")
+        print(
+            f"{eps:>9g}{a:>10.4f}{(spent if spent is not None else float('nan')):>9.3f}"
+            f"{(z if z is not None else float('nan')):>10.3g}{r:>8}{wall:>9.2f}"
+        )
 
     import matplotlib
 

@@ -47,11 +47,7 @@ DEFAULT_CONNECT_TIMEOUT = 10  # seconds; an unreachable host must not hang a run
 _EXCLUDED_OPTIONS = ("sql", "con", "chunksize", "columns")
 READ_OPTIONS = (
     "columns",  # ?table= only: read these columns, quoted like the table
-    *(
-        name
-        for name in inspect.signature(pandas.read_sql).parameters
-        if name not in _EXCLUDED_OPTIONS
-    ),
+    *(name for name in inspect.signature(pandas.read_sql).parameters if name not in _EXCLUDED_OPTIONS),
 )
 
 
@@ -107,10 +103,7 @@ def parse(source: str, *, base_dir: str | os.PathLike[str] | None = None) -> Dat
     if scheme in SQLITE_SCHEMES:
         path = _sqlite_path(location, base_dir)
         if params:
-            raise SourceError(
-                f"unknown parameter '{next(iter(params))}'; "
-                f"allowed: {', '.join(OWN_PARAMETERS)}"
-            )
+            raise SourceError(f"unknown parameter '{next(iter(params))}'; allowed: {', '.join(OWN_PARAMETERS)}")
         parsed = DatabaseSource("sqlite", table, query, schema, path=path)
     elif scheme in POSTGRESQL_SCHEMES:
         url, secrets = _postgresql_url(location, params)
@@ -121,8 +114,7 @@ def parse(source: str, *, base_dir: str | os.PathLike[str] | None = None) -> Dat
     if (table is None) == (query is None):
         given = "both ?table= and ?query=" if table is not None else "no ?table= or ?query="
         raise SourceError(
-            f"{given}; a database source needs exactly one, "
-            "e.g. ?table=customers or ?query=SELECT ...",
+            f"{given}; a database source needs exactly one, e.g. ?table=customers or ?query=SELECT ...",
             secrets=parsed.secrets,
         )
     if not (table or query):
@@ -130,9 +122,7 @@ def parse(source: str, *, base_dir: str | os.PathLike[str] | None = None) -> Dat
     return parsed
 
 
-def read_database(
-    source: DatabaseSource, options: dict[str, Any] | None = None
-) -> pandas.DataFrame:
+def read_database(source: DatabaseSource, options: dict[str, Any] | None = None) -> pandas.DataFrame:
     """Read the table or the query result of a parsed database source.
 
     Parameters
@@ -154,9 +144,7 @@ def read_database(
     if columns is not None:
         columns = column_list(columns)
     if columns is not None and source.table is None:
-        raise SourceError(
-            "read option 'columns' applies to ?table= only; select them in the query"
-        )
+        raise SourceError("read option 'columns' applies to ?table= only; select them in the query")
     engine = _engine(source)
     try:
         try:
@@ -170,14 +158,8 @@ def read_database(
         with connection:
             if source.table is not None:
                 _check_table(connection, source)
-                selected = (
-                    [sa.column(name) for name in columns]
-                    if columns is not None
-                    else [sa.literal_column("*")]
-                )
-                statement = sa.select(*selected).select_from(
-                    sa.table(source.table, schema=source.schema)
-                )
+                selected = [sa.column(name) for name in columns] if columns is not None else [sa.literal_column("*")]
+                statement = sa.select(*selected).select_from(sa.table(source.table, schema=source.schema))
             else:
                 statement = sa.text(source.query)
             try:
@@ -186,9 +168,7 @@ def read_database(
                 # pandas wraps the driver's error; its cause holds the driver's words.
                 cause = exc.__cause__ if isinstance(exc.__cause__, sa.exc.DBAPIError) else exc
                 what = f"table '{source.table}'" if source.table else "query"
-                raise SourceError(
-                    f"reading {what} failed: {_driver_message(cause)}", secrets=source.secrets
-                ) from exc
+                raise SourceError(f"reading {what} failed: {_driver_message(cause)}", secrets=source.secrets) from exc
             except (TypeError, ValueError) as exc:
                 raise SourceError(f"bad read options: {one_line(exc)}") from exc
     finally:
@@ -207,8 +187,7 @@ def _parse_query_string(query_string: str) -> dict[str, str]:
 def _sqlite_path(location: str, base_dir: str | os.PathLike[str] | None) -> str:
     if not location.startswith("/") or location == "/":
         raise SourceError(
-            "a SQLite URI names a file and no host: "
-            "sqlite:///relative/file.db or sqlite:////absolute/file.db"
+            "a SQLite URI names a file and no host: sqlite:///relative/file.db or sqlite:////absolute/file.db"
         )
     path = Path(unquote(location[1:])).expanduser()
     if not path.is_absolute() and base_dir is not None:
@@ -232,19 +211,14 @@ def _postgresql_url(location: str, params: dict[str, str]) -> tuple[Any, tuple[s
     try:
         url = sa.engine.make_url(f"postgresql+psycopg://{location}")
     except (sa.exc.ArgumentError, ValueError) as exc:
-        raise SourceError(
-            f"malformed PostgreSQL URI: {one_line(exc)}", secrets=secrets
-        ) from exc
+        raise SourceError(f"malformed PostgreSQL URI: {one_line(exc)}", secrets=secrets) from exc
     if not url.database:
-        raise SourceError(
-            "no database name: postgresql://user@host:port/database?table=t", secrets=secrets
-        )
+        raise SourceError("no database name: postgresql://user@host:port/database?table=t", secrets=secrets)
     try:
         make_conninfo("", **params)
     except ProgrammingError as exc:
         raise SourceError(
-            f"{one_line(exc)}; allowed: {', '.join(OWN_PARAMETERS)} "
-            "and libpq connection parameters",
+            f"{one_line(exc)}; allowed: {', '.join(OWN_PARAMETERS)} and libpq connection parameters",
             secrets=secrets,
         ) from exc
     return url.set(query=params), secrets
@@ -258,9 +232,7 @@ def _engine(source: DatabaseSource):
         if not os.path.exists(path):
             raise SourceError(f"file not found: {path}")
         uri = f"file:{quote(path)}?mode=ro"
-        return sa.create_engine(
-            "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True), poolclass=NullPool
-        )
+        return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True), poolclass=NullPool)
     connect_args = {}
     if "connect_timeout" not in source.url.query:
         connect_args["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
@@ -278,22 +250,16 @@ def _check_table(connection, source: DatabaseSource) -> None:
              *inspector.get_view_names(schema=source.schema)}
         )  # fmt: skip
     except sa.exc.DBAPIError as exc:
-        raise SourceError(
-            f"cannot list tables: {_driver_message(exc)}", secrets=source.secrets
-        ) from exc
+        raise SourceError(f"cannot list tables: {_driver_message(exc)}", secrets=source.secrets) from exc
     where = f" in schema '{source.schema}'" if source.schema else ""
     existing = ", ".join(names) if names else "none"
-    raise SourceError(
-        f"table '{source.table}' not found{where}; tables: {existing}", secrets=source.secrets
-    )
+    raise SourceError(f"table '{source.table}' not found{where}; tables: {existing}", secrets=source.secrets)
 
 
 def _check_options(options: dict[str, Any]) -> None:
     for name in options:
         if name not in READ_OPTIONS:
-            raise SourceError(
-                f"unknown read option '{name}' for a database; allowed: {', '.join(READ_OPTIONS)}"
-            )
+            raise SourceError(f"unknown read option '{name}' for a database; allowed: {', '.join(READ_OPTIONS)}")
 
 
 def _driver_message(exc: Exception) -> str:

@@ -20,9 +20,7 @@ import pyarrow.fs
 
 from fedmine.connectors.source import DELIMITED_SUFFIXES, Location, SourceError, one_line
 
-READ_OPTIONS = tuple(
-    name for name in inspect.signature(pandas.read_csv).parameters if name != "filepath_or_buffer"
-)
+READ_OPTIONS = tuple(name for name in inspect.signature(pandas.read_csv).parameters if name != "filepath_or_buffer")
 _UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(?P<name>[^']+)'")
 
 
@@ -70,8 +68,7 @@ def read_delimited(location: Location, options: dict[str, Any] | None = None) ->
     except UnicodeDecodeError as exc:
         encoding = options.get("encoding", "utf-8")
         raise SourceError(
-            f"not valid {encoding} text ({exc.reason} at byte {exc.start}); "
-            "set read option 'encoding', e.g. latin-1"
+            f"not valid {encoding} text ({exc.reason} at byte {exc.start}); set read option 'encoding', e.g. latin-1"
         ) from exc
     except FileNotFoundError as exc:
         raise SourceError(f"file not found: {location.path}") from exc

@@ -43,9 +43,7 @@ def read_parquet(location: Location, options: dict[str, Any] | None = None) -> p
     options.pop("filesystem", None)
     for name in options:
         if name not in READ_OPTIONS:
-            raise SourceError(
-                f"unknown read option '{name}' for Parquet; allowed: {', '.join(READ_OPTIONS)}"
-            )
+            raise SourceError(f"unknown read option '{name}' for Parquet; allowed: {', '.join(READ_OPTIONS)}")
     columns = options.get("columns")
     if columns is not None:
         columns = column_list(columns)
@@ -80,9 +78,7 @@ def _filters(value: object) -> list:
     def predicate(item: object) -> tuple:
         if isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[0], str):
             return tuple(item)
-        raise SourceError(
-            f"read option 'filters': expected [column, op, value], got {item!r}"
-        )
+        raise SourceError(f"read option 'filters': expected [column, op, value], got {item!r}")
 
     def is_conjunction(item: object) -> bool:
         nested = isinstance(item, (list, tuple)) and bool(item)

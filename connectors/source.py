@@ -104,9 +104,7 @@ def file_suffix(path: str) -> tuple[str, str] | None:
     return None
 
 
-def locate(
-    source: str, *, base_dir: str | os.PathLike[str] | None = None, filesystem: Any = None
-) -> Location:
+def locate(source: str, *, base_dir: str | os.PathLike[str] | None = None, filesystem: Any = None) -> Location:
     """Classify a file source and resolve where it lives.
 
     Parameters
@@ -133,9 +131,7 @@ def locate(
 
     if filesystem is not None:
         if scheme is not None:
-            raise SourceError(
-                "read option 'filesystem' takes a path inside that filesystem, not a URI"
-            )
+            raise SourceError("read option 'filesystem' takes a path inside that filesystem, not a URI")
         return Location(kind, suffix, source, filesystem)
 
     if scheme is None:

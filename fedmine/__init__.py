@@ -33,6 +33,6 @@ class _CheckoutFolders(importlib.abc.MetaPathFinder):
 
 
 _here = _Path(__file__).resolve().parent
-if not (_here / "flows").is_dir() and (_here.parent / "flows" / "__init__.py").is_file():
-    if not any(isinstance(f, _CheckoutFolders) for f in sys.meta_path):
-        sys.meta_path.append(_CheckoutFolders(_here.parent))
+_checkout = not (_here / "flows").is_dir() and (_here.parent / "flows" / "__init__.py").is_file()
+if _checkout and not any(isinstance(f, _CheckoutFolders) for f in sys.meta_path):
+    sys.meta_path.append(_CheckoutFolders(_here.parent))

@@ -43,8 +43,9 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _train(config: Path, overrides: list[str], summary_json: Path | None, verbose: bool,
-           resume: str | None = None) -> dict:
+def _train(
+    config: Path, overrides: list[str], summary_json: Path | None, verbose: bool, resume: str | None = None
+) -> dict:
     """Validate the config here (before Prefect starts), then run the training flow."""
     from fedmine.config import load_config
 
@@ -60,8 +61,14 @@ def _train(config: Path, overrides: list[str], summary_json: Path | None, verbos
         return run()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[metric]}"), TimeElapsedColumn(), transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[metric]}"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as bar:
         task = bar.add_task(f"{cfg.name} ({cfg.training.strategy})", total=cfg.training.rounds, metric="")
 
         def on_round(r: int, total: int, metrics: dict) -> None:
@@ -80,13 +87,17 @@ def _print_summary(summary: dict) -> None:
     typer.echo("")
     typer.echo(report.gain_table(summary))
     typer.echo("")
-    typer.echo(f"MLflow run {summary['run_id']} ({summary['rounds']} rounds, {summary['train_seconds']:.1f} s training, "
-               f"{summary['bytes_sent']:,} bytes sent by parties)")
+    typer.echo(
+        f"MLflow run {summary['run_id']} ({summary['rounds']} rounds, {summary['train_seconds']:.1f} s training, "
+        f"{summary['bytes_sent']:,} bytes sent by parties)"
+    )
     p = summary.get("privacy", {})
     if p.get("secure_aggregation") or p.get("mechanism", "none") != "none":
         eps = f", epsilon {p['epsilon_total']:.3f} (delta {p['delta']:g})" if p.get("epsilon_total") else ""
-        typer.echo(f"privacy: secure aggregation {'on' if p.get('secure_aggregation') else 'off'} "
-                   f"over {p.get('n_parties')} parties, differential privacy {p.get('mechanism')}{eps}")
+        typer.echo(
+            f"privacy: secure aggregation {'on' if p.get('secure_aggregation') else 'off'} "
+            f"over {p.get('n_parties')} parties, differential privacy {p.get('mechanism')}{eps}"
+        )
     if summary.get("model_file"):
         typer.echo(f"global model: {summary['model_file']}")
 
@@ -96,7 +107,9 @@ def run(
     config: Path = typer.Argument(..., help="The federation YAML file."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path, e.g. training.rounds=50."),
     summary_json: Path | None = typer.Option(None, "--summary-json", help="Write the run summary as JSON here."),
-    resume: str | None = typer.Option(None, "--resume", help="Continue the MLflow run RUN_ID from its last checkpoint."),
+    resume: str | None = typer.Option(
+        None, "--resume", help="Continue the MLflow run RUN_ID from its last checkpoint."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
 ) -> None:
     """Train the federation in CONFIG now (the ad-hoc trigger)."""
@@ -119,7 +132,7 @@ def demo(
 
     uri = tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     if summary_json is not None:
         output_path(summary_json, "--summary-json")
     output_path(folder, "--dir", folder=True)
@@ -134,7 +147,9 @@ def demo(
 @app.command()
 def predict(
     config: Path = typer.Argument(..., help="The federation YAML file (for the organisation's mapping)."),
-    model: str = typer.Option(..., "--model", help="A model file, an MLflow run id, or a model URI (models:/NAME/VERSION)."),
+    model: str = typer.Option(
+        ..., "--model", help="A model file, an MLflow run id, or a model URI (models:/NAME/VERSION)."
+    ),
     org: str = typer.Option(..., "--org", help="The organisation whose mapping the input follows."),
     input: str = typer.Option(..., "--input", help="New rows: a path or URI, as in the config's sources."),
     output: Path = typer.Option(..., "--output", help="CSV to write: the input's rows with a prediction column."),
@@ -176,17 +191,21 @@ def _check_model(booster, model: str, federation: str | None, cfg, config: Path)
     from fedmine.gbdt.booster import canonical_feature_names
 
     if federation is not None and federation != cfg.name:
-        raise ConfigError(f"--model {model}: the model belongs to federation {federation!r}, "
-                          f"{config} is federation {cfg.name!r}")
+        raise ConfigError(
+            f"--model {model}: the model belongs to federation {federation!r}, {config} is federation {cfg.name!r}"
+        )
     expected = canonical_feature_names(len(cfg.features), list(cfg.features))  # as the model text writes them
     actual = booster.feature_name()
     if len(actual) != len(expected):
-        raise ConfigError(f"--model {model}: expects {len(actual)} features, "
-                          f"the schema in {config} has {len(expected)}")
+        raise ConfigError(
+            f"--model {model}: expects {len(actual)} features, the schema in {config} has {len(expected)}"
+        )
     for i, (want, got) in enumerate(zip(expected, actual, strict=True)):
         if got != want:
-            raise ConfigError(f"--model {model}: feature {i + 1} is {got!r} in the model, {want!r} in the schema "
-                              f"of {config}; the model was trained on another schema")
+            raise ConfigError(
+                f"--model {model}: feature {i + 1} is {got!r} in the model, {want!r} in the schema "
+                f"of {config}; the model was trained on another schema"
+            )
 
 
 @app.command()
@@ -259,9 +278,17 @@ def party_serve(
     from fedmine.flows.prepare import prepare_organisation
 
     party = prepare_organisation(cfg, org)
-    serve(cfg, org, party, host=address[0], port=address[1], allow_insecure=allow_insecure,
-          ready=lambda server: typer.echo(f"party {org}: {party.describe()['n_rows']} training rows, "
-                                          f"serving on {server.endpoint}", err=False))
+    serve(
+        cfg,
+        org,
+        party,
+        host=address[0],
+        port=address[1],
+        allow_insecure=allow_insecure,
+        ready=lambda server: typer.echo(
+            f"party {org}: {party.describe()['n_rows']} training rows, serving on {server.endpoint}", err=False
+        ),
+    )
 
 
 @certs_app.command("init")
@@ -303,7 +330,7 @@ def _check_cron(cron: str) -> None:
     try:
         CronSim(cron, datetime.now())
     except CronSimError as exc:
-        raise ConfigError(f"--cron {cron!r}: not a cron expression ({exc}); for example \"0 2 * * *\"") from None
+        raise ConfigError(f'--cron {cron!r}: not a cron expression ({exc}); for example "0 2 * * *"') from None
 
 
 def main() -> None:

@@ -82,12 +82,16 @@ class FeatureSpec(_Strict):
     min: float | _dt.date | None = None
     max: float | _dt.date | None = None
     unit: str | None = None
-    quantity: str | None = Field(None, description="what is measured (glucose, ...): picks substance-dependent unit factors")
-    required: bool = Field(True, description="every organisation must map it; when false an unmapped feature is all missing")
+    quantity: str | None = Field(
+        None, description="what is measured (glucose, ...): picks substance-dependent unit factors"
+    )
+    required: bool = Field(
+        True, description="every organisation must map it; when false an unmapped feature is all missing"
+    )
     description: str | None = None
 
     @model_validator(mode="after")
-    def _categories_match_type(self) -> "FeatureSpec":
+    def _categories_match_type(self) -> FeatureSpec:
         if self.type == "category" and not self.categories:
             raise ValueError("a category feature needs 'categories' (its vocabulary)")
         if self.type != "category" and self.categories is not None:
@@ -98,7 +102,9 @@ class FeatureSpec(_Strict):
             bound = getattr(self, key)
             if isinstance(bound, _dt.date):
                 if self.type != "date":
-                    raise ValueError(f"{key} is a date ({bound}); dates are allowed with type: date (type is {self.type})")
+                    raise ValueError(
+                        f"{key} is a date ({bound}); dates are allowed with type: date (type is {self.type})"
+                    )
                 setattr(self, key, date_to_days(bound))
         if self.min is not None and self.max is not None and self.min >= self.max:  # type: ignore[operator]  # dates are days by now
             raise ValueError(f"min ({self.min}) must be below max ({self.max})")
@@ -115,11 +121,13 @@ class DeriveSpec(_Strict):
     at: _dt.date | None = Field(None, description="reference date of years_since, months_since, days_since")
 
     @model_validator(mode="after")
-    def _reference_date(self) -> "DeriveSpec":
+    def _reference_date(self) -> DeriveSpec:
         if self.as_.endswith("_since") and self.at is None:
             raise ValueError(f"as: {self.as_} needs 'at', the reference date (for example at: 2024-01-01)")
         if not self.as_.endswith("_since") and self.at is not None:
-            raise ValueError(f"'at' is only allowed with as: years_since, months_since or days_since (as is {self.as_})")
+            raise ValueError(
+                f"'at' is only allowed with as: years_since, months_since or days_since (as is {self.as_})"
+            )
         return self
 
 
@@ -134,7 +142,8 @@ class OrganisationSpec(_Strict):
 
     source: str | None = None
     endpoint: str | None = Field(
-        None, description="grpc+tls://host:port of the organisation's party server (fedmine party serve)")
+        None, description="grpc+tls://host:port of the organisation's party server (fedmine party serve)"
+    )
     read: dict[str, Any] = Field(default_factory=dict)
     rename: dict[str, str] = Field(default_factory=dict)
     values: dict[str, dict[Any, Any]] = Field(default_factory=dict)
@@ -145,21 +154,26 @@ class OrganisationSpec(_Strict):
     dates: dict[str, str] = Field(default_factory=dict)
     derive: dict[str, DeriveSpec] = Field(default_factory=dict)
     unknown_categories: str | dict[str, str] = Field(
-        "error", description="error | other | missing, or per category feature {feature: policy}")
+        "error", description="error | other | missing, or per category feature {feature: policy}"
+    )
     industry: str | None = None
 
     @field_validator("endpoint")
     @classmethod
     def _endpoint_scheme(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^grpc(\+tls|\+tcp)?://[^/:]+:\d+$", v):
-            raise ValueError(f"{v!r} is not an endpoint; allowed: grpc+tls://host:port (grpc+tcp://host:port for local tests)")
+            raise ValueError(
+                f"{v!r} is not an endpoint; allowed: grpc+tls://host:port (grpc+tcp://host:port for local tests)"
+            )
         return v
 
     @model_validator(mode="after")
-    def _source_or_endpoint(self) -> "OrganisationSpec":
+    def _source_or_endpoint(self) -> OrganisationSpec:
         if self.source is None and self.endpoint is None:
-            raise ValueError("needs a source (its data, for simulation and for `fedmine party serve`) "
-                             "or an endpoint (grpc+tls://host:port of its party server)")
+            raise ValueError(
+                "needs a source (its data, for simulation and for `fedmine party serve`) "
+                "or an endpoint (grpc+tls://host:port of its party server)"
+            )
         return self
 
     @field_validator("source")
@@ -172,7 +186,7 @@ class OrganisationSpec(_Strict):
     @field_validator("unknown_categories", mode="before")
     @classmethod
     def _known_policies(cls, v: Any) -> Any:
-        for policy in (v.values() if isinstance(v, dict) else [v]):
+        for policy in v.values() if isinstance(v, dict) else [v]:
             if policy not in UNKNOWN_POLICIES:
                 raise ValueError(f"{policy!r} is not allowed; allowed: {', '.join(UNKNOWN_POLICIES)}")
         return v
@@ -186,7 +200,9 @@ class OrganisationSpec(_Strict):
 class ProfileSpec(_Strict):
     """Settings of ``fedmine profile`` (docs/schema.md)."""
 
-    psi_threshold: float = Field(0.25, gt=0, description="flag a feature whose PSI against the other organisations exceeds this")
+    psi_threshold: float = Field(
+        0.25, gt=0, description="flag a feature whose PSI against the other organisations exceeds this"
+    )
 
 
 def check_mapping(org: str, spec: OrganisationSpec, features: dict[str, FeatureSpec], label: str) -> None:
@@ -195,7 +211,9 @@ def check_mapping(org: str, spec: OrganisationSpec, features: dict[str, FeatureS
     derive_sources = {d.from_ for d in spec.derive.values()}
 
     def not_canonical(key: str, col: str, allowed: set[str]) -> ValueError:
-        return ValueError(f"organisations.{org}.{key}.{col}: not a canonical column; allowed: {', '.join(sorted(allowed))}")
+        return ValueError(
+            f"organisations.{org}.{key}.{col}: not a canonical column; allowed: {', '.join(sorted(allowed))}"
+        )
 
     for key in ("values", "scale", "offset", "missing", "units", "derive"):
         for col in getattr(spec, key):
@@ -224,8 +242,10 @@ def check_mapping(org: str, spec: OrganisationSpec, features: dict[str, FeatureS
                 f"map one column per feature"
             )
         if features[name].type not in ("float", "int"):
-            raise ValueError(f"organisations.{org}.derive.{name}: features.{name} has type {features[name].type}; "
-                             f"derived values are numbers (type float or int)")
+            raise ValueError(
+                f"organisations.{org}.derive.{name}: features.{name} has type {features[name].type}; "
+                f"derived values are numbers (type float or int)"
+            )
     for name, unit in spec.units.items():
         feat = features.get(name)
         where = f"organisations.{org}.units.{name}"
@@ -243,14 +263,17 @@ def check_mapping(org: str, spec: OrganisationSpec, features: dict[str, FeatureS
         except UnitError as exc:
             raise ValueError(f"{where}: {exc}") from None
     policies = spec.unknown_categories
-    named = policies if isinstance(policies, dict) else {
-        n: policies for n, f in features.items() if f.type == "category"}
+    named = (
+        policies if isinstance(policies, dict) else {n: policies for n, f in features.items() if f.type == "category"}
+    )
     for name, policy in named.items():
         feat = features.get(name)
         if feat is None or feat.type != "category":
             allowed = sorted(n for n, f in features.items() if f.type == "category")
-            raise ValueError(f"organisations.{org}.unknown_categories.{name}: not a category feature; "
-                             f"allowed: {', '.join(allowed) or '(none)'}")
+            raise ValueError(
+                f"organisations.{org}.unknown_categories.{name}: not a category feature; "
+                f"allowed: {', '.join(allowed) or '(none)'}"
+            )
         if policy == "other" and "other" not in (feat.categories or []):
             raise ValueError(
                 f"organisations.{org}.unknown_categories: 'other' needs 'other' in features.{name}.categories "
@@ -272,8 +295,9 @@ class TrainingSpec(TrainingParams, _StrategyFirst):
     trains; ``rounds`` is ``num_boost_round``. The rest are the federation's.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_by_name=True, validate_by_alias=True,
-                              serialize_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=False, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
 
     num_boost_round: int = redeclare("num_boost_round", 30, first_alias="rounds")
     seed: int = redeclare("seed", 7)
@@ -325,13 +349,18 @@ class PrivacySpec(_Strict):
     """
 
     secure_aggregation: bool | None = Field(
-        None, description="mask every party's histogram messages (default: on for histogram with 2+ organisations)")
+        None, description="mask every party's histogram messages (default: on for histogram with 2+ organisations)"
+    )
     min_parties: int = Field(2, ge=2, description="refuse to train with fewer parties")
     on_party_failure: Literal["stop", "continue"] = "stop"
     epsilon: float | None = Field(None, gt=0, description="differential-privacy budget (histogram only)")
     delta: float = Field(1e-6, gt=0, lt=1)
-    gradient_bound: float | None = Field(None, gt=0, description="clip gradients to +-bound (DP; regression-like objectives)")
-    hessian_bound: float | None = Field(None, gt=0, description="clip hessians to [0, bound] (DP; regression-like objectives)")
+    gradient_bound: float | None = Field(
+        None, gt=0, description="clip gradients to +-bound (DP; regression-like objectives)"
+    )
+    hessian_bound: float | None = Field(
+        None, gt=0, description="clip hessians to [0, bound] (DP; regression-like objectives)"
+    )
 
 
 class TransportSpec(_Strict):
@@ -400,23 +429,30 @@ class FederationConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "FederationConfig":
+    def _consistent(self) -> FederationConfig:
         if self.label in self.features:
             raise ValueError(f"label {self.label!r} is also listed under features; the label is not a feature")
         if self.objective == "multiclass" and (not self.classes or len(self.classes) < 3):
             raise ValueError("objective multiclass needs 'classes' with at least 3 values (the label vocabulary)")
         if self.objective == "binary" and self.classes is not None and len(self.classes) != 2:
-            raise ValueError(f"objective binary needs exactly 2 'classes' [negative, positive]; got {len(self.classes)}")
+            raise ValueError(
+                f"objective binary needs exactly 2 'classes' [negative, positive]; got {len(self.classes)}"
+            )
         if self.objective in ("regression", "poisson", "tweedie") and self.classes is not None:
             raise ValueError(f"'classes' is not allowed with objective {self.objective}")
         max_bin = self.training.max_bin
         for name, feat in self.features.items():
             k = len(feat.categories or ())
             if k > max_bin:
-                fix = (f"raise training.max_bin to at least {k}" if k <= MAX_BIN_LIMIT
-                       else f"merge categories to at most {MAX_BIN_LIMIT}")
-                raise ValueError(f"features.{name}: {k} categories, but training.max_bin is {max_bin} "
-                                 f"(each category takes one bin); {fix}")
+                fix = (
+                    f"raise training.max_bin to at least {k}"
+                    if k <= MAX_BIN_LIMIT
+                    else f"merge categories to at most {MAX_BIN_LIMIT}"
+                )
+                raise ValueError(
+                    f"features.{name}: {k} categories, but training.max_bin is {max_bin} "
+                    f"(each category takes one bin); {fix}"
+                )
         strategy, privacy = self.training.strategy, self.privacy
         if privacy.secure_aggregation and strategy != "histogram":
             raise ValueError(
@@ -428,14 +464,16 @@ class FederationConfig(_Strict):
                 f"privacy.epsilon: differential privacy is accounted for the histogram strategy only, "
                 f"not {strategy} (allowed with: histogram)"
             )
-        if (privacy.epsilon is not None and self.objective in ("regression", "poisson", "tweedie")
-                and privacy.gradient_bound is None):
+        if (
+            privacy.epsilon is not None
+            and self.objective in ("regression", "poisson", "tweedie")
+            and privacy.gradient_bound is None
+        ):
             raise ValueError(
                 f"privacy.gradient_bound: required with privacy.epsilon and objective {self.objective} "
                 f"(gradients are clipped to it so each row's influence is bounded)"
             )
-        if (privacy.epsilon is not None and self.objective in ("poisson", "tweedie")
-                and privacy.hessian_bound is None):
+        if privacy.epsilon is not None and self.objective in ("poisson", "tweedie") and privacy.hessian_bound is None:
             raise ValueError(
                 f"privacy.hessian_bound: required with privacy.epsilon and objective {self.objective} "
                 f"(hessians are clipped to it)"
@@ -544,7 +582,10 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 def config_from_dict(raw: Any, *, source: str = "<config>", path: Path | None = None) -> FederationConfig:
     """Validate a parsed YAML document."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys (name, objective, label, features, organisations, ...); got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of keys (name, objective, label, features, organisations, ...); "
+            f"got {type(raw).__name__}"
+        )
     try:
         cfg = FederationConfig.model_validate(raw)
     except ValidationError as exc:
@@ -566,8 +607,10 @@ def _no_duplicate_keys(node: yaml.Node, source: str, path: tuple[str, ...] = (),
                 line = key.start_mark.line + 1
                 where = ".".join((*path, key.value))
                 if (key.tag, key.value) in first:
-                    raise ConfigError(f"{source}: {where}: duplicate key at line {line} (first at line "
-                                      f"{first[key.tag, key.value]}); YAML keeps only the last, give it once")
+                    raise ConfigError(
+                        f"{source}: {where}: duplicate key at line {line} (first at line "
+                        f"{first[key.tag, key.value]}); YAML keeps only the last, give it once"
+                    )
                 first[key.tag, key.value] = line
                 _no_duplicate_keys(value, source, (*path, key.value), seen)
             else:

@@ -57,8 +57,15 @@ def _population(
     )
     y = rng.random(n) < 1 / (1 + np.exp(-signal * logit))
     return pd.DataFrame(
-        {"age": age, "income": income, "region": region, "debt_ratio": debt_ratio,
-         "late_payments": late, "tenure_years": tenure, "defaulted": y.astype(int)}
+        {
+            "age": age,
+            "income": income,
+            "region": region,
+            "debt_ratio": debt_ratio,
+            "late_payments": late,
+            "tenure_years": tenure,
+            "defaulted": y.astype(int),
+        }
     )
 
 
@@ -134,19 +141,29 @@ def demo_config(tracking_uri: str) -> dict:
                 "source": "data/bank.csv",
                 "read": {"sep": ";", "na_values": ["?"]},
                 "rename": {
-                    "customer_age": "age", "yearly_income": "income", "debt_to_income": "debt_ratio",
-                    "missed_payments": "late_payments", "years_as_client": "tenure_years",
+                    "customer_age": "age",
+                    "yearly_income": "income",
+                    "debt_to_income": "debt_ratio",
+                    "missed_payments": "late_payments",
+                    "years_as_client": "tenure_years",
                     "default_flag": "defaulted",
                 },
-                "values": {"region": {"N": "north", "S": "south", "E": "east", "W": "west"},
-                           "defaulted": {"Y": 1, "N": 0}},
+                "values": {
+                    "region": {"N": "north", "S": "south", "E": "east", "W": "west"},
+                    "defaulted": {"Y": 1, "N": 0},
+                },
             },
             "retailer": {
                 "industry": "retail",
                 "source": "data/retailer.parquet",
                 "rename": {
-                    "age_years": "age", "income_k": "income", "home_region": "region", "debt_pct": "debt_ratio",
-                    "late_count": "late_payments", "loyalty_years": "tenure_years", "late_payer": "defaulted",
+                    "age_years": "age",
+                    "income_k": "income",
+                    "home_region": "region",
+                    "debt_pct": "debt_ratio",
+                    "late_count": "late_payments",
+                    "loyalty_years": "tenure_years",
+                    "late_payer": "defaulted",
                 },
                 "values": {"region": {"North": "north", "South": "south", "East": "east", "West": "west"}},
                 "scale": {"income": 1000, "debt_ratio": 0.01},
@@ -155,12 +172,16 @@ def demo_config(tracking_uri: str) -> dict:
                 "industry": "telecommunications",
                 "source": "sqlite:///data/telecom.db?table=customers",
                 "rename": {
-                    "AGE": "age", "monthly_income": "income", "area_code": "region", "dti": "debt_ratio",
-                    "late_bills": "late_payments", "contract_years": "tenure_years", "bad_debt": "defaulted",
+                    "AGE": "age",
+                    "monthly_income": "income",
+                    "area_code": "region",
+                    "dti": "debt_ratio",
+                    "late_bills": "late_payments",
+                    "contract_years": "tenure_years",
+                    "bad_debt": "defaulted",
                 },
                 "missing": {"age": [-9]},
-                "values": {"region": {1: "north", 2: "south", 3: "east", 4: "west"},
-                           "defaulted": {"yes": 1, "no": 0}},
+                "values": {"region": {1: "north", 2: "south", 3: "east", 4: "west"}, "defaulted": {"yes": 1, "no": 0}},
                 "scale": {"income": 12},
             },
         },

@@ -24,8 +24,9 @@ from fedmine.config import FederationConfig
 from fedmine.coordinator.training import Coordinator
 
 
-def organisation_notes(cfg: FederationConfig, description: dict[str, Any], federated: dict[str, float],
-                       local_only: dict[str, float]) -> list[str]:
+def organisation_notes(
+    cfg: FederationConfig, description: dict[str, Any], federated: dict[str, float], local_only: dict[str, float]
+) -> list[str]:
     """Why an organisation's row of the gain table is undefined (nan) or its local model constant.
 
     ``description`` is what the party answered to ``describe`` (row counts,
@@ -36,21 +37,28 @@ def organisation_notes(cfg: FederationConfig, description: dict[str, Any], feder
     t = cfg.training
     n_train, n_valid = int(description["n_rows"]), int(description["n_valid"])
     if n_valid == 0:
-        notes.append("no validation rows (validation_fraction: 0)" if t.validation_fraction == 0 else
-                     f"no validation rows ({n_train + n_valid} rows are too few for validation_fraction: "
-                     f"{t.validation_fraction:g})")
+        notes.append(
+            "no validation rows (validation_fraction: 0)"
+            if t.validation_fraction == 0
+            else f"no validation rows ({n_train + n_valid} rows are too few for validation_fraction: "
+            f"{t.validation_fraction:g})"
+        )
     elif cfg.objective == "binary" and any(m.get("auc", 0.0) != m.get("auc", 0.0) for m in (federated, local_only)):
         notes.append("validation rows hold one class: auc undefined")  # metrics.auc's only nan
     sums = np.asarray(description.get("label_sums", []), dtype=np.float64)
     if cfg.objective == "binary" and n_train and sums.size and sums[0] in (0.0, float(n_train)):
-        notes.append(f"training rows hold one class ({'positive' if sums[0] else 'negative'}): "
-                     f"the local model is constant")
+        notes.append(
+            f"training rows hold one class ({'positive' if sums[0] else 'negative'}): the local model is constant"
+        )
     elif cfg.objective == "multiclass" and n_train and np.count_nonzero(sums) == 1:
-        notes.append(f"training rows hold one class ({cfg.classes[int(np.flatnonzero(sums)[0])]}): "
-                     f"the local model is constant")
+        notes.append(
+            f"training rows hold one class ({cfg.classes[int(np.flatnonzero(sums)[0])]}): the local model is constant"
+        )
     if n_train < 2 * t.min_data_in_leaf:
-        notes.append(f"fewer training rows ({n_train}) than a split needs (2 x min_data_in_leaf = "
-                     f"{2 * t.min_data_in_leaf}): the local model is constant")
+        notes.append(
+            f"fewer training rows ({n_train}) than a split needs (2 x min_data_in_leaf = "
+            f"{2 * t.min_data_in_leaf}): the local model is constant"
+        )
     return notes
 
 
@@ -98,8 +106,9 @@ def summarise(
     }
 
 
-def publish(tracker, coord: Coordinator, baselines: dict[str, dict[str, Any]], *, train_seconds: float,
-            started: float) -> dict[str, Any]:
+def publish(
+    tracker, coord: Coordinator, baselines: dict[str, dict[str, Any]], *, train_seconds: float, started: float
+) -> dict[str, Any]:
     """Log the model, the final figures, the report and the summary to the training's run; return the summary.
 
     ``tracker`` is the run's :class:`~fedmine.tracking.Tracker`; ``started``
@@ -116,12 +125,22 @@ def publish(tracker, coord: Coordinator, baselines: dict[str, dict[str, Any]], *
         tracker.log_model(model_text)
         path = tracker.artifact_path("model.txt")
         model_file = str(path) if path else None
-    summary = summarise(coord, baselines, run_id=tracker.run_id, model_file=model_file,
-                        train_seconds=train_seconds, total_seconds=time.perf_counter() - started)
+    summary = summarise(
+        coord,
+        baselines,
+        run_id=tracker.run_id,
+        model_file=model_file,
+        train_seconds=train_seconds,
+        total_seconds=time.perf_counter() - started,
+    )
     gains = {f"gain.{org}": g for org, _, _, _, g in gain_rows(summary)}
-    tracker.log_final({**{f"final.{k}": v for k, v in summary["global"].items()}, **gains},
-                      {org: {f"federated.final.{k}": v for k, v in o["federated"].items()}
-                       for org, o in summary["organisations"].items()})
+    tracker.log_final(
+        {**{f"final.{k}": v for k, v in summary["global"].items()}, **gains},
+        {
+            org: {f"federated.final.{k}": v for k, v in o["federated"].items()}
+            for org, o in summary["organisations"].items()
+        },
+    )
     with tempfile.TemporaryDirectory() as tmp:
         write_report(coord, baselines, summary, model_text, Path(tmp))
         tracker.log_artifacts(tmp, "report")
@@ -151,8 +170,9 @@ def gain_table(summary: dict[str, Any]) -> str:
         lines.append(f"{org:<16}{n:>8}{local:>22.4f}{fed:>22.4f}{gain:>+10.4f}")
     g = summary["global"].get(key)
     if g is not None:
-        lines.append(f"{'federation':<16}{sum(o['rows'] for o in summary['organisations'].values()):>8}"
-                     f"{'':>22}{g:>22.4f}")
+        lines.append(
+            f"{'federation':<16}{sum(o['rows'] for o in summary['organisations'].values()):>8}{'':>22}{g:>22.4f}"
+        )
     lines += [f"note: {org}: {note}" for org, note in notes(summary)]
     return "\n".join(lines)
 
@@ -168,8 +188,12 @@ def _plot_curves(coord: Coordinator, baselines: dict, key: str, path: Path) -> N
     ax.plot(rounds, [r.global_metrics.get(key, np.nan) for r in coord.history], color="black", lw=2, label="federation")
     for i, org in enumerate(coord.descriptions):
         color = f"C{i}"
-        ax.plot(rounds, [r.org_metrics.get(org, {}).get(key, np.nan) for r in coord.history], color=color,
-                label=f"{org} (federated)")
+        ax.plot(
+            rounds,
+            [r.org_metrics.get(org, {}).get(key, np.nan) for r in coord.history],
+            color=color,
+            label=f"{org} (federated)",
+        )
         curve = baselines[org].get("curve", {}).get(key)
         if curve:
             ax.plot(range(1, len(curve) + 1), curve, color=color, ls="--", label=f"{org} (local only)")
@@ -224,30 +248,53 @@ def write_report(coord: Coordinator, baselines: dict, summary: dict, model_text:
         importance = booster.feature_importance("gain")
         _plot_importance(summary["feature_names"], importance, folder / "feature_importance.png")
 
-    md = [f"# Federation report: {summary['name']}", "",
-          f"Strategy **{summary['strategy']}**, objective {summary['objective']}, {summary['rounds']} rounds, "
-          f"run `{summary['run_id']}`.", "",
-          "## Federation gain (validation rows of each organisation)", "",
-          f"| organisation | rows | local-only {key} | federated {key} | gain |", "|---|---:|---:|---:|---:|"]
+    md = [
+        f"# Federation report: {summary['name']}",
+        "",
+        f"Strategy **{summary['strategy']}**, objective {summary['objective']}, {summary['rounds']} rounds, "
+        f"run `{summary['run_id']}`.",
+        "",
+        "## Federation gain (validation rows of each organisation)",
+        "",
+        f"| organisation | rows | local-only {key} | federated {key} | gain |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for org, n, local, fed, gain in gain_rows(summary):
         md.append(f"| {org} | {n} | {local:.4f} | {fed:.4f} | {gain:+.4f} |")
     if notes(summary):
         md += [""] + [f"Note: {org}: {note}" for org, note in notes(summary)]
-    md += ["", f"Federation-wide {key}: {summary['global'].get(key, float('nan')):.4f}", "",
-           "![gain](federation_gain.png)", "", "## Learning curves", "", "![curves](learning_curves.png)", ""]
+    md += [
+        "",
+        f"Federation-wide {key}: {summary['global'].get(key, float('nan')):.4f}",
+        "",
+        "![gain](federation_gain.png)",
+        "",
+        "## Learning curves",
+        "",
+        "![curves](learning_curves.png)",
+        "",
+    ]
     if importance is not None:
         md += ["## Feature importance (gain)", "", "| feature | gain |", "|---|---:|"]
         md += [f"| {n} | {g:.1f} |" for n, g in sorted(zip(summary["feature_names"], importance), key=lambda t: -t[1])]
         md += ["", "![importance](feature_importance.png)", ""]
     p = summary.get("privacy", {})
-    md += ["## Privacy", "",
-           f"Secure aggregation: {'on' if p.get('secure_aggregation') else 'off'} ({p.get('n_parties')} parties). "
-           f"Differential privacy: {p.get('mechanism', 'none')}"
-           + (f", epsilon {p['epsilon_total']:.3f} at delta {p['delta']:g}" if p.get("epsilon_total") else "") + ".",
-           ""]
+    md += [
+        "## Privacy",
+        "",
+        f"Secure aggregation: {'on' if p.get('secure_aggregation') else 'off'} ({p.get('n_parties')} parties). "
+        f"Differential privacy: {p.get('mechanism', 'none')}"
+        + (f", epsilon {p['epsilon_total']:.3f} at delta {p['delta']:g}" if p.get("epsilon_total") else "")
+        + ".",
+        "",
+    ]
     md += [f"Notice: {n}" for n in summary.get("notices", [])] + ([""] if summary.get("notices") else [])
-    md += ["## Traffic", "", f"Bytes sent by parties: {summary['bytes_sent']:,}; "
-           f"bytes sent to parties: {summary['bytes_received']:,}.", ""]
+    md += [
+        "## Traffic",
+        "",
+        f"Bytes sent by parties: {summary['bytes_sent']:,}; bytes sent to parties: {summary['bytes_received']:,}.",
+        "",
+    ]
     (folder / "report.md").write_text("\n".join(md))
 
     body = []

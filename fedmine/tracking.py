@@ -49,7 +49,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (relative to the working folder), else None."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///"):])
+    return Path(uri[len("sqlite:///") :])
 
 
 def artifact_root(uri: str, artifacts: str | None) -> str | None:
@@ -122,20 +122,31 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"{t.strategy}-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={"fedmine.strategy": t.strategy, "fedmine.organisations": ",".join(self.cfg.organisations), **(tags or {})},
+            tags={
+                "fedmine.strategy": t.strategy,
+                "fedmine.organisations": ",".join(self.cfg.organisations),
+                **(tags or {}),
+            },
         )
         self.run_id = run.info.run_id
-        params: dict[str, str] = {"objective": self.cfg.objective, "label": self.cfg.label,
-                                  "organisations": str(len(self.cfg.organisations)),
-                                  "features": str(len(self.cfg.features))}
+        params: dict[str, str] = {
+            "objective": self.cfg.objective,
+            "label": self.cfg.label,
+            "organisations": str(len(self.cfg.organisations)),
+            "features": str(len(self.cfg.features)),
+        }
         _flatten("training", t.model_dump(), params)
         _flatten("privacy", self.cfg.privacy.model_dump(), params)
         params["privacy.secure_aggregation"] = str(self.cfg.secure_aggregation)
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         resolved = resolved_dict(self.cfg)
         self.client.log_dict(self.run_id, resolved, "config/federation.yaml")
-        schema = {"label": self.cfg.label, "objective": self.cfg.objective, "classes": self.cfg.classes,
-                  "features": resolved["features"]}
+        schema = {
+            "label": self.cfg.label,
+            "objective": self.cfg.objective,
+            "classes": self.cfg.classes,
+            "features": resolved["features"],
+        }
         self.client.log_dict(self.run_id, schema, "config/canonical_schema.json")
         return self.run_id
 
@@ -149,7 +160,9 @@ class Tracker:
             raise ConfigError(f"--resume {run_id}: no such run in {self.uri}") from None
         exp = self.client.get_experiment(run.info.experiment_id)
         if exp.name != self.cfg.name:
-            raise ConfigError(f"--resume {run_id}: the run belongs to experiment {exp.name!r}, the config to {self.cfg.name!r}")
+            raise ConfigError(
+                f"--resume {run_id}: the run belongs to experiment {exp.name!r}, the config to {self.cfg.name!r}"
+            )
         if run.info.status == "FINISHED":
             raise ConfigError(f"--resume {run_id}: the run has finished; nothing to resume")
         names = {a.path for a in self.client.list_artifacts(run_id, "checkpoint")}
@@ -224,15 +237,19 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"org:{org}",
-            tags={"mlflow.parentRunId": self.run_id, "fedmine.organisation": org,
-                  "fedmine.industry": spec.industry or ""},
+            tags={
+                "mlflow.parentRunId": self.run_id,
+                "fedmine.organisation": org,
+                "fedmine.industry": spec.industry or "",
+            },
         )
         rid = run.info.run_id
         self.org_runs[org] = rid
         where = spec.endpoint or spec.source
         kind = where.split("://")[0] if "://" in where else Path(where).suffix
-        self.client.log_batch(rid, params=[Param("organisation", org), Param("rows", str(rows)),
-                                           Param("source_scheme", kind)])
+        self.client.log_batch(
+            rid, params=[Param("organisation", org), Param("rows", str(rows)), Param("source_scheme", kind)]
+        )
         if report:
             self.client.log_dict(rid, report, "harmonisation_report.json")
         return rid
@@ -281,8 +298,11 @@ class Tracker:
         final = {f"local_only.{k}": v for k, v in baseline["metrics"].items() if v == v}
         self._log_metrics(rid, final, 0)
         ts = int(time.time() * 1000)
-        curve = [Metric(f"local_only_curve.{k}", float(v), ts, i + 1)
-                 for k, vals in baseline.get("curve", {}).items() for i, v in enumerate(vals)]
+        curve = [
+            Metric(f"local_only_curve.{k}", float(v), ts, i + 1)
+            for k, vals in baseline.get("curve", {}).items()
+            for i, v in enumerate(vals)
+        ]
         for i in range(0, len(curve), _BATCH):
             self.client.log_batch(rid, metrics=curve[i : i + _BATCH])
 
@@ -295,8 +315,9 @@ class Tracker:
 
     def log_privacy(self, receipt: dict[str, Any], notices: list[str], dropped: list[dict[str, Any]]) -> None:
         """The privacy receipt (artifact and tags), warnings given at start, parties left out."""
-        self.client.log_dict(self.run_id, {"receipt": receipt, "notices": notices, "dropped": dropped},
-                             "privacy_receipt.json")
+        self.client.log_dict(
+            self.run_id, {"receipt": receipt, "notices": notices, "dropped": dropped}, "privacy_receipt.json"
+        )
         tags = {f"privacy.{k}": str(v) for k, v in receipt.items() if not k.startswith("param.")}
         for i, notice in enumerate(notices):
             tags[f"fedmine.notice.{i}"] = notice[:4000]
@@ -326,16 +347,21 @@ class Tracker:
         import pandas as pd
 
         booster = lgb.Booster(model_str=model_text)
-        requirements = [f"lightgbm=={lgb.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}",
-                        f"mlflow=={mlflow.__version__}"]
+        requirements = [
+            f"lightgbm=={lgb.__version__}",
+            f"numpy=={np.__version__}",
+            f"pandas=={pd.__version__}",
+            f"mlflow=={mlflow.__version__}",
+        ]
         register = self.cfg.name if self.cfg.tracking.register_model else None
         self.log_text(model_text, "model.txt")
         # The fluent API needs the run active in this thread; finish() ends it.
         active = mlflow.active_run()
         if active is None or active.info.run_id != self.run_id:
             mlflow.start_run(run_id=self.run_id)
-        info = mlflow.lightgbm.log_model(booster, name="model", pip_requirements=requirements,
-                                         registered_model_name=register)
+        info = mlflow.lightgbm.log_model(
+            booster, name="model", pip_requirements=requirements, registered_model_name=register
+        )
         version = getattr(info, "registered_model_version", None)
         return str(version) if version is not None else None
 
@@ -408,8 +434,8 @@ def model_federation(model: str, tracking_uri: str) -> str | None:
     if Path(model).is_file():
         return None
     if model.startswith("models:/"):
-        return model[len("models:/"):].split("/")[0].split("@")[0] or None
-    run_id = model[len("runs:/"):].split("/")[0] if model.startswith("runs:/") else model
+        return model[len("models:/") :].split("/")[0].split("@")[0] or None
+    run_id = model[len("runs:/") :].split("/")[0] if model.startswith("runs:/") else model
     if not (len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id)):
         return None
     client = MlflowClient(tracking_uri)
@@ -422,4 +448,3 @@ def model_federation(model: str, tracking_uri: str) -> str | None:
 
 def summary_json(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=2, sort_keys=False, default=float)
-

@@ -13,13 +13,14 @@ import threading
 from prefect import flow, get_run_logger
 
 from fedmine.config import load_config
-from fedmine.party.server import listen_address, serve
 from fedmine.flows.prepare import prepare_organisation
+from fedmine.party.server import listen_address, serve
 
 
 @flow(name="party-server", flow_run_name="party-{org}", validate_parameters=False)
-def party_server(config: str, org: str, host: str = "127.0.0.1", port: int | None = None,
-                 stop_after_seconds: float | None = 6 * 3600) -> None:
+def party_server(
+    config: str, org: str, host: str = "127.0.0.1", port: int | None = None, stop_after_seconds: float | None = 6 * 3600
+) -> None:
     """Serve ``org``'s party for one training window."""
     cfg = load_config(config)
     address = listen_address(cfg, org, host, port)
@@ -28,5 +29,12 @@ def party_server(config: str, org: str, host: str = "127.0.0.1", port: int | Non
     stop = threading.Event()
     if stop_after_seconds:
         threading.Timer(stop_after_seconds, stop.set).start()
-    serve(cfg, org, party, host=address[0], port=address[1], stop=stop,
-          ready=lambda server: logger.info("party %s serving on %s", org, server.endpoint))
+    serve(
+        cfg,
+        org,
+        party,
+        host=address[0],
+        port=address[1],
+        stop=stop,
+        ready=lambda server: logger.info("party %s serving on %s", org, server.endpoint),
+    )

@@ -32,8 +32,10 @@ def _prepare(cfg: FederationConfig, org: str) -> Party:
 def federated_profile(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Profile the federation in ``config``; return the run id, the flags and the drift."""
     cfg = load_config(config, overrides)
-    futures = [connect_party.submit(cfg, org) if spec.endpoint else _prepare.submit(cfg, org)
-               for org, spec in cfg.organisations.items()]
+    futures = [
+        connect_party.submit(cfg, org) if spec.endpoint else _prepare.submit(cfg, org)
+        for org, spec in cfg.organisations.items()
+    ]
     parties = [f.result() for f in futures]
     try:
         profile = run_profile(cfg, parties)

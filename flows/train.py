@@ -18,10 +18,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from fedmine import progress, report
 from fedmine.config import FederationConfig, load_config
 from fedmine.errors import ConfigError, output_path
-from fedmine.schema.check import log_check
-from fedmine.tracking import Tracker, summary_json
 from fedmine.flows.prepare import prepare_organisation
+from fedmine.schema.check import log_check
 from fedmine.tasks.rounds import connect_party, local_baselines, run_round, start_federation
+from fedmine.tracking import Tracker, summary_json
 
 
 @task(name="prepare", cache_policy=NO_CACHE, task_run_name="prepare-{org}")
@@ -53,8 +53,10 @@ def federated_training(
         tracker.start(tags={"fedmine.config": str(Path(config).resolve())})
     try:
         # each organisation: prepared here (a source) or reached at its party server (an endpoint)
-        futures = [connect_party.submit(cfg, org) if spec.endpoint else _prepare.submit(cfg, org)
-                   for org, spec in cfg.organisations.items()]
+        futures = [
+            connect_party.submit(cfg, org) if spec.endpoint else _prepare.submit(cfg, org)
+            for org, spec in cfg.organisations.items()
+        ]
         parties = [f.result() for f in futures]
         coord = start_federation(cfg, parties)
         reports = {name: d.get("report") or {} for name, d in coord.descriptions.items()}

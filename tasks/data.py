@@ -13,16 +13,23 @@ from fedmine.party.policy import PartyPolicy
 from fedmine.schema import HarmonisedFrame, harmonise
 
 
-@task(name="load-source", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=lambda task, run, state: _worth_retrying(state))
+@task(
+    name="load-source",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=lambda task, run, state: _worth_retrying(state),
+)
 def load_source(cfg: FederationConfig, org: str) -> pd.DataFrame:
     """The organisation's raw rows from its source (never leaves the organisation's subflow)."""
     spec = cfg.organisations[org]
     if spec.source is None:
         from fedmine.errors import ConfigError
 
-        raise ConfigError(f"organisations.{org}.source: not set; the organisation's data is read where it lives "
-                          f"(its party server has it); here only organisations with a source can be prepared")
+        raise ConfigError(
+            f"organisations.{org}.source: not set; the organisation's data is read where it lives "
+            f"(its party server has it); here only organisations with a source can be prepared"
+        )
     return connectors.load(spec.source, spec.read, base_dir=cfg.base_dir, org=org)
 
 
@@ -38,8 +45,16 @@ def make_party(data: HarmonisedFrame, cfg: FederationConfig, org: str) -> Party:
     t = cfg.training
     split = split_rows(data, fraction=t.validation_fraction, seed=t.seed, org=org)
     categorical = [i for i, f in enumerate(cfg.features.values()) if f.type == "category"]
-    return Party(org, split, objective=cfg.objective, num_class=cfg.num_class, feature_names=data.feature_names,
-                 categorical=categorical, report=data.report, policy=PartyPolicy.from_config(cfg, org))
+    return Party(
+        org,
+        split,
+        objective=cfg.objective,
+        num_class=cfg.num_class,
+        feature_names=data.feature_names,
+        categorical=categorical,
+        report=data.report,
+        policy=PartyPolicy.from_config(cfg, org),
+    )
 
 
 def _worth_retrying(state) -> bool:

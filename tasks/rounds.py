@@ -10,8 +10,13 @@ from fedmine.coordinator.training import Coordinator, RoundResult
 from fedmine.party.organisation import Party
 
 
-@task(name="connect-party", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 10],
-      task_run_name="connect-{org}")
+@task(
+    name="connect-party",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=[2, 5, 10],
+    task_run_name="connect-{org}",
+)
 def connect_party(cfg: FederationConfig, org: str):
     """The organisation's party server at its endpoint, over mutual TLS; it must answer ``describe``."""
     from fedmine.coordinator.client import connect

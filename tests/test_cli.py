@@ -27,7 +27,9 @@ FEDMINE = [sys.executable, "-m", "fedmine.cli"]
 def fedmine(*args, cwd=None, timeout=300):
     """Run the command in a fresh process with a user's environment (no test logging settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_LOGGING", "MLFLOW_LOGGING"))}
-    return subprocess.run([*FEDMINE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+    return subprocess.run(
+        [*FEDMINE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env
+    )
 
 
 def call_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -42,8 +44,22 @@ def call_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["run", "demo", "predict", "ui", "schedule", "profile", "schema check",
-                                     "schema suggest", "party serve", "certs init", "certs issue"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "run",
+        "demo",
+        "predict",
+        "ui",
+        "schedule",
+        "profile",
+        "schema check",
+        "schema suggest",
+        "party serve",
+        "certs init",
+        "certs issue",
+    ],
+)
 def test_every_command_has_help(command):
     result = fedmine(*command.split(), "--help")
     assert result.returncode == 0, result.stderr
@@ -54,8 +70,18 @@ def test_every_command_has_help(command):
 def test_demo_subprocess_smoke(tmp_path):
     """`fedmine demo` end to end in a fresh process: data, Prefect, MLflow, summary."""
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    result = fedmine("demo", "--dir", tmp_path / "demo", "--tracking-uri", uri, "--set", "training.rounds=3",
-                     "--summary-json", tmp_path / "s.json", cwd=tmp_path)
+    result = fedmine(
+        "demo",
+        "--dir",
+        tmp_path / "demo",
+        "--tracking-uri",
+        uri,
+        "--set",
+        "training.rounds=3",
+        "--summary-json",
+        tmp_path / "s.json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "local-only auc" in result.stdout and "federated auc" in result.stdout
     assert "fedmine ui" in result.stdout
@@ -69,7 +95,11 @@ def test_demo_subprocess_smoke(tmp_path):
     ("content", "args", "message"),
     [
         ("name: x\nfeatures: [\n", [], r"malformed YAML at line"),
-        (None, ["--set", "training.strategy=boosting"], r"training.strategy: 'boosting' is not allowed; allowed: histogram, bagging, cyclic, local"),
+        (
+            None,
+            ["--set", "training.strategy=boosting"],
+            r"training.strategy: 'boosting' is not allowed; allowed: histogram, bagging, cyclic, local",
+        ),
         (None, ["--set", "training.nope=1"], r"training.nope: unknown key; allowed: strategy, rounds"),
     ],
 )
@@ -115,24 +145,40 @@ def test_run_with_a_summary_that_cannot_be_written_exits_2_before_any_run(demo_c
     result = fedmine("run", demo_config, "--set", f"tracking.uri={uri}", "--summary-json", "/proc/x/out.json")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: --summary-json /proc/x/out.json: cannot create folder /proc/x: No such file or directory"]
+        "error: --summary-json /proc/x/out.json: cannot create folder /proc/x: No such file or directory"
+    ]
     assert not (tmp_path / "mlflow.db").exists()  # no store, so no run, was created
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["predict", "{config}", "--model", "x", "--org", "bank", "--input", "x.csv", "--output", "/dev/null/x.csv"],
-     "--output /dev/null/x.csv: cannot create folder /dev/null: it is a file (Not a directory)"),
-    (["demo", "--dir", "{file}"], "--dir {file}: cannot create folder {file}: it is a file (Not a directory)"),
-    (["demo", "--dir", "{tmp}/demo", "--summary-json", "{file}/s.json"],
-     "--summary-json {file}/s.json: cannot create folder {file}: it is a file (Not a directory)"),
-    (["profile", "{config}", "--output", "{file}/report"],
-     "--output {file}/report: cannot create folder {file}/report: {file} is a file (Not a directory)"),
-    (["schema", "check", "{config}", "--json", "{tmp}"], "--json {tmp}: is a folder (Is a directory); give a file name"),
-    (["schema", "suggest", "{config}", "--org", "bank", "--output", "/proc/x/m.yaml"],
-     "--output /proc/x/m.yaml: cannot create folder /proc/x: No such file or directory"),
-])
-def test_an_output_that_cannot_be_created_exits_2_with_one_line(demo_config, tmp_path, monkeypatch, capsys, args,
-                                                                 message):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["predict", "{config}", "--model", "x", "--org", "bank", "--input", "x.csv", "--output", "/dev/null/x.csv"],
+            "--output /dev/null/x.csv: cannot create folder /dev/null: it is a file (Not a directory)",
+        ),
+        (["demo", "--dir", "{file}"], "--dir {file}: cannot create folder {file}: it is a file (Not a directory)"),
+        (
+            ["demo", "--dir", "{tmp}/demo", "--summary-json", "{file}/s.json"],
+            "--summary-json {file}/s.json: cannot create folder {file}: it is a file (Not a directory)",
+        ),
+        (
+            ["profile", "{config}", "--output", "{file}/report"],
+            "--output {file}/report: cannot create folder {file}/report: {file} is a file (Not a directory)",
+        ),
+        (
+            ["schema", "check", "{config}", "--json", "{tmp}"],
+            "--json {tmp}: is a folder (Is a directory); give a file name",
+        ),
+        (
+            ["schema", "suggest", "{config}", "--org", "bank", "--output", "/proc/x/m.yaml"],
+            "--output /proc/x/m.yaml: cannot create folder /proc/x: No such file or directory",
+        ),
+    ],
+)
+def test_an_output_that_cannot_be_created_exits_2_with_one_line(
+    demo_config, tmp_path, monkeypatch, capsys, args, message
+):
     file = tmp_path / "taken"
     file.write_text("a file")
     names = {"config": demo_config, "file": file, "tmp": tmp_path}
@@ -160,8 +206,20 @@ def test_predict_scores_rows_in_order(trained, tmp_path, monkeypatch, capsys):
     new_rows = raw.drop(columns=["default_flag"]).sample(frac=1.0, random_state=3).head(50)
     new_rows.to_csv(tmp_path / "new.csv", sep=";", index=False)
     out = tmp_path / "scored.csv"
-    code, _, err = call_main(monkeypatch, capsys, "predict", cfg_path, "--model", trained["summary"]["model_file"],
-                                  "--org", "bank", "--input", tmp_path / "new.csv", "--output", out)
+    code, _, err = call_main(
+        monkeypatch,
+        capsys,
+        "predict",
+        cfg_path,
+        "--model",
+        trained["summary"]["model_file"],
+        "--org",
+        "bank",
+        "--input",
+        tmp_path / "new.csv",
+        "--output",
+        out,
+    )
     assert code == 0, err
     scored = pd.read_csv(out)
     assert list(scored["customer_id"]) == list(new_rows["customer_id"])
@@ -183,8 +241,20 @@ def test_predict_accepts_run_id_and_registered_model(trained, tmp_path, monkeypa
     outputs = []
     for model in (trained["summary"]["run_id"], "models:/retail-credit/1"):
         out = tmp_path / f"{len(outputs)}.csv"
-        code, _, err = call_main(monkeypatch, capsys, "predict", cfg_path, "--model", model, "--org", "retailer",
-                                 "--input", src, "--output", out)
+        code, _, err = call_main(
+            monkeypatch,
+            capsys,
+            "predict",
+            cfg_path,
+            "--model",
+            model,
+            "--org",
+            "retailer",
+            "--input",
+            src,
+            "--output",
+            out,
+        )
         assert code == 0, err
         outputs.append(pd.read_csv(out)["prediction"].to_numpy())
     assert len(outputs[0]) == len(pd.read_parquet(src))
@@ -197,15 +267,31 @@ def test_predict_refuses_a_model_of_another_schema(demo_config, tmp_path, monkey
     X = rng.normal(size=(200, 6))
     names = ["age", "income", "region", "debt_ratio", "late_payments", "months_customer"]
     model = tmp_path / "other.txt"
-    lgb.train({"objective": "binary", "verbosity": -1, "num_leaves": 4},
-              lgb.Dataset(X, (X[:, 0] > 0).astype(float), feature_name=names), 2).save_model(model)
+    lgb.train(
+        {"objective": "binary", "verbosity": -1, "num_leaves": 4},
+        lgb.Dataset(X, (X[:, 0] > 0).astype(float), feature_name=names),
+        2,
+    ).save_model(model)
     out = tmp_path / "scored.csv"
-    code, _, err = call_main(monkeypatch, capsys, "predict", demo_config, "--model", model, "--org", "bank",
-                             "--input", demo_config.parent / "data" / "bank.csv", "--output", out)
+    code, _, err = call_main(
+        monkeypatch,
+        capsys,
+        "predict",
+        demo_config,
+        "--model",
+        model,
+        "--org",
+        "bank",
+        "--input",
+        demo_config.parent / "data" / "bank.csv",
+        "--output",
+        out,
+    )
     assert code == 2
     assert err.strip().splitlines() == [
         f"error: --model {model}: feature 6 is 'months_customer' in the model, 'tenure_years' in the schema of "
-        f"{demo_config}; the model was trained on another schema"]
+        f"{demo_config}; the model was trained on another schema"
+    ]
     assert not out.exists()
 
 
@@ -228,8 +314,11 @@ def test_predict_refuses_a_model_of_another_federation(demo_config, tmp_path, mo
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 6))
     names = ["age", "income", "region", "debt_ratio", "late_payments", "tenure_years"]
-    booster = lgb.train({"objective": "binary", "verbosity": -1, "num_leaves": 4},
-                        lgb.Dataset(X, (X[:, 0] > 0).astype(float), feature_name=names), 2)
+    booster = lgb.train(
+        {"objective": "binary", "verbosity": -1, "num_leaves": 4},
+        lgb.Dataset(X, (X[:, 0] > 0).astype(float), feature_name=names),
+        2,
+    )
     assert tracker.log_model(booster.model_to_string()) == "1"
     tracker.finish()
     capsys.readouterr()  # MLflow's log of creating the store
@@ -240,7 +329,8 @@ def test_predict_refuses_a_model_of_another_federation(demo_config, tmp_path, mo
         assert code == 2
         assert err.strip().splitlines() == [
             f"error: --model {model}: the model belongs to federation 'retail-credit', {configs['other-credit']} is "
-            f"federation 'other-credit'"]
+            f"federation 'other-credit'"
+        ]
         assert not (tmp_path / f"{len(model)}.csv").exists()
         code, _, err = call_main(monkeypatch, capsys, "predict", configs["retail-credit"], *args)
         assert code == 0, err
@@ -260,12 +350,17 @@ def test_certs_from_the_command_line(tmp_path):
 def test_certs_refuse_a_validity_below_one_day(tmp_path, command, days):
     init_ca = fedmine("certs", "init", tmp_path / "c", "--federation", "retail-credit")
     assert init_ca.returncode == 0, init_ca.stderr
-    args = ["init", tmp_path / "new", "--federation", "retail-credit"] if command == "init" else ["issue", tmp_path / "c", "bank"]
+    args = (
+        ["init", tmp_path / "new", "--federation", "retail-credit"]
+        if command == "init"
+        else ["issue", tmp_path / "c", "bank"]
+    )
     result = fedmine("certs", *args, "--days", days)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and re.fullmatch(
-        rf"error: --days {days}: the validity must be a whole number of days in \[1, \d+\]", lines[0]), result.stderr
+        rf"error: --days {days}: the validity must be a whole number of days in \[1, \d+\]", lines[0]
+    ), result.stderr
     assert not (tmp_path / "new").exists() and not (tmp_path / "c" / "bank.pem").exists()
 
 
@@ -273,13 +368,28 @@ def test_certs_refuse_a_validity_below_one_day(tmp_path, command, days):
 def test_party_serve_needs_a_known_org(demo_config):
     result = fedmine("party", "serve", demo_config, "--org", "insurer")
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: --org insurer: not in") and "allowed: bank, retailer, telecom" in result.stderr
+    assert (
+        result.stderr.strip().startswith("error: --org insurer: not in")
+        and "allowed: bank, retailer, telecom" in result.stderr
+    )
 
 
 @pytest.mark.slow
 def test_predict_unknown_org(trained, monkeypatch, capsys):
-    code, _, err = call_main(monkeypatch, capsys, "predict", trained["config"], "--model", "x", "--org", "insurer",
-                             "--input", "x.csv", "--output", "y.csv")
+    code, _, err = call_main(
+        monkeypatch,
+        capsys,
+        "predict",
+        trained["config"],
+        "--model",
+        "x",
+        "--org",
+        "insurer",
+        "--input",
+        "x.csv",
+        "--output",
+        "y.csv",
+    )
     assert code == 2
     assert "--org insurer: not in" in err and "allowed: bank, retailer, telecom" in err
 
@@ -299,8 +409,12 @@ def _get(url: str):
 def test_ui_serves_run_and_round_history(trained, store):
     """`fedmine ui` on loopback: the run, its per-round metric history and the nested runs over HTTP."""
     port = _free_port()
-    proc = subprocess.Popen([*FEDMINE, "ui", "--uri", store, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*FEDMINE, "ui", "--uri", store, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -319,8 +433,9 @@ def test_ui_serves_run_and_round_history(trained, store):
         assert sorted(m["step"] for m in history) == list(range(1, DEMO_ROUNDS + 1))
         req = urllib.request.Request(
             f"{base}/api/2.0/mlflow/runs/search",
-            data=json.dumps({"experiment_ids": [run["info"]["experiment_id"]],
-                             "filter": f"tags.mlflow.parentRunId = '{run_id}'"}).encode(),
+            data=json.dumps(
+                {"experiment_ids": [run["info"]["experiment_id"]], "filter": f"tags.mlflow.parentRunId = '{run_id}'"}
+            ).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=10) as r:

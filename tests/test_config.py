@@ -68,12 +68,24 @@ def test_set_overrides_by_dotted_path(cfg_file):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["training.strategy=boost"], r"federation.yaml: training.strategy: 'boost' is not allowed; allowed: histogram, bagging, cyclic, local"),
+        (
+            ["training.strategy=boost"],
+            r"federation.yaml: training.strategy: 'boost' is not allowed; allowed: histogram, bagging, cyclic, local",
+        ),
         (["training.roundz=3"], r"training.roundz: unknown key; allowed: strategy, rounds, "),
         (["training.rounds=0"], r"training.rounds: must be an integer in \[1, 100000\], got 0"),
-        (["objective=ranking"], r"objective: 'ranking' is not allowed; allowed: binary, multiclass, regression, poisson, tweedie"),
-        (["organisations.bank.colour=red"], r"organisations.bank.colour: unknown key; allowed: source, endpoint, read, rename"),
-        (["organisations.bank.values.zip={a: b}"], r"organisations.bank.values.zip: not a canonical column; allowed: age, defaulted, income, region"),
+        (
+            ["objective=ranking"],
+            r"objective: 'ranking' is not allowed; allowed: binary, multiclass, regression, poisson, tweedie",
+        ),
+        (
+            ["organisations.bank.colour=red"],
+            r"organisations.bank.colour: unknown key; allowed: source, endpoint, read, rename",
+        ),
+        (
+            ["organisations.bank.values.zip={a: b}"],
+            r"organisations.bank.values.zip: not a canonical column; allowed: age, defaulted, income, region",
+        ),
         (["training.validation_fraction=1.5"], r"training.validation_fraction: input should be less than 1"),
         (["name=has space"], r"name: 'has space' is not allowed"),
         (["objective=multiclass"], r"objective multiclass needs 'classes'"),
@@ -99,17 +111,21 @@ def test_missing_file(tmp_path):
 
 def test_required_key_missing(tmp_path):
     path = tmp_path / "f.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         name: x
         features: {age: {type: float}}
         organisations: {a: {source: a.csv}}
-    """))
+    """)
+    )
     with pytest.raises(ConfigError, match=r"f.yaml: label: required key is missing"):
         load_config(path)
 
 
 def test_two_columns_onto_one_feature(cfg_file):
-    with pytest.raises(ConfigError, match=r"organisations.bank.rename: customer_age and yearly_income both map to 'age'"):
+    with pytest.raises(
+        ConfigError, match=r"organisations.bank.rename: customer_age and yearly_income both map to 'age'"
+    ):
         load_config(cfg_file, ["organisations.bank.rename={customer_age: age, yearly_income: age}"])
 
 
@@ -128,16 +144,31 @@ def test_num_leaves_beyond_the_engine_is_rejected_at_load(cfg_file):
     assert load_config(cfg_file, ["training.num_leaves=32768"]).training.num_leaves == 32768
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["training.max_bin=256"], r"training.max_bin: must be an integer in \[2, 255\], got 256"),
-    (["training.learning_rate=0"], r"training.learning_rate: must be a number in \(0, 1\], got 0.0"),
-    (["training.seed=-1"], r"training.seed: must be an integer in \[0, 9223372036854775807\], got -1"),
-    (["training.min_data_in_leaf=2147483648"], r"training.min_data_in_leaf: must be an integer in \[0, 2147483647\]"),
-    (["training.tweedie_variance_power=1"], r"training.tweedie_variance_power: must be a number in \(1, 2\), got 1.0"),
-    (["training.num_leaves=many"], r"training.num_leaves: must be an integer in \[2, 32768\], got 'many'"),
-    (["training.n_estimators=5"], r"training: rounds and n_estimators both set rounds \(they are aliases\); give one"),
-    (["training.max_leaves=7", "training.num_leaf=9"], r"training: num_leaves and max_leaves and num_leaf both set"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["training.max_bin=256"], r"training.max_bin: must be an integer in \[2, 255\], got 256"),
+        (["training.learning_rate=0"], r"training.learning_rate: must be a number in \(0, 1\], got 0.0"),
+        (["training.seed=-1"], r"training.seed: must be an integer in \[0, 9223372036854775807\], got -1"),
+        (
+            ["training.min_data_in_leaf=2147483648"],
+            r"training.min_data_in_leaf: must be an integer in \[0, 2147483647\]",
+        ),
+        (
+            ["training.tweedie_variance_power=1"],
+            r"training.tweedie_variance_power: must be a number in \(1, 2\), got 1.0",
+        ),
+        (["training.num_leaves=many"], r"training.num_leaves: must be an integer in \[2, 32768\], got 'many'"),
+        (
+            ["training.n_estimators=5"],
+            r"training: rounds and n_estimators both set rounds \(they are aliases\); give one",
+        ),
+        (
+            ["training.max_leaves=7", "training.num_leaf=9"],
+            r"training: num_leaves and max_leaves and num_leaf both set",
+        ),
+    ],
+)
 def test_training_errors_name_the_key_and_allowed_range(cfg_file, overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(cfg_file, overrides)
@@ -145,10 +176,14 @@ def test_training_errors_name_the_key_and_allowed_range(cfg_file, overrides, mes
 
 def test_training_accepts_lightgbm_aliases(tmp_path):
     path = tmp_path / "f.yaml"
-    path.write_text(ISSUE_EXAMPLE.replace("  rounds: 30\n", "  n_estimators: 12\n")
-                    .replace("  learning_rate: 0.1\n", "  eta: 0.05\n")
-                    .replace("  num_leaves: 31\n", "  max_leaves: 15\n  reg_lambda: 0.5\n  subsample: 0.8\n"
-                             "  colsample_bytree: 0.9\n  min_child_samples: 5\n"))
+    path.write_text(
+        ISSUE_EXAMPLE.replace("  rounds: 30\n", "  n_estimators: 12\n")
+        .replace("  learning_rate: 0.1\n", "  eta: 0.05\n")
+        .replace(
+            "  num_leaves: 31\n",
+            "  max_leaves: 15\n  reg_lambda: 0.5\n  subsample: 0.8\n  colsample_bytree: 0.9\n  min_child_samples: 5\n",
+        )
+    )
     cfg = load_config(path)
     t = cfg.training
     assert (t.rounds, t.num_leaves, t.lambda_l2, t.bagging_fraction) == (12, 15, 0.5, 0.8)
@@ -162,7 +197,9 @@ def test_training_accepts_lightgbm_aliases(tmp_path):
 def test_yaml_numbers_written_as_text_still_load(tmp_path):
     """YAML reads 1e-3 as text; the documented keys keep taking it."""
     path = tmp_path / "f.yaml"
-    path.write_text(ISSUE_EXAMPLE.replace("  seed: 7\n", "  seed: 7\n  min_sum_hessian_in_leaf: 1e-2\n  lambda_l2: 1e1\n"))
+    path.write_text(
+        ISSUE_EXAMPLE.replace("  seed: 7\n", "  seed: 7\n  min_sum_hessian_in_leaf: 1e-2\n  lambda_l2: 1e1\n")
+    )
     t = load_config(path).training
     assert (t.min_sum_hessian_in_leaf, t.lambda_l2) == (0.01, 10.0)
 
@@ -183,11 +220,30 @@ def test_defaults_are_unchanged():
     t = TrainingSpec()
     assert (t.strategy, t.rounds, t.seed, t.learning_rate, t.num_leaves, t.max_bin) == ("bagging", 30, 7, 0.1, 31, 255)
     assert t.lightgbm_params("binary", None) == {
-        "objective": "binary", "learning_rate": 0.1, "num_leaves": 31, "max_depth": -1, "min_data_in_leaf": 20,
-        "min_sum_hessian_in_leaf": 1e-3, "lambda_l1": 0.0, "lambda_l2": 0.0, "min_gain_to_split": 0.0,
-        "feature_fraction": 1.0, "bagging_fraction": 1.0, "bagging_freq": 0, "max_bin": 255, "max_cat_threshold": 32,
-        "cat_smooth": 10.0, "cat_l2": 10.0, "min_data_per_group": 100, "max_cat_to_onehot": 4, "seed": 7,
-        "deterministic": True, "force_row_wise": True, "num_threads": 0, "verbosity": -1}
+        "objective": "binary",
+        "learning_rate": 0.1,
+        "num_leaves": 31,
+        "max_depth": -1,
+        "min_data_in_leaf": 20,
+        "min_sum_hessian_in_leaf": 1e-3,
+        "lambda_l1": 0.0,
+        "lambda_l2": 0.0,
+        "min_gain_to_split": 0.0,
+        "feature_fraction": 1.0,
+        "bagging_fraction": 1.0,
+        "bagging_freq": 0,
+        "max_bin": 255,
+        "max_cat_threshold": 32,
+        "cat_smooth": 10.0,
+        "cat_l2": 10.0,
+        "min_data_per_group": 100,
+        "max_cat_to_onehot": 4,
+        "seed": 7,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": 0,
+        "verbosity": -1,
+    }
     engine = t.engine_params("multiclass", 3, "multi_logloss")
     assert (engine["num_boost_round"], engine["num_class"], engine["seed"], engine["lookahead"]) == (30, 3, 7, 2)
 
@@ -196,35 +252,57 @@ def test_every_training_key_is_documented():
     from fedmine.config import TrainingSpec
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
-    section = text[text.index("## training"):text.index("## privacy")]
+    section = text[text.index("## training") : text.index("## privacy")]
     for name, field in TrainingSpec.model_fields.items():
         assert f"`{field.serialization_alias or name}`" in section, name
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["training.rounds=true"], r"training.rounds: must be an integer in \[1, 100000\], got True$"),
-    (["training.local_rounds=true"], r"training.local_rounds: must be an integer in \[1, 1000\], got True$"),
-    (["training.validation_fraction=false"], r"training.validation_fraction: must be a number in \[0, 1\), got False$"),
-    (["privacy.min_parties=true"], r"privacy.min_parties: must be an integer >= 2, got True$"),
-    (["transport.retries=true"], r"transport.retries: must be an integer in \[0, 100\], got True$"),
-    (["transport.timeout_seconds=true"], r"transport.timeout_seconds: must be a number > 0, got True$"),
-    (["organisations.retailer.scale={income: true}"], r"organisations.retailer.scale: income: must be a number, got True$"),
-    (["features.age={type: float, max: true}"], r"features.age.max: must be a number, got True$"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["training.rounds=true"], r"training.rounds: must be an integer in \[1, 100000\], got True$"),
+        (["training.local_rounds=true"], r"training.local_rounds: must be an integer in \[1, 1000\], got True$"),
+        (
+            ["training.validation_fraction=false"],
+            r"training.validation_fraction: must be a number in \[0, 1\), got False$",
+        ),
+        (["privacy.min_parties=true"], r"privacy.min_parties: must be an integer >= 2, got True$"),
+        (["transport.retries=true"], r"transport.retries: must be an integer in \[0, 100\], got True$"),
+        (["transport.timeout_seconds=true"], r"transport.timeout_seconds: must be a number > 0, got True$"),
+        (
+            ["organisations.retailer.scale={income: true}"],
+            r"organisations.retailer.scale: income: must be a number, got True$",
+        ),
+        (["features.age={type: float, max: true}"], r"features.age.max: must be a number, got True$"),
+    ],
+)
 def test_yaml_booleans_are_not_numbers(cfg_file, overrides, message):
     """Pydantic's lax mode reads true as 1; a config where a number belongs says true is not one."""
     with pytest.raises(ConfigError, match=message):
         load_config(cfg_file, overrides)
 
 
-@pytest.mark.parametrize(("old", "new", "message"), [
-    ("  rounds: 30\n", "  rounds: 30\n  local_rounds: 2\n  rounds: 40\n",
-     r"f.yaml: training.rounds: duplicate key at line 22 \(first at line 20\); YAML keeps only the last, give it once$"),
-    ("  retailer:\n", "  bank:\n", r"f.yaml: organisations.bank: duplicate key at line 14 \(first at line 9\)"),
-    ("    scale: {income: 1000}\n", "    scale: {income: 1000, \"income\": 10}\n",
-     r"f.yaml: organisations.retailer.scale.income: duplicate key at line 17 \(first at line 17\)"),
-    ("name: retail-credit ", "name: x\nname: retail-credit ", r"f.yaml: name: duplicate key at line 2 \(first at line 1\)"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "  rounds: 30\n",
+            "  rounds: 30\n  local_rounds: 2\n  rounds: 40\n",
+            r"f.yaml: training.rounds: duplicate key at line 22 \(first at line 20\); YAML keeps only the last, give it once$",
+        ),
+        ("  retailer:\n", "  bank:\n", r"f.yaml: organisations.bank: duplicate key at line 14 \(first at line 9\)"),
+        (
+            "    scale: {income: 1000}\n",
+            '    scale: {income: 1000, "income": 10}\n',
+            r"f.yaml: organisations.retailer.scale.income: duplicate key at line 17 \(first at line 17\)",
+        ),
+        (
+            "name: retail-credit ",
+            "name: x\nname: retail-credit ",
+            r"f.yaml: name: duplicate key at line 2 \(first at line 1\)",
+        ),
+    ],
+)
 def test_duplicate_yaml_keys_name_the_key_and_line(tmp_path, old, new, message):
     path = tmp_path / "f.yaml"
     path.write_text(ISSUE_EXAMPLE.replace(old, new, 1))
@@ -234,8 +312,12 @@ def test_duplicate_yaml_keys_name_the_key_and_line(tmp_path, old, new, message):
 
 def test_yaml_merge_keys_are_not_duplicates(tmp_path):
     path = tmp_path / "f.yaml"
-    path.write_text(ISSUE_EXAMPLE.replace("  bank:\n", "  bank: &bank\n", 1).replace(
-        "  retailer:\n    source: data/retailer.parquet\n", "  retailer:\n    <<: *bank\n    source: data/retailer.parquet\n"))
+    path.write_text(
+        ISSUE_EXAMPLE.replace("  bank:\n", "  bank: &bank\n", 1).replace(
+            "  retailer:\n    source: data/retailer.parquet\n",
+            "  retailer:\n    <<: *bank\n    source: data/retailer.parquet\n",
+        )
+    )
     assert load_config(path).organisations["retailer"].read == {"sep": ";", "na_values": ["?", "-9"]}
 
 
@@ -248,20 +330,30 @@ def test_organisation_names_with_whitespace_or_control_characters(tmp_path, name
         load_config(path)
     assert str(exc.value) == (
         f"{path}: organisations: organisation name {shown} is not allowed; allowed: letters, digits, '.', '_' or '-', "
-        "starting with a letter or digit ([A-Za-z0-9][A-Za-z0-9_.-]*)")
+        "starting with a letter or digit ([A-Za-z0-9][A-Za-z0-9_.-]*)"
+    )
     with pytest.raises(ConfigError, match=r"name: 'retail-credit\\n' is not allowed; allowed: letters"):
-        load_config(path, ["name=\"retail-credit\\n\""])
+        load_config(path, ['name="retail-credit\\n"'])
 
 
 def test_more_categories_than_max_bin(cfg_file):
     vocabulary = "[" + ", ".join(f"c{i}" for i in range(40)) + "]"
     with pytest.raises(ConfigError) as exc:
         load_config(cfg_file, [f"features.region={{type: category, categories: {vocabulary}}}", "training.max_bin=32"])
-    assert str(exc.value) == (f"{cfg_file}: features.region: 40 categories, but training.max_bin is 32 "
-                              "(each category takes one bin); raise training.max_bin to at least 40")
-    assert load_config(cfg_file, [f"features.region={{type: category, categories: {vocabulary}}}",
-                                  "training.max_bin=40"]).training.max_bin == 40
+    assert str(exc.value) == (
+        f"{cfg_file}: features.region: 40 categories, but training.max_bin is 32 "
+        "(each category takes one bin); raise training.max_bin to at least 40"
+    )
+    assert (
+        load_config(
+            cfg_file, [f"features.region={{type: category, categories: {vocabulary}}}", "training.max_bin=40"]
+        ).training.max_bin
+        == 40
+    )
     vocabulary = "[" + ", ".join(f"c{i}" for i in range(300)) + "]"
-    with pytest.raises(ConfigError, match=r"features.region: 300 categories, but training.max_bin is 255 "
-                                          r"\(each category takes one bin\); merge categories to at most 255$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"features.region: 300 categories, but training.max_bin is 255 "
+        r"\(each category takes one bin\); merge categories to at most 255$",
+    ):
         load_config(cfg_file, [f"features.region={{type: category, categories: {vocabulary}}}"])

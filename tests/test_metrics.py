@@ -79,7 +79,10 @@ def test_one_table_feeds_the_engine_the_baseline_and_the_report():
         assert params.make_params({"objective": objective, "num_class": n_class}).metric == obj.metric == obj.metrics[0]
         # the histogram strategy hands the primary metric to the engine
         assert metrics.primary(objective) in metrics.ENGINE_METRICS[objective]
-        assert metrics.PRIMARY[objective] == (metrics.primary(objective), metrics.higher_is_better(metrics.primary(objective)))
+        assert metrics.PRIMARY[objective] == (
+            metrics.primary(objective),
+            metrics.higher_is_better(metrics.primary(objective)),
+        )
     assert metrics.primary("binary") == "auc" and metrics.higher_is_better("auc")
     assert not any(metrics.higher_is_better(m) for o in OBJECTIVES for m in metrics.METRICS[o] if m != "auc")
     assert metrics.better("binary", 0.8, 0.7) and metrics.better("regression", 0.5, 0.7)
@@ -121,7 +124,8 @@ def test_merged_sums_over_random_partitions_give_the_pooled_value(objective, met
                 assert exact == pooled
         if metric != "auc":  # the engine's path: exact sums of the row values, rounded once
             assert mean_metric(metric, objective, [(y[i], raw[i]) for i in idx]) == mean_metric(
-                metric, objective, [(y, raw)])
+                metric, objective, [(y, raw)]
+            )
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
@@ -153,8 +157,12 @@ def test_the_engine_computes_the_same_values_from_its_own_stats():
 
 def test_exact_sums_are_exact():
     rng = np.random.default_rng(0)
-    v = np.concatenate([rng.normal(size=500) * 10.0 ** rng.integers(-300, 300, 500),
-                        [5e-324, -5e-324, 1e308, -1e308, 1.0, -1.0 + 2**-52, 2.0**-1074 * 3]])
+    v = np.concatenate(
+        [
+            rng.normal(size=500) * 10.0 ** rng.integers(-300, 300, 500),
+            [5e-324, -5e-324, 1e308, -1e308, 1.0, -1.0 + 2**-52, 2.0**-1074 * 3],
+        ]
+    )
     rng.shuffle(v)
     assert metrics.exact_total(metrics.exact_sum_parts(v)) == math.fsum(v)
     parts = [metrics.exact_sum_parts(v[i]) for i in random_parts(len(v), rng, 5)]
@@ -203,8 +211,9 @@ def test_auc_is_nan_when_a_class_is_absent_everywhere():
     # one organisation without positives: the federation's AUC is still defined
     y = np.r_[np.zeros(20), np.ones(10), np.zeros(10)]
     raw = np.linspace(-2, 2, 40)
-    merged = metrics.from_sums(metrics.merge([metrics.sums(y[:20], raw[:20], "binary"),
-                                              metrics.sums(y[20:], raw[20:], "binary")]), "binary")
+    merged = metrics.from_sums(
+        metrics.merge([metrics.sums(y[:20], raw[:20], "binary"), metrics.sums(y[20:], raw[20:], "binary")]), "binary"
+    )
     assert 0.0 <= merged["auc"] <= 1.0
 
 
@@ -212,10 +221,12 @@ def test_early_stopping_on_auc_with_one_class_keeps_the_first_round():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(600, 3))
     y = (X[:, 0] + rng.normal(size=600) > 0).astype(float)
-    params = dict(objective="binary", metric="auc", num_boost_round=20, early_stopping_rounds=3, num_leaves=4,
-                  min_data_in_leaf=5)
-    model = train_partitioned([(X[:300], y[:300]), (X[300:], y[300:])], params,
-                              valid_parts=[(X[:50], np.zeros(50)), (X[50:80], np.zeros(30))])
+    params = dict(
+        objective="binary", metric="auc", num_boost_round=20, early_stopping_rounds=3, num_leaves=4, min_data_in_leaf=5
+    )
+    model = train_partitioned(
+        [(X[:300], y[:300]), (X[300:], y[300:])], params, valid_parts=[(X[:50], np.zeros(50)), (X[50:80], np.zeros(30))]
+    )
     assert len(model.history) == 4 and all(math.isnan(v) for v in model.history)
     assert model.best_iteration == 1
 
@@ -244,11 +255,22 @@ def engine_rows(objective, n, seed):
 def test_engine_history_is_the_metric_of_its_validation_predictions(objective, metric):
     X, y = engine_rows(objective, 1200, 0)
     Xv, yv = engine_rows(objective, 700, 1)
-    params = dict(objective=objective, metric=metric, num_boost_round=5, num_leaves=8, min_data_in_leaf=10,
-                  learning_rate=0.3, tweedie_variance_power=RHO, **({"num_class": K} if objective == "multiclass" else {}))
+    params = dict(
+        objective=objective,
+        metric=metric,
+        num_boost_round=5,
+        num_leaves=8,
+        min_data_in_leaf=10,
+        learning_rate=0.3,
+        tweedie_variance_power=RHO,
+        **({"num_class": K} if objective == "multiclass" else {}),
+    )
     cut, vcut = [0, 500, 900, 1200], [0, 100, 450, 700]
-    model = train_partitioned([(X[a:b], y[a:b]) for a, b in pairwise(cut)], params,
-                              valid_parts=[(Xv[a:b], yv[a:b]) for a, b in pairwise(vcut)])
+    model = train_partitioned(
+        [(X[a:b], y[a:b]) for a, b in pairwise(cut)],
+        params,
+        valid_parts=[(Xv[a:b], yv[a:b]) for a, b in pairwise(vcut)],
+    )
     kt = model.n_trees_per_round
     assert len(model.history) == 5
     for r, value in enumerate(model.history, start=1):
@@ -273,19 +295,39 @@ def test_histogram_strategy_logs_the_value_the_engine_early_stops_on(objective):
 
     X, y = engine_rows(objective, 1500, 2)
     orgs = ["bank", "clinic", "shop"]
-    cfg = config_from_dict({
-        "name": "t", "label": "y", "objective": objective, "features": {f"f{i}": {} for i in range(4)},
-        "organisations": {o: {"source": f"{o}.csv"} for o in orgs},
-        "training": {"strategy": "histogram", "rounds": 60, "num_leaves": 7, "min_data_in_leaf": 10,
-                     "learning_rate": 0.5, "early_stopping_rounds": 2, "validation_fraction": 0.0},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "t",
+            "label": "y",
+            "objective": objective,
+            "features": {f"f{i}": {} for i in range(4)},
+            "organisations": {o: {"source": f"{o}.csv"} for o in orgs},
+            "training": {
+                "strategy": "histogram",
+                "rounds": 60,
+                "num_leaves": 7,
+                "min_data_in_leaf": 10,
+                "learning_rate": 0.5,
+                "early_stopping_rounds": 2,
+                "validation_fraction": 0.0,
+            },
+        }
+    )
     train_idx, valid_idx, parties = [], [], []
     for o, (a, b) in zip(orgs, [(0, 400), (400, 1000), (1000, 1500)]):
         cut = a + int((b - a) * 0.7)
         train_idx.append(np.arange(a, cut))
         valid_idx.append(np.arange(cut, b))
-        parties.append(Party(o, TrainValidRows(X[a:cut], y[a:cut], X[cut:b], y[cut:b]), objective=objective,
-                             num_class=1, feature_names=list(cfg.features), categorical=[]))
+        parties.append(
+            Party(
+                o,
+                TrainValidRows(X[a:cut], y[a:cut], X[cut:b], y[cut:b]),
+                objective=objective,
+                num_class=1,
+                feature_names=list(cfg.features),
+                categorical=[],
+            )
+        )
     coord = Coordinator(cfg, parties)
     coord.start()
     key = metrics.primary(objective)
@@ -298,8 +340,11 @@ def test_histogram_strategy_logs_the_value_the_engine_early_stops_on(objective):
     assert r < 60  # stopped early
     ids = np.concatenate([global_row_ids(o, len(i)) for o, i in zip(orgs, train_idx)])
     tr, va = np.concatenate(train_idx), np.concatenate(valid_idx)
-    pooled = train(EngineState(X[tr], y[tr], row_ids=ids, X_valid=X[va], y_valid=y[va]),
-                   cfg.training.engine_params(objective, 1, key), feature_names=list(cfg.features))
+    pooled = train(
+        EngineState(X[tr], y[tr], row_ids=ids, X_valid=X[va], y_valid=y[va]),
+        cfg.training.engine_params(objective, 1, key),
+        feature_names=list(cfg.features),
+    )
     assert logged == pooled.history
 
 
@@ -318,11 +363,16 @@ def test_definitions_match_scikit_learn(objective):
         return float(np.mean(metrics.row_values(name, y, raw, objective, **kw)))
 
     if objective == "binary":
-        want = {"auc": skm.roc_auc_score(y, p), "binary_logloss": skm.log_loss(y, p),
-                "binary_error": 1.0 - skm.accuracy_score(y, p > 0.5)}
+        want = {
+            "auc": skm.roc_auc_score(y, p),
+            "binary_logloss": skm.log_loss(y, p),
+            "binary_error": 1.0 - skm.accuracy_score(y, p > 0.5),
+        }
     elif objective == "multiclass":
-        want = {"multi_logloss": skm.log_loss(y, p, labels=range(K)),
-                "multi_error": 1.0 - skm.accuracy_score(y, p.argmax(axis=1))}
+        want = {
+            "multi_logloss": skm.log_loss(y, p, labels=range(K)),
+            "multi_error": 1.0 - skm.accuracy_score(y, p.argmax(axis=1)),
+        }
     else:
         want = {"rmse": skm.root_mean_squared_error(y, p), "l1": skm.mean_absolute_error(y, p)}
         assert mean("l2") == pytest.approx(skm.mean_squared_error(y, p), rel=1e-12)
@@ -349,20 +399,36 @@ def test_definitions_match_lightgbm_record_evaluation(objective):
     X, y = engine_rows(objective, 1500, 4)
     Xv, yv = engine_rows(objective, 600, 5)
     yv = yv.astype(np.float32).astype(np.float64)  # LightGBM holds labels as float32
-    params = {"objective": objective, "num_leaves": 8, "learning_rate": 0.3, "verbosity": -1, "deterministic": True,
-              "force_row_wise": True, "num_threads": 1, "tweedie_variance_power": RHO,
-              "metric": list(dict.fromkeys(metrics.METRICS[objective] + metrics.ENGINE_METRICS[objective]))}
+    params = {
+        "objective": objective,
+        "num_leaves": 8,
+        "learning_rate": 0.3,
+        "verbosity": -1,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": 1,
+        "tweedie_variance_power": RHO,
+        "metric": list(dict.fromkeys(metrics.METRICS[objective] + metrics.ENGINE_METRICS[objective])),
+    }
     if objective == "multiclass":
         params["num_class"] = K
     train_set = lgb.Dataset(X, label=y)
     curve: dict = {}
-    booster = lgb.train(params, train_set, num_boost_round=4, valid_sets=[lgb.Dataset(Xv, label=yv, reference=train_set)],
-                        callbacks=[lgb.record_evaluation(curve)])
+    booster = lgb.train(
+        params,
+        train_set,
+        num_boost_round=4,
+        valid_sets=[lgb.Dataset(Xv, label=yv, reference=train_set)],
+        callbacks=[lgb.record_evaluation(curve)],
+    )
     kw = {"tweedie_variance_power": RHO} if objective == "tweedie" else {}
     for it in range(4):
         raw = booster.predict(Xv, raw_score=True, num_iteration=it + 1)
         ours = metrics.exact(yv, raw, objective)
         for name in params["metric"]:
-            value = ours[name] if name in ours else metrics.value_from_mean(
-                name, float(np.mean(metrics.row_values(name, yv, raw, objective, **kw))))
+            value = (
+                ours[name]
+                if name in ours
+                else metrics.value_from_mean(name, float(np.mean(metrics.row_values(name, yv, raw, objective, **kw))))
+            )
             assert value == pytest.approx(curve["valid_0"][name][it], rel=1e-9, abs=1e-12), (name, it)

@@ -15,8 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True, cwd=out)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        cwd=out,
+    )
     (path,) = out.glob("fedmine-*.whl")
     return path
 
@@ -24,9 +28,17 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_wheel_ships_flows_tasks_connectors_inside_fedmine(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("fedmine/cli.py", "fedmine/protocol.py", "fedmine/coordinator/training.py",
-                   "fedmine/party/organisation.py", "fedmine/flows/train.py", "fedmine/flows/prepare.py",
-                   "fedmine/tasks/data.py", "fedmine/tasks/rounds.py", "fedmine/connectors/__init__.py"):
+    for module in (
+        "fedmine/cli.py",
+        "fedmine/protocol.py",
+        "fedmine/coordinator/training.py",
+        "fedmine/party/organisation.py",
+        "fedmine/flows/train.py",
+        "fedmine/flows/prepare.py",
+        "fedmine/tasks/data.py",
+        "fedmine/tasks/rounds.py",
+        "fedmine/connectors/__init__.py",
+    ):
         assert module in names, module
     tops = {n.split("/", 1)[0] for n in names if not n.startswith("fedmine-")}
     assert tops == {"fedmine"}, tops  # no generic top-level names (flows, tasks, connectors) in site-packages
@@ -38,19 +50,26 @@ def test_wheel_ships_flows_tasks_connectors_inside_fedmine(wheel):
 def test_installed_wheel_works_from_anywhere(wheel, tmp_path):
     """``pip install`` of the wheel, then ``fedmine`` and its subpackages from a folder that is not the checkout."""
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     assert not (target / "flows").exists() and not (target / "connectors").exists()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(target)}
-    code = ("import fedmine, fedmine.flows.train, fedmine.connectors, fedmine.tasks.rounds; "
-            "print(fedmine.__file__); print(fedmine.flows.train.__file__); print(fedmine.connectors.__file__)")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=elsewhere,
-                         env=env).stdout.split()
+    code = (
+        "import fedmine, fedmine.flows.train, fedmine.connectors, fedmine.tasks.rounds; "
+        "print(fedmine.__file__); print(fedmine.flows.train.__file__); print(fedmine.connectors.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=elsewhere, env=env
+    ).stdout.split()
     assert len(out) == 3 and all(line.startswith(str(target / "fedmine")) for line in out), out
-    help_text = subprocess.run([str(target / "bin" / "fedmine"), "--help"], check=True, capture_output=True,
-                               text=True, cwd=elsewhere, env=env)
+    help_text = subprocess.run(
+        [str(target / "bin" / "fedmine"), "--help"], check=True, capture_output=True, text=True, cwd=elsewhere, env=env
+    )
     assert "demo" in help_text.stdout and "run" in help_text.stdout
 
 

@@ -20,8 +20,14 @@ KNOWN_STAGES = {protocol.ANY, protocol.NEW, protocol.FOLLOWING, *protocol.ENGINE
 
 
 def make_party(name: str, seed: int, cls: type[Party] = Party) -> Party:
-    return cls(name, make_data(120, seed, 0.2 * seed), objective="binary", num_class=1,
-               feature_names=["a", "b", "c"], categorical=[2])
+    return cls(
+        name,
+        make_data(120, seed, 0.2 * seed),
+        objective="binary",
+        num_class=1,
+        feature_names=["a", "b", "c"],
+        categorical=[2],
+    )
 
 
 def keyed(parties: list[Party]) -> None:
@@ -66,10 +72,15 @@ def test_a_bad_entry_is_refused_when_declared():
 
 def test_party_checks_the_stage_and_the_table_before_acting():
     party = make_party("bank", 1)
-    with pytest.raises(ProtocolError, match=r"^unknown call 'drop_tables'; allowed: begin_training, describe, secure_setup, "):
+    with pytest.raises(
+        ProtocolError, match=r"^unknown call 'drop_tables'; allowed: begin_training, describe, secure_setup, "
+    ):
         party.call("drop_tables")
-    with pytest.raises(ProtocolError, match=r"^train_local is not accepted in stage 'new'; it needs one of "
-                                            r"\['following'\]$"):
+    with pytest.raises(
+        ProtocolError,
+        match=r"^train_local is not accepted in stage 'new'; it needs one of "
+        r"\['following'\]$",
+    ):
         party.call("train_local", {}, 1)
     with pytest.raises(ProtocolError, match=r"^histograms is not accepted in stage 'created'"):
         party.call("histograms", np.zeros(1, dtype=np.int64))
@@ -82,12 +93,22 @@ def test_party_checks_the_stage_and_the_table_before_acting():
 # ---------------------------------------------------------------------------
 
 #: A call that exists only in this test: how many training rows of each class, summed over organisations.
-CLASS_COUNTS = Call("class_counts", ORGANISATION, (protocol.ANY,), None, "", "int64 (2,)", "sum", SUMMED,
-                    "training rows of each class")
+CLASS_COUNTS = Call(
+    "class_counts", ORGANISATION, (protocol.ANY,), None, "", "int64 (2,)", "sum", SUMMED, "training rows of each class"
+)
 
 #: An engine call that exists only in this test: binned rows per feature in bin 0.
-BIN_ZERO = Call("bin_zero_counts", ENGINE, (protocol.BINNED, protocol.READY), None, "", "int64 (n_features,)",
-                "sum", SUMMED, "rows whose bin is 0, per feature")
+BIN_ZERO = Call(
+    "bin_zero_counts",
+    ENGINE,
+    (protocol.BINNED, protocol.READY),
+    None,
+    "",
+    "int64 (n_features,)",
+    "sum",
+    SUMMED,
+    "rows whose bin is 0, per feature",
+)
 
 
 class CountingParty(Party):
@@ -152,8 +173,9 @@ def test_a_new_engine_call_is_merged_by_its_table_entry():
         ranges = group.feature_ranges()
         grids = make_grids(ranges, n_grid=64)
         categorical = np.zeros(3, dtype=bool)
-        mapper = edges_from_grid_counts(group.grid_counts(grids, categorical), grids, max_bin=8,
-                                        categorical=categorical, ranges=ranges)
+        mapper = edges_from_grid_counts(
+            group.grid_counts(grids, categorical), grids, max_bin=8, categorical=categorical, ranges=ranges
+        )
         group.set_bins(mapper)
         total = group.bin_zero_counts()
         assert total.tolist() == sum(s.bin_zero_counts() for s in states).tolist()

@@ -18,7 +18,7 @@ def rows(n_train, n_valid, seed, *, train_label=None, valid_label=None):
     y = (rng.random(n_train + n_valid) < 1 / (1 + np.exp(-2 * X[:, 0]))).astype(float)
     y[:2] = 0, 1  # both classes in both parts unless told otherwise
     if n_valid:
-        y[n_train:n_train + 2] = 0, 1
+        y[n_train : n_train + 2] = 0, 1
     if train_label is not None:
         y[:n_train] = train_label
     if valid_label is not None:
@@ -27,14 +27,26 @@ def rows(n_train, n_valid, seed, *, train_label=None, valid_label=None):
 
 
 def trained(splits: dict[str, TrainValidRows], **training):
-    cfg = config_from_dict({
-        "name": "t", "label": "y", "features": {"a": {}, "b": {}, "c": {}},
-        "organisations": {o: {"source": f"{o}.csv"} for o in splits},
-        "training": {"strategy": "bagging", "rounds": 2, "num_leaves": 4, "min_data_in_leaf": 20, "num_threads": 1,
-                     **training},
-    })
-    parties = [Party(o, s, objective="binary", num_class=1, feature_names=["a", "b", "c"], categorical=[])
-               for o, s in splits.items()]
+    cfg = config_from_dict(
+        {
+            "name": "t",
+            "label": "y",
+            "features": {"a": {}, "b": {}, "c": {}},
+            "organisations": {o: {"source": f"{o}.csv"} for o in splits},
+            "training": {
+                "strategy": "bagging",
+                "rounds": 2,
+                "num_leaves": 4,
+                "min_data_in_leaf": 20,
+                "num_threads": 1,
+                **training,
+            },
+        }
+    )
+    parties = [
+        Party(o, s, objective="binary", num_class=1, feature_names=["a", "b", "c"], categorical=[])
+        for o, s in splits.items()
+    ]
     coord = Coordinator(cfg, parties)
     coord.start()
     for r in range(1, cfg.training.rounds + 1):
@@ -45,16 +57,20 @@ def trained(splits: dict[str, TrainValidRows], **training):
 
 
 def test_each_reason_is_a_note_of_its_organisation():
-    _, _, summary = trained({
-        "bank": rows(400, 100, 1),
-        "shop": rows(12, 50, 2),
-        "clinic": rows(200, 50, 3, train_label=0.0),
-        "telco": rows(200, 50, 4, valid_label=1.0),
-    })
+    _, _, summary = trained(
+        {
+            "bank": rows(400, 100, 1),
+            "shop": rows(12, 50, 2),
+            "clinic": rows(200, 50, 3, train_label=0.0),
+            "telco": rows(200, 50, 4, valid_label=1.0),
+        }
+    )
     notes = {org: o["notes"] for org, o in summary["organisations"].items()}
     assert notes == {
         "bank": [],
-        "shop": ["fewer training rows (12) than a split needs (2 x min_data_in_leaf = 40): the local model is constant"],
+        "shop": [
+            "fewer training rows (12) than a split needs (2 x min_data_in_leaf = 40): the local model is constant"
+        ],
         "clinic": ["training rows hold one class (negative): the local model is constant"],
         "telco": ["validation rows hold one class: auc undefined"],
     }
@@ -72,8 +88,10 @@ def test_no_validation_rows_says_validation_fraction_0():
     _, _, summary = trained({"bank": rows(300, 0, 1), "shop": rows(300, 0, 2)}, validation_fraction=0)
     table = report.gain_table(summary)
     assert table.splitlines()[2].split() == ["bank", "300", "nan", "nan", "+nan"]
-    assert table.splitlines()[-2:] == ["note: bank: no validation rows (validation_fraction: 0)",
-                                       "note: shop: no validation rows (validation_fraction: 0)"]
+    assert table.splitlines()[-2:] == [
+        "note: bank: no validation rows (validation_fraction: 0)",
+        "note: shop: no validation rows (validation_fraction: 0)",
+    ]
 
 
 class _Tracker:
@@ -110,4 +128,5 @@ def test_notes_go_to_mlflow_with_the_report(tmp_path):
     assert "Note: telco: validation rows hold one class: auc undefined" in md
     assert "telco: validation rows hold one class: auc undefined" in tracker.folders["report"]["report.html"].decode()
     assert json.loads(tracker.texts["summary.json"])["organisations"]["telco"]["notes"] == [
-        "validation rows hold one class: auc undefined"]
+        "validation rows hold one class: auc undefined"
+    ]

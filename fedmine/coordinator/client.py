@@ -10,25 +10,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from fedmine import protocol
 from fedmine.config import FederationConfig
 from fedmine.errors import ConfigError, PartyError
 from fedmine.transport import wire
 from fedmine.transport.certs import ClientTLS
-from fedmine import protocol
 from fedmine.transport.flight import (
-    _ENDPOINT, DEFAULT_BACKOFF, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ERRORS, MAX_ANSWER_BYTES, MAX_BACKOFF,
-    MAX_ERROR_BYTES, _one_line,
+    _ENDPOINT,
+    DEFAULT_BACKOFF,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    ERRORS,
+    MAX_ANSWER_BYTES,
+    MAX_BACKOFF,
+    MAX_ERROR_BYTES,
+    _one_line,
 )
 from fedmine.transport.wire import WireError
 
 log = logging.getLogger(__name__)
-
-
 
 
 class RemoteParty:
@@ -50,9 +56,19 @@ class RemoteParty:
     max_answer_bytes : larger answers are rejected.
     """
 
-    def __init__(self, name: str, endpoint: str, *, tls: ClientTLS | None, timeout: float | None = DEFAULT_TIMEOUT,
-                 retries: int = DEFAULT_RETRIES, backoff: float = DEFAULT_BACKOFF, allow_insecure: bool = False,
-                 calls: Iterable[str] | None = None, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
+    def __init__(
+        self,
+        name: str,
+        endpoint: str,
+        *,
+        tls: ClientTLS | None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        allow_insecure: bool = False,
+        calls: Iterable[str] | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+    ) -> None:
         self.name = name
         self.endpoint = endpoint
         self.tls = tls
@@ -63,14 +79,19 @@ class RemoteParty:
         self.calls = None if calls is None else tuple(calls)
         self.max_answer_bytes = max_answer_bytes
         if not isinstance(endpoint, str) or not (m := _ENDPOINT.match(endpoint)) or not 0 < int(m["port"]) <= 65535:
-            raise ConfigError(f"organisation {name}: endpoint must be host:port or grpc+tls://host:port, got {endpoint!r}")
+            raise ConfigError(
+                f"organisation {name}: endpoint must be host:port or grpc+tls://host:port, got {endpoint!r}"
+            )
         scheme = m["scheme"]
         if tls is None and not allow_insecure:
-            raise ConfigError(f"organisation {name}: endpoint {endpoint} needs TLS (certificates); "
-                              "plain connections need allow_insecure=True")
+            raise ConfigError(
+                f"organisation {name}: endpoint {endpoint} needs TLS (certificates); "
+                "plain connections need allow_insecure=True"
+            )
         if tls is not None and scheme in ("grpc", "grpc+tcp"):
-            raise ConfigError(f"organisation {name}: endpoint {endpoint} is plain gRPC but TLS is configured; "
-                              "use grpc+tls://")
+            raise ConfigError(
+                f"organisation {name}: endpoint {endpoint} is plain gRPC but TLS is configured; use grpc+tls://"
+            )
         if tls is None and scheme == "grpc+tls":
             raise ConfigError(f"organisation {name}: endpoint {endpoint} asks for TLS but no certificates are given")
         if not isinstance(retries, int) or retries < 0:
@@ -91,9 +112,13 @@ class RemoteParty:
                 if self.tls is None:
                     self._client = flight.FlightClient(self.location)
                 else:  # the server's certificate must be signed by the CA and name this organisation
-                    self._client = flight.FlightClient(self.location, tls_root_certs=self.tls.ca,
-                                                       cert_chain=self.tls.cert, private_key=self.tls.key,
-                                                       override_hostname=self.name)
+                    self._client = flight.FlightClient(
+                        self.location,
+                        tls_root_certs=self.tls.ca,
+                        cert_chain=self.tls.cert,
+                        private_key=self.tls.key,
+                        override_hostname=self.name,
+                    )
             return self._client
 
     def close(self) -> None:
@@ -118,8 +143,15 @@ class RemoteParty:
                 if attempt >= self.retries:
                     raise self._fail(action, f"unreachable after {attempt + 1} attempts: {exc}") from None
                 delay = min(self.backoff * 2**attempt, MAX_BACKOFF)
-                log.info("party %s at %s: %s unavailable (attempt %d of %d), retrying in %.2f s", self.name,
-                         self.location, action, attempt + 1, self.retries + 1, delay)
+                log.info(
+                    "party %s at %s: %s unavailable (attempt %d of %d), retrying in %.2f s",
+                    self.name,
+                    self.location,
+                    action,
+                    attempt + 1,
+                    self.retries + 1,
+                    delay,
+                )
                 time.sleep(delay)
                 attempt += 1
             except flight.FlightTimedOutError:
@@ -157,8 +189,9 @@ class RemoteParty:
         """Send one call of the protocol table; its decoded answer."""
         protocol.call(name)  # in the table, or a ProtocolError naming the allowed calls
         if self.calls is not None and name not in self.calls:
-            raise PartyError(f"party {self.name}: call {name!r} is not allowed by this client; "
-                             f"allowed: {', '.join(self.calls)}")
+            raise PartyError(
+                f"party {self.name}: call {name!r} is not allowed by this client; allowed: {', '.join(self.calls)}"
+            )
         return self._call(name, args, kwargs)
 
     def list_actions(self) -> list[str]:
@@ -178,8 +211,10 @@ class RemoteParty:
 def _insecure(cfg: FederationConfig, endpoint: str) -> bool:
     plain = endpoint.startswith(("grpc://", "grpc+tcp://"))
     if plain and not cfg.transport.allow_insecure:
-        raise ConfigError(f"endpoint {endpoint}: a plain connection; use grpc+tls:// "
-                          f"(or set transport.allow_insecure: true for local tests)")
+        raise ConfigError(
+            f"endpoint {endpoint}: a plain connection; use grpc+tls:// "
+            f"(or set transport.allow_insecure: true for local tests)"
+        )
     return plain
 
 
@@ -193,9 +228,6 @@ def connect(cfg: FederationConfig, org: str):
     t = cfg.transport
     insecure = _insecure(cfg, endpoint)
     tls = None if insecure else client_tls(t.certs_dir(cfg.base_dir), t.coordinator)
-    party = RemoteParty(org, endpoint, tls=tls, timeout=t.timeout_seconds, retries=t.retries,
-                        allow_insecure=insecure)
+    party = RemoteParty(org, endpoint, tls=tls, timeout=t.timeout_seconds, retries=t.retries, allow_insecure=insecure)
     party.describe()
     return party
-
-

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedmine.coordinator.ensemble import Ensemble, scale_tree
-from fedmine.gbdt.model import Tree, tree_arrays, trees_from_arrays
 from fedmine.coordinator.link import EngineProxy, Link
+from fedmine.gbdt.model import Tree, tree_arrays, trees_from_arrays
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Strategy:
         start = 0
         link.call("start", ctx.ensemble.base_score)
         for step, n in enumerate(ctx.broadcasts, 1):
-            link.call("add_trees", step, ctx.ensemble.trees[start:start + n] or None)
+            link.call("add_trees", step, ctx.ensemble.trees[start : start + n] or None)
             start += n
 
     def drop(self, ctx: RoundContext, link: Link) -> None:
@@ -135,7 +135,7 @@ class Strategy:
         ctx.broadcasts.clear()
         start = 0
         for n in groups:
-            ctx.broadcast(trees[start:start + n])
+            ctx.broadcast(trees[start : start + n])
             start += n
 
 
@@ -175,8 +175,15 @@ class HistogramStrategy(Strategy):
         if self.epsilon is not None:
             dp = DPConfig(grad_bound=privacy.gradient_bound, hess_bound=privacy.hessian_bound)
         self.group = EngineGroup([EngineProxy(link) for link in ctx.links], n_threads=len(ctx.links))
-        self.trainer = Trainer(self.group, ctx.engine_params, categorical=ctx.categorical,
-                               feature_names=ctx.feature_names, ranges=ctx.declared_ranges, dp=dp, evaluate=False)
+        self.trainer = Trainer(
+            self.group,
+            ctx.engine_params,
+            categorical=ctx.categorical,
+            feature_names=ctx.feature_names,
+            ranges=ctx.declared_ranges,
+            dp=dp,
+            evaluate=False,
+        )
         self.trainer.start()
         self._model = None
         self.accountant = None
@@ -201,11 +208,13 @@ class HistogramStrategy(Strategy):
     def run_round(self, ctx: RoundContext) -> None:
         src = self.group.source
         if self.accountant is not None and self.accountant.would_exceed(
-                self.epsilon, self.noise_multiplier, self.trainer.max_releases_per_round):
+            self.epsilon, self.noise_multiplier, self.trainer.max_releases_per_round
+        ):
             ctx.notices.append(
                 f"privacy budget: stopped before round {ctx.round_id}: epsilon spent "
                 f"{self.accountant.epsilon():.4g} of {self.epsilon:g} (delta {ctx.privacy.delta:g}); "
-                f"another round could exceed it")
+                f"another round could exceed it"
+            )
             self.trainer.stop()
             ctx.stopped = True
             return
@@ -258,8 +267,12 @@ class HistogramStrategy(Strategy):
         if self.accountant is None:
             return None
         return PrivacyReceipt.from_accountant(
-            self.accountant, secure_aggregation=secure_aggregation, n_parties=n_parties,
-            noise_multiplier=self.noise_multiplier, releases_per_round=self.trainer.max_releases_per_round)
+            self.accountant,
+            secure_aggregation=secure_aggregation,
+            n_parties=n_parties,
+            noise_multiplier=self.noise_multiplier,
+            releases_per_round=self.trainer.max_releases_per_round,
+        )
 
     def truncate(self, ctx: RoundContext, n_trees: int) -> None:
         """Keep the first ``n_trees`` trees: the coordinator's early stopping, or a round grown again."""
@@ -279,8 +292,10 @@ class LocalStrategy(Strategy):
     def restore(self, ctx: RoundContext, state: dict[str, Any], arrays: dict[str, Any]) -> None:
         from fedmine.errors import ConfigError
 
-        raise ConfigError("--resume: the local strategy keeps each organisation's model at the organisation; "
-                          "run it again instead (allowed with: histogram, bagging, cyclic)")
+        raise ConfigError(
+            "--resume: the local strategy keeps each organisation's model at the organisation; "
+            "run it again instead (allowed with: histogram, bagging, cyclic)"
+        )
 
     def run_round(self, ctx: RoundContext) -> None:
         step = ctx.next_step()

@@ -18,10 +18,10 @@ import numpy as np
 
 from fedmine import metrics
 from fedmine.config import FederationConfig
-from fedmine.errors import DataError, PartyError
 from fedmine.coordinator.ensemble import Ensemble
 from fedmine.coordinator.link import Link
 from fedmine.coordinator.strategies import RoundContext, get_strategy
+from fedmine.errors import DataError, PartyError
 
 
 def base_score(objective: str, label_sums: np.ndarray, rows: int) -> np.ndarray:
@@ -156,8 +156,9 @@ class Coordinator:
             local_rounds=self.cfg.training.local_rounds,
             server_learning_rate=self.cfg.training.server_learning_rate,
             train_rows={n: d["n_rows"] for n, d in self.descriptions.items()},
-            engine_params=self.cfg.training.engine_params(self.objective, self.cfg.num_class,
-                                                          metrics.primary(self.objective)),
+            engine_params=self.cfg.training.engine_params(
+                self.objective, self.cfg.num_class, metrics.primary(self.objective)
+            ),
             categorical=[i for i, f in enumerate(self.cfg.features.values()) if f.type == "category"],
             feature_names=list(self.cfg.features),
             declared_ranges=declared_ranges(self.cfg),
@@ -210,8 +211,12 @@ class Coordinator:
         global_m, org_m = self._evaluate_with_rejoin(ctx)
         self.stopped = ctx.stopped or self._early_stop(round_id, global_m)
         privacy = self.receipt()
-        ctx.stats.update({"privacy.secure_aggregation": float(privacy.secure_aggregation),
-                          "privacy.parties": float(privacy.n_parties)})
+        ctx.stats.update(
+            {
+                "privacy.secure_aggregation": float(privacy.secure_aggregation),
+                "privacy.parties": float(privacy.n_parties),
+            }
+        )
         if privacy.epsilon_total is not None:
             ctx.stats["privacy.epsilon"] = float(privacy.epsilon_total)
         result = RoundResult(
@@ -294,8 +299,10 @@ class Coordinator:
         before = was if was is not None else self.descriptions[org].get("fingerprint")
         now = description.get("fingerprint")
         if before != now:
-            raise DataError(f"organisation {org}: source changed since the training started "
-                            f"(rows fingerprint {str(before)[:12]} then, {str(now)[:12]} now)")
+            raise DataError(
+                f"organisation {org}: source changed since the training started "
+                f"(rows fingerprint {str(before)[:12]} then, {str(now)[:12]} now)"
+            )
 
     def _drop(self, failed: Link, ctx: RoundContext, exc: Exception) -> None:
         """Leave ``failed`` out: fewer parties, fresh masks among the rest (privacy.on_party_failure: continue)."""
@@ -357,8 +364,9 @@ class Coordinator:
         from fedmine.errors import ConfigError
 
         if state["strategy"] != self.strategy.name:
-            raise ConfigError(f"--resume: the run trained with strategy {state['strategy']}, "
-                              f"the config says {self.strategy.name}")
+            raise ConfigError(
+                f"--resume: the run trained with strategy {state['strategy']}, the config says {self.strategy.name}"
+            )
         if state["dropped"]:
             names = ", ".join(d["organisation"] for d in state["dropped"])
             raise ConfigError(f"--resume: the run left out {names} after a failure; resuming it is not supported")

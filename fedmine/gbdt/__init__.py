@@ -78,8 +78,11 @@ def predict(model: Model, X) -> np.ndarray:
     if X.ndim != 2 or X.shape[1] != model.n_features:
         raise DataError(f"X must have shape (n_rows, {model.n_features}), got {X.shape}")
     raw = predict_raw(model.trees, X, n_trees_per_round=model.n_trees_per_round, init_scores=model.init_scores)
-    obj = make_objective(model.objective, num_class=model.n_trees_per_round,
-                         tweedie_variance_power=model.params.get("tweedie_variance_power", 1.5))
+    obj = make_objective(
+        model.objective,
+        num_class=model.n_trees_per_round,
+        tweedie_variance_power=model.params.get("tweedie_variance_power", 1.5),
+    )
     return obj.transform(raw)
 
 

@@ -373,8 +373,15 @@ def _greedy_cuts(counts, max_bin, min_data_in_bin):  # pragma: no cover - numba
     return cuts[:n_cuts]
 
 
-def _numeric_edges(cell_counts: np.ndarray, grid: np.ndarray, max_bin: int, *, lo: float, has_nan: bool = False,
-                   min_data_in_bin: int = MIN_DATA_IN_BIN) -> np.ndarray:
+def _numeric_edges(
+    cell_counts: np.ndarray,
+    grid: np.ndarray,
+    max_bin: int,
+    *,
+    lo: float,
+    has_nan: bool = False,
+    min_data_in_bin: int = MIN_DATA_IN_BIN,
+) -> np.ndarray:
     """Upper edges (fewer than max_bin) of one feature's bins from its cell counts.
 
     Mirrors LightGBM's ``FindBinWithZeroAsOneBin``: occupied cells play the
@@ -461,8 +468,9 @@ def edges_from_grid_counts(counts, grids, *, max_bin: int = 255, categorical=Non
                 raise DataError(f"categorical feature {f} has {k} categories; at most max_bin={max_bin} are supported")
             n_bins[f] = k
         else:
-            e = _numeric_edges(counts[f, :n_grid], grids[f], max_bin, lo=float(ranges[f, 0]),
-                               has_nan=bool(counts[f, n_grid] > 0))
+            e = _numeric_edges(
+                counts[f, :n_grid], grids[f], max_bin, lo=float(ranges[f, 0]), has_nan=bool(counts[f, n_grid] > 0)
+            )
             edges[f, : e.size] = e
             n_bins[f] = e.size + 1
     lut = np.zeros(grids.shape, dtype=X_BINNED_DTYPE)
@@ -548,8 +556,9 @@ def _bin_block_lut(X, i0, i1, grids, step, lut, n_bins, categorical, nan_bin, ou
 def _bin_columns_lut_kernel(X, grids, step, lut, n_bins, categorical, nan_bin, out):  # pragma: no cover - numba
     n_blocks = (X.shape[0] + _BLOCK - 1) // _BLOCK
     for blk in numba.prange(n_blocks):
-        _bin_block_lut(X, blk * _BLOCK, min((blk + 1) * _BLOCK, X.shape[0]), grids, step, lut, n_bins, categorical,
-                       nan_bin, out)
+        _bin_block_lut(
+            X, blk * _BLOCK, min((blk + 1) * _BLOCK, X.shape[0]), grids, step, lut, n_bins, categorical, nan_bin, out
+        )
 
 
 @numba.njit(cache=True, nogil=True)

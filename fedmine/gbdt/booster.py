@@ -37,10 +37,10 @@ from fedmine.gbdt.grower import TreeGrower, max_slots
 from fedmine.gbdt.model import Model, Tree, tree_arrays, trees_from_arrays
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.params import make_params
-from fedmine.gbdt.state import EngineGroup, EngineState
-from fedmine.privacy.noise import DPConfig, check_variances, dp_bounds, max_exchanges_per_round
 from fedmine.gbdt.quantize import choose_scale
 from fedmine.gbdt.sampling import feature_mask
+from fedmine.gbdt.state import EngineGroup, EngineState
+from fedmine.privacy.noise import DPConfig, check_variances, dp_bounds, max_exchanges_per_round
 
 #: Packing needs at least this hessian scale (2**16 levels per unit hessian),
 #: else two accumulators are used.
@@ -136,8 +136,18 @@ class Trainer:
         The noise multiplier last set (None: no noise).
     """
 
-    def __init__(self, party, params, *, categorical=None, feature_names=None,
-                 n_grid: int = binning.DEFAULT_GRID_SIZE, ranges=None, dp=None, evaluate: bool = True) -> None:
+    def __init__(
+        self,
+        party,
+        params,
+        *,
+        categorical=None,
+        feature_names=None,
+        n_grid: int = binning.DEFAULT_GRID_SIZE,
+        ranges=None,
+        dp=None,
+        evaluate: bool = True,
+    ) -> None:
         self.party = party
         self.evaluate = evaluate
         self.dp = DPConfig.make(dp)
@@ -159,9 +169,12 @@ class Trainer:
     def start(self) -> None:
         """Describe, agree the bins on a shared grid, agree the initial score."""
         params, party = self.params, self.party
-        self._obj = obj = make_objective(params.objective, num_class=params.num_class,
-                                         poisson_max_delta_step=params.poisson_max_delta_step,
-                                         tweedie_variance_power=params.tweedie_variance_power)
+        self._obj = obj = make_objective(
+            params.objective,
+            num_class=params.num_class,
+            poisson_max_delta_step=params.poisson_max_delta_step,
+            tweedie_variance_power=params.tweedie_variance_power,
+        )
         desc = party.describe()
         self._n_total, n_features, self._n_valid = desc["n_rows"], desc["n_features"], desc["n_valid"]
         if self._n_total == 0:
@@ -171,12 +184,15 @@ class Trainer:
         ranges = self._agreed_ranges(n_features)
         grids = binning.make_grids(ranges, n_grid=self.n_grid)
         counts = party.grid_counts(grids, self._mask)
-        self._mapper = binning.edges_from_grid_counts(counts, grids, max_bin=params.max_bin, categorical=self._mask,
-                                                      ranges=ranges)
+        self._mapper = binning.edges_from_grid_counts(
+            counts, grids, max_bin=params.max_bin, categorical=self._mask, ranges=ranges
+        )
         party.set_bins(self._mapper)
         init = obj.init_scores(party.label_stats(params), self._n_total)
         if not np.all(np.isfinite(init)):
-            raise DataError(f"objective {params.objective!r} needs labels with a positive mean, got initial score {init}")
+            raise DataError(
+                f"objective {params.objective!r} needs labels with a positive mean, got initial score {init}"
+            )
         self._init = init
         self._count_bits = 0
         if self.dp is None:
@@ -201,11 +217,18 @@ class Trainer:
         assert dp is not None  # called under DP only
         g, h = dp_bounds(dp, self._obj)
         self._dp_bounds = (g, h)
-        self._dp_scales = (dp_scale(g, n_total=self._n_total, row_bits=dp.row_bits),
-                           dp_scale(h, n_total=self._n_total, row_bits=dp.row_bits))
-        self.sensitivity = histogram_sensitivity(n_features, grad_bound=g, hess_bound=h,
-                                                 grad_scale=self._dp_scales[0], hess_scale=self._dp_scales[1],
-                                                 nodes_per_row=self._obj.n_trees)
+        self._dp_scales = (
+            dp_scale(g, n_total=self._n_total, row_bits=dp.row_bits),
+            dp_scale(h, n_total=self._n_total, row_bits=dp.row_bits),
+        )
+        self.sensitivity = histogram_sensitivity(
+            n_features,
+            grad_bound=g,
+            hess_bound=h,
+            grad_scale=self._dp_scales[0],
+            hess_scale=self._dp_scales[1],
+            nodes_per_row=self._obj.n_trees,
+        )
         self.party.configure(self.params, init, grad_clip=g, hess_clip=h)
 
     @property
@@ -294,16 +317,28 @@ class Trainer:
             hb = obj.hess_bound if obj.hess_bound is not None else self._bounds[k, 1]
             gs[k] = choose_scale(gb, self._n_total)
             hs[k] = choose_scale(hb * 2.0**self._count_bits, self._n_total)
-        party.start_trees(it, gs, hs, count_bits=self._count_bits,
-                          max_nodes=max_slots(params.num_leaves, params.lookahead))
-        masks = np.stack([
-            feature_mask(n_features, seed=params.seed, iteration=it, tree=k, fraction=params.feature_fraction)
-            for k in range(n_trees)
-        ])
-        grower = TreeGrower(party, mapper=self._mapper, rules=params.rules, num_leaves=params.num_leaves,
-                            max_depth=params.max_depth, learning_rate=params.learning_rate,
-                            grad_scales=gs, hess_scales=hs, feature_masks=masks, lookahead=params.lookahead,
-                            clamp=self.dp is not None)
+        party.start_trees(
+            it, gs, hs, count_bits=self._count_bits, max_nodes=max_slots(params.num_leaves, params.lookahead)
+        )
+        masks = np.stack(
+            [
+                feature_mask(n_features, seed=params.seed, iteration=it, tree=k, fraction=params.feature_fraction)
+                for k in range(n_trees)
+            ]
+        )
+        grower = TreeGrower(
+            party,
+            mapper=self._mapper,
+            rules=params.rules,
+            num_leaves=params.num_leaves,
+            max_depth=params.max_depth,
+            learning_rate=params.learning_rate,
+            grad_scales=gs,
+            hess_scales=hs,
+            feature_masks=masks,
+            lookahead=params.lookahead,
+            clamp=self.dp is not None,
+        )
         new = grower.grow()
         self.releases_ += grower.exchanges_
         self._it = it + 1
@@ -313,7 +348,8 @@ class Trainer:
             # constant round only if it is the first (it carries the init score).
             if not self.trees_:
                 self.trees_.extend(
-                    Tree.single_leaf(0.0, int(t.nodes[0]["count"]), float(t.nodes[0]["hess"])) for t in new)
+                    Tree.single_leaf(0.0, int(t.nodes[0]["count"]), float(t.nodes[0]["hess"])) for t in new
+                )
             party.finish(None)
             self.done = True
             return None
@@ -353,7 +389,7 @@ class Trainer:
             g, h = self._dp_bounds
             party.configure(self.params, self._init, grad_clip=g, hess_clip=h)
         bounds = party.begin_round(0, None)
-        rounds = [self.trees_[r * n_trees:(r + 1) * n_trees] for r in range(len(self.trees_) // n_trees)]
+        rounds = [self.trees_[r * n_trees : (r + 1) * n_trees] for r in range(len(self.trees_) // n_trees)]
         self._bounds = party.replay(rounds) if rounds else bounds
         if self.dp is not None and self.noise_multiplier_ is not None:
             self.set_noise(self.noise_multiplier_)
@@ -364,9 +400,16 @@ class Trainer:
         Bins and the initial score are not saved: :meth:`start` agrees them
         again from the same data, deterministically.
         """
-        state = {"it": self._it, "n_trees": len(self.trees_), "history": [float(v) for v in self.history_],
-                 "best_score": self._best_score, "best_round": self._best_round, "done": self.done,
-                 "grew": self.grew_, "releases": self.releases_}
+        state = {
+            "it": self._it,
+            "n_trees": len(self.trees_),
+            "history": [float(v) for v in self.history_],
+            "best_score": self._best_score,
+            "best_round": self._best_round,
+            "done": self.done,
+            "grew": self.grew_,
+            "releases": self.releases_,
+        }
         arrays = tree_arrays(self.trees_)
         return state, arrays
 
@@ -383,7 +426,7 @@ class Trainer:
             self.party.finish(None)
             self.done = True
             return
-        rounds = [self.trees_[r * n_trees:(r + 1) * n_trees] for r in range(len(self.trees_) // n_trees)]
+        rounds = [self.trees_[r * n_trees : (r + 1) * n_trees] for r in range(len(self.trees_) // n_trees)]
         self._bounds = self.party.replay(rounds) if rounds else self._bounds
 
     def truncate(self, n_trees: int) -> None:
@@ -422,8 +465,19 @@ class Trainer:
         )
 
 
-def train(party, params, *, categorical=None, feature_names=None, n_grid: int = binning.DEFAULT_GRID_SIZE,
-          callback=None, ranges=None, dp=None, noise_multiplier=None, noise_seed=None) -> Model:
+def train(
+    party,
+    params,
+    *,
+    categorical=None,
+    feature_names=None,
+    n_grid: int = binning.DEFAULT_GRID_SIZE,
+    callback=None,
+    ranges=None,
+    dp=None,
+    noise_multiplier=None,
+    noise_seed=None,
+) -> Model:
     """Train a model through a party-like object.
 
     Parameters
@@ -449,8 +503,9 @@ def train(party, params, *, categorical=None, feature_names=None, n_grid: int = 
     -------
     Model
     """
-    trainer = Trainer(party, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid,
-                      ranges=ranges, dp=dp)
+    trainer = Trainer(
+        party, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid, ranges=ranges, dp=dp
+    )
     if dp is not None:
         trainer.set_noise(noise_multiplier, noise_seed)
     trainer.start()
@@ -461,8 +516,18 @@ def train(party, params, *, categorical=None, feature_names=None, n_grid: int = 
     return trainer.finish()
 
 
-def train_pooled(X, y, params, *, categorical=None, feature_names=None, X_valid=None, y_valid=None,
-                 n_grid: int = binning.DEFAULT_GRID_SIZE, **dp_args) -> Model:
+def train_pooled(
+    X,
+    y,
+    params,
+    *,
+    categorical=None,
+    feature_names=None,
+    X_valid=None,
+    y_valid=None,
+    n_grid: int = binning.DEFAULT_GRID_SIZE,
+    **dp_args,
+) -> Model:
     """Train on rows held in one place: one EngineState, the same code path.
 
     ``dp_args``: ``dp``, ``noise_multiplier``, ``noise_seed`` of :func:`train`.
@@ -471,8 +536,18 @@ def train_pooled(X, y, params, *, categorical=None, feature_names=None, X_valid=
     return train(party, params, categorical=categorical, feature_names=feature_names, n_grid=n_grid, **dp_args)
 
 
-def train_partitioned(parts, params, *, categorical=None, feature_names=None, row_ids=None, valid_parts=None,
-                      n_grid: int = binning.DEFAULT_GRID_SIZE, return_group: bool = False, **dp_args):
+def train_partitioned(
+    parts,
+    params,
+    *,
+    categorical=None,
+    feature_names=None,
+    row_ids=None,
+    valid_parts=None,
+    n_grid: int = binning.DEFAULT_GRID_SIZE,
+    return_group: bool = False,
+    **dp_args,
+):
     """Train over K in-process parties, summing their integer histograms.
 
     Parameters

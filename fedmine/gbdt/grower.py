@@ -107,7 +107,8 @@ def check_histograms(hists: np.ndarray, node_ids: np.ndarray) -> None:
         raise PartyError(
             f"the organisations' histograms of node {int(node_ids[j])} do not add up (feature counts "
             f"{int(totals[j].min())}..{int(totals[j].max())}): the parties answered different requests, "
-            f"or a party is faulty")
+            f"or a party is faulty"
+        )
 
 
 class TreeGrower:
@@ -136,8 +137,21 @@ class TreeGrower:
         ``histograms`` requests made by :meth:`grow` (DP releases).
     """
 
-    def __init__(self, source, *, mapper, rules, num_leaves, max_depth, learning_rate, grad_scales, hess_scales,
-                 feature_masks, lookahead: int = 0, clamp: bool = False):
+    def __init__(
+        self,
+        source,
+        *,
+        mapper,
+        rules,
+        num_leaves,
+        max_depth,
+        learning_rate,
+        grad_scales,
+        hess_scales,
+        feature_masks,
+        lookahead: int = 0,
+        clamp: bool = False,
+    ):
         self.source = source
         self.mapper = mapper
         self.rules = rules

@@ -310,8 +310,9 @@ def build_histogram_packed(bins, g, hc, n_bins: int, count_bits: int, rows=None)
     return unpack_histogram(hist2, count_bits)
 
 
-def build_histogram_packed_ordered(bins, rows, og, ohc, count_bits: int, out2, *, parallel: bool = True,
-                                   out=None) -> np.ndarray:
+def build_histogram_packed_ordered(
+    bins, rows, og, ohc, count_bits: int, out2, *, parallel: bool = True, out=None
+) -> np.ndarray:
     """Packed twin of :func:`build_histogram_ordered`; ``out2`` has shape (n_features, n_bins, 2).
 
     Returns the unpacked ``(n_features, n_bins, 3)`` histogram (written into

@@ -35,7 +35,7 @@ from fedmine.gbdt.dtypes import (
 )
 from fedmine.gbdt.model import Tree
 
-__all__ = ["tree_blocks", "read_tree", "read_trees"]
+__all__ = ["read_tree", "read_trees", "tree_blocks"]
 
 #: LightGBM's ``decision_type`` bits: categorical, default left, and the missing type in bits 2-3.
 _CATEGORICAL, _DEFAULT_LEFT = 1, 2
@@ -90,8 +90,9 @@ def read_tree(block: str) -> Tree:
     n_int = n_leaves - 1
     leaf_value = _numbers(f, "leaf_value", np.float64, n_leaves)
     leaf_count = _numbers(f, "leaf_count", np.int64, n_leaves) if f.get("leaf_count") else np.zeros(n_leaves, np.int64)
-    leaf_weight = (_numbers(f, "leaf_weight", np.float64, n_leaves) if f.get("leaf_weight")
-                   else np.zeros(n_leaves, np.float64))
+    leaf_weight = (
+        _numbers(f, "leaf_weight", np.float64, n_leaves) if f.get("leaf_weight") else np.zeros(n_leaves, np.float64)
+    )
     nodes = np.zeros(2 * n_leaves - 1, dtype=NODE_DTYPE)
     if n_int == 0:
         nodes[0] = Tree.single_leaf(float(leaf_value[0]), int(leaf_count[0]), float(leaf_weight[0])).nodes[0]
@@ -103,17 +104,19 @@ def read_tree(block: str) -> Tree:
     left = _numbers(f, "left_child", np.int64, n_int)
     right = _numbers(f, "right_child", np.int64, n_int)
     internal_value = _numbers(f, "internal_value", np.float64, n_int)
-    internal_weight = (_numbers(f, "internal_weight", np.float64, n_int) if f.get("internal_weight")
-                       else np.zeros(n_int, np.float64))
-    internal_count = (_numbers(f, "internal_count", np.int64, n_int) if f.get("internal_count")
-                      else np.zeros(n_int, np.int64))
+    internal_weight = (
+        _numbers(f, "internal_weight", np.float64, n_int) if f.get("internal_weight") else np.zeros(n_int, np.float64)
+    )
+    internal_count = (
+        _numbers(f, "internal_count", np.int64, n_int) if f.get("internal_count") else np.zeros(n_int, np.int64)
+    )
     n_cat = int(f.get("num_cat", "0") or 0)
     bitsets = np.zeros((n_cat, CAT_WORDS), dtype=CAT_BITSET_DTYPE)
     if n_cat:
         bounds = _numbers(f, "cat_boundaries", np.int64, n_cat + 1)
         words = np.array(f.get("cat_threshold", "").split(), dtype=np.uint64)
         for i in range(n_cat):
-            w = words[bounds[i]:bounds[i + 1]]
+            w = words[bounds[i] : bounds[i + 1]]
             if w.shape[0] > CAT_WORDS and np.any(w[CAT_WORDS:]):
                 raise DataError(f"LightGBM tree: a categorical split uses a category code >= {32 * CAT_WORDS}")
             w = w[:CAT_WORDS]

@@ -313,7 +313,9 @@ class Tweedie(Poisson):
 OBJECTIVES = ("binary", "multiclass", "regression", "poisson", "tweedie")
 
 
-def make_objective(name: str, *, num_class: int = 1, poisson_max_delta_step: float = 0.7, tweedie_variance_power: float = 1.5):
+def make_objective(
+    name: str, *, num_class: int = 1, poisson_max_delta_step: float = 0.7, tweedie_variance_power: float = 1.5
+):
     """Objective instance from validated params."""
     if name == "binary":
         return Binary()

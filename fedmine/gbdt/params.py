@@ -70,8 +70,9 @@ IGNORED = ("verbose", "verbosity", "deterministic", "force_col_wise", "force_row
 def _param(default: Any, *aliases: str, note: str = "", **constraints: Any) -> Any:
     """A field of :class:`TrainingParams`: its default, LightGBM's aliases, bounds and a note on special values."""
     extra: dict[str, Any] | None = {"note": note} if note else None
-    return Field(default, validation_alias=AliasChoices(*aliases) if aliases else None, json_schema_extra=extra,
-                 **constraints)
+    return Field(
+        default, validation_alias=AliasChoices(*aliases) if aliases else None, json_schema_extra=extra, **constraints
+    )
 
 
 class _Declared(BaseModel):
@@ -118,52 +119,138 @@ class TrainingParams(_Declared):
     """The training parameters: LightGBM's names, aliases and defaults, the engine's bounds."""
 
     num_boost_round: int = _param(
-        100, "num_boost_round", "num_iterations", "num_iteration", "n_iter", "num_tree", "num_trees", "num_round",
-        "num_rounds", "nrounds", "n_estimators", "max_iter", ge=1, le=MAX_ROUNDS, description="boosting rounds")
-    learning_rate: float = _param(0.1, "learning_rate", "eta", "shrinkage_rate", gt=0, le=1,
-                                  description="shrinkage of every tree")
-    num_leaves: int = _param(31, "num_leaves", "num_leaf", "max_leaves", "max_leaf", "max_leaf_nodes", ge=2,
-                             le=MAX_LEAVES, description="leaves per tree")
-    max_depth: int = _param(-1, "max_depth", ge=-1, le=INT32_MAX, note="-1 or 0: no limit",
-                            description="depth limit of a tree")
-    min_data_in_leaf: int = _param(20, "min_data_in_leaf", "min_data", "min_samples_leaf", "min_child_samples",
-                                   "min_data_per_leaf", ge=0, le=INT32_MAX, description="rows a leaf needs at least")
+        100,
+        "num_boost_round",
+        "num_iterations",
+        "num_iteration",
+        "n_iter",
+        "num_tree",
+        "num_trees",
+        "num_round",
+        "num_rounds",
+        "nrounds",
+        "n_estimators",
+        "max_iter",
+        ge=1,
+        le=MAX_ROUNDS,
+        description="boosting rounds",
+    )
+    learning_rate: float = _param(
+        0.1, "learning_rate", "eta", "shrinkage_rate", gt=0, le=1, description="shrinkage of every tree"
+    )
+    num_leaves: int = _param(
+        31,
+        "num_leaves",
+        "num_leaf",
+        "max_leaves",
+        "max_leaf",
+        "max_leaf_nodes",
+        ge=2,
+        le=MAX_LEAVES,
+        description="leaves per tree",
+    )
+    max_depth: int = _param(
+        -1, "max_depth", ge=-1, le=INT32_MAX, note="-1 or 0: no limit", description="depth limit of a tree"
+    )
+    min_data_in_leaf: int = _param(
+        20,
+        "min_data_in_leaf",
+        "min_data",
+        "min_samples_leaf",
+        "min_child_samples",
+        "min_data_per_leaf",
+        ge=0,
+        le=INT32_MAX,
+        description="rows a leaf needs at least",
+    )
     min_sum_hessian_in_leaf: float = _param(
-        1e-3, "min_sum_hessian_in_leaf", "min_hessian", "min_sum_hessian", "min_child_weight",
-        "min_sum_hessian_per_leaf", ge=0, description="hessian sum a leaf needs at least")
+        1e-3,
+        "min_sum_hessian_in_leaf",
+        "min_hessian",
+        "min_sum_hessian",
+        "min_child_weight",
+        "min_sum_hessian_per_leaf",
+        ge=0,
+        description="hessian sum a leaf needs at least",
+    )
     lambda_l1: float = _param(0.0, "lambda_l1", "reg_alpha", "l1_regularization", ge=0, description="L1 regularisation")
-    lambda_l2: float = _param(0.0, "lambda_l2", "lambda", "reg_lambda", "l2_regularization", ge=0,
-                              description="L2 regularisation")
-    min_gain_to_split: float = _param(0.0, "min_gain_to_split", "min_split_gain", ge=0,
-                                      description="gain a split needs at least")
-    feature_fraction: float = _param(1.0, "feature_fraction", "sub_feature", "colsample_bytree", gt=0, le=1,
-                                     description="share of features each tree may split on")
-    bagging_fraction: float = _param(1.0, "bagging_fraction", "bagging", "sub_row", "subsample", gt=0, le=1,
-                                     description="share of rows in each bag")
-    bagging_freq: int = _param(0, "bagging_freq", "subsample_freq", ge=0, le=INT32_MAX, note="0 disables bagging",
-                               description="rounds between new bags")
+    lambda_l2: float = _param(
+        0.0, "lambda_l2", "lambda", "reg_lambda", "l2_regularization", ge=0, description="L2 regularisation"
+    )
+    min_gain_to_split: float = _param(
+        0.0, "min_gain_to_split", "min_split_gain", ge=0, description="gain a split needs at least"
+    )
+    feature_fraction: float = _param(
+        1.0,
+        "feature_fraction",
+        "sub_feature",
+        "colsample_bytree",
+        gt=0,
+        le=1,
+        description="share of features each tree may split on",
+    )
+    bagging_fraction: float = _param(
+        1.0, "bagging_fraction", "bagging", "sub_row", "subsample", gt=0, le=1, description="share of rows in each bag"
+    )
+    bagging_freq: int = _param(
+        0,
+        "bagging_freq",
+        "subsample_freq",
+        ge=0,
+        le=INT32_MAX,
+        note="0 disables bagging",
+        description="rounds between new bags",
+    )
     max_bin: int = _param(255, "max_bin", "max_bins", ge=2, le=MAX_BIN_LIMIT, description="bins per feature")
-    max_cat_threshold: int = _param(32, "max_cat_threshold", ge=1, le=INT32_MAX,
-                                    description="categories on one side of a categorical split at most")
+    max_cat_threshold: int = _param(
+        32, "max_cat_threshold", ge=1, le=INT32_MAX, description="categories on one side of a categorical split at most"
+    )
     cat_smooth: float = _param(10.0, "cat_smooth", ge=0, description="smoothing of categorical split ordering")
     cat_l2: float = _param(10.0, "cat_l2", ge=0, description="L2 regularisation of categorical splits")
-    min_data_per_group: int = _param(100, "min_data_per_group", ge=1, le=INT32_MAX,
-                                     description="rows a categorical group needs at least")
-    max_cat_to_onehot: int = _param(4, "max_cat_to_onehot", ge=1, le=INT32_MAX,
-                                    description="one-vs-rest splits up to this many categories")
-    poisson_max_delta_step: float = _param(0.7, "poisson_max_delta_step", gt=0,
-                                           description="objective poisson: safeguard of the hessian")
-    tweedie_variance_power: float = _param(1.5, "tweedie_variance_power", gt=1, lt=2,
-                                           description="objective tweedie: the variance power")
+    min_data_per_group: int = _param(
+        100, "min_data_per_group", ge=1, le=INT32_MAX, description="rows a categorical group needs at least"
+    )
+    max_cat_to_onehot: int = _param(
+        4, "max_cat_to_onehot", ge=1, le=INT32_MAX, description="one-vs-rest splits up to this many categories"
+    )
+    poisson_max_delta_step: float = _param(
+        0.7, "poisson_max_delta_step", gt=0, description="objective poisson: safeguard of the hessian"
+    )
+    tweedie_variance_power: float = _param(
+        1.5, "tweedie_variance_power", gt=1, lt=2, description="objective tweedie: the variance power"
+    )
     early_stopping_rounds: int = _param(
-        0, "early_stopping_rounds", "early_stopping_round", "early_stopping", "n_iter_no_change", ge=0,
-        note="0 disables", description="stop when the validation metric has not improved for this many rounds")
-    lookahead: int = _param(2, "lookahead", ge=0, le=MAX_LOOKAHEAD,
-                            description="extra leaves per tree whose histograms travel in the same exchange")
-    seed: int = _param(0, "seed", "random_seed", "random_state", ge=0, le=MAX_SEED,
-                       description="seeds bagging and feature sampling")
-    num_threads: int = _param(0, "num_threads", "num_thread", "nthread", "nthreads", "n_jobs", ge=0, le=INT32_MAX,
-                              note="0: all cores", description="LightGBM threads (the engine ignores it)")
+        0,
+        "early_stopping_rounds",
+        "early_stopping_round",
+        "early_stopping",
+        "n_iter_no_change",
+        ge=0,
+        note="0 disables",
+        description="stop when the validation metric has not improved for this many rounds",
+    )
+    lookahead: int = _param(
+        2,
+        "lookahead",
+        ge=0,
+        le=MAX_LOOKAHEAD,
+        description="extra leaves per tree whose histograms travel in the same exchange",
+    )
+    seed: int = _param(
+        0, "seed", "random_seed", "random_state", ge=0, le=MAX_SEED, description="seeds bagging and feature sampling"
+    )
+    num_threads: int = _param(
+        0,
+        "num_threads",
+        "num_thread",
+        "nthread",
+        "nthreads",
+        "n_jobs",
+        ge=0,
+        le=INT32_MAX,
+        note="0: all cores",
+        description="LightGBM threads (the engine ignores it)",
+    )
 
 
 def redeclare(name: str, default: Any, *, first_alias: str | None = None) -> Any:
@@ -208,13 +295,15 @@ class _EngineParams(TrainingParams):
             raise ValueError(f"num_class must be an integer >= 2 for objective 'multiclass', got {self.num_class!r}")
         if self.objective != "multiclass" and self.num_class != 1:
             raise ValueError(
-                f"num_class must be an integer equal to 1 unless objective is 'multiclass', got {self.num_class!r}")
+                f"num_class must be an integer equal to 1 unless objective is 'multiclass', got {self.num_class!r}"
+            )
         allowed = METRICS[self.objective]
         if self.metric in ("", None):
             self.metric = allowed[0]
         if self.metric not in allowed:
             raise ValueError(
-                f"metric must be one of {list(allowed)} for objective {self.objective!r}, got {self.metric!r}")
+                f"metric must be one of {list(allowed)} for objective {self.objective!r}, got {self.metric!r}"
+            )
         return self
 
 
@@ -268,8 +357,9 @@ def check_number(value: Any, field: FieldInfo) -> int | float:
     ints or floats, never bools, text or NaN.
     """
     integer = field.annotation is int
-    if isinstance(value, bool) or not (hasattr(value, "__index__") if integer else (
-            isinstance(value, (int, float)) or hasattr(value, "__float__"))):
+    if isinstance(value, bool) or not (
+        hasattr(value, "__index__") if integer else (isinstance(value, (int, float)) or hasattr(value, "__float__"))
+    ):
         raise ValueError(f"must be {allowed(field)}, got {value!r}")
     number: int | float = int(value) if integer else float(value)
     lo, lo_open, hi, hi_open = _bounds(field)
@@ -383,20 +473,53 @@ def make_params(params: Mapping[str, Any] | Params | None = None, **overrides: A
 #: nothing else: none opens a socket (``machines``, ``tree_learner``, ports) or
 #: names a file (``input_model``, ``output_model``, ``*_filename``).
 _LIGHTGBM_ALWAYS: tuple[str, ...] = (
-    "objective", "learning_rate", "num_leaves", "max_depth", "min_data_in_leaf", "min_sum_hessian_in_leaf",
-    "lambda_l1", "lambda_l2", "min_gain_to_split", "feature_fraction", "bagging_fraction", "bagging_freq", "max_bin",
-    "max_cat_threshold", "cat_smooth", "cat_l2", "min_data_per_group", "max_cat_to_onehot", "seed",
-    "deterministic", "force_row_wise", "num_threads", "verbosity",
+    "objective",
+    "learning_rate",
+    "num_leaves",
+    "max_depth",
+    "min_data_in_leaf",
+    "min_sum_hessian_in_leaf",
+    "lambda_l1",
+    "lambda_l2",
+    "min_gain_to_split",
+    "feature_fraction",
+    "bagging_fraction",
+    "bagging_freq",
+    "max_bin",
+    "max_cat_threshold",
+    "cat_smooth",
+    "cat_l2",
+    "min_data_per_group",
+    "max_cat_to_onehot",
+    "seed",
+    "deterministic",
+    "force_row_wise",
+    "num_threads",
+    "verbosity",
 )
-LIGHTGBM_KEYS: tuple[str, ...] = _LIGHTGBM_ALWAYS + ("num_class", "tweedie_variance_power", "poisson_max_delta_step",
-                                                     "metric")
+LIGHTGBM_KEYS: tuple[str, ...] = _LIGHTGBM_ALWAYS + (
+    "num_class",
+    "tweedie_variance_power",
+    "poisson_max_delta_step",
+    "metric",
+)
 
 #: Fixed LightGBM settings of local training: reproducible models, no log output.
 LIGHTGBM_FIXED: dict[str, Any] = {"deterministic": True, "force_row_wise": True, "verbosity": -1}
 
 #: LightGBM metric names local training may ask for.
-LIGHTGBM_METRICS = ("auc", "binary_logloss", "binary_error", "multi_logloss", "multi_error", "rmse", "l1", "l2",
-                    "poisson", "tweedie")
+LIGHTGBM_METRICS = (
+    "auc",
+    "binary_logloss",
+    "binary_error",
+    "multi_logloss",
+    "multi_error",
+    "rmse",
+    "l1",
+    "l2",
+    "poisson",
+    "tweedie",
+)
 
 
 def lightgbm_params(params: TrainingParams, objective: str, num_class: int | None) -> dict[str, Any]:
@@ -429,8 +552,9 @@ def check_lightgbm_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """
     unknown = sorted(set(params) - set(LIGHTGBM_KEYS))
     if unknown:
-        raise ConfigError(f"LightGBM parameter {unknown[0]!r} is not allowed in local training; "
-                          f"allowed: {', '.join(LIGHTGBM_KEYS)}")
+        raise ConfigError(
+            f"LightGBM parameter {unknown[0]!r} is not allowed in local training; allowed: {', '.join(LIGHTGBM_KEYS)}"
+        )
     for key in ("deterministic", "force_row_wise"):
         if key in params and not isinstance(params[key], bool):
             raise ConfigError(f"{key} must be true or false, got {params[key]!r}")

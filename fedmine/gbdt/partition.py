@@ -143,5 +143,6 @@ def add_leaf_values(part: DataPartition, leaves: np.ndarray, values: np.ndarray,
     out : ndarray of shape (n_rows,), float64
     """
     leaves = np.asarray(leaves, dtype=np.int64)
-    _add_segments(part.indices, part.start[leaves], part.count[leaves],
-                  np.ascontiguousarray(values, dtype=np.float64), out)
+    _add_segments(
+        part.indices, part.start[leaves], part.count[leaves], np.ascontiguousarray(values, dtype=np.float64), out
+    )

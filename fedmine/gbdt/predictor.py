@@ -60,8 +60,20 @@ def flatten(trees):
         n_cats += t.cat_bitsets.shape[0]
     if not parts:
         z = np.zeros(0, dtype=np.int64)
-        return (z, z, z, z, z, np.zeros(0), np.zeros(0), z, np.zeros(0, bool), np.zeros(0, bool),
-                np.zeros((0, CAT_WORDS), CAT_BITSET_DTYPE), z)
+        return (
+            z,
+            z,
+            z,
+            z,
+            z,
+            np.zeros(0),
+            np.zeros(0),
+            z,
+            np.zeros(0, bool),
+            np.zeros(0, bool),
+            np.zeros((0, CAT_WORDS), CAT_BITSET_DTYPE),
+            z,
+        )
     nodes = np.concatenate([p[0] for p in parts])
     return (
         np.asarray(offsets, dtype=np.int64),
@@ -98,16 +110,31 @@ def _raw_goes_left(x, threshold, default_left, is_cat, bits, missing):  # pragma
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _predict_raw_kernel(X, offsets, tree_class, feature, left, right, cat_index, threshold, value,
-                        default_left, is_cat, bitsets, missing, out):  # pragma: no cover - numba
+def _predict_raw_kernel(
+    X,
+    offsets,
+    tree_class,
+    feature,
+    left,
+    right,
+    cat_index,
+    threshold,
+    value,
+    default_left,
+    is_cat,
+    bitsets,
+    missing,
+    out,
+):  # pragma: no cover - numba
     n_rows = X.shape[0]
     for i in numba.prange(n_rows):
         for t in range(offsets.shape[0]):
             node = offsets[t]
             while left[node] >= 0:
                 ci = cat_index[node] if is_cat[node] else 0
-                if _raw_goes_left(X[i, feature[node]], threshold[node], default_left[node], is_cat[node], bitsets[ci],
-                                  missing[node]):
+                if _raw_goes_left(
+                    X[i, feature[node]], threshold[node], default_left[node], is_cat[node], bitsets[ci], missing[node]
+                ):
                     node = left[node]
                 else:
                     node = right[node]
@@ -139,8 +166,22 @@ def predict_raw(trees, X, *, n_trees_per_round: int = 1, init_scores=None) -> np
     flat = flatten(trees)
     bitsets = flat[10] if flat[10].shape[0] else np.zeros((1, CAT_WORDS), CAT_BITSET_DTYPE)
     tree_class = np.arange(len(trees), dtype=np.int64) % k
-    _predict_raw_kernel(X, flat[0], tree_class, flat[1], flat[2], flat[3], flat[4], flat[5], flat[6],
-                        flat[8], flat[9], bitsets, flat[11], out)
+    _predict_raw_kernel(
+        X,
+        flat[0],
+        tree_class,
+        flat[1],
+        flat[2],
+        flat[3],
+        flat[4],
+        flat[5],
+        flat[6],
+        flat[8],
+        flat[9],
+        bitsets,
+        flat[11],
+        out,
+    )
     return out
 
 
@@ -182,8 +223,9 @@ def predict_raw_numpy(trees, X, *, n_trees_per_round: int = 1, init_scores=None)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _tree_values_binned_kernel(bins, rows, feature, left, right, bin_threshold, default_left, is_cat,
-                               cat_index, bitsets, value, nan_bin, out):  # pragma: no cover - numba
+def _tree_values_binned_kernel(
+    bins, rows, feature, left, right, bin_threshold, default_left, is_cat, cat_index, bitsets, value, nan_bin, out
+):  # pragma: no cover - numba
     for j in numba.prange(rows.shape[0]):
         r = rows[j]
         node = 0
@@ -219,9 +261,19 @@ def tree_values_binned(tree, bins, rows, nan_bin: int) -> np.ndarray:
     bitsets = tree.cat_bitsets if tree.cat_bitsets.shape[0] else np.zeros((1, CAT_WORDS), CAT_BITSET_DTYPE)
     out = np.empty(rows.shape[0], dtype=Y_DTYPE)
     _tree_values_binned_kernel(
-        bins, rows, nd["feature"].astype(np.int64), left, right, nd["bin_threshold"].astype(np.int64),
-        nd["default_left"] == 1, nd["is_categorical"] == 1, np.maximum(nd["cat_index"], 0).astype(np.int64),
-        np.ascontiguousarray(bitsets), nd["value"].astype(np.float64), int(nan_bin), out,
+        bins,
+        rows,
+        nd["feature"].astype(np.int64),
+        left,
+        right,
+        nd["bin_threshold"].astype(np.int64),
+        nd["default_left"] == 1,
+        nd["is_categorical"] == 1,
+        np.maximum(nd["cat_index"], 0).astype(np.int64),
+        np.ascontiguousarray(bitsets),
+        nd["value"].astype(np.float64),
+        int(nan_bin),
+        out,
     )
     return out
 

@@ -10,7 +10,7 @@ Each row's gradient ``g`` and hessian ``h`` are encoded *before* any summing as:
 
 with ``s = 2**k`` the largest power of two such that::
 
-    n_total * bound * s  <  2**62
+    n_total * bound * s < 2**62
 
 where ``n_total`` is the global row count and ``bound`` a global bound on
 ``|g|`` (or ``h``): known for binary (|g| <= 1, h <= 1/4) and multiclass

@@ -95,7 +95,9 @@ class LocalRows:
     def n_features(self) -> int:
         return int(self.bins.shape[0])
 
-    def set_gradients(self, g: np.ndarray, h: np.ndarray, rows: np.ndarray | None, *, max_nodes: int, count_bits: int = 0):
+    def set_gradients(
+        self, g: np.ndarray, h: np.ndarray, rows: np.ndarray | None, *, max_nodes: int, count_bits: int = 0
+    ):
         """Start the trees of a round.
 
         Parameters

@@ -350,7 +350,17 @@ def find_best_split(hist, *, allowed, n_bins, categorical, nan_bin, grad_scale, 
     rec = np.zeros(9, dtype=np.int64)
     bitset = np.zeros(CAT_WORDS, dtype=CAT_BITSET_DTYPE)
     gain, lo, ro, tg, th, tc = _best_split_kernel(
-        hist, allowed, n_bins, categorical, int(nan_bin), 1.0 / grad_scale, 1.0 / hess_scale, p, float(parent_output), rec, bitset
+        hist,
+        allowed,
+        n_bins,
+        categorical,
+        int(nan_bin),
+        1.0 / grad_scale,
+        1.0 / hess_scale,
+        p,
+        float(parent_output),
+        rec,
+        bitset,
     )
     out = np.zeros((), dtype=SPLIT_DTYPE)
     out["gain"] = gain

@@ -36,11 +36,12 @@ from fedmine.gbdt.dtypes import ROW_ID_DTYPE, X_DTYPE, Y_DTYPE
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.partition import add_leaf_values
 from fedmine.gbdt.predictor import tree_values_binned
-from fedmine.privacy.noise import add_noise_to_cells, check_variances, noise_cells, noise_rng
 from fedmine.gbdt.quantize import quantize
-from fedmine.gbdt.sampling import bag_rows
 from fedmine.gbdt.rows import LocalRows, SumOfSources
-from fedmine.protocol import BINNED, CREATED, FINISHED, GRADIENTS, GROWING, READY, ProtocolError
+from fedmine.gbdt.sampling import bag_rows
+from fedmine.privacy.noise import add_noise_to_cells, check_variances, noise_cells, noise_rng
+from fedmine.protocol import CREATED, ProtocolError
+
 
 def _objective(params):
     return make_objective(
@@ -107,16 +108,18 @@ class EngineState(LocalRows):
     def set_bins(self, mapper: binning.BinMapper, *, parallel: bool = True) -> None:
         """Bin the local rows once (and the validation rows)."""
         self._enter("set_bins")
-        LocalRows.__init__(self, binning.bin_columns(self.X, mapper, parallel=parallel), max_bin=mapper.max_bin,
-                           parallel=parallel)
+        LocalRows.__init__(
+            self, binning.bin_columns(self.X, mapper, parallel=parallel), max_bin=mapper.max_bin, parallel=parallel
+        )
         self.bins_valid_ = (
             None if self.X_valid is None else binning.bin_columns(self.X_valid, mapper, parallel=parallel)
         )
         self._noise_cells = noise_cells(mapper.n_bins, mapper.max_bin)
 
     # --- training -------------------------------------------------------
-    def configure(self, params, init_scores: np.ndarray, *, grad_clip: float | None = None,
-                  hess_clip: float | None = None) -> None:
+    def configure(
+        self, params, init_scores: np.ndarray, *, grad_clip: float | None = None, hess_clip: float | None = None
+    ) -> None:
         """Set the objective and start scores at the initial score.
 
         ``grad_clip`` and ``hess_clip`` (both or neither) switch on clipping
@@ -239,7 +242,9 @@ class EngineState(LocalRows):
             qh[k] = quantize(self._h_float[k], hess_scales[k])
         rows = None
         if p.bagging_freq > 0 and p.bagging_fraction < 1.0:
-            rows = bag_rows(self.row_ids, seed=p.seed, bag_round=iteration // p.bagging_freq, fraction=p.bagging_fraction)
+            rows = bag_rows(
+                self.row_ids, seed=p.seed, bag_round=iteration // p.bagging_freq, fraction=p.bagging_fraction
+            )
         self.set_gradients(qg, qh, rows, max_nodes=max_nodes, count_bits=count_bits)
         self._g_float = self._h_float = None
 
@@ -332,8 +337,11 @@ class EngineGroup:
         n_features = {d["n_features"] for d in ds}
         if len(n_features) != 1:
             raise DataError(f"parties disagree on the number of features: {sorted(n_features)}")
-        return {"n_rows": sum(d["n_rows"] for d in ds), "n_valid": sum(d["n_valid"] for d in ds),
-                "n_features": n_features.pop()}
+        return {
+            "n_rows": sum(d["n_rows"] for d in ds),
+            "n_valid": sum(d["n_valid"] for d in ds),
+            "n_features": n_features.pop(),
+        }
 
     def set_bins(self, mapper):
         self.source.map(lambda p: p.set_bins(mapper, parallel=not self._concurrent))

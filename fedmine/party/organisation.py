@@ -12,12 +12,12 @@ import numpy as np
 from fedmine import metrics, protocol
 from fedmine.errors import PartyError
 from fedmine.gbdt.model import Tree
-from fedmine.gbdt.params import check_lightgbm_params
 from fedmine.gbdt.modeltext import read_trees
+from fedmine.gbdt.params import check_lightgbm_params
 from fedmine.gbdt.predictor import predict_raw
 from fedmine.gbdt.state import EngineState
 from fedmine.party.policy import PartyPolicy
-from fedmine.protocol import FOLLOWING, NEW, ORGANISATION, SUMMED, ProtocolError
+from fedmine.protocol import NEW, ORGANISATION, SUMMED, ProtocolError
 from fedmine.schema import HarmonisedFrame
 
 # The metrics LightGBM records for each objective: fedmine.metrics' table (the primary first).
@@ -52,7 +52,7 @@ def split_rows(data: HarmonisedFrame, *, fraction: float, seed: int, org: str) -
     n = data.rows
     rng = np.random.default_rng([seed, zlib.crc32(org.encode())])
     order = rng.permutation(n)
-    n_valid = int(round(n * fraction))
+    n_valid = round(n * fraction)
     if fraction > 0 and n_valid == 0 and n > 1:
         n_valid = 1
     valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
@@ -88,8 +88,9 @@ def shared_report(report: dict[str, Any]) -> dict[str, Any]:
     """The harmonisation report without raw values: counts and rates only (no examples, no source column names)."""
     out = {k: report[k] for k in _SHARED_REPORT_KEYS if k in report}
     if "unknown_categories" in report:
-        out["unknown_categories"] = {f: {"count": v.get("count", 0), "policy": v.get("policy")}
-                                     for f, v in report["unknown_categories"].items()}
+        out["unknown_categories"] = {
+            f: {"count": v.get("count", 0), "policy": v.get("policy")} for f, v in report["unknown_categories"].items()
+        }
     if "unmapped_columns" in report:
         out["unmapped_columns"] = len(report["unmapped_columns"])
     if "problems" in report:
@@ -111,14 +112,18 @@ def _check_trees(call: str, org: str, args: tuple, n_features: int) -> None:
         nd = tree.nodes
         inner = nd["is_leaf"] == 0
         if np.any(nd["feature"][inner] >= n_features) or np.any(nd["missing"] > 2):
-            raise PartyError(f"party {org}: {call} refused: a tree splits on feature "
-                             f"{int(nd['feature'][inner].max())} or has an unknown missing rule; "
-                             f"this organisation has {n_features} features")
+            raise PartyError(
+                f"party {org}: {call} refused: a tree splits on feature "
+                f"{int(nd['feature'][inner].max())} or has an unknown missing rule; "
+                f"this organisation has {n_features} features"
+            )
 
 
 def _same_bins(a: Any, b: Any) -> bool:
-    return all(np.array_equal(np.asarray(getattr(a, k)), np.asarray(getattr(b, k)), equal_nan=True)
-               for k in ("edges", "n_bins", "categorical"))
+    return all(
+        np.array_equal(np.asarray(getattr(a, k)), np.asarray(getattr(b, k)), equal_nan=True)
+        for k in ("edges", "n_bins", "categorical")
+    )
 
 
 class Party:
@@ -185,8 +190,9 @@ class Party:
             self._check_policy(entry, args, kwargs)
         if entry.side == ORGANISATION:
             if not entry.accepts(self.stage_):
-                raise ProtocolError(f"{name} is not accepted in stage {self.stage_!r}; "
-                                    f"it needs one of {list(entry.needs)}")
+                raise ProtocolError(
+                    f"{name} is not accepted in stage {self.stage_!r}; it needs one of {list(entry.needs)}"
+                )
             answer = getattr(self, name)(*args, **kwargs)
             if entry.leads_to is not None:
                 self.stage_ = entry.leads_to
@@ -212,16 +218,23 @@ class Party:
         """This organisation's own limits (its config's), before any work is done."""
         policy, name = self.policy, entry.name
         if entry.release == SUMMED and policy.secure_aggregation and self._masker is None:
-            raise self._refuse(name, "this organisation's config requires secure aggregation and no key exchange "
-                                     "has happened in this training")
+            raise self._refuse(
+                name,
+                "this organisation's config requires secure aggregation and no key exchange "
+                "has happened in this training",
+            )
         if name in ("histograms", "split_histograms"):
             if policy.epsilon is not None and getattr(self.engine_state(), "_noise", None) is None:
-                raise self._refuse(name, f"this organisation's config sets privacy.epsilon={policy.epsilon:g}; "
-                                         "no histogram leaves without its noise share (set_noise first)")
+                raise self._refuse(
+                    name,
+                    f"this organisation's config sets privacy.epsilon={policy.epsilon:g}; "
+                    "no histogram leaves without its noise share (set_noise first)",
+                )
             node_ids = np.asarray(args[-1] if args else kwargs["node_ids"]).ravel()
             if node_ids.shape[0] > policy.max_nodes_per_request:
-                raise self._refuse(name, f"{node_ids.shape[0]} nodes in one request; at most "
-                                         f"{policy.max_nodes_per_request}")
+                raise self._refuse(
+                    name, f"{node_ids.shape[0]} nodes in one request; at most {policy.max_nodes_per_request}"
+                )
             state = self.engine_state()
             size = node_ids.shape[0] * state.n_features * (state.max_bin + 1) * 3 * 8 if state.bins is not None else 0
             if size > policy.max_answer_bytes:
@@ -235,19 +248,23 @@ class Party:
             if kwargs.get("seed") is not None:
                 raise self._refuse(name, "noise is drawn from this party's own randomness; a seed is not accepted")
             if policy.epsilon is not None and variances is None:
-                raise self._refuse(name, f"this organisation's config sets privacy.epsilon={policy.epsilon:g}; "
-                                         "noise cannot be switched off")
+                raise self._refuse(
+                    name,
+                    f"this organisation's config sets privacy.epsilon={policy.epsilon:g}; noise cannot be switched off",
+                )
             if variances is not None and not np.all(np.asarray(variances, dtype=np.float64) > 0):
                 raise self._refuse(name, f"noise variances must be positive, got {np.asarray(variances).tolist()}")
             n_parties = kwargs.get("n_parties", 1)
             if not 1 <= int(n_parties) <= len(policy.peers):
-                raise self._refuse(name, f"n_parties={n_parties}: the federation has {len(policy.peers)} "
-                                         "organisations")
+                raise self._refuse(name, f"n_parties={n_parties}: the federation has {len(policy.peers)} organisations")
         elif name == "secure_restart":
             remaining = list(args[0] if args else kwargs["remaining"])
             if len(set(remaining) & policy.peers) < policy.min_parties or not set(remaining) <= policy.peers:
-                raise self._refuse(name, f"{len(remaining)} remaining organisations ({', '.join(map(str, remaining))}); "
-                                         f"this organisation's config needs at least {policy.min_parties} of its own")
+                raise self._refuse(
+                    name,
+                    f"{len(remaining)} remaining organisations ({', '.join(map(str, remaining))}); "
+                    f"this organisation's config needs at least {policy.min_parties} of its own",
+                )
         elif name in ("add_trees", "begin_round", "replay", "finish"):
             _check_trees(name, self.name, args, len(self.feature_names))
         elif name in ("train_local", "local_baseline"):
@@ -271,8 +288,13 @@ class Party:
         """The engine's state over this party's rows (``histogram`` strategy), made on first use."""
         if self._engine is None:
             d = self._data
-            self._engine = EngineState(d.X_train, d.y_train, row_ids=global_row_ids(self.name, len(d.y_train)),
-                                       X_valid=d.X_valid, y_valid=d.y_valid)
+            self._engine = EngineState(
+                d.X_train,
+                d.y_train,
+                row_ids=global_row_ids(self.name, len(d.y_train)),
+                X_valid=d.X_valid,
+                y_valid=d.y_valid,
+            )
         return self._engine
 
     def _shape(self, n: int) -> tuple[int, ...]:
@@ -299,8 +321,8 @@ class Party:
         else:
             label_sums = np.array([float(y.sum())])
         return {
-            "n_rows": int(len(y)),
-            "n_valid": int(len(self._data.y_valid)),
+            "n_rows": len(y),
+            "n_valid": len(self._data.y_valid),
             "n_features": len(self.feature_names),
             "label_sums": label_sums,
             "features": list(self.feature_names),
@@ -342,8 +364,12 @@ class Party:
         Returns them as engine tree records (:func:`fedmine.gbdt.modeltext.read_trees`):
         ``num_class`` trees per boosting iteration, in LightGBM's order.
         """
-        booster = lgb.train(self._lightgbm_params(params), self._dataset(self._train_raw.copy()),
-                            num_boost_round=num_boost_round, callbacks=self._time_limit("train_local"))
+        booster = lgb.train(
+            self._lightgbm_params(params),
+            self._dataset(self._train_raw.copy()),
+            num_boost_round=num_boost_round,
+            callbacks=self._time_limit("train_local"),
+        )
         return read_trees(booster.model_to_string())
 
     def _time_limit(self, name: str) -> list:
@@ -359,7 +385,7 @@ class Party:
         return [check]
 
     def _lightgbm_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The parameters of local LightGBM training: this organisation's own config's, else the allow-listed ones sent."""
+        """Local LightGBM training's parameters: this organisation's own config's, else the allow-listed ones sent."""
         if self.policy is not None:
             return dict(self.policy.lightgbm_params)
         return check_lightgbm_params(params)
@@ -387,9 +413,12 @@ class Party:
             raise PartyError(f"party {self.name}: the relayed keys do not carry this party's own public key")
         if self.policy is not None and set(peers) != self.policy.peers:
             extra, missing = sorted(set(peers) - self.policy.peers), sorted(self.policy.peers - set(peers))
-            raise self._refuse("secure_peers", f"the peers must be this federation's organisations "
-                                               f"({', '.join(sorted(self.policy.peers))}); "
-                                               f"unknown: {extra or 'none'}, missing: {missing or 'none'}")
+            raise self._refuse(
+                "secure_peers",
+                f"the peers must be this federation's organisations "
+                f"({', '.join(sorted(self.policy.peers))}); "
+                f"unknown: {extra or 'none'}, missing: {missing or 'none'}",
+            )
         self._masker = Masker(self.name, self._keypair, peers, self._key_session)
 
     def secure_restart(self, remaining: list[str], epoch: int) -> None:
@@ -421,14 +450,19 @@ class Party:
             valid_sets = [lgb.Dataset(d.X_valid, label=d.y_valid, reference=train_set)]
             callbacks = [lgb.record_evaluation(curve)]
         p = dict(self._lightgbm_params(params), metric=LGB_METRICS[self.objective])
-        booster = lgb.train(p, train_set, num_boost_round=num_boost_round, valid_sets=valid_sets,
-                            callbacks=callbacks + self._time_limit("local_baseline"))
+        booster = lgb.train(
+            p,
+            train_set,
+            num_boost_round=num_boost_round,
+            valid_sets=valid_sets,
+            callbacks=callbacks + self._time_limit("local_baseline"),
+        )
         final = {}
         if len(d.y_valid):
             raw = booster.predict(d.X_valid, raw_score=True)
             final = metrics.exact(d.y_valid, raw, self.objective)
         history = {k: [float(v) for v in vals] for k, vals in curve.get("valid_0", {}).items()}
-        return {"metrics": final, "curve": history, "rows_train": int(len(d.y_train))}
+        return {"metrics": final, "curve": history, "rows_train": len(d.y_train)}
 
     # -- profile calls (protocol table: the federated profile, over all this party's rows) ----------
     def _profile_rows(self) -> list[np.ndarray]:
@@ -452,8 +486,9 @@ class Party:
             total += grid_counts(X, grids, categorical=categorical)
         return total
 
-    def profile_view(self, grids: np.ndarray, lows: np.ndarray, totals: np.ndarray,
-                     features: list[dict[str, Any]]) -> dict[str, Any]:
+    def profile_view(
+        self, grids: np.ndarray, lows: np.ndarray, totals: np.ndarray, features: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """This organisation's own view: its summary from its rows and the federation's ``totals``.
 
         Per feature: count, missing rate, quantiles, percentiles and plot bars
@@ -467,19 +502,23 @@ class Party:
 
         names = [f.get("name") if isinstance(f, dict) else None for f in features]
         if names != list(self.feature_names):
-            raise PartyError(f"party {self.name}: profile_view: features {names} are not this party's "
-                             f"{list(self.feature_names)}")
+            raise PartyError(
+                f"party {self.name}: profile_view: features {names} are not this party's {list(self.feature_names)}"
+            )
         for i, f in enumerate(features):
             if f.get("type") not in TYPES or (f["type"] == "category") != (i in self.categorical):
-                raise PartyError(f"party {self.name}: profile_view: feature {f['name']!r} cannot be of type "
-                                 f"{f.get('type')!r} here")
+                raise PartyError(
+                    f"party {self.name}: profile_view: feature {f['name']!r} cannot be of type {f.get('type')!r} here"
+                )
         grids = np.asarray(grids, dtype=np.float64)
         lows = np.asarray(lows, dtype=np.float64)
         totals = np.asarray(totals, dtype=np.int64)
         n = len(features)
         if grids.ndim != 2 or grids.shape[0] != n or lows.shape != (n,) or totals.shape != (n, grids.shape[1] + 1):
-            raise PartyError(f"party {self.name}: profile_view: grids {grids.shape}, lows {lows.shape} and totals "
-                             f"{totals.shape} do not fit {n} features")
+            raise PartyError(
+                f"party {self.name}: profile_view: grids {grids.shape}, lows {lows.shape} and totals "
+                f"{totals.shape} do not fit {n} features"
+            )
         own = self.profile_counts(grids, categorical_mask(features))
         view = summarise_counts(features, grids, lows, own, rest=totals - own)
         view["problems"] = list(self.report.get("problems", []))

@@ -71,8 +71,13 @@ class PartyPolicy:
     @classmethod
     def from_config(cls, cfg: Any, org: str) -> PartyPolicy:
         """The policy of organisation ``org`` from its copy of the federation config."""
-        declared = np.array([spec.type in ("category", "bool") or (spec.min is not None and spec.max is not None)
-                             for spec in cfg.features.values()], dtype=bool)
+        declared = np.array(
+            [
+                spec.type in ("category", "bool") or (spec.min is not None and spec.max is not None)
+                for spec in cfg.features.values()
+            ],
+            dtype=bool,
+        )
         t = cfg.training
         return cls(
             organisation=org,

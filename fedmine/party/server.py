@@ -12,25 +12,32 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from fedmine import protocol
 from fedmine.config import FederationConfig
 from fedmine.errors import ConfigError, FedmineError, PartyError
 from fedmine.transport import wire
 from fedmine.transport.certs import ServerTLS
-from fedmine import protocol
 from fedmine.transport.flight import (
-    _ENDPOINT, DEFAULT_HOST, DEFAULT_PORT, ERRORS, LOCK_FREE, MAX_REQUEST_BYTES, _error, _one_line, check_request,
+    _ENDPOINT,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ERRORS,
+    LOCK_FREE,
+    MAX_REQUEST_BYTES,
+    _error,
+    _one_line,
+    check_request,
 )
 from fedmine.transport.wire import WireError
 
 log = logging.getLogger(__name__)
-
-
 
 
 class PartyServer(flight.FlightServerBase):
@@ -51,8 +58,16 @@ class PartyServer(flight.FlightServerBase):
     is a state machine), except those in :data:`LOCK_FREE`.
     """
 
-    def __init__(self, party: Any, location: str, *, tls: ServerTLS | None, allowed_calls: Iterable[str] | None = None,
-                 allow_insecure: bool = False, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        party: Any,
+        location: str,
+        *,
+        tls: ServerTLS | None,
+        allowed_calls: Iterable[str] | None = None,
+        allow_insecure: bool = False,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+    ) -> None:
         self.party = party
         self.name = str(getattr(party, "name", "party"))
         self.allowed_calls = protocol.names() if allowed_calls is None else tuple(allowed_calls)
@@ -60,8 +75,10 @@ class PartyServer(flight.FlightServerBase):
         self.tls = tls
         for name in self.allowed_calls:
             if name not in protocol.CALLS:
-                raise ConfigError(f"party {self.name}: allowed call {name!r} is not in the protocol table; "
-                                  f"allowed: {', '.join(protocol.CALLS)}")
+                raise ConfigError(
+                    f"party {self.name}: allowed call {name!r} is not in the protocol table; "
+                    f"allowed: {', '.join(protocol.CALLS)}"
+                )
         self._actions = self.allowed_calls
         self._lock = threading.Lock()
         if tls is None:
@@ -69,8 +86,12 @@ class PartyServer(flight.FlightServerBase):
                 raise ConfigError(f"party {self.name}: serving without TLS needs allow_insecure=True")
             super().__init__(location)
         else:
-            super().__init__(location, tls_certificates=[flight.CertKeyPair(tls.cert, tls.key)], verify_client=True,
-                             root_certificates=tls.ca)
+            super().__init__(
+                location,
+                tls_certificates=[flight.CertKeyPair(tls.cert, tls.key)],
+                verify_client=True,
+                root_certificates=tls.ca,
+            )
         self.location = location
 
     @property
@@ -88,10 +109,19 @@ class PartyServer(flight.FlightServerBase):
         identity = context.peer_identity()
         peer = identity.decode("utf-8", "replace") if isinstance(identity, bytes) else str(identity)
         if peer != self.tls.coordinator:
-            log.warning("party %s: refused %s from %s (certificate %r, expected %r)", self.name, what, context.peer(),
-                        peer, self.tls.coordinator)
-            raise _error(flight.FlightUnauthenticatedError, "PartyError",
-                         f"party {self.name}: certificate {peer!r} is not the coordinator's ({self.tls.coordinator!r})")
+            log.warning(
+                "party %s: refused %s from %s (certificate %r, expected %r)",
+                self.name,
+                what,
+                context.peer(),
+                peer,
+                self.tls.coordinator,
+            )
+            raise _error(
+                flight.FlightUnauthenticatedError,
+                "PartyError",
+                f"party {self.name}: certificate {peer!r} is not the coordinator's ({self.tls.coordinator!r})",
+            )
 
     # -- Flight methods ------------------------------------------------------
     def list_actions(self, context):
@@ -107,17 +137,27 @@ class PartyServer(flight.FlightServerBase):
         t0 = time.perf_counter()
         size = 0 if body is None else body.size
         if name not in self._actions:
-            raise _error(flight.FlightServerError, "PartyError",
-                         f"party {self.name}: action {name[:80]!r} is not served; served: {', '.join(self._actions)}")
+            raise _error(
+                flight.FlightServerError,
+                "PartyError",
+                f"party {self.name}: action {name[:80]!r} is not served; served: {', '.join(self._actions)}",
+            )
         if size > self.max_request_bytes:
-            raise _error(flight.FlightServerError, "WireError",
-                         f"party {self.name}: {name} request of {size} bytes exceeds the limit of "
-                         f"{self.max_request_bytes} bytes")
+            raise _error(
+                flight.FlightServerError,
+                "WireError",
+                f"party {self.name}: {name} request of {size} bytes exceeds the limit of "
+                f"{self.max_request_bytes} bytes",
+            )
         try:
-            args, kwargs = check_request(wire.decode(body if body is not None else b"", max_bytes=self.max_request_bytes))
+            args, kwargs = check_request(
+                wire.decode(body if body is not None else b"", max_bytes=self.max_request_bytes)
+            )
         except WireError as exc:
             log.warning("party %s: %s: bad request: %s", self.name, name, exc)
-            raise _error(flight.FlightServerError, "WireError", f"party {self.name}: {name}: bad request: {exc}") from None
+            raise _error(
+                flight.FlightServerError, "WireError", f"party {self.name}: {name}: bad request: {exc}"
+            ) from None
         try:
             if name in LOCK_FREE:
                 answer = self.party.call(name, *args, **kwargs)
@@ -135,11 +175,18 @@ class PartyServer(flight.FlightServerBase):
             else:
                 message = f"party {self.name}: {name} failed: {kind}: {exc}"
                 kind = "PartyError"
-            log.warning("party %s: %s failed: %s: %s", self.name, name, type(exc).__name__, _one_line(str(exc)),
-                        exc_info=not isinstance(exc, tuple(ERRORS.values())))
+            log.warning(
+                "party %s: %s failed: %s: %s",
+                self.name,
+                name,
+                type(exc).__name__,
+                _one_line(str(exc)),
+                exc_info=not isinstance(exc, tuple(ERRORS.values())),
+            )
             raise _error(flight.FlightServerError, kind, message) from None
-        log.debug("party %s: %s in %d bytes, out %d bytes, %.4f s", self.name, name, size, len(out),
-                  time.perf_counter() - t0)
+        log.debug(
+            "party %s: %s in %d bytes, out %d bytes, %.4f s", self.name, name, size, len(out), time.perf_counter() - t0
+        )
         return out
 
     def _unsupported(self, context, what: str):
@@ -170,9 +217,16 @@ class PartyServer(flight.FlightServerBase):
         self._unsupported(context, "do_exchange")
 
 
-def serve_party(party: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tls: ServerTLS | None,
-                allowed_calls: Iterable[str] | None = None, allow_insecure: bool = False,
-                max_request_bytes: int = MAX_REQUEST_BYTES) -> PartyServer:
+def serve_party(
+    party: Any,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    tls: ServerTLS | None,
+    allowed_calls: Iterable[str] | None = None,
+    allow_insecure: bool = False,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+) -> PartyServer:
     """Start serving ``party`` on ``host:port`` (``port=0``: a free port); returns the running server.
 
     Raises
@@ -187,19 +241,31 @@ def serve_party(party: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
     scheme = "grpc" if tls is None else "grpc+tls"
     location = f"{scheme}://{host}:{port}"
     try:
-        server = PartyServer(party, location, tls=tls, allowed_calls=allowed_calls, allow_insecure=allow_insecure,
-                             max_request_bytes=max_request_bytes)
+        server = PartyServer(
+            party,
+            location,
+            tls=tls,
+            allowed_calls=allowed_calls,
+            allow_insecure=allow_insecure,
+            max_request_bytes=max_request_bytes,
+        )
     except FedmineError:
         raise
     except (flight.FlightError, pa.ArrowException, OSError) as exc:
-        raise PartyError(f"party {getattr(party, 'name', '?')}: cannot serve on {location}: {_one_line(str(exc))}") from None
+        raise PartyError(
+            f"party {getattr(party, 'name', '?')}: cannot serve on {location}: {_one_line(str(exc))}"
+        ) from None
     log.info("party %s: serving %s on %s", server.name, ", ".join(server.allowed_calls), server.endpoint)
     return server
 
 
-def run_party_server(server: PartyServer, *, stop: threading.Event | None = None,
-                     signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM),
-                     ready: Callable[[], None] | None = None) -> None:
+def run_party_server(
+    server: PartyServer,
+    *,
+    stop: threading.Event | None = None,
+    signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM),
+    ready: Callable[[], None] | None = None,
+) -> None:
     """Block until ``stop`` is set or the process receives one of ``signals``; then shut the server down.
 
     The server answers from its own threads; this only waits. Signal handlers
@@ -233,14 +299,17 @@ def listen_address(cfg: FederationConfig, org: str, host: str | None, port: int 
     return host or "127.0.0.1", int(port)
 
 
-def serve(cfg: FederationConfig, org: str, party, *, host: str, port: int, allow_insecure: bool = False, ready=None,
-          stop=None):
+def serve(
+    cfg: FederationConfig, org: str, party, *, host: str, port: int, allow_insecure: bool = False, ready=None, stop=None
+):
     """Serve ``party`` (prepared from ``org``'s source) until SIGINT/SIGTERM or ``stop`` is set."""
     from fedmine.transport.certs import server_tls
 
     t = cfg.transport
     if allow_insecure and not t.allow_insecure:
-        raise ConfigError("--allow-insecure: also needs transport.allow_insecure: true in the config (local tests only)")
+        raise ConfigError(
+            "--allow-insecure: also needs transport.allow_insecure: true in the config (local tests only)"
+        )
     tls = None if allow_insecure else server_tls(t.certs_dir(cfg.base_dir), org, coordinator=t.coordinator)
     server = serve_party(party, host=host, port=port, tls=tls, allow_insecure=allow_insecure)
     run_party_server(server, stop=stop, ready=(lambda: ready(server)) if ready else None)

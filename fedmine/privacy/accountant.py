@@ -75,8 +75,11 @@ def check_epsilon(epsilon) -> float:
 
 
 def check_noise_multiplier(noise_multiplier) -> float:
-    if (isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, (int, float, np.floating))
-            or not 0.0 < float(noise_multiplier) < math.inf):
+    if (
+        isinstance(noise_multiplier, bool)
+        or not isinstance(noise_multiplier, (int, float, np.floating))
+        or not 0.0 < float(noise_multiplier) < math.inf
+    ):
         raise ValueError(f"noise multiplier must be a positive finite number, got {noise_multiplier!r}")
     return float(noise_multiplier)
 
@@ -110,8 +113,10 @@ class Sensitivity:
     def __post_init__(self):
         n = len(self.fields)
         if n == 0 or len(self.coords) != n or len(self.bounds) != n:
-            raise ValueError(f"sensitivity needs one coords and one bound per field, got fields={self.fields!r} "
-                             f"coords={self.coords!r} bounds={self.bounds!r}")
+            raise ValueError(
+                f"sensitivity needs one coords and one bound per field, got fields={self.fields!r} "
+                f"coords={self.coords!r} bounds={self.bounds!r}"
+            )
         for what, values in (("coords", self.coords), ("bounds", self.bounds)):
             for v in values:
                 if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -151,7 +156,9 @@ class Sensitivity:
         return {"fields": list(self.fields), "coords": list(self.coords), "bounds": list(self.bounds)}
 
 
-def skellam_rdp(noise_multiplier: float, sensitivity: Sensitivity, orders: Sequence[int] = SKELLAM_ORDERS) -> np.ndarray:
+def skellam_rdp(
+    noise_multiplier: float, sensitivity: Sensitivity, orders: Sequence[int] = SKELLAM_ORDERS
+) -> np.ndarray:
     """RDP curve of one Skellam release (Agarwal, Kairouz, Liu 2021, Corollary 3.6).
 
     Parameters
@@ -201,8 +208,9 @@ class PrivacyAccountant:
         ``(noise_multiplier, count)`` in order, runs of the same multiplier merged.
     """
 
-    def __init__(self, delta: float, *, mechanism: str = SKELLAM, sensitivity: Sensitivity | None = None,
-                 accounting: str = RDP):
+    def __init__(
+        self, delta: float, *, mechanism: str = SKELLAM, sensitivity: Sensitivity | None = None, accounting: str = RDP
+    ):
         self.delta = delta
         self.mechanism = mechanism
         self.sensitivity = sensitivity
@@ -214,16 +222,19 @@ class PrivacyAccountant:
             raise ConfigError(f"privacy.accounting must be one of {list(ACCOUNTINGS)}, got {accounting!r}")
         if mechanism == SKELLAM:
             if accounting != RDP:
-                raise ConfigError(f"privacy.accounting {accounting!r} is not available for the skellam mechanism, "
-                                  f"use 'rdp'")
+                raise ConfigError(
+                    f"privacy.accounting {accounting!r} is not available for the skellam mechanism, use 'rdp'"
+                )
             if not isinstance(sensitivity, Sensitivity):
                 raise ValueError(f"the skellam mechanism needs a Sensitivity, got {sensitivity!r}")
         self.releases_ = 0
         self.ledger_: list = []
 
     def __repr__(self) -> str:
-        return (f"PrivacyAccountant(delta={self.delta!r}, mechanism={self.mechanism!r}, "
-                f"accounting={self.accounting!r}, releases_={self.releases_})")
+        return (
+            f"PrivacyAccountant(delta={self.delta!r}, mechanism={self.mechanism!r}, "
+            f"accounting={self.accounting!r}, releases_={self.releases_})"
+        )
 
     # -- the one place that calls dp_accounting ---------------------------
     def _epsilon_of_ledger(self, ledger: Sequence[tuple]) -> float:
@@ -240,7 +251,8 @@ class PrivacyAccountant:
                 rdp += count * skellam_rdp(z, sensitivity, SKELLAM_ORDERS)
             return float(rdp_privacy_accountant.compute_epsilon(SKELLAM_ORDERS, rdp, delta)[0])
         event = dp_accounting.ComposedDpEvent(
-            [dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), c) for z, c in ledger])
+            [dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), c) for z, c in ledger]
+        )
         acc = dp_accounting.rdp.RdpAccountant() if self.accounting == RDP else dp_accounting.pld.PLDAccountant()
         acc.compose(event)
         return float(acc.get_epsilon(delta))

@@ -142,8 +142,15 @@ def dp_scale(bound: float, *, n_total: int, row_bits: int = DEFAULT_ROW_BITS) ->
     return math.ldexp(1.0, k)
 
 
-def histogram_sensitivity(n_features: int, *, grad_bound: float, hess_bound: float, grad_scale: float,
-                          hess_scale: float, nodes_per_row: int = 1) -> Sensitivity:
+def histogram_sensitivity(
+    n_features: int,
+    *,
+    grad_bound: float,
+    hess_bound: float,
+    grad_scale: float,
+    hess_scale: float,
+    nodes_per_row: int = 1,
+) -> Sensitivity:
     """What one row can change in one histogram release, in fixed-point units.
 
     Parameters
@@ -175,8 +182,9 @@ def histogram_sensitivity(n_features: int, *, grad_bound: float, hess_bound: flo
     h = _check_bound(hess_bound, "hessian bound") * _check_bound(hess_scale, "hessian scale")
     coords = int(n_features) * int(nodes_per_row)
     # |rint(v * s)| <= rint(bound * s) <= ceil(bound * s): rounding is monotone
-    return Sensitivity(fields=HISTOGRAM_FIELDS, coords=(coords,) * 3,
-                       bounds=(max(math.ceil(g), 1), max(math.ceil(h), 1), 1))
+    return Sensitivity(
+        fields=HISTOGRAM_FIELDS, coords=(coords,) * 3, bounds=(max(math.ceil(g), 1), max(math.ceil(h), 1), 1)
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -213,8 +221,10 @@ def skellam_noise(shape, variance, *, n_parties: int = 1, rng: np.random.Generat
     if not np.all(np.isfinite(v)) or np.any(v < 0):
         raise ValueError(f"Skellam variance must be finite and >= 0, got {variance!r}")
     if np.any(v > MAX_SKELLAM_VARIANCE):
-        raise ValueError(f"Skellam variance {float(v.max()):.3g} exceeds {MAX_SKELLAM_VARIANCE:.3g}: use a coarser "
-                         f"fixed-point scale (dp_scale) or a smaller noise multiplier")
+        raise ValueError(
+            f"Skellam variance {float(v.max()):.3g} exceeds {MAX_SKELLAM_VARIANCE:.3g}: use a coarser "
+            f"fixed-point scale (dp_scale) or a smaller noise multiplier"
+        )
     rng = np.random.default_rng() if rng is None else rng
     lam = np.broadcast_to(v / (2.0 * n_parties), shape)
     return rng.poisson(lam).astype(np.int64) - rng.poisson(lam).astype(np.int64)
@@ -241,8 +251,9 @@ def add_noise_share(hist, variances, *, n_parties: int, rng: np.random.Generator
         raise ValueError(f"noise is added to int64 histograms, got {got}")
     variances = np.asarray(variances, dtype=np.float64)
     if hist.ndim == 0 or variances.shape != (hist.shape[-1],):
-        raise ValueError(f"variances of shape {variances.shape} do not match the last axis of a histogram "
-                         f"of shape {hist.shape}")
+        raise ValueError(
+            f"variances of shape {variances.shape} do not match the last axis of a histogram of shape {hist.shape}"
+        )
     return hist + skellam_noise(hist.shape, variances, n_parties=n_parties, rng=rng)
 
 
@@ -251,8 +262,16 @@ def add_noise_share(hist, variances, *, n_parties: int, rng: np.random.Generator
 # ---------------------------------------------------------------------------
 
 
-def calibrate(epsilon: float, delta: float, releases: int, sensitivity: Sensitivity | None, *,
-              mechanism: str = SKELLAM, accounting: str = RDP, rtol: float = 1e-4) -> float:
+def calibrate(
+    epsilon: float,
+    delta: float,
+    releases: int,
+    sensitivity: Sensitivity | None,
+    *,
+    mechanism: str = SKELLAM,
+    accounting: str = RDP,
+    rtol: float = 1e-4,
+) -> float:
     """Smallest noise multiplier with which ``releases`` releases cost at most ``epsilon``.
 
     A bisection on ``log z`` over :class:`PrivacyAccountant`'s own epsilon, so
@@ -308,7 +327,17 @@ def calibrate(epsilon: float, delta: float, releases: int, sensitivity: Sensitiv
 
 
 __all__ = [
-    "DEFAULT_ROW_BITS", "GAUSSIAN", "HISTOGRAM_FIELDS", "MAX_SKELLAM_VARIANCE", "SKELLAM", "Sensitivity",
-    "add_noise_share", "calibrate", "clip_gradients", "clip_hessians", "dp_scale", "histogram_sensitivity",
+    "DEFAULT_ROW_BITS",
+    "GAUSSIAN",
+    "HISTOGRAM_FIELDS",
+    "MAX_SKELLAM_VARIANCE",
+    "SKELLAM",
+    "Sensitivity",
+    "add_noise_share",
+    "calibrate",
+    "clip_gradients",
+    "clip_hessians",
+    "dp_scale",
+    "histogram_sensitivity",
     "skellam_noise",
 ]

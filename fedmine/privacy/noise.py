@@ -119,11 +119,15 @@ def dp_bounds(config: DPConfig, objective) -> tuple:
     g = _tighter(config.grad_bound, objective.grad_bound)
     h = _tighter(config.hess_bound, objective.hess_bound)
     if g is None:
-        raise ConfigError(f"objective {objective.name!r} under differential privacy needs a gradient bound "
-                          f"(privacy.gradient_bound), got None")
+        raise ConfigError(
+            f"objective {objective.name!r} under differential privacy needs a gradient bound "
+            f"(privacy.gradient_bound), got None"
+        )
     if h is None:
-        raise ConfigError(f"objective {objective.name!r} under differential privacy needs a hessian bound "
-                          f"(privacy.hessian_bound), got None")
+        raise ConfigError(
+            f"objective {objective.name!r} under differential privacy needs a hessian bound "
+            f"(privacy.hessian_bound), got None"
+        )
     return float(g), float(h)
 
 
@@ -181,13 +185,16 @@ def check_variances(variances) -> np.ndarray:
     if v.shape != (HIST_FIELDS,) or not np.all(np.isfinite(v)) or np.any(v < 0):
         raise ValueError(f"noise variances must be 3 finite numbers >= 0 (grad, hess, count), got {variances!r}")
     if np.any(v > MAX_SKELLAM_VARIANCE):
-        raise ValueError(f"noise variance {float(v.max()):.3g} exceeds {MAX_SKELLAM_VARIANCE:.3g}: use a smaller "
-                         f"row_bits or a smaller noise multiplier")
+        raise ValueError(
+            f"noise variance {float(v.max()):.3g} exceeds {MAX_SKELLAM_VARIANCE:.3g}: use a smaller "
+            f"row_bits or a smaller noise multiplier"
+        )
     return v
 
 
-def add_noise_to_cells(hist: np.ndarray, cells: np.ndarray, variances: np.ndarray, *, n_parties: int,
-                       rng: np.random.Generator) -> np.ndarray:
+def add_noise_to_cells(
+    hist: np.ndarray, cells: np.ndarray, variances: np.ndarray, *, n_parties: int, rng: np.random.Generator
+) -> np.ndarray:
     """``hist`` with this party's Skellam share added on ``cells`` (a new array).
 
     Parameters

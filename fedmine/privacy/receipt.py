@@ -85,8 +85,9 @@ class PrivacyReceipt:
         return out
 
     @classmethod
-    def from_accountant(cls, accountant, *, secure_aggregation: bool, n_parties: int, noise_multiplier: float,
-                        releases_per_round: int) -> PrivacyReceipt:
+    def from_accountant(
+        cls, accountant, *, secure_aggregation: bool, n_parties: int, noise_multiplier: float, releases_per_round: int
+    ) -> PrivacyReceipt:
         """Receipt of a training whose releases all used ``noise_multiplier``.
 
         Parameters

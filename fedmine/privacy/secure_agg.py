@@ -124,8 +124,9 @@ def _check_name(name, what: str) -> str:
     return name
 
 
-def pairwise_seed(my_private: X25519PrivateKey, their_public: bytes, *, my_name: str, their_name: str,
-                  training_id: str) -> bytes:
+def pairwise_seed(
+    my_private: X25519PrivateKey, their_public: bytes, *, my_name: str, their_name: str, training_id: str
+) -> bytes:
     """The 32-byte mask key shared by two parties for one training.
 
     X25519 agreement, then HKDF-SHA256 whose ``info`` binds both organisation
@@ -162,7 +163,8 @@ def pairwise_seed(my_private: X25519PrivateKey, their_public: bytes, *, my_name:
     their_public = bytes(their_public)
     if len(their_public) != PUBLIC_KEY_BYTES:
         raise SecureAggregationError(
-            f"public key of {their_name!r} must be {PUBLIC_KEY_BYTES} bytes, got {len(their_public)}")
+            f"public key of {their_name!r} must be {PUBLIC_KEY_BYTES} bytes, got {len(their_public)}"
+        )
     # the one call into the X25519 implementation: its errors become ours
     try:
         shared = my_private.exchange(X25519PublicKey.from_public_bytes(their_public))
@@ -170,8 +172,7 @@ def pairwise_seed(my_private: X25519PrivateKey, their_public: bytes, *, my_name:
         raise SecureAggregationError(f"public key of {their_name!r} is unusable for X25519: {exc}") from None
     my_public = my_private.public_key().public_bytes_raw()
     (lo_name, lo_key), (hi_name, hi_key) = sorted([(my_name, my_public), (their_name, their_public)])
-    info = _PAIR_KEY_LABEL + _length_prefixed(lo_name.encode(), lo_key, hi_name.encode(), hi_key,
-                                               training_id.encode())
+    info = _PAIR_KEY_LABEL + _length_prefixed(lo_name.encode(), lo_key, hi_name.encode(), hi_key, training_id.encode())
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
 
 
@@ -244,7 +245,10 @@ def _fill_stream(key: bytes, nonce: bytes, zeros: memoryview, out: np.ndarray) -
 def _two_party_warning(name: str, peer: str) -> None:
     warnings.warn(
         f"secure aggregation with two parties hides nothing between them: {name!r} can subtract its own "
-        f"array from the sum and read the array of {peer!r}", SecureAggregationWarning, stacklevel=3)
+        f"array from the sum and read the array of {peer!r}",
+        SecureAggregationWarning,
+        stacklevel=3,
+    )
 
 
 class Masker:
@@ -289,7 +293,8 @@ class Masker:
             if peer == name:
                 if bytes(public) != keypair.public_bytes:
                     raise SecureAggregationError(
-                        f"peers lists {name!r} itself with a public key that is not this party's")
+                        f"peers lists {name!r} itself with a public key that is not this party's"
+                    )
                 continue
             others[peer] = public
         if not others:
@@ -337,7 +342,8 @@ class Masker:
             message_id = int(message_id)
         if message_id in self._used_ids:
             raise SecureAggregationError(
-                f"message id {message_id!r} was already masked in epoch {self.epoch_}: a mask is used once")
+                f"message id {message_id!r} was already masked in epoch {self.epoch_}: a mask is used once"
+            )
         self._used_ids.add(message_id)
         out = np.ascontiguousarray(array).view(MASKED_DTYPE).ravel().copy()  # OUT: becomes the masked message
         n = out.shape[0]
@@ -381,8 +387,7 @@ class Masker:
             or no peer left.
         """
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch <= self.epoch_:
-            raise SecureAggregationError(
-                f"restart epoch must be an integer greater than {self.epoch_}, got {epoch!r}")
+            raise SecureAggregationError(f"restart epoch must be an integer greater than {self.epoch_}, got {epoch!r}")
         if isinstance(remaining, str):
             raise SecureAggregationError(f"remaining must be a collection of names, got the string {remaining!r}")
         keep = set(remaining) - {self.name}
@@ -390,7 +395,8 @@ class Masker:
         if unknown:
             raise SecureAggregationError(
                 f"cannot restart with {unknown!r}: not active peers of {self.name!r} "
-                f"(active: {list(self.active_peers_)})")
+                f"(active: {list(self.active_peers_)})"
+            )
         if not keep:
             raise SecureAggregationError(f"cannot restart {self.name!r} without any peer")
         self.active_peers_ = tuple(sorted(keep))
@@ -456,5 +462,9 @@ def require_min_parties(n_parties: int, min_parties: int) -> None:
     if n_parties < min_parties:
         raise ConfigError(f"privacy.min_parties is {min_parties} but the federation has {n_parties} parties")
     if n_parties == 2:
-        warnings.warn("secure aggregation with two parties hides nothing between them: each can subtract "
-                      "its own array from the sum", SecureAggregationWarning, stacklevel=2)
+        warnings.warn(
+            "secure aggregation with two parties hides nothing between them: each can subtract "
+            "its own array from the sum",
+            SecureAggregationWarning,
+            stacklevel=2,
+        )

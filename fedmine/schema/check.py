@@ -55,15 +55,23 @@ class CheckReport:
             return [r["error"]]
         problems = r.get("problems", [])
         if isinstance(problems, int):  # a party's shared report: the count; the lines stay with the organisation
-            out = [f"organisation {org}: {problems} harmonisation problems (the details stay with the organisation: "
-                   f"fedmine schema check there lists them)"] if problems else []
+            out = (
+                [
+                    f"organisation {org}: {problems} harmonisation problems (the details stay with the organisation: "
+                    f"fedmine schema check there lists them)"
+                ]
+                if problems
+                else []
+            )
         else:
             out = list(problems)
         for name, count in r.get("out_of_range", {}).items():
             if count:
                 spec = self.features.get(name, {})
-                out.append(f"organisation {org}: column {name!r} has {count} values outside "
-                           f"[{spec.get('min', '-inf')}, {spec.get('max', 'inf')}]")
+                out.append(
+                    f"organisation {org}: column {name!r} has {count} values outside "
+                    f"[{spec.get('min', '-inf')}, {spec.get('max', 'inf')}]"
+                )
         return out
 
     @property
@@ -91,17 +99,22 @@ class CheckReport:
             unknown = r.get("unknown_categories", {}).get(name)
             if unknown:
                 shown = ", ".join(str(v) for v in unknown.get("examples", []))
-                unknown_text = f"{unknown['count']} ({shown}) -> {unknown['policy']}" if shown else \
-                    f"{unknown['count']} -> {unknown['policy']}"
+                unknown_text = (
+                    f"{unknown['count']} ({shown}) -> {unknown['policy']}"
+                    if shown
+                    else f"{unknown['count']} -> {unknown['policy']}"
+                )
             else:
                 unknown_text = ""
             missing = r.get("missing_rate", {}).get(name)
-            rows.append([
-                name,
-                "absent" if name in absent else (f"{missing:.1%}" if missing is not None else ""),
-                str(r.get("out_of_range", {}).get(name, "")),
-                unknown_text,
-            ])
+            rows.append(
+                [
+                    name,
+                    "absent" if name in absent else (f"{missing:.1%}" if missing is not None else ""),
+                    str(r.get("out_of_range", {}).get(name, "")),
+                    unknown_text,
+                ]
+            )
         return rows
 
     def to_text(self) -> str:

@@ -92,8 +92,12 @@ def suggest(
 def profile(
     config: Path = typer.Argument(..., help="The federation YAML file."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path."),
-    output: Path | None = typer.Option(None, "--output", help="Also write the HTML report (with PNGs and JSON) into this folder."),
-    track: bool = typer.Option(True, "--track/--no-track", help="Record the profile as an MLflow run (and measure drift)."),
+    output: Path | None = typer.Option(
+        None, "--output", help="Also write the HTML report (with PNGs and JSON) into this folder."
+    ),
+    track: bool = typer.Option(
+        True, "--track/--no-track", help="Record the profile as an MLflow run (and measure drift)."
+    ),
     fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="Exit 1 when a feature is flagged."),
 ) -> None:
     """Profile the canonical features across organisations; flag departures; record drift in MLflow."""
@@ -118,8 +122,11 @@ def profile(
     typer.echo(result.to_text())
     for org, view in result.organisations.items():
         if view.get("problems"):
-            typer.echo(f"note: {org} has {len(view['problems'])} schema violations (their values count as missing); "
-                       f"see fedmine schema check", err=True)
+            typer.echo(
+                f"note: {org} has {len(view['problems'])} schema violations (their values count as missing); "
+                f"see fedmine schema check",
+                err=True,
+            )
     if run_id:
         typer.echo(f"MLflow run {run_id} (experiment {cfg.name}, tag fedmine.kind=profile)")
     if output is not None:

@@ -41,10 +41,29 @@ _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 #: Exact types whose equal values behave alike everywhere (text, numbers, dates).
-_PLAIN_TYPES = frozenset({
-    str, bytes, int, bool, np.str_, np.bytes_, np.bool_, np.int8, np.int16, np.int32, np.int64, np.intc,
-    np.longlong, np.uint8, np.uint16, np.uint32, np.uint64, np.uintc, np.ulonglong,
-})
+_PLAIN_TYPES = frozenset(
+    {
+        str,
+        bytes,
+        int,
+        bool,
+        np.str_,
+        np.bytes_,
+        np.bool_,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.intc,
+        np.longlong,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.uintc,
+        np.ulonglong,
+    }
+)
 
 
 @dataclass
@@ -318,8 +337,9 @@ def _apply_value_map(c: _Numbers | _Coded, mapping: dict[Any, Any]) -> _Numbers 
     rows = list(sample.values())
     if not mapped.all():
         rows.append(int(np.argmin(mapped)))
-    converted = (pd.Series(values[rows], dtype=object).map(_map_key)
-                 .map(lambda k: lookup.get(k, k)).astype(object).to_numpy())
+    converted = (
+        pd.Series(values[rows], dtype=object).map(_map_key).map(lambda k: lookup.get(k, k)).astype(object).to_numpy()
+    )
     replacement = dict(zip(sample, converted))
     targets = present[mapped]
     new_values = c.values.copy()
@@ -349,7 +369,7 @@ def _floats(c: _Numbers | _Coded, *, org: str, name: str) -> tuple[np.ndarray, s
     if c.any_missing():
         values = np.append(values, _objects([None], 1))
     parsed = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
-    numbers = parsed.to_numpy(dtype=np.float64, na_value=np.nan)[:len(present)]
+    numbers = parsed.to_numpy(dtype=np.float64, na_value=np.nan)[: len(present)]
     per_value = np.full(len(c.values), np.nan)
     per_value[present] = numbers
     bad = np.zeros(len(c.values), dtype=bool)
@@ -358,8 +378,10 @@ def _floats(c: _Numbers | _Coded, *, org: str, name: str) -> tuple[np.ndarray, s
     if not bad.any():
         return x, None
     count, example = c.first(bad)
-    return x, (f"organisation {org}: column {name!r} has non-numeric value {_shown(example)} "
-               f"({count} rows); map it under values: or mark it missing")
+    return x, (
+        f"organisation {org}: column {name!r} has non-numeric value {_shown(example)} "
+        f"({count} rows); map it under values: or mark it missing"
+    )
 
 
 def _truth(c: _Numbers | _Coded) -> tuple[np.ndarray, np.ndarray]:
@@ -387,8 +409,10 @@ def _bools(c: _Numbers | _Coded, *, org: str, name: str) -> tuple[np.ndarray, st
     if not bad.any():
         return x, None
     example = _value_at(c, int(np.argmax(bad)))
-    return x, (f"organisation {org}: column {name!r} has value {_shown(example)} that is not a bool; "
-               f"allowed: 1/0, true/false, yes/no")
+    return x, (
+        f"organisation {org}: column {name!r} has value {_shown(example)} that is not a bool; "
+        f"allowed: 1/0, true/false, yes/no"
+    )
 
 
 def _category_codes(c: _Numbers | _Coded, vocabulary: list[Any]) -> np.ndarray:
@@ -487,8 +511,9 @@ class _Problems:
         self.messages.append(message)
 
 
-def _parse_dates(c: _Numbers | _Coded, fmt: str | None, *, org: str, name: str,
-                 problem: _Problems) -> tuple[pd.Series, Callable[[np.ndarray], np.ndarray]]:
+def _parse_dates(
+    c: _Numbers | _Coded, fmt: str | None, *, org: str, name: str, problem: _Problems
+) -> tuple[pd.Series, Callable[[np.ndarray], np.ndarray]]:
     """Dates as pandas timestamps (NaT for missing); ``fmt`` is a strptime format, default ISO 8601.
 
     Text is parsed once per distinct value; other values row by row, as
@@ -503,7 +528,7 @@ def _parse_dates(c: _Numbers | _Coded, fmt: str | None, *, org: str, name: str,
         if c.any_missing():
             values = np.append(values, _objects([None], 1))
         parsed = pd.to_datetime(pd.Series(values, dtype=object), format=fmt or "ISO8601", errors="coerce")
-        parsed = parsed.iloc[:len(present)].reset_index(drop=True)
+        parsed = parsed.iloc[: len(present)].reset_index(drop=True)
         bad = np.zeros(len(c.values), dtype=bool)
         bad[present] = parsed.isna().to_numpy()
         count, example = c.first(bad) if bad.any() else (0, None)
@@ -521,6 +546,7 @@ def _parse_dates(c: _Numbers | _Coded, fmt: str | None, *, org: str, name: str,
 
         def spread(numbers: np.ndarray) -> np.ndarray:
             return numbers
+
     if count:
         problem(
             f"organisation {org}: column {name!r} has value {_shown(example)} that is not a date in format "
@@ -555,15 +581,26 @@ def _derive(parsed: pd.Series, how: str, at: Any) -> np.ndarray:
     return out
 
 
-def _encode_category(c: _Numbers | _Coded, vocabulary: list[str], policy: str, *, org: str, name: str,
-                     problem: _Problems, report: dict[str, Any]) -> np.ndarray:
+def _encode_category(
+    c: _Numbers | _Coded,
+    vocabulary: list[str],
+    policy: str,
+    *,
+    org: str,
+    name: str,
+    problem: _Problems,
+    report: dict[str, Any],
+) -> np.ndarray:
     codes = _category_codes(c, vocabulary)
     unknown = codes == -1
     out = codes.astype(np.float64)
     out[codes == -2] = np.nan
     if unknown.any():
         report["unknown_categories"][name] = {
-            "count": int(unknown.sum()), "examples": _examples(c, unknown), "policy": policy}
+            "count": int(unknown.sum()),
+            "examples": _examples(c, unknown),
+            "policy": policy,
+        }
         if policy == "other":
             out[unknown] = float(vocabulary.index("other"))
         else:
@@ -577,8 +614,9 @@ def _encode_category(c: _Numbers | _Coded, vocabulary: list[str], policy: str, *
     return out
 
 
-def _source_columns(frame: pd.DataFrame, spec: OrganisationSpec, needed: list[str], *, org: str,
-                    problem: _Problems) -> tuple[dict[str, str], list[str]]:
+def _source_columns(
+    frame: pd.DataFrame, spec: OrganisationSpec, needed: list[str], *, org: str, problem: _Problems
+) -> tuple[dict[str, str], list[str]]:
     """Which source column feeds each column after rename, and the source columns nothing uses.
 
     Two source columns onto one canonical name (a renamed one and one already
@@ -616,9 +654,9 @@ def _stack(columns: list[np.ndarray], n: int, block: int = 8192) -> np.ndarray:
     """The columns side by side as one C-ordered float64 array, filled a block of rows at a time."""
     X = np.empty((n, len(columns)), dtype=np.float64)
     for start in range(0, n, block):
-        rows = X[start:start + block]
+        rows = X[start : start + block]
         for j, col in enumerate(columns):
-            rows[:, j] = col[start:start + block]
+            rows[:, j] = col[start : start + block]
     return X
 
 
@@ -650,8 +688,14 @@ def harmonise(frame: pd.DataFrame, cfg: FederationConfig, org: str, *, collect: 
     needed = [*cfg.features, cfg.label]
     feeds, unmapped = _source_columns(frame, spec, needed, org=org, problem=problem)
     after = [t for t in feeds]
-    report: dict[str, Any] = {"rows": int(len(frame)), "missing_rate": {}, "out_of_range": {},
-                              "unknown_categories": {}, "unmapped_columns": unmapped, "absent_features": []}
+    report: dict[str, Any] = {
+        "rows": len(frame),
+        "missing_rate": {},
+        "out_of_range": {},
+        "unknown_categories": {},
+        "unmapped_columns": unmapped,
+        "absent_features": [],
+    }
 
     absent: list[str] = []
     for name in needed:
@@ -662,9 +706,10 @@ def harmonise(frame: pd.DataFrame, cfg: FederationConfig, org: str, *, collect: 
             report["absent_features"].append(name)
             continue
         absent.append(name)
+        how = "rename" if what == "label" else "rename, derive, or mark it required: false"
         problem(
             f"organisation {org}: canonical {what} {name!r} not found after rename; "
-            f"columns: {', '.join(after)} (map a column onto it with rename{'' if what == 'label' else ', derive, or mark it required: false'})"
+            f"columns: {', '.join(after)} (map a column onto it with {how})"
         )
     if len(frame) == 0:
         raise DataError(f"organisation {org}: no rows in source {spec.source}")
@@ -674,8 +719,9 @@ def harmonise(frame: pd.DataFrame, cfg: FederationConfig, org: str, *, collect: 
 
     def cleaned(name: str) -> _Numbers | _Coded:
         if name not in done:
-            col = _drop_missing(_column(frame[feeds[name]]),
-                                all_markers | {_map_key(m) for m in spec.missing.get(name, [])})
+            col = _drop_missing(
+                _column(frame[feeds[name]]), all_markers | {_map_key(m) for m in spec.missing.get(name, [])}
+            )
             if name in spec.values:
                 col = _apply_value_map(col, spec.values[name])
             done[name] = col
@@ -693,8 +739,9 @@ def harmonise(frame: pd.DataFrame, cfg: FederationConfig, org: str, *, collect: 
                 )
                 out[name] = np.full(n, np.nan)
                 continue
-            parsed, spread = _parse_dates(cleaned(d.from_), spec.dates.get(d.from_), org=org, name=d.from_,
-                                          problem=problem)
+            parsed, spread = _parse_dates(
+                cleaned(d.from_), spec.dates.get(d.from_), org=org, name=d.from_, problem=problem
+            )
             x = spread(_derive(parsed, d.as_, d.at))
         elif name not in feeds:
             out[name] = np.full(n, np.nan)
@@ -702,8 +749,15 @@ def harmonise(frame: pd.DataFrame, cfg: FederationConfig, org: str, *, collect: 
         else:
             col = cleaned(name)
             if feat.type == "category":
-                x = _encode_category(col, feat.categories or [], spec.unknown_policy(name), org=org, name=name,
-                                     problem=problem, report=report)
+                x = _encode_category(
+                    col,
+                    feat.categories or [],
+                    spec.unknown_policy(name),
+                    org=org,
+                    name=name,
+                    problem=problem,
+                    report=report,
+                )
             elif feat.type == "bool":
                 x, message = _bools(col, org=org, name=name)
                 if message:

@@ -83,8 +83,10 @@ def nearest_factor(ratio: float, *, quantity: str | None = None, tolerance: floa
 
 def feature_specs(cfg: FederationConfig) -> list[dict[str, Any]]:
     """The canonical features as ``profile_view`` takes them: name, type, categories (config order)."""
-    return [{"name": name, "type": f.type, "categories": list(f.categories or []) if f.type == "category" else None}
-            for name, f in cfg.features.items()]
+    return [
+        {"name": name, "type": f.type, "categories": list(f.categories or []) if f.type == "category" else None}
+        for name, f in cfg.features.items()
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -119,26 +121,51 @@ class FederatedProfile:
     notices: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "secure_aggregation": self.secure_aggregation,
-                "psi_threshold": self.psi_threshold, "federation": self.federation,
-                "organisations": self.organisations, "flags": self.flags,
-                "plot_edges": self.plot_edges, "drift": self.drift, "notices": self.notices}
+        return {
+            "name": self.name,
+            "secure_aggregation": self.secure_aggregation,
+            "psi_threshold": self.psi_threshold,
+            "federation": self.federation,
+            "organisations": self.organisations,
+            "flags": self.flags,
+            "plot_edges": self.plot_edges,
+            "drift": self.drift,
+            "notices": self.notices,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=1, default=_json_default, allow_nan=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FederatedProfile:
-        return cls(**{k: d[k] for k in ("name", "secure_aggregation", "psi_threshold", "federation",
-                                         "organisations", "flags", "plot_edges", "drift", "notices") if k in d})
+        return cls(
+            **{
+                k: d[k]
+                for k in (
+                    "name",
+                    "secure_aggregation",
+                    "psi_threshold",
+                    "federation",
+                    "organisations",
+                    "flags",
+                    "plot_edges",
+                    "drift",
+                    "notices",
+                )
+                if k in d
+            }
+        )
 
     def flagged(self, org: str) -> list[str]:
         return [f["feature"] for f in self.flags if f["organisation"] == org]
 
     def to_text(self) -> str:
         """Tables for the console: federation, then each organisation's own view."""
-        lines = [f"federated profile of {self.name} ({'secure aggregation' if self.secure_aggregation else 'plain sums'}; "
-                 f"PSI threshold {self.psi_threshold})", ""]
+        lines = [
+            f"federated profile of {self.name} ({'secure aggregation' if self.secure_aggregation else 'plain sums'}; "
+            f"PSI threshold {self.psi_threshold})",
+            "",
+        ]
         lines += _table("federation (summed counts)", self.federation, None)
         for org, view in self.organisations.items():
             lines += _table(f"{org} (its own view)", view, self.psi_threshold)
@@ -148,11 +175,15 @@ class FederatedProfile:
                 if not f.get("most"):
                     continue
                 also = [g for g in self.flags if g["feature"] == f["feature"] and not g.get("most")]
-                lines.append(f"  {f['feature']}: {f['organisation']} departs most, PSI {f['psi']:.2f}"
-                             + (f"; {f['hint']}" if f.get("hint") else ""))
+                lines.append(
+                    f"  {f['feature']}: {f['organisation']} departs most, PSI {f['psi']:.2f}"
+                    + (f"; {f['hint']}" if f.get("hint") else "")
+                )
                 if also:
-                    lines.append("    also above the threshold (partly because of it): "
-                                 + ", ".join(f"{g['organisation']} {g['psi']:.2f}" for g in also))
+                    lines.append(
+                        "    also above the threshold (partly because of it): "
+                        + ", ".join(f"{g['organisation']} {g['psi']:.2f}" for g in also)
+                    )
         else:
             lines.append("no feature departs from the other organisations")
         if self.drift:
@@ -193,8 +224,10 @@ def _table(title: str, summary: dict[str, Any], threshold: float | None) -> list
             psi_text = f"  PSI {e['psi']:.3f}{mark}"
         if "quantiles" in e:
             q = e["quantiles"]
-            body = (f"p5 {_fmt(q['p5'])}  p25 {_fmt(q['p25'])}  median {_fmt(q['p50'])}  "
-                    f"p75 {_fmt(q['p75'])}  p95 {_fmt(q['p95'])}")
+            body = (
+                f"p5 {_fmt(q['p5'])}  p25 {_fmt(q['p25'])}  median {_fmt(q['p50'])}  "
+                f"p75 {_fmt(q['p75'])}  p95 {_fmt(q['p95'])}"
+            )
         else:
             total = sum(e["categories"].values()) or 1
             top = sorted(e["categories"].items(), key=lambda kv: -kv[1])[:4]
@@ -204,8 +237,9 @@ def _table(title: str, summary: dict[str, Any], threshold: float | None) -> list
     return lines
 
 
-def profile_parties(cfg: FederationConfig, parties: list[Any], *, secure: bool | None = None,
-                    n_grid: int = N_GRID) -> FederatedProfile:
+def profile_parties(
+    cfg: FederationConfig, parties: list[Any], *, secure: bool | None = None, n_grid: int = N_GRID
+) -> FederatedProfile:
     """Run the profile protocol over ``parties`` (coordinator side).
 
     Parameters
@@ -292,8 +326,9 @@ def profile_parties(cfg: FederationConfig, parties: list[Any], *, secure: bool |
                 e.pop("psi", None)
                 e.pop("median_ratio", None)
         flags = []
-    return FederatedProfile(cfg.name, bool(secure), threshold, federation, organisations, flags, plot_edges,
-                            notices=notices)
+    return FederatedProfile(
+        cfg.name, bool(secure), threshold, federation, organisations, flags, plot_edges, notices=notices
+    )
 
 
 def prepare_party(cfg: FederationConfig, org: str, *, collect: bool = True) -> Party:
@@ -309,19 +344,29 @@ def prepare_party(cfg: FederationConfig, org: str, *, collect: bool = True) -> P
 
     spec = cfg.organisations[org]
     if spec.source is None:
-        raise ConfigError(f"organisations.{org}.source: not set; an organisation with only an endpoint is "
-                          "profiled at its party server")
+        raise ConfigError(
+            f"organisations.{org}.source: not set; an organisation with only an endpoint is "
+            "profiled at its party server"
+        )
     frame = connectors.load(spec.source, spec.read, base_dir=cfg.base_dir, org=org)
     data = harmonise(frame, cfg, org, collect=collect)
     t = cfg.training
     rows = split_rows(data, fraction=t.validation_fraction, seed=t.seed, org=org)
     categorical = [i for i, f in enumerate(cfg.features.values()) if f.type == "category"]
-    return Party(org, rows, objective=cfg.objective, num_class=cfg.num_class, feature_names=data.feature_names,
-                 categorical=categorical, report=data.report)
+    return Party(
+        org,
+        rows,
+        objective=cfg.objective,
+        num_class=cfg.num_class,
+        feature_names=data.feature_names,
+        categorical=categorical,
+        report=data.report,
+    )
 
 
-def profile_federation(cfg: FederationConfig, orgs: list[str] | None = None, *,
-                       secure: bool | None = None) -> FederatedProfile:
+def profile_federation(
+    cfg: FederationConfig, orgs: list[str] | None = None, *, secure: bool | None = None
+) -> FederatedProfile:
     """Profile every organisation (or ``orgs``): made here from its ``source``, or at its ``endpoint``.
 
     An organisation with an ``endpoint`` is reached at its party server over
@@ -341,7 +386,6 @@ def profile_federation(cfg: FederationConfig, orgs: list[str] | None = None, *,
                 close()
 
 
-
 # ---------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------
@@ -359,8 +403,14 @@ def _plot(profile: FederatedProfile, name: str, path: Path) -> None:
         edges = np.asarray(profile.plot_edges[name])
         widths = np.diff(edges)
         total = max(sum(fed["plot"]), 1)
-        ax.bar(edges[:-1], np.asarray(fed["plot"]) / total, width=widths, align="edge", color="#cccccc",
-               label="federation (summed)")
+        ax.bar(
+            edges[:-1],
+            np.asarray(fed["plot"]) / total,
+            width=widths,
+            align="edge",
+            color="#cccccc",
+            label="federation (summed)",
+        )
         for org, view in profile.organisations.items():
             own = np.asarray(view["features"][name].get("plot", []), dtype=float)
             if own.size:
@@ -396,45 +446,60 @@ def write_report(profile: FederatedProfile, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / PROFILE_JSON).write_text(profile.to_json())
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Profile: {e(profile.name)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}.flag{color:#b00;font-weight:bold}</style>",
-             f"</head><body><h1>Federated profile: {e(profile.name)}</h1>",
-             "<p>Federation totals from "
-             f"{'masked sums (secure aggregation)' if profile.secure_aggregation else 'plain sums'} "
-             f"of counts on a shared grid. Each organisation's section is <b>its own view</b>: computed inside the "
-             f"organisation from its rows and the federation totals. PSI threshold: {profile.psi_threshold}.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Profile: {e(profile.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}.flag{color:#b00;font-weight:bold}</style>",
+        f"</head><body><h1>Federated profile: {e(profile.name)}</h1>",
+        "<p>Federation totals from "
+        f"{'masked sums (secure aggregation)' if profile.secure_aggregation else 'plain sums'} "
+        f"of counts on a shared grid. Each organisation's section is <b>its own view</b>: computed inside the "
+        f"organisation from its rows and the federation totals. PSI threshold: {profile.psi_threshold}.</p>",
+    ]
     if profile.flags:
         parts.append("<h2>Flagged</h2><ul>")
         for f in profile.flags:
-            parts.append(f"<li class='flag'>{e(f['organisation'])}.{e(f['feature'])}: "
-                         f"PSI {f['psi']:.2f} {e(f.get('hint', ''))}</li>")
+            parts.append(
+                f"<li class='flag'>{e(f['organisation'])}.{e(f['feature'])}: "
+                f"PSI {f['psi']:.2f} {e(f.get('hint', ''))}</li>"
+            )
         parts.append("</ul>")
     for note in profile.notices:
         parts.append(f"<p><i>{e(note)}</i></p>")
     sections = [("federation (summed counts)", profile.federation)] + [
-        (f"{org} (its own view)", v) for org, v in profile.organisations.items()]
+        (f"{org} (its own view)", v) for org, v in profile.organisations.items()
+    ]
     for title, summary in sections:
-        parts.append(f"<h2>{e(title)}: {summary['rows']} rows</h2><table><tr><th>feature</th><th>count</th>"
-                     "<th>missing</th><th>p5</th><th>p25</th><th>median</th><th>p75</th><th>p95</th>"
-                     "<th>categories</th><th>PSI vs rest</th></tr>")
+        parts.append(
+            f"<h2>{e(title)}: {summary['rows']} rows</h2><table><tr><th>feature</th><th>count</th>"
+            "<th>missing</th><th>p5</th><th>p25</th><th>median</th><th>p75</th><th>p95</th>"
+            "<th>categories</th><th>PSI vs rest</th></tr>"
+        )
         for name, f in summary["features"].items():
             q = f.get("quantiles", {})
             cats = ", ".join(f"{k}: {v}" for k, v in f.get("categories", {}).items())
             value = f.get("psi")
             flag = value is not None and value == value and value > profile.psi_threshold
             psi_cell = "" if value is None else f"<span class='{'flag' if flag else ''}'>{value:.3f}</span>"
-            parts.append(f"<tr><td>{e(name)}</td><td>{f['count']}</td><td>{f['missing_rate']:.1%}</td>"
-                         + "".join(f"<td>{_fmt(q[k])}</td>" if k in q else "<td></td>" for k in ("p5", "p25", "p50", "p75", "p95"))
-                         + f"<td>{e(cats)}</td><td>{psi_cell}</td></tr>")
+            parts.append(
+                f"<tr><td>{e(name)}</td><td>{f['count']}</td><td>{f['missing_rate']:.1%}</td>"
+                + "".join(
+                    f"<td>{_fmt(q[k])}</td>" if k in q else "<td></td>" for k in ("p5", "p25", "p50", "p75", "p95")
+                )
+                + f"<td>{e(cats)}</td><td>{psi_cell}</td></tr>"
+            )
         parts.append("</table>")
         problems = summary.get("problems")
         if problems:
-            parts.append(f"<p>{len(problems)} schema violations (values made missing); "
-                         "run <code>fedmine schema check</code>.</p>")
+            parts.append(
+                f"<p>{len(problems)} schema violations (values made missing); "
+                "run <code>fedmine schema check</code>.</p>"
+            )
     if profile.drift:
-        parts.append("<h2>Drift since the previous profile (PSI)</h2>"
-                     "<table><tr><th>organisation</th><th>feature</th><th>PSI</th></tr>")
+        parts.append(
+            "<h2>Drift since the previous profile (PSI)</h2>"
+            "<table><tr><th>organisation</th><th>feature</th><th>PSI</th></tr>"
+        )
         for org, feats in profile.drift.items():
             for name, v in feats.items():
                 parts.append(f"<tr><td>{e(org)}</td><td>{e(name)}</td><td>{v:.3f}</td></tr>")

@@ -151,7 +151,10 @@ def summarise_column(name: str, col: pd.Series) -> ColumnSummary:
                 s.sentinels.append(float(code))
         x = x[~np.isin(x, s.sentinels)]
         if len(x):
-            s.quantiles = {k: float(v) for k, v in zip(("p5", "p25", "p50", "p75", "p95"), np.quantile(x, [.05, .25, .5, .75, .95]))}
+            s.quantiles = {
+                k: float(v)
+                for k, v in zip(("p5", "p25", "p50", "p75", "p95"), np.quantile(x, [0.05, 0.25, 0.5, 0.75, 0.95]))
+            }
         s.binary = set(np.unique(x)) <= {0.0, 1.0}
         if s.binary:
             s.true_share = float(np.mean(x == 1.0))
@@ -308,12 +311,15 @@ class Suggestion:
         lines.append("# evidence: source column -> canonical feature  score (name, fit, distribution)")
         for c in sorted(self.matches, key=lambda c: -c.score):
             extra = f"  x{c.scale:g} ({c.scale_reason})" if c.scale else ""
-            lines.append(f"#   {c.column} -> {c.feature}  {c.score:.2f} ({c.name:.2f}, {c.fit:.2f}, {c.dist:.2f}){extra}")
+            lines.append(
+                f"#   {c.column} -> {c.feature}  {c.score:.2f} ({c.name:.2f}, {c.fit:.2f}, {c.dist:.2f}){extra}"
+            )
         for src, dst in self.kept.items():
             lines.append(f"#   {src} -> {dst}  (already in the config)")
         for feature, vals in self.unresolved.items():
-            lines.append(f"# values of {feature} with no match in its vocabulary (add them under values:): "
-                         f"{', '.join(vals)}")
+            lines.append(
+                f"# values of {feature} with no match in its vocabulary (add them under values:): {', '.join(vals)}"
+            )
         if self.unmatched_features:
             lines.append(f"# canonical columns with no proposal: {', '.join(self.unmatched_features)}")
         if self.unmatched_columns:

@@ -108,8 +108,14 @@ def vocabulary(feature: dict[str, Any]) -> list[str]:
     return list(feature.get("categories") or []) if feature["type"] == "category" else ["false", "true"]
 
 
-def summarise_counts(features: list[dict[str, Any]], grids: np.ndarray, lows: np.ndarray, counts: np.ndarray, *,
-                     rest: np.ndarray | None = None) -> dict[str, Any]:
+def summarise_counts(
+    features: list[dict[str, Any]],
+    grids: np.ndarray,
+    lows: np.ndarray,
+    counts: np.ndarray,
+    *,
+    rest: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Per-feature summary of grid counts; with ``rest``, the PSI and median ratio against it.
 
     Parameters
@@ -128,8 +134,11 @@ def summarise_counts(features: list[dict[str, Any]], grids: np.ndarray, lows: np
         c = counts[i, :-1]
         n_missing = int(counts[i, -1])
         count = int(c.sum())
-        entry: dict[str, Any] = {"type": kind, "count": count,
-                                 "missing_rate": n_missing / rows if rows else float("nan")}
+        entry: dict[str, Any] = {
+            "type": kind,
+            "count": count,
+            "missing_rate": n_missing / rows if rows else float("nan"),
+        }
         if is_numeric(kind):
             grid, lo = grids[i], float(lows[i])
             qs = grid_quantiles(c, grid, lo, QUANTILES)

@@ -162,11 +162,16 @@ def likely_factors(quantity: str | None = None) -> list[tuple[float, str]]:
     (or a feature name containing it).
     """
     out: list[tuple[float, str]] = [
-        (1e3, "thousands -> units"), (1e-3, "units -> thousands"),
-        (1e6, "millions -> units"), (1e-6, "units -> millions"),
-        (12.0, "monthly -> yearly"), (1 / 12.0, "yearly -> monthly, or months -> years"),
-        (100.0, "fraction -> %"), (0.01, "% -> fraction"),
-        (60.0, "minutes -> seconds"), (1 / 60.0, "seconds -> minutes"),
+        (1e3, "thousands -> units"),
+        (1e-3, "units -> thousands"),
+        (1e6, "millions -> units"),
+        (1e-6, "units -> millions"),
+        (12.0, "monthly -> yearly"),
+        (1 / 12.0, "yearly -> monthly, or months -> years"),
+        (100.0, "fraction -> %"),
+        (0.01, "% -> fraction"),
+        (60.0, "minutes -> seconds"),
+        (1 / 60.0, "seconds -> minutes"),
     ]
     key = (quantity or "").lower()
     for substance, f in MOLAR_MASS_FACTORS.items():

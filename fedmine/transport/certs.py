@@ -135,8 +135,9 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def load_certificate(path: str | os.PathLike) -> x509.Certificate:
@@ -179,11 +180,13 @@ def init_ca(folder: str | os.PathLike, *, federation: str, days: int = CA_DAYS, 
         if (folder / fname).exists() and not overwrite:
             raise CertificateError(f"{folder / fname}: already exists; remove it or pass overwrite=True")
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"{federation} federation CA"),
-    ])
-    now = dt.datetime.now(dt.timezone.utc)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{federation} federation CA"),
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -193,9 +196,20 @@ def init_ca(folder: str | os.PathLike, *, federation: str, days: int = CA_DAYS, 
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -204,8 +218,9 @@ def init_ca(folder: str | os.PathLike, *, federation: str, days: int = CA_DAYS, 
     return folder / CA_CERT
 
 
-def issue(folder: str | os.PathLike, name: str, *, kind: str = "party", days: int = CERT_DAYS,
-          overwrite: bool = False) -> Path:
+def issue(
+    folder: str | os.PathLike, name: str, *, kind: str = "party", days: int = CERT_DAYS, overwrite: bool = False
+) -> Path:
     """Issue ``NAME.pem`` / ``NAME.key`` in ``folder``, signed by the CA there; returns the certificate's path.
 
     Parameters
@@ -236,23 +251,41 @@ def issue(folder: str | os.PathLike, name: str, *, kind: str = "party", days: in
     sans: list[x509.GeneralName] = [x509.DNSName(name)]  # first: gRPC reports it as the peer identity
     if kind == "party":
         sans += [x509.DNSName(LOOPBACK_DNS), x509.IPAddress(LOOPBACK_IP)]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
+                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                ]
+            )
+        )
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -278,17 +311,23 @@ def _load_pair(folder: Path, name: str) -> tuple[bytes, bytes, bytes]:
     if certificate_name(cert) != name:
         raise CertificateError(f"{cert_path}: certificate is for {certificate_name(cert)!r}, expected {name!r}")
     if cert.issuer != ca.subject:
-        raise CertificateError(f"{cert_path}: not issued by the CA in {ca_path} (issuer {cert.issuer.rfc4514_string()})")
+        raise CertificateError(
+            f"{cert_path}: not issued by the CA in {ca_path} (issuer {cert.issuer.rfc4514_string()})"
+        )
     try:
         cert.verify_directly_issued_by(ca)
     except (InvalidSignature, ValueError, TypeError) as exc:  # InvalidSignature has no message
-        raise CertificateError(f"{cert_path}: signature does not verify against {ca_path} ({type(exc).__name__})") from None
+        raise CertificateError(
+            f"{cert_path}: signature does not verify against {ca_path} ({type(exc).__name__})"
+        ) from None
     if cert.public_key().public_numbers() != key.public_key().public_numbers():
         raise CertificateError(f"{key_path}: does not match the certificate {cert_path}")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise CertificateError(f"{cert_path}: not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} "
-                               f"to {cert.not_valid_after_utc:%Y-%m-%d})")
+        raise CertificateError(
+            f"{cert_path}: not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} "
+            f"to {cert.not_valid_after_utc:%Y-%m-%d})"
+        )
     return cert_path.read_bytes(), key_path.read_bytes(), ca_path.read_bytes()
 
 

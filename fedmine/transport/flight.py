@@ -30,21 +30,16 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
-import threading
-import time
-from typing import Any, Callable, Iterable
+from typing import Any
 
-import pyarrow as pa
 import pyarrow.flight as flight
 
 from fedmine import errors
-from fedmine.errors import ConfigError, FedmineError, PartyError
+from fedmine.privacy.secure_agg import SecureAggregationError
+from fedmine.protocol import ProtocolError
 from fedmine.transport import wire
 from fedmine.transport.certs import CertificateError
 from fedmine.transport.wire import WireError
-from fedmine.protocol import ProtocolError
-from fedmine.privacy.secure_agg import SecureAggregationError
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +68,21 @@ MAX_BACKOFF = 10.0
 ERRORS: dict[str, type[Exception]] = {
     cls.__name__: cls
     for cls in (
-        errors.FedmineError, errors.ConfigError, errors.ConnectorError, errors.DataError, errors.PartyError,
-        WireError, CertificateError, SecureAggregationError, ProtocolError,
+        errors.FedmineError,
+        errors.ConfigError,
+        errors.ConnectorError,
+        errors.DataError,
+        errors.PartyError,
+        WireError,
+        CertificateError,
+        SecureAggregationError,
+        ProtocolError,
     )
 }
 
-_ENDPOINT = re.compile(r"^(?:(?P<scheme>grpc|grpc\+tcp|grpc\+tls)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s]+):(?P<port>\d{1,5})$")
+_ENDPOINT = re.compile(
+    r"^(?:(?P<scheme>grpc|grpc\+tcp|grpc\+tls)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s]+):(?P<port>\d{1,5})$"
+)
 
 
 def _one_line(text: str) -> str:
@@ -99,7 +103,8 @@ def check_request(value: Any) -> tuple[tuple, dict]:
     args, kwargs = value
     if type(args) not in (tuple, list):
         raise WireError(f"request args must be a list, got {type(args).__name__}")
-    if type(kwargs) is not dict or not all(type(k) is str and k.isidentifier() and not k.startswith("_")
-                                           for k in kwargs):
+    if type(kwargs) is not dict or not all(
+        type(k) is str and k.isidentifier() and not k.startswith("_") for k in kwargs
+    ):
         raise WireError("request kwargs must be a dict with keyword names")
     return tuple(args), kwargs

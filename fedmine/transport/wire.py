@@ -36,7 +36,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -68,14 +69,33 @@ T_STR, T_BYTES = b"s"[0], b"b"[0]
 T_LIST, T_TUPLE, T_DICT = b"l"[0], b"t"[0], b"d"[0]
 T_ARRAY, T_SCALAR, T_RECORD = b"a"[0], b"g"[0], b"R"[0]
 
-_NUMERIC = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-            "float16", "float32", "float64", "complex64", "complex128")
+_NUMERIC = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+)
 
 #: Wire name -> dtype, little-endian. Numeric dtypes by numpy name; every
 #: structured layout declared in :mod:`fedmine.gbdt.dtypes` by its constant's name.
 DTYPES: dict[str, np.dtype] = {name: np.dtype(name).newbyteorder("<") for name in _NUMERIC}
-DTYPES.update({name: value for name, value in sorted(vars(_dtypes).items())
-               if isinstance(value, np.dtype) and value.names is not None})
+DTYPES.update(
+    {
+        name: value
+        for name, value in sorted(vars(_dtypes).items())
+        if isinstance(value, np.dtype) and value.names is not None
+    }
+)
 
 _INT64 = struct.Struct("<q")
 _F64 = struct.Struct("<d")
@@ -163,8 +183,14 @@ def _build_bin_mapper(f: dict) -> BinMapper:
     if type(max_bin) is not int or not 1 <= max_bin <= MAX_BIN_LIMIT:
         raise WireError(f"field BinMapper.max_bin: expected an int in [1, {MAX_BIN_LIMIT}], got {max_bin!r}")
     n = n_bins.shape[0]
-    for name, arr in (("edges", edges), ("categorical", categorical), ("feature_min", fmin),
-                      ("feature_max", fmax), ("grids", grids), ("lut", lut)):
+    for name, arr in (
+        ("edges", edges),
+        ("categorical", categorical),
+        ("feature_min", fmin),
+        ("feature_max", fmax),
+        ("grids", grids),
+        ("lut", lut),
+    ):
         if arr is not None and arr.shape[0] != n:
             raise WireError(f"field BinMapper.{name}: {arr.shape[0]} features, n_bins has {n}")
     if np.any(n_bins < 0) or np.any(n_bins > max_bin):
@@ -173,8 +199,16 @@ def _build_bin_mapper(f: dict) -> BinMapper:
         raise WireError("field BinMapper.lut: must come with grids of the same shape")
     if lut is not None and lut.size and int(lut.max()) > max_bin:
         raise WireError(f"field BinMapper.lut: bins must lie in [0, max_bin={max_bin}]")
-    return BinMapper(edges=edges, n_bins=n_bins, categorical=categorical, max_bin=max_bin,
-                     feature_min=fmin, feature_max=fmax, grids=grids, lut=lut)
+    return BinMapper(
+        edges=edges,
+        n_bins=n_bins,
+        categorical=categorical,
+        max_bin=max_bin,
+        feature_min=fmin,
+        feature_max=fmax,
+        grids=grids,
+        lut=lut,
+    )
 
 
 _PARAM_TYPES = {f.name: type(f.default) for f in dataclasses.fields(Params)}
@@ -183,8 +217,13 @@ _PARAM_TYPES = {f.name: type(f.default) for f in dataclasses.fields(Params)}
 def _build_params(f: dict) -> Params:
     for name, value in f.items():
         want = _PARAM_TYPES[name]
-        ok = (type(value) is int) if want is int else (type(value) in (int, float)) if want is float else (
-            type(value) is want)
+        ok = (
+            (type(value) is int)
+            if want is int
+            else (type(value) in (int, float))
+            if want is float
+            else (type(value) is want)
+        )
         if not ok:
             raise WireError(f"field Params.{name}: expected {want.__name__}, got {type(value).__name__}")
     return Params(**f)
@@ -237,7 +276,9 @@ def _enc(value: Any, out: list, depth: int) -> None:
         else:
             n = (value.bit_length() + 8) // 8
             if n > MAX_INT_BYTES:
-                raise WireError(f"integer too large to travel ({value.bit_length()} bits, at most {8 * MAX_INT_BYTES - 1})")
+                raise WireError(
+                    f"integer too large to travel ({value.bit_length()} bits, at most {8 * MAX_INT_BYTES - 1})"
+                )
             out.append(b"I")
             out.append(_U16.pack(n))
             out.append(value.to_bytes(n, "big", signed=True))
@@ -332,9 +373,10 @@ class _Reader:
     def take(self, n: int, what: str) -> memoryview:
         end = self.pos + n
         if n < 0 or end > len(self.data):
-            raise WireError(f"truncated message: {what} needs {n} bytes at offset {self.pos}, "
-                            f"{len(self.data) - self.pos} left")
-        out = self.data[self.pos:end]
+            raise WireError(
+                f"truncated message: {what} needs {n} bytes at offset {self.pos}, {len(self.data) - self.pos} left"
+            )
+        out = self.data[self.pos : end]
         self.pos = end
         return out
 
@@ -421,7 +463,9 @@ def _dec(r: _Reader, depth: int) -> Any:
         n = r.unpack(_U64, "array byte length")
         size = math.prod(shape)
         if size * dtype.itemsize != n:
-            raise WireError(f"array of shape {shape} and dtype {name} needs {size * dtype.itemsize} bytes, header says {n}")
+            raise WireError(
+                f"array of shape {shape} and dtype {name} needs {size * dtype.itemsize} bytes, header says {n}"
+            )
         if any(d >= 1 << 62 for d in shape):
             raise WireError(f"array shape {shape} too large")
         raw = r.take(n, "array data")
@@ -473,7 +517,7 @@ def decode(data, *, max_bytes: int = MAX_MESSAGE_BYTES, max_values: int = MAX_VA
     if len(view) > max_bytes:
         raise WireError(f"message of {len(view)} bytes exceeds the limit of {max_bytes} bytes")
     if bytes(view[: len(MAGIC)]) != MAGIC:
-        raise WireError(f"not a fedmine wire message (starts with {bytes(view[:len(MAGIC)])!r}, expected {MAGIC!r})")
+        raise WireError(f"not a fedmine wire message (starts with {bytes(view[: len(MAGIC)])!r}, expected {MAGIC!r})")
     r = _Reader(view, max_values)
     r.pos = len(MAGIC)
     try:

@@ -62,9 +62,7 @@ def test_sqlite_relative_path_resolves_against_base_dir(sqlite_db, frame):
 
 
 def test_sqlite_query(sqlite_db, frame):
-    loaded = load(
-        f"sqlite:///{sqlite_db}?query=SELECT id, city FROM Customers WHERE id %3E= 3 ORDER BY id"
-    )
+    loaded = load(f"sqlite:///{sqlite_db}?query=SELECT id, city FROM Customers WHERE id %3E= 3 ORDER BY id")
     pandas.testing.assert_frame_equal(loaded, frame.loc[2:, ["id", "city"]].reset_index(drop=True))
 
 
@@ -126,9 +124,7 @@ def test_sqlite_needs_exactly_one_of_table_and_query(sqlite_db, params, given):
 
 
 def test_sqlite_unknown_parameter(sqlite_db):
-    with pytest.raises(
-        ConnectorError, match=r"unknown parameter 'tabel'; allowed: table, query, schema$"
-    ):
+    with pytest.raises(ConnectorError, match=r"unknown parameter 'tabel'; allowed: table, query, schema$"):
         load(f"sqlite:///{sqlite_db}?tabel=Customers")
 
 
@@ -168,10 +164,7 @@ def test_postgresql_table(postgres_db, frame, scheme):
 
 
 def test_postgresql_query(postgres_db, frame):
-    loaded = load(
-        f'{postgres_db}?query=SELECT "Age (years)", city FROM "Customers" '
-        "WHERE id %3C 3 ORDER BY id"
-    )
+    loaded = load(f'{postgres_db}?query=SELECT "Age (years)", city FROM "Customers" WHERE id %3C 3 ORDER BY id')
     expected = frame.loc[:1, ["Age (years)", "city"]]
     pandas.testing.assert_frame_equal(loaded, expected)
 
@@ -244,9 +237,7 @@ def test_unreachable_server_names_host_and_port_but_not_the_password():
     with pytest.raises(ConnectorError) as caught:
         load(source, org="bank")
     message = str(caught.value)
-    assert message.startswith(
-        f"organisation 'bank': source 'postgresql://analyst:***@127.0.0.1:{port}/bank?table="
-    )
+    assert message.startswith(f"organisation 'bank': source 'postgresql://analyst:***@127.0.0.1:{port}/bank?table=")
     assert f"cannot connect to 127.0.0.1:{port}: " in message
     assert "s3cr3t" not in message
     assert "\n" not in message

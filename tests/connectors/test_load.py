@@ -18,8 +18,7 @@ from fedmine.connectors.source import mask
 from fedmine.errors import ConnectorError, FedmineError
 
 SUPPORTED_LIST = re.escape(
-    ".csv, .csv.gz, .tsv, .txt, .parquet, .pq, "
-    "file://, sqlite://, postgresql://, postgresql+psycopg://"
+    ".csv, .csv.gz, .tsv, .txt, .parquet, .pq, file://, sqlite://, postgresql://, postgresql+psycopg://"
 )
 
 

@@ -39,9 +39,7 @@ def test_file_uri_with_percent_encoded_path(tmp_path, frame):
 
 
 def test_pyarrow_filesystem_option(parquet_file, frame):
-    filesystem = pyarrow.fs.SubTreeFileSystem(
-        str(parquet_file.parent), pyarrow.fs.LocalFileSystem()
-    )
+    filesystem = pyarrow.fs.SubTreeFileSystem(str(parquet_file.parent), pyarrow.fs.LocalFileSystem())
     pandas.testing.assert_frame_equal(load("bank.parquet", {"filesystem": filesystem}), frame)
 
 
@@ -59,9 +57,7 @@ def test_folder_of_parquet_files(tmp_path, frame):
 
 
 def test_columns_and_filters(parquet_file, frame):
-    loaded = load(
-        str(parquet_file), {"columns": ["city", "id"], "filters": [["defaulted", "=", 1]]}
-    )
+    loaded = load(str(parquet_file), {"columns": ["city", "id"], "filters": [["defaulted", "=", 1]]})
     expected = frame.loc[frame["defaulted"] == 1, ["city", "id"]].reset_index(drop=True)
     pandas.testing.assert_frame_equal(loaded, expected)
 

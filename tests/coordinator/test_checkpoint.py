@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from fedmine.errors import ConfigError
 from fedmine.coordinator.training import Coordinator
+from fedmine.errors import ConfigError
 from tests.coordinator.test_histogram_strategy import ORGS, cfg_for, make_rows, partition
 from tests.coordinator.test_secure_training import parties_for
 

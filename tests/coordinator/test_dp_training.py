@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import lightgbm as lgb
 import numpy as np
 import pytest
@@ -39,7 +41,7 @@ def auc(model_text, X, y):
 def test_epsilon_is_reported_every_round_and_matches_dp_accounting():
     coord, results, _, _ = train(4.0)
     eps = [r.stats["privacy.epsilon"] for r in results]
-    assert all(b > a for a, b in zip(eps, eps[1:]))  # spent grows every round
+    assert all(b > a for a, b in itertools.pairwise(eps))  # spent grows every round
     assert eps[-1] <= 4.0
     receipt = coord.receipt().as_dict()
     assert receipt["mechanism"] == "skellam" and receipt["secure_aggregation"] is True

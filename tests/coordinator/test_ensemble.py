@@ -26,11 +26,14 @@ def data():
 
 @pytest.fixture(scope="module")
 def cfg():
-    return config_from_dict({
-        "name": "t", "label": "y",
-        "features": {"a": {}, "b": {}, "c": {"type": "category", "categories": ["x", "y", "z"]}},
-        "organisations": {"o": {"source": "o.csv"}},
-    })
+    return config_from_dict(
+        {
+            "name": "t",
+            "label": "y",
+            "features": {"a": {}, "b": {}, "c": {"type": "category", "categories": ["x", "y", "z"]}},
+            "organisations": {"o": {"source": "o.csv"}},
+        }
+    )
 
 
 def train(X, y, rounds=3, init=None):
@@ -59,8 +62,9 @@ def test_scaled_trees_with_the_base_score_predict_as_expected(data, cfg):
     np.testing.assert_allclose(merged.predict(X, raw_score=True), 0.5 * raw + 0.25, atol=1e-12)
     # what a party adds for those trees: the same bits as LightGBM's prediction of them
     delta = Ensemble(cfg=cfg, base_score=np.zeros(1), trees=list(ens.trees))
-    np.testing.assert_array_equal(predict_raw(ens.trees, X)[0],
-                                  lgb.Booster(model_str=delta.to_text()).predict(X, raw_score=True))
+    np.testing.assert_array_equal(
+        predict_raw(ens.trees, X)[0], lgb.Booster(model_str=delta.to_text()).predict(X, raw_score=True)
+    )
     # SHAP works on the merged model
     contrib = merged.predict(X, pred_contrib=True)
     np.testing.assert_allclose(contrib.sum(axis=1), merged.predict(X, raw_score=True), atol=1e-9)

@@ -9,9 +9,9 @@ import pytest
 from fedmine import gbdt
 from fedmine.config import config_from_dict
 from fedmine.coordinator.training import Coordinator
-from fedmine.party.organisation import Party, TrainValidRows, global_row_ids
 from fedmine.gbdt.booster import train
 from fedmine.gbdt.state import EngineState
+from fedmine.party.organisation import Party, TrainValidRows, global_row_ids
 
 ORGS = ["bank", "clinic", "shop", "telco", "utility", "insurer", "pharmacy"]
 
@@ -42,20 +42,44 @@ def partition(y, k, kind, seed=1):
 
 def cfg_for(objective, orgs, **training):
     extra = {"classes": ["a", "b", "c", "d"]} if objective == "multiclass" else {}
-    return config_from_dict({
-        "name": "t", "label": "y", "objective": objective, **extra,
-        "features": {"f0": {}, "f1": {}, "f2": {}, "f3": {"type": "category", "categories": ["p", "q", "r", "s"]},
-                     "f4": {}},
-        "organisations": {o: {"source": f"{o}.csv"} for o in orgs},
-        "training": {"strategy": "histogram", "rounds": 6, "num_leaves": 7, "min_data_in_leaf": 10,
-                     "validation_fraction": 0.0, **training},
-    })
+    return config_from_dict(
+        {
+            "name": "t",
+            "label": "y",
+            "objective": objective,
+            **extra,
+            "features": {
+                "f0": {},
+                "f1": {},
+                "f2": {},
+                "f3": {"type": "category", "categories": ["p", "q", "r", "s"]},
+                "f4": {},
+            },
+            "organisations": {o: {"source": f"{o}.csv"} for o in orgs},
+            "training": {
+                "strategy": "histogram",
+                "rounds": 6,
+                "num_leaves": 7,
+                "min_data_in_leaf": 10,
+                "validation_fraction": 0.0,
+                **training,
+            },
+        }
+    )
 
 
 def federated_text(cfg, X, y, parts):
-    parties = [Party(o, TrainValidRows(X[i], y[i], X[:0], y[:0]), objective=cfg.objective, num_class=cfg.num_class,
-                          feature_names=list(cfg.features), categorical=[3])
-               for o, i in zip(cfg.organisations, parts)]
+    parties = [
+        Party(
+            o,
+            TrainValidRows(X[i], y[i], X[:0], y[:0]),
+            objective=cfg.objective,
+            num_class=cfg.num_class,
+            feature_names=list(cfg.features),
+            categorical=[3],
+        )
+        for o, i in zip(cfg.organisations, parts)
+    ]
     coord = Coordinator(cfg, parties)
     coord.start()
     for r in range(1, cfg.training.rounds + 1):
@@ -67,14 +91,20 @@ def federated_text(cfg, X, y, parts):
 def pooled_text(cfg, X, y, parts):
     ids = np.concatenate([global_row_ids(o, len(i)) for o, i in zip(cfg.organisations, parts)])
     rows = np.concatenate(parts)
-    params = cfg.training.engine_params(cfg.objective, cfg.num_class, "auc" if cfg.objective == "binary" else "rmse"
-                                        if cfg.objective != "multiclass" else "multi_logloss")
+    params = cfg.training.engine_params(
+        cfg.objective,
+        cfg.num_class,
+        "auc" if cfg.objective == "binary" else "rmse" if cfg.objective != "multiclass" else "multi_logloss",
+    )
     model = train(EngineState(X[rows], y[rows], row_ids=ids), params, categorical=[3], feature_names=list(cfg.features))
     return gbdt.to_lightgbm_text(model, list(cfg.features))
 
 
 CASES = [("binary", k, kind) for k in (1, 2, 4, 7) for kind in ("iid", "skewed")] + [
-    (obj, k, kind) for obj in ("multiclass", "regression", "poisson", "tweedie") for k in (2, 7) for kind in ("iid", "skewed")
+    (obj, k, kind)
+    for obj in ("multiclass", "regression", "poisson", "tweedie")
+    for k in (2, 7)
+    for kind in ("iid", "skewed")
 ]
 
 
@@ -99,8 +129,16 @@ def test_round_figures_and_early_stopping():
     parties = []
     for o, i in zip(cfg.organisations, parts):
         cut = int(len(i) * 0.7)
-        parties.append(Party(o, TrainValidRows(X[i[:cut]], y[i[:cut]], X[i[cut:]], y[i[cut:]]), objective="binary",
-                                  num_class=1, feature_names=list(cfg.features), categorical=[3]))
+        parties.append(
+            Party(
+                o,
+                TrainValidRows(X[i[:cut]], y[i[:cut]], X[i[cut:]], y[i[cut:]]),
+                objective="binary",
+                num_class=1,
+                feature_names=list(cfg.features),
+                categorical=[3],
+            )
+        )
     coord = Coordinator(cfg, parties)
     coord.start()
     rounds = 0
@@ -126,8 +164,17 @@ def test_declared_ranges_keep_party_ranges_private():
     for name in ("f0", "f1", "f2", "f4"):
         raw["features"][name].update(min=-6.0, max=6.0)
     cfg = config_from_dict(raw)
-    parties = [Party(o, TrainValidRows(X[i], y[i], X[:0], y[:0]), objective="binary", num_class=1,
-                          feature_names=list(cfg.features), categorical=[3]) for o, i in zip(cfg.organisations, parts)]
+    parties = [
+        Party(
+            o,
+            TrainValidRows(X[i], y[i], X[:0], y[:0]),
+            objective="binary",
+            num_class=1,
+            feature_names=list(cfg.features),
+            categorical=[3],
+        )
+        for o, i in zip(cfg.organisations, parts)
+    ]
     asked = []
     for p in parties:
         original = p.call
@@ -146,8 +193,13 @@ def test_declared_ranges_keep_party_ranges_private():
     rows = np.concatenate(parts)
     from fedmine.coordinator.training import declared_ranges
 
-    model = train(EngineState(X[rows], y[rows], row_ids=ids), cfg.training.engine_params("binary", 1, "auc"),
-                  categorical=[3], feature_names=list(cfg.features), ranges=declared_ranges(cfg))
+    model = train(
+        EngineState(X[rows], y[rows], row_ids=ids),
+        cfg.training.engine_params("binary", 1, "auc"),
+        categorical=[3],
+        feature_names=list(cfg.features),
+        ranges=declared_ranges(cfg),
+    )
     assert coord.model_text() == gbdt.to_lightgbm_text(model, list(cfg.features))
 
 
@@ -162,9 +214,17 @@ def test_the_coordinators_early_stopping_equals_the_engines_on_pooled_rows(objec
     cuts = [int(len(i) * 0.7) for i in parts]
     train_parts = [i[:c] for i, c in zip(parts, cuts)]
     valid_parts = [i[c:] for i, c in zip(parts, cuts)]
-    parties = [Party(o, TrainValidRows(X[t], y[t], X[v], y[v]), objective=objective, num_class=1,
-                     feature_names=list(cfg.features), categorical=[3])
-               for o, t, v in zip(cfg.organisations, train_parts, valid_parts)]
+    parties = [
+        Party(
+            o,
+            TrainValidRows(X[t], y[t], X[v], y[v]),
+            objective=objective,
+            num_class=1,
+            feature_names=list(cfg.features),
+            categorical=[3],
+        )
+        for o, t, v in zip(cfg.organisations, train_parts, valid_parts)
+    ]
     coord = Coordinator(cfg, parties)
     coord.start()
     for r in range(1, 301):
@@ -174,7 +234,11 @@ def test_the_coordinators_early_stopping_equals_the_engines_on_pooled_rows(objec
     ids = np.concatenate([global_row_ids(o, len(t)) for o, t in zip(cfg.organisations, train_parts)])
     tr, va = np.concatenate(train_parts), np.concatenate(valid_parts)
     params = cfg.training.engine_params(objective, 1, metrics.primary(objective))
-    pooled = train(EngineState(X[tr], y[tr], row_ids=ids, X_valid=X[va], y_valid=y[va]), params, categorical=[3],
-                   feature_names=list(cfg.features))
+    pooled = train(
+        EngineState(X[tr], y[tr], row_ids=ids, X_valid=X[va], y_valid=y[va]),
+        params,
+        categorical=[3],
+        feature_names=list(cfg.features),
+    )
     assert pooled.best_iteration == len(lgb.Booster(model_str=coord.model_text()).dump_model()["tree_info"])
     assert coord.model_text() == gbdt.to_lightgbm_text(pooled, list(cfg.features))

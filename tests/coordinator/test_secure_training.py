@@ -6,15 +6,24 @@ import numpy as np
 import pytest
 
 from fedmine.config import config_from_dict
-from fedmine.errors import ConfigError, PartyError
 from fedmine.coordinator.training import Coordinator
+from fedmine.errors import ConfigError, PartyError
 from fedmine.party.organisation import Party, TrainValidRows
 from tests.coordinator.test_histogram_strategy import ORGS, cfg_for, make_rows, partition
 
 
 def parties_for(cfg, X, y, parts, cls=Party):
-    return [cls(o, TrainValidRows(X[i], y[i], X[i][:40], y[i][:40]), objective=cfg.objective, num_class=cfg.num_class,
-                feature_names=list(cfg.features), categorical=[3]) for o, i in zip(cfg.organisations, parts)]
+    return [
+        cls(
+            o,
+            TrainValidRows(X[i], y[i], X[i][:40], y[i][:40]),
+            objective=cfg.objective,
+            num_class=cfg.num_class,
+            feature_names=list(cfg.features),
+            categorical=[3],
+        )
+        for o, i in zip(cfg.organisations, parts)
+    ]
 
 
 def run(cfg, parties):
@@ -90,11 +99,22 @@ def test_two_parties_warn_and_min_parties_refuses():
         config_from_dict(raw)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("secure_aggregation", True, r"privacy.secure_aggregation: masks cover the histogram strategy's sums; "
-                                 r"training.strategy bagging sends whole trees"),
-    ("epsilon", 1.0, r"privacy.epsilon: differential privacy is accounted for the histogram strategy only, not bagging"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "secure_aggregation",
+            True,
+            r"privacy.secure_aggregation: masks cover the histogram strategy's sums; "
+            r"training.strategy bagging sends whole trees",
+        ),
+        (
+            "epsilon",
+            1.0,
+            r"privacy.epsilon: differential privacy is accounted for the histogram strategy only, not bagging",
+        ),
+    ],
+)
 def test_privacy_needs_histogram(key, value, message):
     raw = cfg_for("binary", ORGS[:3]).model_dump()
     raw["training"]["strategy"] = "bagging"
@@ -106,7 +126,9 @@ def test_privacy_needs_histogram(key, value, message):
 def test_dp_regression_needs_gradient_bound():
     raw = cfg_for("regression", ORGS[:3]).model_dump()
     raw["privacy"]["epsilon"] = 4.0
-    with pytest.raises(ConfigError, match=r"privacy.gradient_bound: required with privacy.epsilon and objective regression"):
+    with pytest.raises(
+        ConfigError, match=r"privacy.gradient_bound: required with privacy.epsilon and objective regression"
+    ):
         config_from_dict(raw)
 
 

@@ -6,13 +6,12 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from fedmine.protocol import ProtocolError
-
 from fedmine.config import config_from_dict
-from fedmine.errors import PartyError
-from fedmine.coordinator.training import Coordinator, base_score
-from fedmine.party.organisation import Party, TrainValidRows
 from fedmine.coordinator.strategies import bagging_weights
+from fedmine.coordinator.training import Coordinator, base_score
+from fedmine.errors import PartyError
+from fedmine.party.organisation import Party, TrainValidRows
+from fedmine.protocol import ProtocolError
 
 FEATURES = {"a": {}, "b": {}, "c": {"type": "category", "categories": ["x", "y", "z"]}}
 
@@ -29,15 +28,27 @@ def make_data(n, seed, shift=0.0):
 
 
 def make(strategy, rounds=3, **training):
-    cfg = config_from_dict({
-        "name": "t", "label": "y", "features": FEATURES,
-        "organisations": {o: {"source": f"{o}.csv"} for o in ("a", "b", "c")},
-        "training": {"strategy": strategy, "rounds": rounds, "num_leaves": 4, "min_data_in_leaf": 5,
-                     "num_threads": 1, **training},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "t",
+            "label": "y",
+            "features": FEATURES,
+            "organisations": {o: {"source": f"{o}.csv"} for o in ("a", "b", "c")},
+            "training": {
+                "strategy": strategy,
+                "rounds": rounds,
+                "num_leaves": 4,
+                "min_data_in_leaf": 5,
+                "num_threads": 1,
+                **training,
+            },
+        }
+    )
     splits = [make_data(300, 1), make_data(200, 2, 0.5), make_data(120, 3, -0.5)]
-    parties = [Party(o, s, objective="binary", num_class=1, feature_names=["a", "b", "c"], categorical=[2])
-               for o, s in zip(cfg.organisations, splits)]
+    parties = [
+        Party(o, s, objective="binary", num_class=1, feature_names=["a", "b", "c"], categorical=[2])
+        for o, s in zip(cfg.organisations, splits)
+    ]
     coord = Coordinator(cfg, parties)
     coord.start()
     return cfg, coord, splits
@@ -79,7 +90,7 @@ def test_parties_follow_the_global_model():
 
 
 def test_cyclic_visits_organisations_in_turn():
-    cfg, coord, _ = make("cyclic", local_rounds=2)
+    _cfg, coord, _ = make("cyclic", local_rounds=2)
     calls = []
     for link in coord.links:
         original = link.call
@@ -97,7 +108,7 @@ def test_cyclic_visits_organisations_in_turn():
 
 
 def test_local_strategy_equals_lightgbm_alone():
-    cfg, coord, splits = make("local", rounds=5)
+    cfg, coord, _splits = make("local", rounds=5)
     for r in range(1, 6):
         result = coord.run_round(r)
     assert coord.model_text() is None
@@ -110,7 +121,9 @@ def test_local_strategy_equals_lightgbm_alone():
 def test_party_rejects_calls_out_of_order():
     s = make_data(50, 0)
     party = Party("p", s, objective="binary", num_class=1, feature_names=["a", "b", "c"], categorical=[2])
-    with pytest.raises(ProtocolError, match=r"^add_trees is not accepted in stage 'new'; it needs one of \['following'\]$"):
+    with pytest.raises(
+        ProtocolError, match=r"^add_trees is not accepted in stage 'new'; it needs one of \['following'\]$"
+    ):
         party.call("add_trees", 1, None)
     party.call("start", np.zeros(1))
     party.call("add_trees", 1, None)
@@ -121,17 +134,31 @@ def test_party_rejects_calls_out_of_order():
 
 def test_multiclass_bagging_exports_lightgbm_multiclass():
     rng = np.random.default_rng(5)
-    cfg = config_from_dict({
-        "name": "m", "label": "y", "objective": "multiclass", "classes": ["p", "q", "r"], "features": {"a": {}, "b": {}},
-        "organisations": {"a": {"source": "a.csv"}, "b": {"source": "b.csv"}},
-        "training": {"strategy": "bagging", "rounds": 3, "num_leaves": 4, "min_data_in_leaf": 5},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "m",
+            "label": "y",
+            "objective": "multiclass",
+            "classes": ["p", "q", "r"],
+            "features": {"a": {}, "b": {}},
+            "organisations": {"a": {"source": "a.csv"}, "b": {"source": "b.csv"}},
+            "training": {"strategy": "bagging", "rounds": 3, "num_leaves": 4, "min_data_in_leaf": 5},
+        }
+    )
     parties = []
     for name in ("a", "b"):
         X = rng.normal(size=(200, 2))
         y = (np.digitize(X[:, 0] + 0.3 * rng.normal(size=200), [-0.5, 0.5])).astype(float)
-        parties.append(Party(name, TrainValidRows(X[:150], y[:150], X[150:], y[150:]), objective="multiclass",
-                                  num_class=3, feature_names=["a", "b"], categorical=[]))
+        parties.append(
+            Party(
+                name,
+                TrainValidRows(X[:150], y[:150], X[150:], y[150:]),
+                objective="multiclass",
+                num_class=3,
+                feature_names=["a", "b"],
+                categorical=[],
+            )
+        )
     coord = Coordinator(cfg, parties)
     coord.start()
     for r in range(1, 4):

@@ -34,9 +34,14 @@ def free_port() -> int:
 def start_party(config: Path, org: str, env: dict, overrides: list[str] = ()) -> subprocess.Popen:
     """An organisation's party server; ``overrides`` are its own --set (its policy follows its config)."""
     extra = [arg for item in overrides for arg in ("--set", item)]
-    proc = subprocess.Popen([sys.executable, "-m", "fedmine.cli", "party", "serve", str(config), "--org", org, *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedmine.cli", "party", "serve", str(config), "--org", org, *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     lines = []
     while time.time() < deadline:
@@ -185,10 +190,29 @@ def test_each_party_in_its_own_network_namespace(federation, namespaces, demo_co
         for org, (ns, address) in namespaces.items():
             env = {k: v for k, v in federation["env"].items() if k != "PREFECT_API_URL"}
             env["PREFECT_HOME"] = str(tmp_path / f"prefect-{org}")  # its own ephemeral API and database
-            proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "fedmine.cli", "party", "serve",
-                                     str(path), "--org", org, "--host", address],
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    sys.executable,
+                    "-m",
+                    "fedmine.cli",
+                    "party",
+                    "serve",
+                    str(path),
+                    "--org",
+                    org,
+                    "--host",
+                    address,
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
             procs.append(proc)
         for proc, org in zip(procs, ORGS):
             deadline, lines = time.time() + 180, []
@@ -223,8 +247,9 @@ def test_party_servers_serve_two_trainings_and_a_resume(federation, tmp_path):
         args = [sys.executable, "-m", "fedmine.cli", "run", str(federation["config"])]
         for item in [*training, f"tracking.uri={uri}"]:
             args += ["--set", item]
-        coordinator = subprocess.Popen(args, env=federation["env"], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL, start_new_session=True)
+        coordinator = subprocess.Popen(
+            args, env=federation["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         artifacts, run_id, done, deadline = tmp_path / "c" / "artifacts", None, 0, time.time() + 240
         try:
             while done < 5:

@@ -29,8 +29,7 @@ def test_killed_coordinator_resumes_to_the_same_model(prefect_harness, demo_conf
     args = [sys.executable, "-m", "fedmine.cli", "run", str(demo_config)]
     for item in [*common, f"tracking.uri={uri}"]:
         args += ["--set", item]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     # watch the checkpoint artifact on disk (not the database, which the training is writing)
     artifacts = tmp_path / "b" / "artifacts"
     run_id, done, deadline = None, 0, time.time() + 180

@@ -22,9 +22,26 @@ def test_schedule_serves_deployment_that_runs(prefect_harness, demo_config, tmp_
     env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedmine.cli", "schedule", str(demo_config), "--cron", "0 2 * * *",
-         "--name", "nightly", "--set", "training.rounds=2", "--set", f"tracking.uri={uri}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "fedmine.cli",
+            "schedule",
+            str(demo_config),
+            "--cron",
+            "0 2 * * *",
+            "--name",
+            "nightly",
+            "--set",
+            "training.rounds=2",
+            "--set",
+            f"tracking.uri={uri}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         deployment = None
@@ -51,7 +68,10 @@ def test_schedule_serves_deployment_that_runs(prefect_harness, demo_config, tmp_
 
 
 def test_bad_cron_is_one_line(demo_config):
-    result = subprocess.run([sys.executable, "-m", "fedmine.cli", "schedule", str(demo_config), "--cron", "at two"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fedmine.cli", "schedule", str(demo_config), "--cron", "at two"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: --cron 'at two': not a cron expression")

@@ -20,8 +20,17 @@ pytestmark = pytest.mark.slow
 
 def test_summary_has_documented_keys(trained):
     s = trained["summary"]
-    for key in ("run_id", "strategy", "model_file", "feature_names", "global", "organisations",
-                "bytes_sent", "train_seconds", "total_seconds"):
+    for key in (
+        "run_id",
+        "strategy",
+        "model_file",
+        "feature_names",
+        "global",
+        "organisations",
+        "bytes_sent",
+        "train_seconds",
+        "total_seconds",
+    ):
         assert key in s
     assert json.loads(trained["summary_path"].read_text())["run_id"] == s["run_id"]
     assert set(s["organisations"]) == {"bank", "retailer", "telecom"}
@@ -47,8 +56,13 @@ def test_every_round_is_an_mlflow_step(trained, store):
     schema = {a.path for a in client.list_artifacts(run.info.run_id, "schema")}
     assert {"schema/check.json", "schema/check.md"} <= schema
     report = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
-    assert {"report/report.md", "report/report.html", "report/learning_curves.png",
-            "report/federation_gain.png", "report/feature_importance.png"} <= report
+    assert {
+        "report/report.md",
+        "report/report.html",
+        "report/learning_curves.png",
+        "report/federation_gain.png",
+        "report/feature_importance.png",
+    } <= report
 
 
 def test_nested_run_per_organisation(trained, store):
@@ -88,8 +102,9 @@ def _broken_copy(demo_config, tmp_path, edit):
 def _latest_run(store, name="retail-credit"):
     client = MlflowClient(store)
     exp = client.get_experiment_by_name(name)
-    return client.search_runs([exp.experiment_id], "tags.`fedmine.strategy` != ''",
-                              order_by=["attributes.start_time DESC"], max_results=1)[0]
+    return client.search_runs(
+        [exp.experiment_id], "tags.`fedmine.strategy` != ''", order_by=["attributes.start_time DESC"], max_results=1
+    )[0]
 
 
 def test_unknown_category_fails_the_run(prefect_harness, demo_config, tmp_path, store):
@@ -101,7 +116,10 @@ def test_unknown_category_fails_the_run(prefect_harness, demo_config, tmp_path, 
     from fedmine.flows.train import federated_training
 
     path = _broken_copy(demo_config, tmp_path, edit)
-    with pytest.raises(DataError, match=r"organisation bank: column 'region' has unknown category 'NE' \(1 rows\); allowed: north, south, east, west"):
+    with pytest.raises(
+        DataError,
+        match=r"organisation bank: column 'region' has unknown category 'NE' \(1 rows\); allowed: north, south, east, west",
+    ):
         federated_training(str(path), ["training.rounds=2"])
     run = _latest_run(store)
     assert run.info.status == "FAILED"
@@ -113,8 +131,11 @@ def test_a_summary_path_that_cannot_be_written_stops_before_the_run(prefect_harn
     from fedmine.flows.train import federated_training
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with pytest.raises(ConfigError, match=r"^summary_path /dev/null/s.json: cannot create folder /dev/null: "
-                                          r"it is a file \(Not a directory\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^summary_path /dev/null/s.json: cannot create folder /dev/null: "
+        r"it is a file \(Not a directory\)$",
+    ):
         federated_training(str(demo_config), ["training.rounds=2", f"tracking.uri={uri}"], "/dev/null/s.json")
     assert not (tmp_path / "mlflow.db").exists()  # no store opened, no run left RUNNING
 
@@ -167,8 +188,9 @@ def test_prepare_tasks_as_plain_functions(demo_config):
     assert d["n_rows"] + d["n_valid"] == len(raw)
 
 
-def test_histogram_strategy_through_flow_mlflow_and_predict(prefect_harness, demo_config, store, tmp_path,
-                                                             monkeypatch, capsys):
+def test_histogram_strategy_through_flow_mlflow_and_predict(
+    prefect_harness, demo_config, store, tmp_path, monkeypatch, capsys
+):
     from fedmine.cli import main
     from fedmine.flows.train import federated_training
 
@@ -176,23 +198,45 @@ def test_histogram_strategy_through_flow_mlflow_and_predict(prefect_harness, dem
     assert summary["strategy"] == "histogram" and summary["rounds"] == 15
     client = MlflowClient(store)
     run_id = summary["run_id"]
-    for key in ("histogram_exchanges", "seconds.party", "seconds.aggregation", "seconds.split_finding",
-                "bytes_sent.bank", "bytes_sent.telecom", "global.auc"):
+    for key in (
+        "histogram_exchanges",
+        "seconds.party",
+        "seconds.aggregation",
+        "seconds.split_finding",
+        "bytes_sent.bank",
+        "bytes_sent.telecom",
+        "global.auc",
+    ):
         assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(1, 16)), key
     model = lgb.Booster(model_file=summary["model_file"])
     assert model.num_trees() == 15
     # the privacy receipt: on by default under histogram, shown every round and as an artifact
     assert [m.value for m in client.get_metric_history(run_id, "privacy.secure_aggregation")] == [1.0] * 15
     assert [m.value for m in client.get_metric_history(run_id, "privacy.parties")] == [3.0] * 15
-    receipt = json.loads(client.download_artifacts(run_id, "privacy_receipt.json", str(tmp_path)) and
-                         (tmp_path / "privacy_receipt.json").read_text())
+    receipt = json.loads(
+        client.download_artifacts(run_id, "privacy_receipt.json", str(tmp_path))
+        and (tmp_path / "privacy_receipt.json").read_text()
+    )
     assert receipt["receipt"]["secure_aggregation"] is True and receipt["receipt"]["n_parties"] == 3
     assert client.get_run(run_id).data.tags["privacy.secure_aggregation"] == "True"
     assert summary["privacy"]["mechanism"] == "none"
     out = tmp_path / "scored.csv"
-    monkeypatch.setattr("sys.argv", ["fedmine", "predict", str(demo_config), "--model", summary["model_file"],
-                                     "--org", "retailer", "--input", str(demo_config.parent / "data" / "retailer.parquet"),
-                                     "--output", str(out)])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "fedmine",
+            "predict",
+            str(demo_config),
+            "--model",
+            summary["model_file"],
+            "--org",
+            "retailer",
+            "--input",
+            str(demo_config.parent / "data" / "retailer.parquet"),
+            "--output",
+            str(out),
+        ],
+    )
     main()
     scored = pd.read_csv(out)
     assert scored["prediction"].between(0, 1).all() and len(scored) == summary["organisations"]["retailer"]["rows"]

@@ -54,8 +54,11 @@ def _parts(X, y, k):
 
 
 def _same(a, b):
-    return (len(a.trees) == len(b.trees) and all(np.array_equal(ta.nodes, tb.nodes) for ta, tb in zip(a.trees, b.trees))
-            and to_lightgbm_text(a) == to_lightgbm_text(b))
+    return (
+        len(a.trees) == len(b.trees)
+        and all(np.array_equal(ta.nodes, tb.nodes) for ta, tb in zip(a.trees, b.trees))
+        and to_lightgbm_text(a) == to_lightgbm_text(b)
+    )
 
 
 def _auc(y, p):
@@ -125,9 +128,14 @@ def test_sensitivity_is_one_release(objective, nodes_per_row):
     trainer = Trainer(EngineState(X, y), _params(objective), dp=DP[objective])
     trainer.start()
     g, h = dp_bounds(DP[objective], trainer._obj)
-    expected = dp.histogram_sensitivity(5, grad_bound=g, hess_bound=h,
-                                        grad_scale=dp.dp_scale(g, n_total=N), hess_scale=dp.dp_scale(h, n_total=N),
-                                        nodes_per_row=nodes_per_row)
+    expected = dp.histogram_sensitivity(
+        5,
+        grad_bound=g,
+        hess_bound=h,
+        grad_scale=dp.dp_scale(g, n_total=N),
+        hess_scale=dp.dp_scale(h, n_total=N),
+        nodes_per_row=nodes_per_row,
+    )
     assert trainer.sensitivity == expected
     assert trainer.sensitivity.bounds[0] == 2**12 and 2**11 < trainer.sensitivity.bounds[1] <= 2**12
     assert trainer.sensitivity.coords == (5 * nodes_per_row,) * 3
@@ -153,8 +161,14 @@ def test_release_nodes_are_disjoint_per_tree_and_releases_are_counted(lookahead)
     X, y = _data("multiclass")
     party = _DisjointChecker(X, y)
     party.requests_ = []
-    params = {**_params("multiclass"), "lookahead": lookahead, "num_leaves": 12, "min_data_in_leaf": 5,
-              "bagging_fraction": 0.8, "bagging_freq": 1}
+    params = {
+        **_params("multiclass"),
+        "lookahead": lookahead,
+        "num_leaves": 12,
+        "min_data_in_leaf": 5,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+    }
     trainer = Trainer(EngineGroup([party]), params, dp=DPConfig())
     trainer.start()
     before = 0
@@ -187,15 +201,17 @@ def test_tiny_noise_gives_the_noise_free_model():
     trainer.start()
     z = dp.calibrate(1e9, 1e-5, 100, trainer.sensitivity)
     assert trainer.sensitivity.variances(z)[2] < 1e-4 < trainer.sensitivity.variances(z)[0] < 100
-    huge_eps = train_partitioned(parts, params, categorical=[3], row_ids=ids, dp=DPConfig(), noise_multiplier=z,
-                                 noise_seed=7)
+    huge_eps = train_partitioned(
+        parts, params, categorical=[3], row_ids=ids, dp=DPConfig(), noise_multiplier=z, noise_seed=7
+    )
     for ta, tb in zip(exact.trees, huge_eps.trees):  # same trees; sums off by a few units
         for key in ("feature", "bin_threshold", "default_left", "count", "left", "right"):
             assert np.array_equal(ta.nodes[key], tb.nodes[key])
         assert np.allclose(ta.nodes["value"], tb.nodes["value"], rtol=0, atol=1e-2)
     assert len(exact.trees) == len(huge_eps.trees)
-    tiny = train_partitioned(parts, params, categorical=[3], row_ids=ids, dp=DPConfig(), noise_multiplier=1e-9,
-                             noise_seed=7)
+    tiny = train_partitioned(
+        parts, params, categorical=[3], row_ids=ids, dp=DPConfig(), noise_multiplier=1e-9, noise_seed=7
+    )
     assert _same(exact, tiny)  # a variance far below one unit: no draw is ever nonzero
 
 
@@ -205,10 +221,12 @@ def test_noise_changes_the_model_lowers_auc_and_stays_finite():
     parts, ids = _parts(X, y, 3)
     params = {**_params("binary"), "num_boost_round": 10}
     exact = train_partitioned(parts, params, categorical=[3], row_ids=ids, dp=DPConfig())
-    noisy = train_partitioned(parts, params, categorical=[3], row_ids=ids, dp=DPConfig(), noise_multiplier=2.0,
-                              noise_seed=3)
-    again = train_partitioned(parts, params, categorical=[3], row_ids=ids, dp=DPConfig(), noise_multiplier=2.0,
-                              noise_seed=3)
+    noisy = train_partitioned(
+        parts, params, categorical=[3], row_ids=ids, dp=DPConfig(), noise_multiplier=2.0, noise_seed=3
+    )
+    again = train_partitioned(
+        parts, params, categorical=[3], row_ids=ids, dp=DPConfig(), noise_multiplier=2.0, noise_seed=3
+    )
     assert not _same(exact, noisy)
     assert _same(noisy, again)  # same seed, same noise
     auc_exact, auc_noisy = _auc(yv, predict(exact, Xv)), _auc(yv, predict(noisy, Xv))
@@ -219,8 +237,13 @@ def test_noise_changes_the_model_lowers_auc_and_stays_finite():
 @pytest.mark.parametrize("objective", ["multiclass", "regression"])
 def test_heavy_noise_never_makes_nan_or_negative_sums(objective):
     X, y = _data(objective, n=600)
-    params = {**_params(objective), "min_data_in_leaf": 0, "min_sum_hessian_in_leaf": 0.0, "lambda_l2": 0.0,
-              "num_leaves": 16}
+    params = {
+        **_params(objective),
+        "min_data_in_leaf": 0,
+        "min_sum_hessian_in_leaf": 0.0,
+        "lambda_l2": 0.0,
+        "num_leaves": 16,
+    }
     model = train_pooled(X, y, params, categorical=[3], dp=DP[objective], noise_multiplier=30.0, noise_seed=0)
     for t in model.trees:
         nd = t.nodes
@@ -309,8 +332,13 @@ def test_noisy_nan_bin_of_a_full_feature_splits_at_inf_and_exports():
     from fedmine.gbdt.predictor import predict_raw
 
     X, y = _data("binary", n=600)
-    params = {**_params("binary"), "min_data_in_leaf": 0, "min_sum_hessian_in_leaf": 0.0, "num_leaves": 16,
-              "max_bin": 255}
+    params = {
+        **_params("binary"),
+        "min_data_in_leaf": 0,
+        "min_sum_hessian_in_leaf": 0.0,
+        "num_leaves": 16,
+        "max_bin": 255,
+    }
     model = train_pooled(X, y, params, categorical=[3], dp=DPConfig(), noise_multiplier=30.0, noise_seed=0)
     assert any(np.isinf(t.nodes["threshold"][t.nodes["is_leaf"] == 0]).any() for t in model.trees)
     raw = predict_raw(model.trees, X, n_trees_per_round=1, init_scores=model.init_scores)

@@ -33,13 +33,15 @@ def _targets(objective, lin, rng):
 
 def _probe(X, rng):
     """Training rows plus values LightGBM must treat as we do."""
-    extra = np.array([
-        [np.nan, np.nan, np.nan, np.nan],
-        [1e30, -1e30, -0.5, 0.0],   # category int(-0.5) = 0
-        [0.0, 0.0, -3.0, 0.0],      # negative category: right
-        [0.0, 0.0, 200.0, 0.0],     # unseen category beyond the bitset: right
-        [0.0, 0.0, 4.7, 0.0],       # truncation to 4
-    ])
+    extra = np.array(
+        [
+            [np.nan, np.nan, np.nan, np.nan],
+            [1e30, -1e30, -0.5, 0.0],  # category int(-0.5) = 0
+            [0.0, 0.0, -3.0, 0.0],  # negative category: right
+            [0.0, 0.0, 200.0, 0.0],  # unseen category beyond the bitset: right
+            [0.0, 0.0, 4.7, 0.0],  # truncation to 4
+        ]
+    )
     return np.vstack([X, extra])
 
 
@@ -48,8 +50,7 @@ def test_lightgbm_predicts_like_the_engine(objective):
     X, lin, rng = _data()
     y = _targets(objective, lin, rng)
     extra = {"num_class": 4} if objective == "multiclass" else {}
-    params = dict(objective=objective, num_boost_round=8, num_leaves=10, min_data_per_group=20, cat_smooth=2,
-                  **extra)
+    params = dict(objective=objective, num_boost_round=8, num_leaves=10, min_data_per_group=20, cat_smooth=2, **extra)
     model = train_pooled(X, y, params, categorical=[2], feature_names=["a b", "c", "cat-col", "d"])
     text = to_lightgbm_text(model)
     assert f"objective={model.objective_line}" in text
@@ -76,8 +77,12 @@ def test_lightgbm_predicts_like_the_engine(objective):
 def test_decision_type_bits():
     X, lin, rng = _data()
     y = _targets("binary", lin, rng)
-    model = train_pooled(X, y, dict(objective="binary", num_boost_round=3, num_leaves=8, min_data_per_group=20,
-                                    cat_smooth=2), categorical=[2])
+    model = train_pooled(
+        X,
+        y,
+        dict(objective="binary", num_boost_round=3, num_leaves=8, min_data_per_group=20, cat_smooth=2),
+        categorical=[2],
+    )
     text = to_lightgbm_text(model)
     kinds = set()
     for line in text.splitlines():

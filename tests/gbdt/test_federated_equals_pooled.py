@@ -31,9 +31,21 @@ def _data(objective: str, seed: int = 0):
     return X, y
 
 
-PARAMS = dict(num_boost_round=6, num_leaves=12, learning_rate=0.2, min_data_in_leaf=10, min_data_per_group=20,
-              cat_smooth=5.0, max_cat_to_onehot=4, feature_fraction=0.8, bagging_fraction=0.7, bagging_freq=2,
-              seed=3, lambda_l2=0.5, max_bin=63)
+PARAMS = dict(
+    num_boost_round=6,
+    num_leaves=12,
+    learning_rate=0.2,
+    min_data_in_leaf=10,
+    min_data_per_group=20,
+    cat_smooth=5.0,
+    max_cat_to_onehot=4,
+    feature_fraction=0.8,
+    bagging_fraction=0.7,
+    bagging_freq=2,
+    seed=3,
+    lambda_l2=0.5,
+    max_bin=63,
+)
 
 
 def _partition(y, k, kind, seed=0):
@@ -46,8 +58,9 @@ def _partition(y, k, kind, seed=0):
 
 
 def _federated(X, y, params, idx):
-    return train_partitioned([(X[i], y[i]) for i in idx], params, categorical=[3],
-                             row_ids=[i.astype(np.uint64) for i in idx])
+    return train_partitioned(
+        [(X[i], y[i]) for i in idx], params, categorical=[3], row_ids=[i.astype(np.uint64) for i in idx]
+    )
 
 
 def _assert_same(a, b):
@@ -111,8 +124,13 @@ def test_unpacked_accumulators_agree_with_each_other():
 def test_group_counts_exchanges_and_bytes(pooled):
     X, y, params, _ = pooled("binary")
     idx = _partition(y, 2, "iid")
-    model, group = train_partitioned([(X[i], y[i]) for i in idx], params, categorical=[3],
-                                     row_ids=[i.astype(np.uint64) for i in idx], return_group=True)
+    model, group = train_partitioned(
+        [(X[i], y[i]) for i in idx],
+        params,
+        categorical=[3],
+        row_ids=[i.astype(np.uint64) for i in idx],
+        return_group=True,
+    )
     src = group.source
     leaves = sum(t.n_leaves for t in model.trees)
     # one exchange per tree for the root plus at most one per further split
@@ -128,9 +146,13 @@ def test_early_stopping_same_pooled_and_federated():
     want = train_pooled(X, y, params, categorical=[3], X_valid=Xv, y_valid=yv)
     idx = _partition(y, 3, "iid")
     vidx = np.array_split(np.arange(yv.size), 3)
-    got = train_partitioned([(X[i], y[i]) for i in idx], params, categorical=[3],
-                            row_ids=[i.astype(np.uint64) for i in idx],
-                            valid_parts=[(Xv[i], yv[i]) for i in vidx])
+    got = train_partitioned(
+        [(X[i], y[i]) for i in idx],
+        params,
+        categorical=[3],
+        row_ids=[i.astype(np.uint64) for i in idx],
+        valid_parts=[(Xv[i], yv[i]) for i in vidx],
+    )
     _assert_same(got, want)
     assert got.history == want.history
     assert want.best_iteration < 60
@@ -147,7 +169,9 @@ def test_validation_metric_is_partition_free(metric):
     got = train_partitioned([(X, y)], params, categorical=[3], valid_parts=[(Xv, yv)])
     assert got.history == want.history
     got4 = train_partitioned(
-        [(X[i], y[i]) for i in np.array_split(np.arange(N), 4)], params, categorical=[3],
+        [(X[i], y[i]) for i in np.array_split(np.arange(N), 4)],
+        params,
+        categorical=[3],
         valid_parts=[(Xv[i], yv[i]) for i in vidx],
     )
     assert got4.history == want.history
@@ -160,7 +184,6 @@ def test_a_party_without_rows_changes_nothing(pooled):
     _assert_same(_federated(X, y, params, idx), want)
 
 
-
 @pytest.mark.parametrize("objective", ["binary", "multiclass"])
 def test_lookahead_changes_exchanges_not_trees(objective):
     X, y = _data(objective)
@@ -170,8 +193,13 @@ def test_lookahead_changes_exchanges_not_trees(objective):
     results = {}
     for lookahead in (0, 1, 3):
         params = dict(base, lookahead=lookahead)
-        model, group = train_partitioned([(X[i], y[i]) for i in idx], params, categorical=[3],
-                                         row_ids=[i.astype(np.uint64) for i in idx], return_group=True)
+        model, group = train_partitioned(
+            [(X[i], y[i]) for i in idx],
+            params,
+            categorical=[3],
+            row_ids=[i.astype(np.uint64) for i in idx],
+            return_group=True,
+        )
         _assert_same(model, train_pooled(X, y, params, categorical=[3]))  # federated == pooled, any lookahead
         results[lookahead] = (model, group.source.exchanges_)
     ref = results[0][0]
@@ -193,8 +221,7 @@ def test_trainer_round_by_round_equals_train():
     X, y = _data("binary")
     params = dict(PARAMS, objective="binary", num_boost_round=6, early_stopping_rounds=0)
     idx = _partition(y, 3, "iid")
-    parties = [EngineState(X[i], y[i], row_ids=i.astype(np.uint64), X_valid=X[i][:50], y_valid=y[i][:50])
-               for i in idx]
+    parties = [EngineState(X[i], y[i], row_ids=i.astype(np.uint64), X_valid=X[i][:50], y_valid=y[i][:50]) for i in idx]
     trainer = Trainer(EngineGroup(parties), params, categorical=[3])
     trainer.start()
     values = []
@@ -203,6 +230,13 @@ def test_trainer_round_by_round_equals_train():
     model = trainer.finish()
     assert len(values) == 6 and all(v is not None for v in values)
     assert values == model.history
-    _assert_same(model, train_partitioned([(X[i], y[i]) for i in idx], params, categorical=[3],
-                                          row_ids=[i.astype(np.uint64) for i in idx],
-                                          valid_parts=[(X[i][:50], y[i][:50]) for i in idx]))
+    _assert_same(
+        model,
+        train_partitioned(
+            [(X[i], y[i]) for i in idx],
+            params,
+            categorical=[3],
+            row_ids=[i.astype(np.uint64) for i in idx],
+            valid_parts=[(X[i][:50], y[i][:50]) for i in idx],
+        ),
+    )

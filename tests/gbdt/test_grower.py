@@ -94,8 +94,13 @@ class TinySource:
     def apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id):
         assert left_id not in self.rows and right_id not in self.rows
         rows = self.rows[int(node_id)]
-        left = goes_left(self.bins[feature, rows], bin_threshold=bin_threshold, default_left=default_left,
-                         bitset=cat_bitset, nan_bin=self.max_bin)
+        left = goes_left(
+            self.bins[feature, rows],
+            bin_threshold=bin_threshold,
+            default_left=default_left,
+            bitset=cat_bitset,
+            nan_bin=self.max_bin,
+        )
         self.rows[int(left_id)] = rows[left]
         self.rows[int(right_id)] = rows[~left]
         self.splits.append((int(node_id), int(left_id), int(right_id)))
@@ -115,8 +120,11 @@ def make_data(seed, *, n=800, n_numeric=3, n_categorical=1, max_bin=16, nan_frac
     for k in range(n_trees):
         effects = rng.normal(size=(n_features, max_bin + 1)) * signal
         x0 = bins[0].astype(float)
-        gf = effects[np.arange(n_features)[:, None], bins].sum(axis=0) + np.where(x0 > n_bins[0] / 2, 1.0, -1.0) * (
-            bins[1] % 2) * signal + rng.normal(size=n) * 0.3
+        gf = (
+            effects[np.arange(n_features)[:, None], bins].sum(axis=0)
+            + np.where(x0 > n_bins[0] / 2, 1.0, -1.0) * (bins[1] % 2) * signal
+            + rng.normal(size=n) * 0.3
+        )
         g[k] = np.rint(gf * SCALE).astype(np.int64)
         h[k] = np.rint(rng.uniform(0.1, 1.0, n) * SCALE).astype(np.int64)
     return bins, g, h, Mapper(n_bins, categorical, max_bin)
@@ -125,9 +133,18 @@ def make_data(seed, *, n=800, n_numeric=3, n_categorical=1, max_bin=16, nan_frac
 def grow(source, mapper, rules, *, num_leaves, max_depth=-1, learning_rate=0.5, lookahead=0, masks=None):
     n_trees = source.g.shape[0]
     masks = np.ones((n_trees, mapper.n_bins.size), dtype=bool) if masks is None else masks
-    grower = TreeGrower(source, mapper=mapper, rules=rules, num_leaves=num_leaves, max_depth=max_depth,
-                        learning_rate=learning_rate, grad_scales=np.full(n_trees, SCALE),
-                        hess_scales=np.full(n_trees, SCALE), feature_masks=masks, lookahead=lookahead)
+    grower = TreeGrower(
+        source,
+        mapper=mapper,
+        rules=rules,
+        num_leaves=num_leaves,
+        max_depth=max_depth,
+        learning_rate=learning_rate,
+        grad_scales=np.full(n_trees, SCALE),
+        hess_scales=np.full(n_trees, SCALE),
+        feature_masks=masks,
+        lookahead=lookahead,
+    )
     return grower, grower.grow()
 
 
@@ -152,13 +169,22 @@ def many_vs_many(mapper, rules, feature):
 
 def best_split_of(rows, bins, g, h, mapper, rules, mask, parent_output):
     hist = histogram_of(bins, g, h, rows, mapper.max_bin + 1)
-    return find_best_split(hist, allowed=mask, n_bins=mapper.n_bins, categorical=mapper.categorical,
-                           nan_bin=mapper.nan_bin, grad_scale=SCALE, hess_scale=SCALE, rules=rules,
-                           parent_output=parent_output)
+    return find_best_split(
+        hist,
+        allowed=mask,
+        n_bins=mapper.n_bins,
+        categorical=mapper.categorical,
+        nan_bin=mapper.nan_bin,
+        grad_scale=SCALE,
+        hess_scale=SCALE,
+        rules=rules,
+        parent_output=parent_output,
+    )
 
 
 def reference_growth(bins, g, h, mapper, rules, *, num_leaves, max_depth, mask):
     """Leaf-wise growth, every histogram built from the leaf's rows: [(rows, feature, rule)], [leaf rows]."""
+
     def search(rows, depth, out):
         if (max_depth > 0 and depth >= max_depth) or rows.size < max(2 * rules.min_data_in_leaf, 2):
             return None
@@ -177,11 +203,24 @@ def reference_growth(bins, g, h, mapper, rules, *, num_leaves, max_depth, mask):
         rows, depth = leaves[i]
         f = int(split["feature"])
         bitset = bits if split["is_categorical"] else None
-        left = goes_left(bins[f, rows], bin_threshold=int(split["bin_threshold"]),
-                         default_left=bool(split["default_left"]), bitset=bitset, nan_bin=mapper.nan_bin)
-        rule = frozenset(np.flatnonzero(goes_left(np.arange(mapper.max_bin + 1), bin_threshold=int(split["bin_threshold"]),
-                                                  default_left=bool(split["default_left"]), bitset=bitset,
-                                                  nan_bin=mapper.nan_bin)).tolist())
+        left = goes_left(
+            bins[f, rows],
+            bin_threshold=int(split["bin_threshold"]),
+            default_left=bool(split["default_left"]),
+            bitset=bitset,
+            nan_bin=mapper.nan_bin,
+        )
+        rule = frozenset(
+            np.flatnonzero(
+                goes_left(
+                    np.arange(mapper.max_bin + 1),
+                    bin_threshold=int(split["bin_threshold"]),
+                    default_left=bool(split["default_left"]),
+                    bitset=bitset,
+                    nan_bin=mapper.nan_bin,
+                )
+            ).tolist()
+        )
         splits.append((frozenset(rows.tolist()), f, rule))
         leaves[i] = (rows[left], depth + 1)
         leaves.append((rows[~left], depth + 1))
@@ -194,9 +233,17 @@ def node_rule(tree, i, mapper):
     """Bins of the node's split feature that go left, from the node record."""
     nd = tree.nodes[i]
     bitset = tree.cat_bitsets[nd["cat_index"]] if nd["is_categorical"] else None
-    return frozenset(np.flatnonzero(goes_left(np.arange(mapper.max_bin + 1), bin_threshold=int(nd["bin_threshold"]),
-                                              default_left=bool(nd["default_left"]), bitset=bitset,
-                                              nan_bin=mapper.nan_bin)).tolist())
+    return frozenset(
+        np.flatnonzero(
+            goes_left(
+                np.arange(mapper.max_bin + 1),
+                bin_threshold=int(nd["bin_threshold"]),
+                default_left=bool(nd["default_left"]),
+                bitset=bitset,
+                nan_bin=mapper.nan_bin,
+            )
+        ).tolist()
+    )
 
 
 def node_rows(source, tree, k, i):
@@ -207,8 +254,10 @@ def tree_splits(source, tree, k, mapper):
     nd = tree.nodes
     internal = np.flatnonzero(nd["is_leaf"] == 0)
     internal = internal[np.argsort(nd["split_order"][internal])]
-    splits = [(frozenset(node_rows(source, tree, k, i).tolist()), int(nd[i]["feature"]), node_rule(tree, i, mapper))
-              for i in internal]
+    splits = [
+        (frozenset(node_rows(source, tree, k, i).tolist()), int(nd[i]["feature"]), node_rule(tree, i, mapper))
+        for i in internal
+    ]
     leaves = {frozenset(node_rows(source, tree, k, i).tolist()) for i in np.flatnonzero(nd["is_leaf"])}
     return splits, leaves
 
@@ -254,8 +303,13 @@ def check_records(tree, source, k, mapper, rules, learning_rate):
         assert p["gain"] > 0.0
         f = int(p["feature"])
         rows = node_rows(source, tree, k, i)
-        go = goes_left(source.bins[f, rows], bin_threshold=int(p["bin_threshold"]), default_left=bool(p["default_left"]),
-                       bitset=tree.cat_bitsets[p["cat_index"]] if p["is_categorical"] else None, nan_bin=mapper.nan_bin)
+        go = goes_left(
+            source.bins[f, rows],
+            bin_threshold=int(p["bin_threshold"]),
+            default_left=bool(p["default_left"]),
+            bitset=tree.cat_bitsets[p["cat_index"]] if p["is_categorical"] else None,
+            nan_bin=mapper.nan_bin,
+        )
         assert np.array_equal(np.sort(rows[go]), np.sort(node_rows(source, tree, k, left)))
         assert np.array_equal(np.sort(rows[~go]), np.sort(node_rows(source, tree, k, right)))
         if p["is_categorical"]:
@@ -266,8 +320,9 @@ def check_records(tree, source, k, mapper, rules, learning_rate):
     assert tree.cat_bitsets.shape == (int(nd["is_categorical"][internal].sum()), CAT_WORDS)
 
 
-def check_best_splits_and_leaf_wise_order(tree, source, k, mapper, rules, learning_rate, *, num_leaves, max_depth,
-                                          mask):
+def check_best_splits_and_leaf_wise_order(
+    tree, source, k, mapper, rules, learning_rate, *, num_leaves, max_depth, mask
+):
     """Each split is its node's best; no waiting leaf ever had a larger gain than the leaf split instead."""
     nd = tree.nodes
     g, h = source.g[k], source.h[k]
@@ -314,8 +369,15 @@ def check_smaller_child_requested(source, tree, k):
     return requested
 
 
-RULES = SplitRules(min_data_in_leaf=20, lambda_l2=1.0, lambda_l1=0.1, min_data_per_group=20, cat_smooth=5.0,
-                   max_cat_to_onehot=4, cat_l2=2.0)
+RULES = SplitRules(
+    min_data_in_leaf=20,
+    lambda_l2=1.0,
+    lambda_l1=0.1,
+    min_data_per_group=20,
+    cat_smooth=5.0,
+    max_cat_to_onehot=4,
+    cat_l2=2.0,
+)
 
 
 # ---------------------------------------------------------------------------
@@ -323,30 +385,36 @@ RULES = SplitRules(min_data_in_leaf=20, lambda_l2=1.0, lambda_l1=0.1, min_data_p
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed, num_leaves, max_depth, rules", [
-    (0, 8, -1, RULES),
-    (1, 31, -1, RULES),
-    (2, 31, 3, RULES),
-    (3, 5, 2, replace(RULES, min_data_in_leaf=60)),
-    (4, 12, -1, replace(RULES, lambda_l1=0.0, lambda_l2=0.0, max_cat_to_onehot=16)),
-    (5, 20, -1, replace(RULES, min_gain_to_split=3.0, min_sum_hessian_in_leaf=10.0)),
-])
+@pytest.mark.parametrize(
+    "seed, num_leaves, max_depth, rules",
+    [
+        (0, 8, -1, RULES),
+        (1, 31, -1, RULES),
+        (2, 31, 3, RULES),
+        (3, 5, 2, replace(RULES, min_data_in_leaf=60)),
+        (4, 12, -1, replace(RULES, lambda_l1=0.0, lambda_l2=0.0, max_cat_to_onehot=16)),
+        (5, 20, -1, replace(RULES, min_gain_to_split=3.0, min_sum_hessian_in_leaf=10.0)),
+    ],
+)
 @pytest.mark.parametrize("lookahead", [0, 2])
 def test_tree_matches_reference_growth_and_its_rows(seed, num_leaves, max_depth, rules, lookahead):
     bins, g, h, mapper = make_data(seed)
     lr = 0.5
     source = TinySource(bins, g, h, mapper.max_bin)
     mask = np.ones(mapper.n_bins.size, dtype=bool)
-    grower, (tree,) = grow(source, mapper, rules, num_leaves=num_leaves, max_depth=max_depth, learning_rate=lr,
-                           lookahead=lookahead)
+    grower, (tree,) = grow(
+        source, mapper, rules, num_leaves=num_leaves, max_depth=max_depth, learning_rate=lr, lookahead=lookahead
+    )
     assert tree.n_leaves <= num_leaves
     if max_depth > 0:
         assert tree.nodes["depth"].max() <= max_depth
     check_records(tree, source, 0, mapper, rules, lr)
-    check_best_splits_and_leaf_wise_order(tree, source, 0, mapper, rules, lr, num_leaves=num_leaves,
-                                          max_depth=max_depth, mask=mask)
-    want_splits, want_leaves = reference_growth(bins, g[0], h[0], mapper, rules, num_leaves=num_leaves,
-                                                max_depth=max_depth, mask=mask)
+    check_best_splits_and_leaf_wise_order(
+        tree, source, 0, mapper, rules, lr, num_leaves=num_leaves, max_depth=max_depth, mask=mask
+    )
+    want_splits, want_leaves = reference_growth(
+        bins, g[0], h[0], mapper, rules, num_leaves=num_leaves, max_depth=max_depth, mask=mask
+    )
     got_splits, got_leaves = tree_splits(source, tree, 0, mapper)
     assert got_splits == want_splits
     assert got_leaves == want_leaves
@@ -373,8 +441,9 @@ def test_num_leaves_is_reached_exactly_when_every_leaf_can_split():
 def test_max_depth_bounds_every_leaf(max_depth, lookahead):
     bins, g, h, mapper = make_data(7, n=3000, signal=2.0)
     source = TinySource(bins, g, h, mapper.max_bin)
-    _, (tree,) = grow(source, mapper, replace(RULES, min_data_in_leaf=5), num_leaves=31, max_depth=max_depth,
-                      lookahead=lookahead)
+    _, (tree,) = grow(
+        source, mapper, replace(RULES, min_data_in_leaf=5), num_leaves=31, max_depth=max_depth, lookahead=lookahead
+    )
     leaves = tree.nodes[tree.nodes["is_leaf"] == 1]
     assert leaves["depth"].max() == max_depth
     assert tree.n_leaves <= 2**max_depth
@@ -413,8 +482,9 @@ def test_feature_mask_limits_split_features():
     _, (tree,) = grow(source, mapper, RULES, num_leaves=10, masks=mask)
     internal = tree.nodes[tree.nodes["is_leaf"] == 0]
     assert internal.size and set(internal["feature"].tolist()) <= {1, 3}
-    check_best_splits_and_leaf_wise_order(tree, source, 0, mapper, RULES, 0.5, num_leaves=10, max_depth=-1,
-                                          mask=mask[0])
+    check_best_splits_and_leaf_wise_order(
+        tree, source, 0, mapper, RULES, 0.5, num_leaves=10, max_depth=-1, mask=mask[0]
+    )
 
 
 def test_leaf_wise_picks_the_leaf_with_the_largest_gain():
@@ -436,7 +506,9 @@ def test_leaf_wise_picks_the_leaf_with_the_largest_gain():
     nd = tree.nodes
     assert nd[0]["feature"] == 0
     second = nd[(nd["split_order"] == 1)][0]
-    assert second["feature"] == 1 and second["parent"] == 0 and nd[0]["right"] == np.flatnonzero(nd["split_order"] == 1)[0]
+    assert (
+        second["feature"] == 1 and second["parent"] == 0 and nd[0]["right"] == np.flatnonzero(nd["split_order"] == 1)[0]
+    )
     _, (tree4,) = grow(TinySource(bins, g, h, 8), mapper, rules, num_leaves=4)
     third = tree4.nodes[tree4.nodes["split_order"] == 2][0]
     assert third["feature"] == 2 and third["parent"] == 0
@@ -494,7 +566,7 @@ def test_trees_of_a_round_grow_in_lockstep_as_they_would_alone():
     assert sorted(int(x) // NODE_STRIDE for x in source.requests[0]) == [0, 1, 2]
     for k, tree in enumerate(trees):
         alone = TinySource(bins, g[k], h[k], mapper.max_bin)
-        _, (want,) = grow(alone, mapper, RULES, num_leaves=9, masks=masks[k:k + 1])
+        _, (want,) = grow(alone, mapper, RULES, num_leaves=9, masks=masks[k : k + 1])
         assert tree.equal(want)
         check_records(tree, source, k, mapper, RULES, 0.5)
         check_smaller_child_requested(source, tree, k)
@@ -516,8 +588,11 @@ def test_equal_children_request_the_left_one():
     assert int(source.requests[1][0]) == int(nd[1]["slot"])
 
 
-@pytest.mark.xfail(strict=True, reason="equal gains in two leaves: the grower takes the lower leaf index, LightGBM's "
-                                       "ArgMax over SplitInfo takes the split on the lower feature first")
+@pytest.mark.xfail(
+    strict=True,
+    reason="equal gains in two leaves: the grower takes the lower leaf index, LightGBM's "
+    "ArgMax over SplitInfo takes the split on the lower feature first",
+)
 def test_equal_leaf_gains_go_to_the_lower_feature_like_lightgbm():
     # leaf 0 (f0 = 0) splits on feature 2, leaf 1 (f0 = 1) on feature 1, with exactly opposite gradients
     m = 200
@@ -533,8 +608,12 @@ def test_equal_leaf_gains_go_to_the_lower_feature_like_lightgbm():
     _, (tree,) = grow(source, mapper, rules, num_leaves=3)
     nd = tree.nodes
     assert nd[0]["feature"] == 0
-    best = [best_split_of(node_rows(source, tree, 0, i), bins, g, h, mapper, rules, np.ones(3, bool),
-                          nd[i]["value"] / 0.5)[0] for i in (1, 2)]
+    best = [
+        best_split_of(node_rows(source, tree, 0, i), bins, g, h, mapper, rules, np.ones(3, bool), nd[i]["value"] / 0.5)[
+            0
+        ]
+        for i in (1, 2)
+    ]
     assert best[0]["gain"] == best[1]["gain"] > 0.0  # an exact tie
     assert (int(best[0]["feature"]), int(best[1]["feature"])) == (2, 1)
     second = nd[nd["split_order"] == 1][0]

@@ -103,8 +103,10 @@ def test_histogram_kernels_match_numpy(data, mapper, packed, parallel, n_rows):
     assert np.array_equal(got, want)
     assert np.array_equal(histogram.build_histogram(bins, g, h, mapper.max_bin + 1, rows), want)
     child = histogram.build_histogram_numpy(bins, g, h, mapper.max_bin + 1, r[::3])
-    assert np.array_equal(histogram.subtract(want, child),
-                          histogram.build_histogram_numpy(bins, g, h, mapper.max_bin + 1, np.setdiff1d(r, r[::3])))
+    assert np.array_equal(
+        histogram.subtract(want, child),
+        histogram.build_histogram_numpy(bins, g, h, mapper.max_bin + 1, np.setdiff1d(r, r[::3])),
+    )
 
 
 @pytest.mark.parametrize("is_cat", [False, True])
@@ -118,8 +120,9 @@ def test_partition_kernel_matches_numpy(data, mapper, is_cat, default_left):
     bitset[0] = 0b101010
     part = partition.DataPartition(rows, 3)
     n_left = part.split(0, col, 20, default_left, bitset if is_cat else None, 1, 2, mapper.nan_bin)
-    want, want_left = partition.split_segment_numpy(rows, 0, rows.size, col, 20, default_left, is_cat, bitset,
-                                                    mapper.nan_bin)
+    want, want_left = partition.split_segment_numpy(
+        rows, 0, rows.size, col, 20, default_left, is_cat, bitset, mapper.nan_bin
+    )
     assert n_left == want_left and np.array_equal(part.indices, want)
     assert np.array_equal(np.sort(np.concatenate([part.rows(1), part.rows(2)])), rows)
 
@@ -161,13 +164,26 @@ def test_bagging_kernel_matches_numpy_and_depends_on_ids_only():
 def model(data):
     rng = np.random.default_rng(6)
     y = (np.nan_to_num(data[:, 0]) + (data[:, 3] % 3 == 0) + rng.normal(size=data.shape[0]) > 0.5).astype(float)
-    return train_pooled(data, y, dict(objective="binary", num_boost_round=5, num_leaves=8, min_data_per_group=10,
-                                      cat_smooth=1), categorical=[3])
+    return train_pooled(
+        data,
+        y,
+        dict(objective="binary", num_boost_round=5, num_leaves=8, min_data_per_group=10, cat_smooth=1),
+        categorical=[3],
+    )
 
 
 def test_predict_raw_kernel_matches_numpy(data, model):
-    X = np.vstack([data, [[np.nan, np.nan, np.nan, np.nan, np.nan, np.nan], [1, 2, 3, -0.5, 5, 6],
-                          [1, 2, 3, 1e12, 5, 6], [1, 2, 3, -3, 5, 6]]])
+    X = np.vstack(
+        [
+            data,
+            [
+                [np.nan, np.nan, np.nan, np.nan, np.nan, np.nan],
+                [1, 2, 3, -0.5, 5, 6],
+                [1, 2, 3, 1e12, 5, 6],
+                [1, 2, 3, -3, 5, 6],
+            ],
+        ]
+    )
     got = predictor.predict_raw(model.trees, X, init_scores=model.init_scores)
     assert np.array_equal(got, predictor.predict_raw_numpy(model.trees, X, init_scores=model.init_scores))
     assert any(t.cat_bitsets.shape[0] for t in model.trees)

@@ -38,8 +38,15 @@ def scoring_rows(n: int = 2000) -> np.ndarray:
 
 
 def booster(X, y, **params) -> lgb.Booster:
-    p = {"objective": "binary", "num_leaves": 7, "min_data_in_leaf": 5, "verbosity": -1, "deterministic": True,
-         "num_threads": 1, **params}
+    p = {
+        "objective": "binary",
+        "num_leaves": 7,
+        "min_data_in_leaf": 5,
+        "verbosity": -1,
+        "deterministic": True,
+        "num_threads": 1,
+        **params,
+    }
     return lgb.train(p, lgb.Dataset(X, y, categorical_feature=[2], free_raw_data=False), num_boost_round=8)
 
 
@@ -52,8 +59,11 @@ def assert_predicts_as_lightgbm(b: lgb.Booster, n_class: int = 1) -> None:
     np.testing.assert_array_equal(predict_raw_numpy(trees, X, n_trees_per_round=n_class), expected)
 
 
-@pytest.mark.parametrize("params", [{}, {"zero_as_missing": True}, {"use_missing": False}],
-                         ids=["nan-missing", "zero-as-missing", "no-missing"])
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"zero_as_missing": True}, {"use_missing": False}],
+    ids=["nan-missing", "zero-as-missing", "no-missing"],
+)
 def test_trees_read_from_lightgbm_predict_bit_for_bit(params):
     X, y = rows(1500, 0)
     assert_predicts_as_lightgbm(booster(X, y, **params))
@@ -98,10 +108,20 @@ def test_export_writes_back_what_lightgbm_predicts_and_explains():
     X, y = rows(1500, 5)
     b = booster(X, y)
     trees = read_trees(b.model_to_string())
-    model = Model(trees=trees, init_scores=np.zeros(1), objective="binary", objective_line="binary sigmoid:1",
-                  n_trees_per_round=1, n_features=4, feature_names=["a", "b", "c", "d"],
-                  categorical=np.array([False, False, True, False]), feature_infos=["none"] * 4,
-                  params={"learning_rate": 0.1}, best_iteration=8, history=[])
+    model = Model(
+        trees=trees,
+        init_scores=np.zeros(1),
+        objective="binary",
+        objective_line="binary sigmoid:1",
+        n_trees_per_round=1,
+        n_features=4,
+        feature_names=["a", "b", "c", "d"],
+        categorical=np.array([False, False, True, False]),
+        feature_infos=["none"] * 4,
+        params={"learning_rate": 0.1},
+        best_iteration=8,
+        history=[],
+    )
     again = lgb.Booster(model_str=to_lightgbm_text(model))
     Xs = scoring_rows()
     np.testing.assert_array_equal(again.predict(Xs, raw_score=True), b.predict(Xs, raw_score=True))
@@ -116,5 +136,7 @@ def test_a_single_leaf_tree_and_bad_blocks():
     with pytest.raises(DataError, match="LightGBM tree: linear trees are not supported"):
         read_tree("num_leaves=1\nleaf_value=0\nis_linear=1")
     with pytest.raises(DataError, match="LightGBM tree: leaf_value has 1 values, expected 2"):
-        read_tree("num_leaves=2\nsplit_feature=0\nsplit_gain=1\nthreshold=0.5\ndecision_type=2\nleft_child=-1\n"
-                  "right_child=-2\nleaf_value=0\ninternal_value=0")
+        read_tree(
+            "num_leaves=2\nsplit_feature=0\nsplit_gain=1\nthreshold=0.5\ndecision_type=2\nleft_child=-1\n"
+            "right_child=-2\nleaf_value=0\ninternal_value=0"
+        )

@@ -30,7 +30,10 @@ from fedmine.gbdt.splitting import SplitRules
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"objective": "lambdarank"}, r"objective must be one of \['binary', 'multiclass', 'regression', 'poisson', 'tweedie'\], got 'lambdarank'"),
+        (
+            {"objective": "lambdarank"},
+            r"objective must be one of \['binary', 'multiclass', 'regression', 'poisson', 'tweedie'\], got 'lambdarank'",
+        ),
         ({"objective": "multiclass"}, r"num_class must be an integer >= 2 for objective 'multiclass', got 1"),
         ({"num_class": 3}, r"num_class must be an integer equal to 1 unless objective is 'multiclass', got 3"),
         ({"num_leaves": 1}, r"num_leaves must be an integer in \[2, 32768\], got 1"),
@@ -47,7 +50,10 @@ from fedmine.gbdt.splitting import SplitRules
         ({"max_depth": -2}, r"max_depth must be an integer in \[-1, 2147483647\] \(-1 or 0: no limit\), got -2"),
         ({"seed": -1}, r"seed must be an integer in \[0, 9223372036854775807\], got -1"),
         ({"min_sum_hessian_in_leaf": float("nan")}, r"min_sum_hessian_in_leaf must be a number >= 0, got nan"),
-        ({"metric": "auc", "objective": "regression"}, r"metric must be one of \['l2', 'rmse'\] for objective 'regression', got 'auc'"),
+        (
+            {"metric": "auc", "objective": "regression"},
+            r"metric must be one of \['l2', 'rmse'\] for objective 'regression', got 'auc'",
+        ),
         ({"tweedie_variance_power": 2.0}, r"tweedie_variance_power must be a number in \(1, 2\), got 2.0"),
         ({"tweedie_variance_power": 1}, r"tweedie_variance_power must be a number in \(1, 2\), got 1.0"),
         ({"packed": "yes"}, r"packed must be one of \['auto', 'off'\], got 'yes'"),
@@ -116,8 +122,18 @@ def test_every_alias_sets_the_same_parameter(name):
 
 
 def test_familiar_aliases():
-    p = make_params({"num_iterations": 7, "max_leaves": 9, "min_child_samples": 3, "reg_lambda": 0.5,
-                     "subsample": 0.8, "colsample_bytree": 0.7, "shrinkage_rate": 0.2, "random_state": 11})
+    p = make_params(
+        {
+            "num_iterations": 7,
+            "max_leaves": 9,
+            "min_child_samples": 3,
+            "reg_lambda": 0.5,
+            "subsample": 0.8,
+            "colsample_bytree": 0.7,
+            "shrinkage_rate": 0.2,
+            "random_state": 11,
+        }
+    )
     assert (p.num_boost_round, p.num_leaves, p.min_data_in_leaf, p.lambda_l2) == (7, 9, 3, 0.5)
     assert (p.bagging_fraction, p.feature_fraction, p.learning_rate, p.seed) == (0.8, 0.7, 0.2, 11)
     for alias in ("n_estimators", "num_boost_round", "num_round"):
@@ -125,12 +141,15 @@ def test_familiar_aliases():
     assert ALIASES["eta"] == "learning_rate" and ALIASES["n_estimators"] == "num_boost_round"
 
 
-@pytest.mark.parametrize(("given", "names"), [
-    ({"num_leaves": 31, "max_leaves": 63}, "num_leaves and max_leaves"),
-    ({"n_estimators": 5, "num_iterations": 5}, "n_estimators and num_iterations"),  # even when they agree
-    ({"lambda_l2": 1.0, "reg_lambda": 2.0}, "lambda_l2 and reg_lambda"),
-    ({"eta": 0.1, "shrinkage_rate": 0.2}, "eta and shrinkage_rate"),
-])
+@pytest.mark.parametrize(
+    ("given", "names"),
+    [
+        ({"num_leaves": 31, "max_leaves": 63}, "num_leaves and max_leaves"),
+        ({"n_estimators": 5, "num_iterations": 5}, "n_estimators and num_iterations"),  # even when they agree
+        ({"lambda_l2": 1.0, "reg_lambda": 2.0}, "lambda_l2 and reg_lambda"),
+        ({"eta": 0.1, "shrinkage_rate": 0.2}, "eta and shrinkage_rate"),
+    ],
+)
 def test_conflicting_aliases_are_rejected_naming_both(given, names):
     with pytest.raises(ConfigError, match=f"{names} both set"):
         make_params(given)
@@ -151,8 +170,13 @@ def test_aliases_agree_with_lightgbm():
 
 
 def config_with(training: dict) -> dict:
-    return {"name": "edges", "label": "y", "features": {"a": {"type": "float"}},
-            "organisations": {"o": {"source": "o.csv"}}, "training": dict(training)}
+    return {
+        "name": "edges",
+        "label": "y",
+        "features": {"a": {"type": "float"}},
+        "organisations": {"o": {"source": "o.csv"}},
+        "training": dict(training),
+    }
 
 
 def edge_values(name: str):
@@ -168,11 +192,17 @@ def edge_values(name: str):
         out += [(True, False), (2.5, False)]
     else:
         if lo is not None:
-            out += [(float(lo), not lo_open), (math.nextafter(lo, -math.inf), False),
-                    (math.nextafter(lo, math.inf), True)]
+            out += [
+                (float(lo), not lo_open),
+                (math.nextafter(lo, -math.inf), False),
+                (math.nextafter(lo, math.inf), True),
+            ]
         if hi is not None:
-            out += [(float(hi), not hi_open), (math.nextafter(hi, math.inf), False),
-                    (math.nextafter(hi, -math.inf), True)]
+            out += [
+                (float(hi), not hi_open),
+                (math.nextafter(hi, math.inf), False),
+                (math.nextafter(hi, -math.inf), True),
+            ]
         if hi is None:
             out += [(1e300, True)]
         out += [(float("nan"), False), (False, False)]
@@ -194,7 +224,7 @@ def test_config_and_engine_accept_and_reject_the_same_values(name):
             config_from_dict(config_with({key: value}))
         engine_msg, config_msg = str(engine.value), str(config.value)
         assert engine_msg.startswith(f"{name} must be "), engine_msg
-        assert config_msg == f"<config>: training.{key}: {engine_msg[len(name) + 1:]}", (config_msg, engine_msg)
+        assert config_msg == f"<config>: training.{key}: {engine_msg[len(name) + 1 :]}", (config_msg, engine_msg)
         assert "\n" not in config_msg
 
 
@@ -227,10 +257,27 @@ def test_local_lightgbm_params_are_an_allow_list():
         assert check_lightgbm_params(params) == params
     assert lightgbm_params(spec, "multiclass", 3)["num_class"] == 3
     assert "tweedie_variance_power" in lightgbm_params(spec, "tweedie", None)
-    network_or_files = {"machines", "machine_list_filename", "local_listen_port", "num_machines", "tree_learner",
-                        "time_out", "input_model", "output_model", "output_result", "forcedsplits_filename",
-                        "forcedbins_filename", "saved_feature_importance_type", "data", "valid", "config",
-                        "initscore_filename", "convert_model", "gpu_platform_id", "device_type"}
+    network_or_files = {
+        "machines",
+        "machine_list_filename",
+        "local_listen_port",
+        "num_machines",
+        "tree_learner",
+        "time_out",
+        "input_model",
+        "output_model",
+        "output_result",
+        "forcedsplits_filename",
+        "forcedbins_filename",
+        "saved_feature_importance_type",
+        "data",
+        "valid",
+        "config",
+        "initscore_filename",
+        "convert_model",
+        "gpu_platform_id",
+        "device_type",
+    }
     assert not network_or_files & set(LIGHTGBM_KEYS)
     base = lightgbm_params(spec, "binary", None)
     for key, value in (("machines", "10.0.0.1:12400"), ("output_model", "/tmp/x.txt"), ("tree_learner", "data")):
@@ -246,8 +293,10 @@ def test_local_lightgbm_params_are_an_allow_list():
 
 
 def test_params_module_stays_engine_level():
-    code = ("import sys, fedmine.gbdt.params\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'mlflow') or m.startswith(("
-            "'fedmine.config', 'fedmine.party', 'fedmine.coordinator'))]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, fedmine.gbdt.params\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'mlflow') or m.startswith(("
+        "'fedmine.config', 'fedmine.party', 'fedmine.coordinator'))]\n"
+        "assert not bad, bad\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

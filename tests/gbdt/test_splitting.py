@@ -119,8 +119,19 @@ def _many_vs_many_candidates(hf, nb, totals, r: SplitRules, gs, hs):
             yield frozenset(left)
 
 
-def naive_best_split(hist, *, allowed, n_bins, categorical, nan_bin, grad_scale, hess_scale, rules: SplitRules,
-                     parent_output, n_categories=None):
+def naive_best_split(
+    hist,
+    *,
+    allowed,
+    n_bins,
+    categorical,
+    nan_bin,
+    grad_scale,
+    hess_scale,
+    rules: SplitRules,
+    parent_output,
+    n_categories=None,
+):
     """Best split of a node, or None; ``n_categories`` overrides ``n_bins`` in the one-hot rule."""
     r = rules
     G, H, N = (int(v) for v in hist[0].sum(axis=0))
@@ -250,8 +261,16 @@ def assert_same_split(node, rules, *, allowed=None, parent_output=0.0, n_categor
     allowed = np.ones(node.n_bins.size, dtype=bool) if allowed is None else allowed
     split, bits = kernel_split(node, rules, allowed=allowed, parent_output=parent_output)
     want, shift, (G, H, N) = naive_best_split(
-        node.hist, allowed=allowed, n_bins=node.n_bins, categorical=node.categorical, nan_bin=node.nan_bin,
-        grad_scale=SCALE, hess_scale=SCALE, rules=rules, parent_output=parent_output, n_categories=n_categories,
+        node.hist,
+        allowed=allowed,
+        n_bins=node.n_bins,
+        categorical=node.categorical,
+        nan_bin=node.nan_bin,
+        grad_scale=SCALE,
+        hess_scale=SCALE,
+        rules=rules,
+        parent_output=parent_output,
+        n_categories=n_categories,
     )
     if want is None:
         assert split["gain"] == -np.inf and split["feature"] == -1, split
@@ -276,8 +295,9 @@ def assert_same_split(node, rules, *, allowed=None, parent_output=0.0, n_categor
     assert split["gain"] > 0.0
     l1 = rules.lambda_l1
     np.testing.assert_allclose(split["left_value"], leaf_value(lg / SCALE, lh / SCALE, l1, want.l2), rtol=1e-12)
-    np.testing.assert_allclose(split["right_value"], leaf_value((G - lg) / SCALE, (H - lh) / SCALE, l1, want.l2),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        split["right_value"], leaf_value((G - lg) / SCALE, (H - lh) / SCALE, l1, want.l2), rtol=1e-12
+    )
     return split
 
 
@@ -313,8 +333,16 @@ def test_random_histograms_match_twin(kind):
     for _ in range(n_cases):
         n_bins, cat, nan, max_bin = _layout(rng, kind)
         n_rows = int(rng.integers(20, 800))
-        node = random_node(rng, n_rows=n_rows, n_bins=n_bins, categorical=cat, nan_frac=nan, max_bin=max_bin,
-                           hess=rng.choice(["uniform", "binary", "ones"]), strength=float(rng.choice([0.2, 1.0, 3.0])))
+        node = random_node(
+            rng,
+            n_rows=n_rows,
+            n_bins=n_bins,
+            categorical=cat,
+            nan_frac=nan,
+            max_bin=max_bin,
+            hess=rng.choice(["uniform", "binary", "ones"]),
+            strength=float(rng.choice([0.2, 1.0, 3.0])),
+        )
         rules = random_rules(rng, n_rows)
         allowed = rng.random(n_bins.size) < 0.8 if rng.random() < 0.3 else np.ones(n_bins.size, dtype=bool)
         parent = own_output(node, rules) if rng.random() < 0.7 else float(rng.normal())
@@ -336,8 +364,7 @@ def test_random_histograms_match_twin(kind):
 
 def test_rules_as_array_or_dataclass_give_the_same_split():
     rng = np.random.default_rng(11)
-    node = random_node(rng, n_rows=300, n_bins=[10, 12, 5], categorical=[False, True, False], nan_frac=0.1,
-                       max_bin=16)
+    node = random_node(rng, n_rows=300, n_bins=[10, 12, 5], categorical=[False, True, False], nan_frac=0.1, max_bin=16)
     rules = SplitRules(min_data_in_leaf=5, min_data_per_group=5, cat_smooth=1.0, max_cat_to_onehot=2, lambda_l2=1.0)
     a, abits = kernel_split(node, rules)
     b, bbits = kernel_split(node, rules, rules_as_array=True)
@@ -347,8 +374,9 @@ def test_rules_as_array_or_dataclass_give_the_same_split():
 @pytest.mark.parametrize("lambda_l1", [0.0, 2.0])
 def test_feature_mask_restricts_the_search(lambda_l1):
     rng = np.random.default_rng(12)
-    node = random_node(rng, n_rows=500, n_bins=[16, 16, 16, 16], categorical=[False] * 4, nan_frac=0.1,
-                       max_bin=16, strength=2.0)
+    node = random_node(
+        rng, n_rows=500, n_bins=[16, 16, 16, 16], categorical=[False] * 4, nan_frac=0.1, max_bin=16, strength=2.0
+    )
     rules = SplitRules(min_data_in_leaf=10, lambda_l1=lambda_l1)
     full = assert_same_split(node, rules)
     assert full is not None
@@ -369,26 +397,35 @@ def _node_from_bins(bins, g, h, *, n_bins, categorical, max_bin):
     bins = np.asarray(bins, dtype=np.uint8).reshape(len(n_bins), -1)
     qg = np.rint(np.asarray(g, dtype=float) * SCALE).astype(np.int64)
     qh = np.rint(np.asarray(h, dtype=float) * SCALE).astype(np.int64)
-    return Node(histogram_of(bins, qg, qh, max_bin + 1), np.asarray(n_bins, np.int32), np.asarray(categorical, bool),
-                max_bin)
+    return Node(
+        histogram_of(bins, qg, qh, max_bin + 1), np.asarray(n_bins, np.int32), np.asarray(categorical, bool), max_bin
+    )
 
 
 def test_all_rows_in_one_bin_cannot_split():
     rng = np.random.default_rng(13)
     n = 200
     bins = np.vstack([np.full(n, 3), np.full(n, 2), np.full(n, 0)])
-    node = _node_from_bins(bins, rng.normal(size=n), rng.uniform(0.1, 1, n), n_bins=[8, 5, 1],
-                           categorical=[False, True, False], max_bin=8)
+    node = _node_from_bins(
+        bins, rng.normal(size=n), rng.uniform(0.1, 1, n), n_bins=[8, 5, 1], categorical=[False, True, False], max_bin=8
+    )
     for rules in (SplitRules(min_data_in_leaf=0, min_sum_hessian_in_leaf=0.0), SplitRules(), SplitRules(lambda_l1=1.0)):
         assert assert_same_split(node, rules, parent_output=own_output(node, rules)) is None
-        assert assert_same_split(node, replace(rules, max_cat_to_onehot=1, min_data_per_group=1, cat_smooth=1.0),
-                                 parent_output=own_output(node, rules)) is None
+        assert (
+            assert_same_split(
+                node,
+                replace(rules, max_cat_to_onehot=1, min_data_per_group=1, cat_smooth=1.0),
+                parent_output=own_output(node, rules),
+            )
+            is None
+        )
 
 
 def test_constraints_that_forbid_every_split_give_minus_inf():
     rng = np.random.default_rng(14)
-    node = random_node(rng, n_rows=400, n_bins=[20, 7, 30], categorical=[False, True, False], nan_frac=0.1,
-                       max_bin=32, strength=3.0)
+    node = random_node(
+        rng, n_rows=400, n_bins=[20, 7, 30], categorical=[False, True, False], nan_frac=0.1, max_bin=32, strength=3.0
+    )
     base = SplitRules(min_data_in_leaf=5, min_data_per_group=5, cat_smooth=1.0)
     assert assert_same_split(node, base, parent_output=own_output(node, base)) is not None
     H = node.hist[0, :, HESS].sum() / SCALE
@@ -441,16 +478,28 @@ def test_constraint_boundaries(kind, layout):
     g = rng.normal(size=n) * 0.5 + np.array(effect + [0, 0, 0, nan_effect])[bins]
     h = rng.uniform(0.05, 1.0, n)
     node = _node_from_bins(bins, g, h, n_bins=[nb], categorical=[is_cat], max_bin=8)
-    base = SplitRules(min_data_in_leaf=0, min_sum_hessian_in_leaf=0.0, min_data_per_group=1, cat_smooth=1.0,
-                      max_cat_threshold=3, max_cat_to_onehot=1 if kind == "many_vs_many" else 8, lambda_l2=0.5,
-                      cat_l2=0.0)
+    base = SplitRules(
+        min_data_in_leaf=0,
+        min_sum_hessian_in_leaf=0.0,
+        min_data_per_group=1,
+        cat_smooth=1.0,
+        max_cat_threshold=3,
+        max_cat_to_onehot=1 if kind == "many_vs_many" else 8,
+        lambda_l2=0.5,
+        cat_l2=0.0,
+    )
     occupied = np.flatnonzero(node.hist[0, :, COUNT])
-    hess_sums = {int(node.hist[0, list(s), HESS].sum()) for k in range(len(occupied) + 1)
-                 for s in itertools.combinations(occupied, k)}
+    hess_sums = {
+        int(node.hist[0, list(s), HESS].sum())
+        for k in range(len(occupied) + 1)
+        for s in itertools.combinations(occupied, k)
+    }
     settings = [replace(base, min_data_in_leaf=m) for m in range(n // 2 + 2)]
     for v in sorted(hess_sums):
-        settings += [replace(base, min_sum_hessian_in_leaf=v / SCALE),
-                     replace(base, min_sum_hessian_in_leaf=float(np.nextafter(v / SCALE, np.inf)))]
+        settings += [
+            replace(base, min_sum_hessian_in_leaf=v / SCALE),
+            replace(base, min_sum_hessian_in_leaf=float(np.nextafter(v / SCALE, np.inf))),
+        ]
     if kind == "many_vs_many":
         settings += [replace(base, min_data_per_group=m) for m in range(1, n + 1)]
         settings += [replace(base, cat_smooth=float(c)) for c in range(1, n + 1)]
@@ -494,8 +543,9 @@ def test_duplicate_features_tie_goes_to_the_lower_index():
     x = rng.integers(0, 10, n)
     bins = np.vstack([rng.integers(0, 10, n), x, x, x])
     g = (x >= 5) * 2.0 - 1.0 + rng.normal(size=n) * 0.1
-    node = _node_from_bins(bins, g, np.full(n, 0.25), n_bins=[10, 10, 10, 10],
-                           categorical=[False, False, True, False], max_bin=16)
+    node = _node_from_bins(
+        bins, g, np.full(n, 0.25), n_bins=[10, 10, 10, 10], categorical=[False, False, True, False], max_bin=16
+    )
     rules = SplitRules(min_data_in_leaf=5, max_cat_to_onehot=32)
     split = assert_same_split(node, rules)
     assert int(split["feature"]) == 1
@@ -513,8 +563,9 @@ def test_categorical_ties_one_hot_lowest_bin_many_vs_many_first_direction():
     split = assert_same_split(node, onehot)
     _, bits = kernel_split(node, onehot)
     assert bitset_bins(bits) == {0}  # one-vs-rest scans categories in order
-    many = SplitRules(min_data_in_leaf=1, max_cat_to_onehot=1, max_cat_threshold=1, min_data_per_group=1,
-                      cat_smooth=1.0, cat_l2=0.0)
+    many = SplitRules(
+        min_data_in_leaf=1, max_cat_to_onehot=1, max_cat_threshold=1, min_data_per_group=1, cat_smooth=1.0, cat_l2=0.0
+    )
     split = assert_same_split(node, many)
     _, bits = kernel_split(node, many)
     assert bitset_bins(bits) == {2}  # many-vs-many: lowest sum_grad / (sum_hess + cat_smooth) end first
@@ -532,8 +583,14 @@ def test_many_vs_many_respects_group_size_and_max_cat_threshold():
     for mct in (1, 2, 3, 6, 32):
         for mdpg in (1, 40, 120):
             for smooth in (1.0, 10.0, 30.0):
-                rules = SplitRules(min_data_in_leaf=5, max_cat_threshold=mct, min_data_per_group=mdpg,
-                                   cat_smooth=smooth, cat_l2=5.0, lambda_l2=1.0)
+                rules = SplitRules(
+                    min_data_in_leaf=5,
+                    max_cat_threshold=mct,
+                    min_data_per_group=mdpg,
+                    cat_smooth=smooth,
+                    cat_l2=5.0,
+                    lambda_l2=1.0,
+                )
                 split = assert_same_split(node, rules)
                 if split is not None:
                     _, bits = kernel_split(node, rules)
@@ -561,8 +618,14 @@ def test_low_hessian_categories_are_held_to_min_sum_hessian():
     g = np.repeat([-30.0, -20.0, 30.0], 30) / 30
     h = np.repeat([1.0, 1.0, 0.01], 30)
     node = _node_from_bins(bins, g, h, n_bins=[3], categorical=[True], max_bin=4)
-    many = SplitRules(min_data_in_leaf=1, min_sum_hessian_in_leaf=0.5, max_cat_to_onehot=1, min_data_per_group=1,
-                      cat_smooth=1.0, cat_l2=0.0)
+    many = SplitRules(
+        min_data_in_leaf=1,
+        min_sum_hessian_in_leaf=0.5,
+        max_cat_to_onehot=1,
+        min_data_per_group=1,
+        cat_smooth=1.0,
+        cat_l2=0.0,
+    )
     split = assert_same_split(node, many)
     assert bitset_bins(kernel_split(node, many)[1]) == {0} and split["left_hess"] == 30 * SCALE
     free = replace(many, min_sum_hessian_in_leaf=0.0)  # X alone on either side is allowed and best
@@ -586,8 +649,9 @@ def test_many_vs_many_sort_is_stable_for_tied_categories():
 def test_zero_minimums_allow_empty_children_without_gain():
     rng = np.random.default_rng(17)
     node = random_node(rng, n_rows=60, n_bins=[6, 4], categorical=[False, True], nan_frac=0.2, max_bin=8)
-    rules = SplitRules(min_data_in_leaf=0, min_sum_hessian_in_leaf=0.0, lambda_l2=0.0, min_data_per_group=1,
-                       cat_smooth=1.0)
+    rules = SplitRules(
+        min_data_in_leaf=0, min_sum_hessian_in_leaf=0.0, lambda_l2=0.0, min_data_per_group=1, cat_smooth=1.0
+    )
     split = assert_same_split(node, rules, parent_output=own_output(node, rules))
     assert split is not None and split["left_count"] > 0 and split["right_count"] > 0
 
@@ -597,8 +661,11 @@ def test_zero_minimums_allow_empty_children_without_gain():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a numeric feature with one non-NaN bin and NaN rows is skipped (nb < 2), "
-                                       "where LightGBM (num_bin == 2) splits values | NaN")
+@pytest.mark.xfail(
+    strict=True,
+    reason="a numeric feature with one non-NaN bin and NaN rows is skipped (nb < 2), "
+    "where LightGBM (num_bin == 2) splits values | NaN",
+)
 def test_single_value_and_nan_splits_values_from_nan():
     n = 100
     bins = np.r_[np.zeros(60), np.full(40, 8)]  # one non-NaN bin, NaN bin 8
@@ -609,8 +676,11 @@ def test_single_value_and_nan_splits_values_from_nan():
     assert split is not None and split["left_count"] == 60 and split["default_left"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="categorical n_bins is the largest code + 1, so unused codes count toward "
-                                       "max_cat_to_onehot; LightGBM counts the categories it has seen")
+@pytest.mark.xfail(
+    strict=True,
+    reason="categorical n_bins is the largest code + 1, so unused codes count toward "
+    "max_cat_to_onehot; LightGBM counts the categories it has seen",
+)
 def test_sparse_category_codes_use_one_vs_rest_like_lightgbm():
     rng = np.random.default_rng(18)
     n = 400

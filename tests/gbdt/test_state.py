@@ -60,9 +60,17 @@ def test_a_round_by_hand_and_every_out_of_order_call_rejected():
     party.start_trees(0, gs, hs, count_bits=0, max_nodes=max_slots(4, 0))
     hist = party.histograms(np.array([0]))
     assert hist.shape == (1, 3, 33, 3) and hist[0, 0, :, 2].sum() == 400
-    grower = TreeGrower(party, mapper=mapper, rules=params.rules, num_leaves=4, max_depth=-1, learning_rate=0.1,
-                        grad_scales=gs, hess_scales=hs, feature_masks=feature_mask(3, seed=0, iteration=0, tree=0,
-                                                                                     fraction=1.0)[None])
+    grower = TreeGrower(
+        party,
+        mapper=mapper,
+        rules=params.rules,
+        num_leaves=4,
+        max_depth=-1,
+        learning_rate=0.1,
+        grad_scales=gs,
+        hess_scales=hs,
+        feature_masks=feature_mask(3, seed=0, iteration=0, tree=0, fraction=1.0)[None],
+    )
     trees = grower.grow()
     assert trees[0].n_leaves == 4
     before = party.metric_stats("binary_logloss")

@@ -20,9 +20,19 @@ pytestmark = pytest.mark.filterwarnings("ignore::fedmine.privacy.secure_agg.Secu
 
 
 def policy_parties(cfg, X, y, parts, report=None):
-    return [Party(o, TrainValidRows(X[i], y[i], X[i][:40], y[i][:40]), objective=cfg.objective,
-                  num_class=cfg.num_class, feature_names=list(cfg.features), categorical=[3], report=report,
-                  policy=PartyPolicy.from_config(cfg, o)) for o, i in zip(cfg.organisations, parts)]
+    return [
+        Party(
+            o,
+            TrainValidRows(X[i], y[i], X[i][:40], y[i][:40]),
+            objective=cfg.objective,
+            num_class=cfg.num_class,
+            feature_names=list(cfg.features),
+            categorical=[3],
+            report=report,
+            policy=PartyPolicy.from_config(cfg, o),
+        )
+        for o, i in zip(cfg.organisations, parts)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +54,13 @@ def engine_group(parties, links=None):
 
 def started_trainer(cfg, parties, links=None):
     group, links = engine_group(parties, links)
-    trainer = Trainer(group, cfg.training.engine_params("binary", 1, "auc"), categorical=[3],
-                      feature_names=list(cfg.features), evaluate=False)
+    trainer = Trainer(
+        group,
+        cfg.training.engine_params("binary", 1, "auc"),
+        categorical=[3],
+        feature_names=list(cfg.features),
+        evaluate=False,
+    )
     trainer.start()
     return trainer, links
 
@@ -61,8 +76,11 @@ def test_summed_answers_wait_for_the_key_exchange(rows):
     assert cfg.secure_aggregation
     bank = policy_parties(cfg, X, y, parts)[0]
     grids, cat = np.zeros((5, 4)), np.zeros(5, dtype=bool)
-    with pytest.raises(PartyError, match=r"^party bank: grid_counts refused: this organisation's config requires "
-                                         r"secure aggregation and no key exchange has happened in this training$"):
+    with pytest.raises(
+        PartyError,
+        match=r"^party bank: grid_counts refused: this organisation's config requires "
+        r"secure aggregation and no key exchange has happened in this training$",
+    ):
         bank.call("grid_counts", grids, cat)
     bank.call("feature_ranges")  # disclosed answers are not summed: allowed
 
@@ -73,8 +91,11 @@ def test_peers_must_be_the_configs_organisations(rows):
     parties = policy_parties(cfg, X, y, parts)
     keys = {p.name: p.call("secure_setup", "s1") for p in parties}
     forged = dict(keys, mallory=keys["clinic"])
-    with pytest.raises(PartyError, match=r"party bank: secure_peers refused: the peers must be this federation's "
-                                         r"organisations \(bank, clinic, shop\); unknown: \['mallory'\]"):
+    with pytest.raises(
+        PartyError,
+        match=r"party bank: secure_peers refused: the peers must be this federation's "
+        r"organisations \(bank, clinic, shop\); unknown: \['mallory'\]",
+    ):
         parties[0].call("secure_peers", forged)
     short = {k: v for k, v in keys.items() if k != "shop"}
     with pytest.raises(PartyError, match=r"missing: \['shop'\]"):
@@ -116,8 +137,11 @@ def test_party_specific_splits_sum_to_noise_and_the_training_fails_loudly(rows):
 
     parties[2].call = spy
     trainer, _ = started_trainer(cfg, parties, links)
-    with pytest.raises(PartyError, match=r"histograms of node \d+ do not add up .*the parties answered different "
-                                         r"requests, or a party is faulty"):
+    with pytest.raises(
+        PartyError,
+        match=r"histograms of node \d+ do not add up .*the parties answered different "
+        r"requests, or a party is faulty",
+    ):
         trainer.step()
     # what the target party answered cannot be read back from the sum: its counts are not even counts
     shop_plain = parties[2].engine_state().histograms(np.array([0]))
@@ -127,9 +151,20 @@ def test_party_specific_splits_sum_to_noise_and_the_training_fails_loudly(rows):
 def test_the_same_requests_give_the_same_model_with_or_without_the_policy(rows):
     X, y, parts = rows
     cfg = cfg_for("binary", ORGS[:3], rounds=4)
-    plain = Coordinator(cfg, [Party(o, TrainValidRows(X[i], y[i], X[i][:40], y[i][:40]), objective="binary",
-                                    num_class=1, feature_names=list(cfg.features), categorical=[3])
-                              for o, i in zip(cfg.organisations, parts)])
+    plain = Coordinator(
+        cfg,
+        [
+            Party(
+                o,
+                TrainValidRows(X[i], y[i], X[i][:40], y[i][:40]),
+                objective="binary",
+                num_class=1,
+                feature_names=list(cfg.features),
+                categorical=[3],
+            )
+            for o, i in zip(cfg.organisations, parts)
+        ],
+    )
     guarded = Coordinator(cfg, policy_parties(cfg, X, y, parts))
     for coord in (plain, guarded):
         coord.start()
@@ -159,12 +194,18 @@ def test_noise_comes_from_the_party_and_stays_on_under_dp(rows):
 
 
 def test_local_training_uses_the_organisations_own_parameters_and_caps(rows):
-    X, y, parts = rows
+    X, y, _parts = rows
     cfg = cfg_for("binary", ORGS[:3], strategy="bagging", local_rounds=2, rounds=5)
     bank = policy_parties(cfg, X, y, partition(y, 3, "iid"))[0]
     bank.call("start", np.zeros(1))
-    hostile = {"objective": "binary", "min_data_in_leaf": 1, "num_leaves": 64, "tree_learner": "data",
-               "machines": "10.0.0.1:12400", "forcedbins_filename": "/etc/hostname"}
+    hostile = {
+        "objective": "binary",
+        "min_data_in_leaf": 1,
+        "num_leaves": 64,
+        "tree_learner": "data",
+        "machines": "10.0.0.1:12400",
+        "forcedbins_filename": "/etc/hostname",
+    }
     trees = bank.call("train_local", hostile, 2)
     own = bank.call("train_local", cfg.training.lightgbm_params("binary", 1), 2)
     assert all(a.equal(b) for a, b in zip(trees, own)) and len(trees) == 2
@@ -180,7 +221,7 @@ def test_bins_are_set_once_per_training(rows):
     cfg = cfg_for("binary", ORGS[:3])
     parties = policy_parties(cfg, X, y, parts)
     keyed(parties)
-    trainer, links = started_trainer(cfg, parties)
+    trainer, _links = started_trainer(cfg, parties)
     mapper = trainer._mapper
     bank = parties[0]
     bank.call("reset")
@@ -207,9 +248,13 @@ def test_ranges_of_declared_features_are_not_answered(rows):
 def test_describe_sends_counts_not_raw_values(rows):
     X, y, parts = rows
     cfg = cfg_for("binary", ORGS[:3])
-    report = {"rows": 500, "missing_rate": {"f0": 0.1}, "unmapped_columns": ["ssn", "full_name"],
-              "unknown_categories": {"f3": {"count": 3, "examples": ["Wien", "Graz"], "policy": "missing"}},
-              "problems": ["column 'age' has 3 values below 0, e.g. -7"]}
+    report = {
+        "rows": 500,
+        "missing_rate": {"f0": 0.1},
+        "unmapped_columns": ["ssn", "full_name"],
+        "unknown_categories": {"f3": {"count": 3, "examples": ["Wien", "Graz"], "policy": "missing"}},
+        "problems": ["column 'age' has 3 values below 0, e.g. -7"],
+    }
     bank = policy_parties(cfg, X, y, parts, report=report)[0]
     sent = bank.call("describe")["report"]
     assert sent == shared_report(report)
@@ -258,8 +303,11 @@ def test_a_resume_on_changed_rows_stops_with_one_line(rows):
     changed = [parts[0][:-100], parts[1], parts[2]]
     again = Coordinator(cfg, policy_parties(cfg, X, y, changed))
     again.start()
-    with pytest.raises(DataError, match=r"^organisation bank: source changed since the training started "
-                                        r"\(rows fingerprint [0-9a-f]{12} then, [0-9a-f]{12} now\)$"):
+    with pytest.raises(
+        DataError,
+        match=r"^organisation bank: source changed since the training started "
+        r"\(rows fingerprint [0-9a-f]{12} then, [0-9a-f]{12} now\)$",
+    ):
         again.restore(state, arrays)
     same = Coordinator(cfg, policy_parties(cfg, X, y, parts))
     same.start()
@@ -276,7 +324,7 @@ def test_unknown_and_out_of_order_calls_name_the_stage(rows):
 def test_local_training_stops_at_the_organisations_time_limit(rows):
     import dataclasses
 
-    X, y, parts = rows
+    X, y, _parts = rows
     cfg = cfg_for("binary", ORGS[:3], strategy="bagging", local_rounds=50, rounds=50)
     bank = policy_parties(cfg, X, y, partition(y, 3, "iid"))[0]
     bank.policy = dataclasses.replace(bank.policy, train_seconds=0.0)
@@ -305,8 +353,11 @@ def test_masks_cannot_be_narrowed_below_the_configs_minimum(rows):
     cfg.privacy.min_parties = 3
     parties = policy_parties(cfg, X, y, parts)
     keyed(parties)
-    with pytest.raises(PartyError, match=r"secure_restart refused: 2 remaining organisations \(bank, clinic\); this "
-                                         r"organisation's config needs at least 3 of its own"):
+    with pytest.raises(
+        PartyError,
+        match=r"secure_restart refused: 2 remaining organisations \(bank, clinic\); this "
+        r"organisation's config needs at least 3 of its own",
+    ):
         parties[0].call("secure_restart", ["bank", "clinic"], 1)
 
 
@@ -319,6 +370,9 @@ def test_trees_sent_to_a_party_are_checked_against_its_features(rows):
     tree = Tree.single_leaf(0.1)
     nodes = np.concatenate([tree.nodes, tree.nodes, tree.nodes])
     nodes[0]["is_leaf"], nodes[0]["feature"], nodes[0]["left"], nodes[0]["right"] = 0, 10**6, 1, 2
-    with pytest.raises(PartyError, match=r"add_trees refused: a tree splits on feature 1000000 .* this "
-                                         r"organisation has 5 features"):
+    with pytest.raises(
+        PartyError,
+        match=r"add_trees refused: a tree splits on feature 1000000 .* this "
+        r"organisation has 5 features",
+    ):
         bank.call("add_trees", 1, [Tree(nodes)])

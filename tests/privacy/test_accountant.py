@@ -81,10 +81,10 @@ def test_skellam_epsilon_is_the_paper_curve_through_dp_accounting(z, count):
     acc = PrivacyAccountant(DELTA, sensitivity=HIST)
     acc.spend(z, count)
     rdp = [count * skellam_rdp_twin(z, HIST, a) for a in SKELLAM_ORDERS]
-    assert acc.epsilon() == pytest.approx(rdp_privacy_accountant.compute_epsilon(SKELLAM_ORDERS, rdp, DELTA)[0],
-                                          rel=1e-12)
-    np.testing.assert_allclose(skellam_rdp(z, HIST), [skellam_rdp_twin(z, HIST, a) for a in SKELLAM_ORDERS],
-                               rtol=1e-12)
+    assert acc.epsilon() == pytest.approx(
+        rdp_privacy_accountant.compute_epsilon(SKELLAM_ORDERS, rdp, DELTA)[0], rel=1e-12
+    )
+    np.testing.assert_allclose(skellam_rdp(z, HIST), [skellam_rdp_twin(z, HIST, a) for a in SKELLAM_ORDERS], rtol=1e-12)
 
 
 def test_skellam_tends_to_gaussian_with_fine_units_and_is_never_below_it():

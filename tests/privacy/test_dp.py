@@ -117,8 +117,11 @@ def test_noise_errors():
         skellam_noise((2,), 1.0, n_parties=2.0)
     with pytest.raises(ValueError, match=r"noise is added to int64 histograms, got float64"):
         add_noise_share(np.zeros((2, 3)), [1, 1, 1], n_parties=1)
-    with pytest.raises(ValueError, match=r"variances of shape \(2,\) do not match the last axis of a histogram "
-                                         r"of shape \(4, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"variances of shape \(2,\) do not match the last axis of a histogram "
+        r"of shape \(4, 3\)",
+    ):
         add_noise_share(np.zeros((4, 3), np.int64), [1, 1], n_parties=1)
 
 
@@ -214,7 +217,7 @@ def test_noisy_shares_through_secure_aggregation_sum_exactly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # three parties: no warning
         maskers = {n: Masker(n, keys[n], public, "dp+sa") for n in names}
-    hists = [rng.integers(-2**20, 2**20, size=(2, 5, 16, 3), dtype=np.int64) for _ in names]
+    hists = [rng.integers(-(2**20), 2**20, size=(2, 5, 16, 3), dtype=np.int64) for _ in names]
     noisy = [add_noise_share(h, [1e6, 1e6, 50.0], n_parties=3, rng=rng) for h in hists]
     total = unmask_sum([maskers[n].mask(x, "round-3/level-2") for n, x in zip(names, noisy)])
     np.testing.assert_array_equal(total, np.sum(noisy, axis=0))  # the coordinator gets the noisy sum exactly

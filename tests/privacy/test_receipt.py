@@ -12,9 +12,17 @@ from fedmine.privacy.receipt import PrivacyReceipt
 
 def test_receipt_without_dp():
     d = PrivacyReceipt(secure_aggregation=True, n_parties=3).as_dict()
-    assert d == {"secure_aggregation": True, "n_parties": 3, "mechanism": "none", "epsilon_per_round": None,
-                 "epsilon_total": None, "delta": None, "releases": 0, "covers": "none",
-                 "disclosed": d["disclosed"]}
+    assert d == {
+        "secure_aggregation": True,
+        "n_parties": 3,
+        "mechanism": "none",
+        "epsilon_per_round": None,
+        "epsilon_total": None,
+        "delta": None,
+        "releases": 0,
+        "covers": "none",
+        "disclosed": d["disclosed"],
+    }
 
 
 def test_receipt_lists_every_answer_the_protocol_table_marks_disclosed():
@@ -31,8 +39,9 @@ def test_receipt_from_accountant_is_flat_json_and_matches_the_accountant():
     acc = PrivacyAccountant(1e-6, sensitivity=sens)
     for _ in range(4):
         acc.spend(3.0, 6)
-    receipt = PrivacyReceipt.from_accountant(acc, secure_aggregation=True, n_parties=4, noise_multiplier=3.0,
-                                             releases_per_round=6)
+    receipt = PrivacyReceipt.from_accountant(
+        acc, secure_aggregation=True, n_parties=4, noise_multiplier=3.0, releases_per_round=6
+    )
     d = receipt.as_dict()
     json.dumps(d)
     assert d["mechanism"] == "skellam" and d["releases"] == 24 and d["delta"] == 1e-6
@@ -47,6 +56,10 @@ def test_receipt_from_accountant_is_flat_json_and_matches_the_accountant():
 
 
 def test_receipt_parameters_are_made_loggable():
-    d = PrivacyReceipt(secure_aggregation=False, n_parties=2, mechanism="gaussian",
-                       parameters={"sigma": float("inf"), "bounds": (1, 2), "name": "x"}).as_dict()
+    d = PrivacyReceipt(
+        secure_aggregation=False,
+        n_parties=2,
+        mechanism="gaussian",
+        parameters={"sigma": float("inf"), "bounds": (1, 2), "name": "x"},
+    ).as_dict()
     assert d["param.sigma"] is None and d["param.bounds"] == [1.0, 2.0] and d["param.name"] == "x"

@@ -46,8 +46,9 @@ def four():
 def edge_arrays(n_parties, shape, seed=0):
     """Arrays with negative values and values near the int64 edge whose true sum still fits int64."""
     rng = np.random.default_rng(seed)
-    xs = [rng.integers(I64.min // n_parties, I64.max // n_parties, size=shape, dtype=np.int64)
-          for _ in range(n_parties)]
+    xs = [
+        rng.integers(I64.min // n_parties, I64.max // n_parties, size=shape, dtype=np.int64) for _ in range(n_parties)
+    ]
     for i, x in enumerate(xs[1:], start=1):
         x.flat[0], x.flat[1] = 2**40 + i, -(2**40) - i
     xs[0].flat[0] = I64.max - sum(int(x.flat[0]) for x in xs[1:])  # the sum is exactly int64 max
@@ -78,7 +79,7 @@ def test_masks_cancel_exactly_near_the_int64_edge(four):
 def test_masks_cancel_on_a_histogram_batch_shape(four):
     _, maskers = four
     rng = np.random.default_rng(1)
-    xs = [rng.integers(-2**40, 2**40, size=(3, 28, 256, 3), dtype=np.int64) for _ in NAMES]
+    xs = [rng.integers(-(2**40), 2**40, size=(3, 28, 256, 3), dtype=np.int64) for _ in NAMES]
     total = unmask_sum([maskers[n].mask(x, 7) for n, x in zip(NAMES, xs)])
     np.testing.assert_array_equal(total, np.sum(xs, axis=0))
 
@@ -145,8 +146,9 @@ def test_mask_agrees_with_a_plain_python_twin():
         for peer in NAMES:
             if peer == me:
                 continue
-            key = pairwise_seed(keys[me].private, keys[peer].public_bytes, my_name=me, their_name=peer,
-                                training_id="twin")
+            key = pairwise_seed(
+                keys[me].private, keys[peer].public_bytes, my_name=me, their_name=peer, training_id="twin"
+            )
             s = int(mask_stream(key, nonce, len(x))[i])
             acc = (acc + s) % 2**64 if peer > me else (acc - s) % 2**64
         expected.append(acc)
@@ -195,7 +197,9 @@ def test_restart_rules():
         m.restart(["bravo", "zulu"], epoch=1)
     with pytest.raises(SecureAggregationError, match=r"cannot restart 'alpha' without any peer"):
         m.restart(["alpha"], epoch=1)
-    with pytest.raises(SecureAggregationError, match=r"remaining must be a collection of names, got the string 'bravo'"):
+    with pytest.raises(
+        SecureAggregationError, match=r"remaining must be a collection of names, got the string 'bravo'"
+    ):
         m.restart("bravo", epoch=1)
     m.restart(["alpha", "bravo", "charlie"], epoch=2)
     with pytest.raises(SecureAggregationError, match=r"restart epoch must be an integer greater than 2, got 2"):
@@ -273,7 +277,7 @@ def test_keystream_edge_lengths():
 def test_keystream_is_chacha20_over_zeros_read_little_endian():
     key, nonce = bytes(range(32)), message_nonce("x", epoch=4)
     raw = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor().update(bytes(40))
-    expected = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, 40, 8)]
+    expected = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, 40, 8)]
     assert mask_stream(key, nonce, 5).tolist() == expected
     assert nonce[:4] == bytes(4)  # the block counter starts at 0
 
@@ -306,7 +310,9 @@ def test_masker_input_errors(four):
         maskers["alpha"].mask([1, 2], "l")
     with pytest.raises(SecureAggregationError, match=r"at least one peer besides 'alpha', got none"):
         Masker("alpha", keys["alpha"], {"alpha": keys["alpha"].public_bytes}, "t")
-    with pytest.raises(SecureAggregationError, match=r"lists 'alpha' itself with a public key that is not this party's"):
+    with pytest.raises(
+        SecureAggregationError, match=r"lists 'alpha' itself with a public key that is not this party's"
+    ):
         Masker("alpha", keys["alpha"], {"alpha": keys["bravo"].public_bytes, "bravo": keys["bravo"].public_bytes}, "t")
     with pytest.raises(SecureAggregationError, match=r"name must be a non-empty organisation name, got ''"):
         Masker("", keys["alpha"], {"bravo": keys["bravo"].public_bytes}, "t")

@@ -10,13 +10,34 @@ import yaml
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "uci_bank_marketing"
 
-JOBS = ["admin.", "blue-collar", "entrepreneur", "housemaid", "management", "retired", "self-employed",
-        "services", "student", "technician", "unemployed"]
+JOBS = [
+    "admin.",
+    "blue-collar",
+    "entrepreneur",
+    "housemaid",
+    "management",
+    "retired",
+    "self-employed",
+    "services",
+    "student",
+    "technician",
+    "unemployed",
+]
 MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-RENAME = {"marital": "marital_status", "default": "credit_default", "housing": "housing_loan",
-          "loan": "personal_loan", "contact": "contact_channel", "month": "contact_month",
-          "duration": "call_duration", "campaign": "campaign_contacts", "pdays": "days_since_previous",
-          "previous": "previous_contacts", "poutcome": "previous_outcome", "y": "subscribed"}
+RENAME = {
+    "marital": "marital_status",
+    "default": "credit_default",
+    "housing": "housing_loan",
+    "loan": "personal_loan",
+    "contact": "contact_channel",
+    "month": "contact_month",
+    "duration": "call_duration",
+    "campaign": "campaign_contacts",
+    "pdays": "days_since_previous",
+    "previous": "previous_contacts",
+    "poutcome": "previous_outcome",
+    "y": "subscribed",
+}
 
 BANK = {
     "name": "bank-marketing",

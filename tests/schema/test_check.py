@@ -8,8 +8,14 @@ from fedmine.config import config_from_dict
 from fedmine.schema.check import CHECK_JSON, CHECK_MARKDOWN, CheckReport, check_federation, log_check
 from tests.schema.conftest import bank_raw
 
-EDUCATION_2014 = {"basic.4y": "primary", "basic.6y": "primary", "basic.9y": "secondary",
-                  "high.school": "secondary", "professional.course": "secondary", "university.degree": "tertiary"}
+EDUCATION_2014 = {
+    "basic.4y": "primary",
+    "basic.6y": "primary",
+    "basic.9y": "secondary",
+    "high.school": "secondary",
+    "professional.course": "secondary",
+    "university.degree": "tertiary",
+}
 
 
 def test_check_reports_columns_of_one_release_and_education_codes():
@@ -18,8 +24,14 @@ def test_check_reports_columns_of_one_release_and_education_codes():
     assert bank["rows"] == 4521 and additional["rows"] == 4119
     # present in only one release
     assert bank["unmapped_columns"] == ["day"]
-    assert additional["unmapped_columns"] == ["day_of_week", "emp.var.rate", "cons.price.idx", "cons.conf.idx",
-                                              "euribor3m", "nr.employed"]
+    assert additional["unmapped_columns"] == [
+        "day_of_week",
+        "emp.var.rate",
+        "cons.price.idx",
+        "cons.conf.idx",
+        "euribor3m",
+        "nr.employed",
+    ]
     assert additional["absent_features"] == ["balance"] and bank["absent_features"] == []
     # the 8-level education codes are unknown to the 3-level vocabulary
     unknown = additional["unknown_categories"]["education"]
@@ -29,7 +41,8 @@ def test_check_reports_columns_of_one_release_and_education_codes():
     assert report.violations("bank") == []
     assert report.violations("bank_additional") == [
         "organisation bank_additional: column 'education' has unknown category 'basic.9y' (3952 rows); "
-        "allowed: primary, secondary, tertiary"]
+        "allowed: primary, secondary, tertiary"
+    ]
     assert not report.ok
     assert bank["missing_rate"]["days_since_previous"] == 3705 / 4521  # -1: never contacted
     text = report.to_text()
@@ -45,7 +58,10 @@ def test_value_map_and_policy_fix_the_violation():
     report = check_federation(config_from_dict(raw))
     assert report.ok
     assert report.organisations["bank_additional"]["unknown_categories"]["education"] == {
-        "count": 1, "examples": ["illiterate"], "policy": "missing"}
+        "count": 1,
+        "examples": ["illiterate"],
+        "policy": "missing",
+    }
 
 
 def test_out_of_range_is_a_violation():

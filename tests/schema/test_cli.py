@@ -34,25 +34,42 @@ def test_check_exit_1_on_violation(bank_config, tmp_path):
 
 
 def test_check_exit_0_when_it_fits(bank_config):
-    result = runner.invoke(app, ["schema", "check", str(bank_config),
-                                 "--set", "organisations.bank_additional.unknown_categories=missing"])
+    result = runner.invoke(
+        app, ["schema", "check", str(bank_config), "--set", "organisations.bank_additional.unknown_categories=missing"]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.rstrip().endswith("schema check: ok")
 
 
 def test_check_exit_2_on_bad_config(bank_config):
-    result = runner.invoke(app, ["schema", "check", str(bank_config),
-                                 "--set", "organisations.bank.unknown_categories=ignore"])
+    result = runner.invoke(
+        app, ["schema", "check", str(bank_config), "--set", "organisations.bank.unknown_categories=ignore"]
+    )
     assert result.exit_code == 2
-    assert "organisations.bank.unknown_categories: 'ignore' is not allowed; allowed: error, other, missing" in result.output
+    assert (
+        "organisations.bank.unknown_categories: 'ignore' is not allowed; allowed: error, other, missing"
+        in result.output
+    )
     result = runner.invoke(app, ["schema", "check", str(bank_config), "--org", "nobody"])
     assert result.exit_code == 2 and "--org nobody: not in" in result.output
 
 
 def test_suggest_writes_yaml(bank_config, tmp_path):
     out = tmp_path / "proposal.yaml"
-    result = runner.invoke(app, ["schema", "suggest", str(bank_config), "--org", "bank_additional", "--output", str(out),
-                                 "--set", "organisations.bank_additional.rename={}"])
+    result = runner.invoke(
+        app,
+        [
+            "schema",
+            "suggest",
+            str(bank_config),
+            "--org",
+            "bank_additional",
+            "--output",
+            str(out),
+            "--set",
+            "organisations.bank_additional.rename={}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "nothing was applied" in result.output
     assert "pdays: days_since_previous" in out.read_text()
@@ -75,7 +92,9 @@ def test_profile_records_runs_and_drift(tmp_path):
     assert "drift since the previous profile" in second.output
     client = MlflowClient(cfg.tracking.uri)
     exp = client.get_experiment_by_name("income")
-    runs = client.search_runs([exp.experiment_id], "tags.`fedmine.kind` = 'profile'", order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [exp.experiment_id], "tags.`fedmine.kind` = 'profile'", order_by=["attributes.start_time DESC"]
+    )
     assert len(runs) == 2
     latest = runs[0].data.metrics
     assert latest["drift.retailer.income"] == 0.0 and "drift.bank.age" in latest
@@ -87,7 +106,8 @@ def test_profile_records_runs_and_drift(tmp_path):
 @pytest.mark.slow
 def test_check_subprocess(bank_config):
     code = "from fedmine.schema.commands import schema_app; schema_app(prog_name='fedmine schema')"
-    done = subprocess.run([sys.executable, "-c", code, "check", str(bank_config)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "check", str(bank_config)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1, done.stderr
     assert "column 'education' has unknown category 'basic.9y'" in done.stdout

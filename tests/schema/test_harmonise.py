@@ -74,13 +74,37 @@ def test_numeric_value_map_keys_match_text_columns():
 @pytest.mark.parametrize(
     ("frame_kw", "cfg_kw", "message"),
     [
-        ({"area": ["N", "S", "Mars", None]}, {}, r"organisation bank: column 'region' has unknown category 'Mars' \(1 rows\); allowed: north, south, east"),
-        ({"yearly_income": ["40", "n/a", "1", "2"]}, {}, r"organisation bank: column 'income' has non-numeric value 'n/a'"),
-        ({"flag": ["Y", None, "N", "Y"]}, {}, r"organisation bank: label 'defaulted' is missing in 1 rows \(first at row 1\)"),
+        (
+            {"area": ["N", "S", "Mars", None]},
+            {},
+            r"organisation bank: column 'region' has unknown category 'Mars' \(1 rows\); allowed: north, south, east",
+        ),
+        (
+            {"yearly_income": ["40", "n/a", "1", "2"]},
+            {},
+            r"organisation bank: column 'income' has non-numeric value 'n/a'",
+        ),
+        (
+            {"flag": ["Y", None, "N", "Y"]},
+            {},
+            r"organisation bank: label 'defaulted' is missing in 1 rows \(first at row 1\)",
+        ),
         ({"flag": ["Y", "N", "maybe", "Y"]}, {}, r"organisation bank: label 'defaulted' is not binary: value 'maybe'"),
-        ({}, {"rename": {"cust_age": "age", "yearly_income": "income", "area": "region", "flag": "defaulted"}}, r"organisation bank: rename names column 'cust_age' that its source does not have; columns: customer_age, "),
-        ({}, {"rename": {"yearly_income": "income", "area": "region", "flag": "defaulted"}}, r"organisation bank: canonical feature 'age' not found after rename; columns: "),
-        ({}, {"rename": {"customer_age": "age", "yearly_income": "income", "area": "region"}}, r"organisation bank: canonical label 'defaulted' not found after rename"),
+        (
+            {},
+            {"rename": {"cust_age": "age", "yearly_income": "income", "area": "region", "flag": "defaulted"}},
+            r"organisation bank: rename names column 'cust_age' that its source does not have; columns: customer_age, ",
+        ),
+        (
+            {},
+            {"rename": {"yearly_income": "income", "area": "region", "flag": "defaulted"}},
+            r"organisation bank: canonical feature 'age' not found after rename; columns: ",
+        ),
+        (
+            {},
+            {"rename": {"customer_age": "age", "yearly_income": "income", "area": "region"}},
+            r"organisation bank: canonical label 'defaulted' not found after rename",
+        ),
     ],
 )
 def test_errors_name_organisation_column_and_example(frame_kw, cfg_kw, message):
@@ -90,7 +114,10 @@ def test_errors_name_organisation_column_and_example(frame_kw, cfg_kw, message):
 
 def test_label_not_binary():
     cfg = make_cfg(values={"region": {"N": "north", "S": "south"}})
-    with pytest.raises(DataError, match=r"organisation bank: label 'defaulted' is not binary: value 2 \(1 rows\); allowed: 0, 1, true/false, yes/no"):
+    with pytest.raises(
+        DataError,
+        match=r"organisation bank: label 'defaulted' is not binary: value 2 \(1 rows\); allowed: 0, 1, true/false, yes/no",
+    ):
         harmonise(raw_frame(flag=[0, 1, 2, 1]), cfg, "bank")
 
 
@@ -107,9 +134,15 @@ def test_features_only_for_scoring():
 
 # -- tricky input: one feature x, label y -------------------------------------
 
+
 def one_feature_cfg(spec, objective="binary", classes=None, **org):
-    raw = {"name": "t", "objective": objective, "label": "y", "features": {"x": spec},
-           "organisations": {"o": {"source": "s.csv", **org}}}
+    raw = {
+        "name": "t",
+        "objective": objective,
+        "label": "y",
+        "features": {"x": spec},
+        "organisations": {"o": {"source": "s.csv", **org}},
+    }
     if classes:
         raw["classes"] = classes
     return config_from_dict(raw)
@@ -125,8 +158,12 @@ CATEGORY = {"type": "category", "categories": ["north", "south", "other"]}
 
 @pytest.mark.parametrize(
     "x",
-    [[1, 2.0, "1", None], np.array([1.0, 2.0, 1.0, np.nan]), pd.array([1, 2, 1, None], dtype="Int64"),
-     ["1", "2", "1", None]],
+    [
+        [1, 2.0, "1", None],
+        np.array([1.0, 2.0, 1.0, np.nan]),
+        pd.array([1, 2, 1, None], dtype="Int64"),
+        ["1", "2", "1", None],
+    ],
 )
 def test_value_map_keys_compare_as_text(x):
     for keys in ({1: "north", 2: "south"}, {"1": "north", "2": "south"}):
@@ -140,7 +177,10 @@ def test_value_map_keys_compare_as_text(x):
 )
 def test_unmapped_values_keep_their_type(x, shown):
     cfg = one_feature_cfg(CATEGORY, values={"x": {1: "north", 2: "south"}})
-    with pytest.raises(DataError, match=rf"^organisation o: column 'x' has unknown category {shown} \(1 rows\); allowed: north, south, other$"):
+    with pytest.raises(
+        DataError,
+        match=rf"^organisation o: column 'x' has unknown category {shown} \(1 rows\); allowed: north, south, other$",
+    ):
         harmonise_x(x, cfg)
 
 
@@ -150,7 +190,9 @@ def test_unmapped_numbers_and_numeric_text_next_to_mapped_text():
 
 
 def test_value_map_onto_null_is_missing():
-    h = harmonise_x(["N", "S", "gone", None], one_feature_cfg(CATEGORY, values={"x": {"N": "north", "S": "south", "gone": None}}))
+    h = harmonise_x(
+        ["N", "S", "gone", None], one_feature_cfg(CATEGORY, values={"x": {"N": "north", "S": "south", "gone": None}})
+    )
     np.testing.assert_array_equal(h.X[:, 0], [0, 1, np.nan, np.nan])
     assert h.report["unknown_categories"] == {}
 
@@ -202,9 +244,14 @@ def test_bools_from_many_spellings(x, expected):
     np.testing.assert_array_equal(h.X[:, 0], expected)
 
 
-@pytest.mark.parametrize(("x", "shown"), [(["yes", "maybe", "nope", None], "'maybe'"), ([1, 2, 0, 3], "2"), ([1.0, 0.5, 0, 3], "0.5")])
+@pytest.mark.parametrize(
+    ("x", "shown"), [(["yes", "maybe", "nope", None], "'maybe'"), ([1, 2, 0, 3], "2"), ([1.0, 0.5, 0, 3], "0.5")]
+)
 def test_not_a_bool_names_first_offending_value(x, shown):
-    with pytest.raises(DataError, match=rf"^organisation o: column 'x' has value {shown} that is not a bool; allowed: 1/0, true/false, yes/no$"):
+    with pytest.raises(
+        DataError,
+        match=rf"^organisation o: column 'x' has value {shown} that is not a bool; allowed: 1/0, true/false, yes/no$",
+    ):
         harmonise_x(x, one_feature_cfg({"type": "bool"}))
 
 
@@ -235,30 +282,51 @@ def test_unknown_categories_error_raises_or_is_collected():
 def test_unknown_category_examples_most_frequent_first_at_most_five():
     x = ["Zed", "Ann", "Zed", "Ann", "Bob", "north", "Cy", "Di", "Ed", "Ann"]
     h = harmonise_x(x, one_feature_cfg(CATEGORY, unknown_categories="missing"))
-    assert h.report["unknown_categories"]["x"] == {"count": 9, "examples": ["Ann", "Zed", "Bob", "Cy", "Di"], "policy": "missing"}
-    h = harmonise_x([1, 2, 7, 7], one_feature_cfg({"type": "category", "categories": ["1", "2"]}, unknown_categories="missing"))
+    assert h.report["unknown_categories"]["x"] == {
+        "count": 9,
+        "examples": ["Ann", "Zed", "Bob", "Cy", "Di"],
+        "policy": "missing",
+    }
+    h = harmonise_x(
+        [1, 2, 7, 7], one_feature_cfg({"type": "category", "categories": ["1", "2"]}, unknown_categories="missing")
+    )
     np.testing.assert_array_equal(h.X[:, 0], [0, 1, np.nan, np.nan])
     assert h.report["unknown_categories"]["x"] == {"count": 2, "examples": [7], "policy": "missing"}
 
 
 def test_unknown_category_message_shortens_a_long_vocabulary():
     cfg = one_feature_cfg({"type": "category", "categories": [f"c{i}" for i in range(25)]})
-    with pytest.raises(DataError, match=r"has unknown category 'zz' \(1 rows\); allowed: c0, c1, c2, .*, c18, c19, \.\.\.$"):
+    with pytest.raises(
+        DataError, match=r"has unknown category 'zz' \(1 rows\); allowed: c0, c1, c2, .*, c18, c19, \.\.\.$"
+    ):
         harmonise_x(["c1", "zz"], cfg)
 
 
 @pytest.mark.parametrize(
     ("x", "spec", "message"),
     [
-        (["40", "n/a", "x", "2"], {"type": "float"},
-         r"^organisation o: column 'x' has non-numeric value 'n/a' \(2 rows\); map it under values: or mark it missing$"),
-        (["nan", "1", "2", "3"], {"type": "float"},
-         r"^organisation o: column 'x' has non-numeric value 'nan' \(1 rows\)"),
+        (
+            ["40", "n/a", "x", "2"],
+            {"type": "float"},
+            r"^organisation o: column 'x' has non-numeric value 'n/a' \(2 rows\); map it under values: or mark it missing$",
+        ),
+        (
+            ["nan", "1", "2", "3"],
+            {"type": "float"},
+            r"^organisation o: column 'x' has non-numeric value 'nan' \(1 rows\)",
+        ),
         ([1, 1.5, 2.25, 3], {"type": "int"}, r"^organisation o: column 'x' is declared int but has value \S*1\.5\b"),
-        (["1", "2.5", "3", "4"], {"type": "int"}, r"^organisation o: column 'x' is declared int but has value \S*2\.5\b"),
-        (["2020-01-02", "yesterday", "", None], {"type": "date"},
-         r"^organisation o: column 'x' has value 'yesterday' that is not a date in format ISO 8601 \(YYYY-MM-DD\) \(1 rows\); "
-         r"set dates: \{x: FORMAT\} or mark it missing$"),
+        (
+            ["1", "2.5", "3", "4"],
+            {"type": "int"},
+            r"^organisation o: column 'x' is declared int but has value \S*2\.5\b",
+        ),
+        (
+            ["2020-01-02", "yesterday", "", None],
+            {"type": "date"},
+            r"^organisation o: column 'x' has value 'yesterday' that is not a date in format ISO 8601 \(YYYY-MM-DD\) \(1 rows\); "
+            r"set dates: \{x: FORMAT\} or mark it missing$",
+        ),
     ],
 )
 def test_feature_errors_name_first_offending_value(x, spec, message):
@@ -269,18 +337,32 @@ def test_feature_errors_name_first_offending_value(x, spec, message):
 @pytest.mark.parametrize(
     ("y", "cfg_kw", "message"),
     [
-        (["a", "b", "c", "d"], {"objective": "multiclass", "classes": ["a", "b", "c"]},
-         r"^organisation o: column 'y' has unknown label value 'd' \(1 rows\); allowed: a, b, c$"),
-        ([1, 2, -1, -3], {"objective": "poisson"},
-         r"^organisation o: label 'y' has negative value \S*-1\.0\b.*; objective poisson needs labels >= 0$"),
-        (["1", "x", "3", "y"], {"objective": "regression"},
-         r"^organisation o: column 'y' has non-numeric value 'x' \(2 rows\); map it under values: or mark it missing$"),
-        ([1.0, 0.0, 2.0, 1], {},
-         r"^organisation o: label 'y' is not binary: value 2.0 \(1 rows\); allowed: 0, 1, true/false, yes/no \(or declare classes: \[negative, positive\]\)$"),
-        (["pos", "neg", "?", "pos"], {"values": {"y": {"pos": 1, "neg": 0}}, "missing": {"y": ["?"]}},
-         r"^organisation o: label 'y' is missing in 1 rows \(first at row 2\); drop those rows or map them under values:$"),
-        (["1", "0", "0", "1"], {"scale": {"y": 2}},
-         r"^organisation o: label 'y' is not binary: value 2.0 \(2 rows\)"),
+        (
+            ["a", "b", "c", "d"],
+            {"objective": "multiclass", "classes": ["a", "b", "c"]},
+            r"^organisation o: column 'y' has unknown label value 'd' \(1 rows\); allowed: a, b, c$",
+        ),
+        (
+            [1, 2, -1, -3],
+            {"objective": "poisson"},
+            r"^organisation o: label 'y' has negative value \S*-1\.0\b.*; objective poisson needs labels >= 0$",
+        ),
+        (
+            ["1", "x", "3", "y"],
+            {"objective": "regression"},
+            r"^organisation o: column 'y' has non-numeric value 'x' \(2 rows\); map it under values: or mark it missing$",
+        ),
+        (
+            [1.0, 0.0, 2.0, 1],
+            {},
+            r"^organisation o: label 'y' is not binary: value 2.0 \(1 rows\); allowed: 0, 1, true/false, yes/no \(or declare classes: \[negative, positive\]\)$",
+        ),
+        (
+            ["pos", "neg", "?", "pos"],
+            {"values": {"y": {"pos": 1, "neg": 0}}, "missing": {"y": ["?"]}},
+            r"^organisation o: label 'y' is missing in 1 rows \(first at row 2\); drop those rows or map them under values:$",
+        ),
+        (["1", "0", "0", "1"], {"scale": {"y": 2}}, r"^organisation o: label 'y' is not binary: value 2.0 \(2 rows\)"),
     ],
 )
 def test_label_errors(y, cfg_kw, message):
@@ -310,10 +392,12 @@ def test_collect_turns_offending_values_missing_and_lists_each_violation():
     h = harmonise_x(["1", "x", "3", "4.5"], one_feature_cfg({"type": "int"}), collect=True)
     np.testing.assert_array_equal(h.X[:, 0], [1, np.nan, 3, 4.5])
     assert len(h.report["problems"]) == 2
-    assert h.report["problems"][0] == ("organisation o: column 'x' has non-numeric value 'x' (1 rows); "
-                                       "map it under values: or mark it missing")
+    assert h.report["problems"][0] == (
+        "organisation o: column 'x' has non-numeric value 'x' (1 rows); map it under values: or mark it missing"
+    )
     assert h.report["problems"][1].startswith("organisation o: column 'x' is declared int but has value")
     h = harmonise_x(["yes", "maybe", None, "no"], one_feature_cfg({"type": "bool"}), collect=True)
     np.testing.assert_array_equal(h.X[:, 0], [1, np.nan, np.nan, 0])
-    assert h.report["problems"] == ["organisation o: column 'x' has value 'maybe' that is not a bool; "
-                                    "allowed: 1/0, true/false, yes/no"]
+    assert h.report["problems"] == [
+        "organisation o: column 'x' has value 'maybe' that is not a bool; allowed: 1/0, true/false, yes/no"
+    ]

@@ -36,11 +36,14 @@ def cfg_with(org=None, features=None):
         "unknown_categories": {"region": "other", "plan": "missing"},
     }
     org_spec.update(org or {})
-    return config_from_dict({
-        "name": "clinics", "label": "sick",
-        "features": features or FEATURES,
-        "organisations": {"clinic": org_spec},
-    })
+    return config_from_dict(
+        {
+            "name": "clinics",
+            "label": "sick",
+            "features": features or FEATURES,
+            "organisations": {"clinic": org_spec},
+        }
+    )
 
 
 def clinic_frame(**cols):
@@ -87,7 +90,10 @@ def test_feature_date_bounds_are_days():
 
 def test_collect_lists_every_violation_and_keeps_going():
     frame = clinic_frame(glc=[5.0, "high", 10.0, 40.0], seen=["2023-05-01", "yesterday", None, None])
-    cfg = cfg_with({"unknown_categories": "error"}, features={**FEATURES, "region": {"type": "category", "categories": ["north", "south"]}})
+    cfg = cfg_with(
+        {"unknown_categories": "error"},
+        features={**FEATURES, "region": {"type": "category", "categories": ["north", "south"]}},
+    )
     h = harmonise(frame, cfg, "clinic", collect=True)
     problems = h.report["problems"]
     assert any("column 'glucose' has non-numeric value 'high'" in p for p in problems)
@@ -98,39 +104,61 @@ def test_collect_lists_every_violation_and_keeps_going():
 
 # -- config errors: file, key, both names ------------------------------------
 
+
 @pytest.mark.parametrize(
     ("org", "message"),
     [
-        ({"rename": {"dob": "birth_date", "glc": "glucose", "glucose_mg": "glucose", "y": "sick"}},
-         r"organisations.clinic.rename: glc and glucose_mg both map to 'glucose'; map one column per feature"),
-        ({"rename": {"dob": "birth_date", "years": "age", "y": "sick"}},
-         r"organisations.clinic: years \(rename\) and birth_date \(derive\) both map to 'age'; map one column per feature"),
-        ({"units": {"glucose": "mmol/L", "region": "F"}},
-         r"organisations.clinic.units.region: units convert numbers; region is type category \(allowed with type float or int\)"),
-        ({"units": {"glucose": "stone"}},
-         r"organisations.clinic.units.glucose: unknown unit 'stone'; known: C, F, K"),
-        ({"units": {"glucose": "kg"}},
-         r"organisations.clinic.units.glucose: cannot convert kg \(mass\) to mg/dL \(concentration\)"),
-        ({"units": {"glucose": "mmol/L"}, "scale": {"glucose": 18}},
-         r"organisations.clinic.units.glucose: glucose has both units and scale/offset; use one of them"),
-        ({"units": {"income": "thousands"}, "scale": {}},
-         None),
-        ({"dates": {"smoker": "%Y"}},
-         r"organisations.clinic.dates.smoker: features.smoker has type bool, not date"),
-        ({"dates": {"born": "%Y"}},
-         r"organisations.clinic.dates.born: not a canonical column; allowed: age, birth_date, glucose"),
-        ({"derive": {"age": {"from": "birth_date", "as": "years_since"}}},
-         r"organisations.clinic.derive.age: as: years_since needs 'at', the reference date \(for example at: 2024-01-01\)"),
-        ({"derive": {"region": {"from": "birth_date", "as": "year"}}},
-         r"organisations.clinic.derive.region: features.region has type category; derived values are numbers"),
-        ({"unknown_categories": "other"},
-         r"organisations.clinic.unknown_categories: 'other' needs 'other' in features.plan.categories \(basic, premium\)"),
-        ({"unknown_categories": {"smoker": "missing"}},
-         r"organisations.clinic.unknown_categories.smoker: not a category feature; allowed: plan, region"),
-        ({"unknown_categories": "ignore"},
-         r"organisations.clinic.unknown_categories: 'ignore' is not allowed; allowed: error, other, missing$"),
-        ({"missing": {"weight": [-9]}},
-         r"organisations.clinic.missing.weight: not a canonical column; allowed: age, glucose"),
+        (
+            {"rename": {"dob": "birth_date", "glc": "glucose", "glucose_mg": "glucose", "y": "sick"}},
+            r"organisations.clinic.rename: glc and glucose_mg both map to 'glucose'; map one column per feature",
+        ),
+        (
+            {"rename": {"dob": "birth_date", "years": "age", "y": "sick"}},
+            r"organisations.clinic: years \(rename\) and birth_date \(derive\) both map to 'age'; map one column per feature",
+        ),
+        (
+            {"units": {"glucose": "mmol/L", "region": "F"}},
+            r"organisations.clinic.units.region: units convert numbers; region is type category \(allowed with type float or int\)",
+        ),
+        ({"units": {"glucose": "stone"}}, r"organisations.clinic.units.glucose: unknown unit 'stone'; known: C, F, K"),
+        (
+            {"units": {"glucose": "kg"}},
+            r"organisations.clinic.units.glucose: cannot convert kg \(mass\) to mg/dL \(concentration\)",
+        ),
+        (
+            {"units": {"glucose": "mmol/L"}, "scale": {"glucose": 18}},
+            r"organisations.clinic.units.glucose: glucose has both units and scale/offset; use one of them",
+        ),
+        ({"units": {"income": "thousands"}, "scale": {}}, None),
+        ({"dates": {"smoker": "%Y"}}, r"organisations.clinic.dates.smoker: features.smoker has type bool, not date"),
+        (
+            {"dates": {"born": "%Y"}},
+            r"organisations.clinic.dates.born: not a canonical column; allowed: age, birth_date, glucose",
+        ),
+        (
+            {"derive": {"age": {"from": "birth_date", "as": "years_since"}}},
+            r"organisations.clinic.derive.age: as: years_since needs 'at', the reference date \(for example at: 2024-01-01\)",
+        ),
+        (
+            {"derive": {"region": {"from": "birth_date", "as": "year"}}},
+            r"organisations.clinic.derive.region: features.region has type category; derived values are numbers",
+        ),
+        (
+            {"unknown_categories": "other"},
+            r"organisations.clinic.unknown_categories: 'other' needs 'other' in features.plan.categories \(basic, premium\)",
+        ),
+        (
+            {"unknown_categories": {"smoker": "missing"}},
+            r"organisations.clinic.unknown_categories.smoker: not a category feature; allowed: plan, region",
+        ),
+        (
+            {"unknown_categories": "ignore"},
+            r"organisations.clinic.unknown_categories: 'ignore' is not allowed; allowed: error, other, missing$",
+        ),
+        (
+            {"missing": {"weight": [-9]}},
+            r"organisations.clinic.missing.weight: not a canonical column; allowed: age, glucose",
+        ),
     ],
 )
 def test_mapping_errors_name_both(org, message):
@@ -143,13 +171,19 @@ def test_mapping_errors_name_both(org, message):
 
 def test_units_need_the_canonical_unit():
     features = {**FEATURES, "glucose": {"type": "float"}}
-    with pytest.raises(ConfigError, match=r"organisations.clinic.units.glucose: features.glucose declares no unit to convert 'mmol/L' to; add its unit"):
+    with pytest.raises(
+        ConfigError,
+        match=r"organisations.clinic.units.glucose: features.glucose declares no unit to convert 'mmol/L' to; add its unit",
+    ):
         cfg_with(features=features)
 
 
 def test_date_bounds_need_a_date_feature():
     features = {**FEATURES, "glucose": {"type": "float", "min": "2020-01-01"}}
-    with pytest.raises(ConfigError, match=r"features.glucose: .*min is a date \(2020-01-01\); dates are allowed with type: date \(type is float\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"features.glucose: .*min is a date \(2020-01-01\); dates are allowed with type: date \(type is float\)",
+    ):
         cfg_with(features=features)
 
 
@@ -160,32 +194,48 @@ def test_other_policy_without_other_in_vocabulary_names_feature():
 
 # -- data errors: found only when the source's columns are known ---------------
 
+
 def test_source_column_and_renamed_column_onto_one_feature():
     frame = clinic_frame(glucose=[1, 2, 3, 4])
-    with pytest.raises(DataError, match=r"organisation clinic: source columns 'glc' and 'glucose' both map to 'glucose'; map one column per feature \(rename the other away\)"):
+    with pytest.raises(
+        DataError,
+        match=r"organisation clinic: source columns 'glc' and 'glucose' both map to 'glucose'; map one column per feature \(rename the other away\)",
+    ):
         harmonise(frame, cfg_with(), "clinic")
 
 
 def test_required_feature_unmapped_names_feature_and_columns():
     frame = clinic_frame().drop(columns=["glc"])
     cfg = cfg_with({"rename": {"dob": "birth_date", "temp_f": "temperature", "seen": "visit", "y": "sick"}})
-    with pytest.raises(DataError, match=r"organisation clinic: canonical feature 'glucose' not found after rename; columns: birth_date, temperature, visit, smoker, region, plan, sick, extra \(map a column onto it with rename, derive, or mark it required: false\)"):
+    with pytest.raises(
+        DataError,
+        match=r"organisation clinic: canonical feature 'glucose' not found after rename; columns: birth_date, temperature, visit, smoker, region, plan, sick, extra \(map a column onto it with rename, derive, or mark it required: false\)",
+    ):
         harmonise(frame, cfg, "clinic")
 
 
 def test_unknown_category_error_policy():
     cfg = cfg_with({"unknown_categories": {"region": "error"}})
-    with pytest.raises(DataError, match=r"organisation clinic: column 'region' has unknown category 'Mars' \(2 rows\); allowed: north, south, other"):
+    with pytest.raises(
+        DataError,
+        match=r"organisation clinic: column 'region' has unknown category 'Mars' \(2 rows\); allowed: north, south, other",
+    ):
         harmonise(clinic_frame(), cfg, "clinic")
 
 
 def test_bad_date_names_format():
-    with pytest.raises(DataError, match=r"organisation clinic: column 'birth_date' has value '1980-06-15' that is not a date in format %d/%m/%Y \(1 rows\)"):
+    with pytest.raises(
+        DataError,
+        match=r"organisation clinic: column 'birth_date' has value '1980-06-15' that is not a date in format %d/%m/%Y \(1 rows\)",
+    ):
         harmonise(clinic_frame(dob=["1980-06-15", "01/01/2000", "?", "31/12/1950"]), cfg_with(), "clinic")
 
 
 def test_derive_source_missing():
     frame = clinic_frame().drop(columns=["dob"])
     cfg = cfg_with({"rename": {"glc": "glucose", "temp_f": "temperature", "seen": "visit", "y": "sick"}})
-    with pytest.raises(DataError, match=r"organisation clinic: derive.age reads column 'birth_date' that its source does not have after rename; columns: glucose, temperature"):
+    with pytest.raises(
+        DataError,
+        match=r"organisation clinic: derive.age reads column 'birth_date' that its source does not have after rename; columns: glucose, temperature",
+    ):
         harmonise(frame, cfg, "clinic")

@@ -17,8 +17,9 @@ from fedmine.schema.summary import grid_quantiles, psi
 ORGS = ("bank", "insurer", "retailer")
 
 
-def income_federation(tmp_path, *, mistake: str | None = "retailer", shift_age: float = 0.0, seed: int = 0,
-                      strategy: str = "bagging"):
+def income_federation(
+    tmp_path, *, mistake: str | None = "retailer", shift_age: float = 0.0, seed: int = 0, strategy: str = "bagging"
+):
     """Three organisations with income and age; ``mistake`` reports income x1000."""
     rng = np.random.default_rng(seed)
     orgs = {}
@@ -34,14 +35,20 @@ def income_federation(tmp_path, *, mistake: str | None = "retailer", shift_age: 
         path = tmp_path / f"{org}.csv"
         frame.to_csv(path, index=False)
         orgs[org] = {"source": str(path)}
-    return config_from_dict({
-        "name": "income", "label": "y",
-        "features": {"income": {"type": "float", "unit": "units"}, "age": {"type": "int"},
-                     "segment": {"type": "category", "categories": ["a", "b", "c"]}},
-        "organisations": orgs,
-        "training": {"strategy": strategy},
-        "tracking": {"uri": "sqlite:///" + str(tmp_path / "mlflow.db")},
-    })
+    return config_from_dict(
+        {
+            "name": "income",
+            "label": "y",
+            "features": {
+                "income": {"type": "float", "unit": "units"},
+                "age": {"type": "int"},
+                "segment": {"type": "category", "categories": ["a", "b", "c"]},
+            },
+            "organisations": orgs,
+            "training": {"strategy": strategy},
+            "tracking": {"uri": "sqlite:///" + str(tmp_path / "mlflow.db")},
+        }
+    )
 
 
 def test_unit_mistake_is_flagged(tmp_path):

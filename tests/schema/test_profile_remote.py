@@ -122,13 +122,17 @@ def test_the_party_profiles_all_its_rows_and_answers_only_its_own_schema(tmp_pat
     assert len(party._data.y_valid) > 0  # training and validation rows both count
     grids, categorical = _grid(cfg)
     rows = harmonise(connectors.load(cfg.organisations["bank"].source), cfg, "bank", collect=True).X
-    assert np.array_equal(party.call("profile_counts", grids, categorical), grid_counts(rows, grids, categorical=categorical))
+    assert np.array_equal(
+        party.call("profile_counts", grids, categorical), grid_counts(rows, grids, categorical=categorical)
+    )
     lows = np.zeros(len(grids))
     totals = party.profile_counts(grids, categorical)
     features = feature_specs(cfg)
     assert set(party.call("profile_view", grids, lows, totals, features)["features"]) == set(cfg.features)
-    as_category = [dict(f, type="category", categories=[str(i) for i in range(1024)]) if f["name"] == "income" else f
-                   for f in features]
+    as_category = [
+        dict(f, type="category", categories=[str(i) for i in range(1024)]) if f["name"] == "income" else f
+        for f in features
+    ]
     with pytest.raises(PartyError, match="feature 'income' cannot be of type 'category' here"):
         party.call("profile_view", grids, lows, totals, as_category)
     with pytest.raises(PartyError, match="are not this party's"):

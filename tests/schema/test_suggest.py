@@ -14,8 +14,11 @@ from tests.schema.conftest import BANK, RENAME, bank_raw
 
 def new_member(**mapping):
     raw = bank_raw()
-    raw["organisations"]["bank_additional"] = {"source": BANK["organisations"]["bank_additional"]["source"],
-                                               "read": {"sep": ";"}, **mapping}
+    raw["organisations"]["bank_additional"] = {
+        "source": BANK["organisations"]["bank_additional"]["source"],
+        "read": {"sep": ";"},
+        **mapping,
+    }
     return config_from_dict(raw)
 
 
@@ -28,11 +31,24 @@ def test_suggest_matches_the_shared_columns():
     assert s.missing["days_since_previous"] == [999]
     assert s.missing["previous_outcome"] == ["nonexistent"]
     assert s.missing["credit_default"] == ["unknown"]
-    assert set(s.unresolved["education"]) == {"basic.4y", "basic.6y", "basic.9y", "high.school",
-                                             "professional.course", "university.degree", "illiterate"}
+    assert set(s.unresolved["education"]) == {
+        "basic.4y",
+        "basic.6y",
+        "basic.9y",
+        "high.school",
+        "professional.course",
+        "university.degree",
+        "illiterate",
+    }
     assert s.unmatched_features == ["balance"]
-    assert s.unmatched_columns == ["day_of_week", "emp.var.rate", "cons.price.idx", "cons.conf.idx",
-                                   "euribor3m", "nr.employed"]
+    assert s.unmatched_columns == [
+        "day_of_week",
+        "emp.var.rate",
+        "cons.price.idx",
+        "cons.conf.idx",
+        "euribor3m",
+        "nr.employed",
+    ]
 
 
 def test_suggestion_is_yaml_for_review_and_loads_as_a_mapping():
@@ -65,12 +81,21 @@ def test_unit_factor_is_proposed(tmp_path):
 
 
 def test_unknown_org_is_an_input_error():
-    with pytest.raises(ConfigError, match=r"--org nobody: not an organisation of bank-marketing; allowed: bank, bank_additional"):
+    with pytest.raises(
+        ConfigError, match=r"--org nobody: not an organisation of bank-marketing; allowed: bank, bank_additional"
+    ):
         suggest_mapping(new_member(), "nobody")
 
 
-@pytest.mark.parametrize(("a", "b", "low"), [("pdays", "days_since_previous", 0.8), ("poutcome", "previous_outcome", 0.8),
-                                              ("housing", "housing_loan", 0.8), ("customerAge", "customer_age", 1.0)])
+@pytest.mark.parametrize(
+    ("a", "b", "low"),
+    [
+        ("pdays", "days_since_previous", 0.8),
+        ("poutcome", "previous_outcome", 0.8),
+        ("housing", "housing_loan", 0.8),
+        ("customerAge", "customer_age", 1.0),
+    ],
+)
 def test_name_similarity(a, b, low):
     assert name_similarity(a, b) >= low
     assert name_similarity("day_of_week", "balance") < 0.4

@@ -37,7 +37,12 @@ def test_same_unit_is_identity():
     [
         ("furlongs", "m", None, r"unknown unit 'furlongs'; known: C, F, K, units, "),
         ("kg", "m", None, r"cannot convert kg \(mass\) to m \(length\); units of length: m, cm, mm, km, in, ft"),
-        ("mmol/L", "mg/dL", "sodium", r"mmol/L -> mg/dL depends on the substance; set the feature's quantity to one of: cholesterol, glucose, triglycerides \(got 'sodium'\)"),
+        (
+            "mmol/L",
+            "mg/dL",
+            "sodium",
+            r"mmol/L -> mg/dL depends on the substance; set the feature's quantity to one of: cholesterol, glucose, triglycerides \(got 'sodium'\)",
+        ),
     ],
 )
 def test_errors(source, target, quantity, message):

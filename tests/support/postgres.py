@@ -124,9 +124,7 @@ def running_postgres(tmp_dir: str | os.PathLike[str]) -> Iterator[str]:
             command = [str(bin_dir / args[0]), *args[1:]]
             if owner is not None:
                 command = ["runuser", "-u", SYSTEM_USER, "--", *command]
-            return subprocess.run(
-                command, cwd=run_dir, capture_output=True, text=True, check=False
-            )
+            return subprocess.run(command, cwd=run_dir, capture_output=True, text=True, check=False)
 
         done = run(
             "initdb", "-D", str(data), "-U", SUPERUSER, "--auth=trust",
@@ -188,15 +186,12 @@ def _start(run, data: Path, sockets: Path, log: Path, *, attempts: int = 3) -> i
         if not any("could not bind" in line or "in use" in line for line in tail):
             break
     raise PostgresFailed(
-        f"pg_ctl start failed (exit {done.returncode}): {done.stderr.strip()}; "
-        f"log {log}: {' | '.join(tail)}"
+        f"pg_ctl start failed (exit {done.returncode}): {done.stderr.strip()}; log {log}: {' | '.join(tail)}"
     )
 
 
 def _create_database(port: int) -> None:
     import psycopg
 
-    with psycopg.connect(
-        host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres", autocommit=True
-    ) as conn:
+    with psycopg.connect(host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{DATABASE}"')

@@ -72,7 +72,9 @@ def test_loaders_return_pem_bytes(folder):
 
 
 def test_existing_files_are_not_overwritten(folder):
-    with pytest.raises(CertificateError, match=rf"{folder / 'ca.pem'}: already exists; remove it or pass overwrite=True"):
+    with pytest.raises(
+        CertificateError, match=rf"{folder / 'ca.pem'}: already exists; remove it or pass overwrite=True"
+    ):
         init_ca(folder, federation="demo")
     with pytest.raises(CertificateError, match=r"bank.pem: already exists"):
         issue(folder, "bank")
@@ -97,7 +99,9 @@ def test_validity_is_one_day_to_the_year_9999(tmp_path, folder, days):
 
 
 def test_kind_and_reserved_name(folder):
-    with pytest.raises(CertificateError, match=r"certificate kind must be one of \['party', 'coordinator'\], got 'admin'"):
+    with pytest.raises(
+        CertificateError, match=r"certificate kind must be one of \['party', 'coordinator'\], got 'admin'"
+    ):
         issue(folder, "x", kind="admin")
     with pytest.raises(CertificateError, match=r"'ca' is reserved"):
         issue(folder, "ca")

@@ -19,18 +19,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedmine.config import config_from_dict
-from fedmine.errors import DataError, FedmineError, PartyError
-from fedmine.transport import wire
-from fedmine.transport.certs import ClientTLS, client_tls, init_ca, issue, server_tls
-from fedmine.coordinator.training import Coordinator
 from fedmine import protocol
+from fedmine.config import config_from_dict
 from fedmine.coordinator.client import RemoteParty
-from fedmine.party.server import PartyServer, serve_party
 from fedmine.coordinator.link import EngineProxy, Link
-from fedmine.party.organisation import Party
+from fedmine.coordinator.training import Coordinator
+from fedmine.errors import DataError, FedmineError, PartyError
 from fedmine.gbdt.booster import Trainer
 from fedmine.gbdt.state import EngineGroup, ProtocolError
+from fedmine.party.organisation import Party
+from fedmine.party.server import PartyServer, serve_party
+from fedmine.transport import wire
+from fedmine.transport.certs import ClientTLS, client_tls, init_ca, issue, server_tls
 
 ORGS = ("bank", "clinic")
 FEATURES = {"a": {}, "b": {}, "c": {"type": "category", "categories": ["x", "y", "z"]}}
@@ -59,8 +59,14 @@ from tests.coordinator.test_strategies import make_data as make_split  # noqa: E
 
 
 def make_party(name, seed=1, n=300):
-    return Party(name, make_split(n, seed, 0.3 * seed), objective="binary", num_class=1,
-                      feature_names=["a", "b", "c"], categorical=[2])
+    return Party(
+        name,
+        make_split(n, seed, 0.3 * seed),
+        objective="binary",
+        num_class=1,
+        feature_names=["a", "b", "c"],
+        categorical=[2],
+    )
 
 
 @pytest.fixture()
@@ -120,8 +126,14 @@ def test_party_calls_over_mtls_answer_as_in_process(pki, serve):
     for p in (local, party):
         p.call("start", np.array([0.1]))
     assert_same(party.evaluate(), local.call("evaluate"))
-    params = {"objective": "binary", "num_leaves": 4, "min_data_in_leaf": 5, "num_threads": 1, "verbosity": -1,
-              "deterministic": True}
+    params = {
+        "objective": "binary",
+        "num_leaves": 4,
+        "min_data_in_leaf": 5,
+        "num_threads": 1,
+        "verbosity": -1,
+        "deterministic": True,
+    }
     blocks = party.train_local(params, 2)
     assert all(a.equal(b) for a, b in zip(blocks, local.call("train_local", params, 2)))
     delta = blocks[:1]
@@ -133,8 +145,16 @@ def test_party_calls_over_mtls_answer_as_in_process(pki, serve):
 
 
 def test_histogram_training_over_flight_equals_in_process_bit_for_bit(pki, serve):
-    params = {"objective": "binary", "num_boost_round": 3, "num_leaves": 5, "min_data_in_leaf": 5,
-              "bagging_fraction": 0.8, "bagging_freq": 1, "max_cat_to_onehot": 1, "min_data_per_group": 5}
+    params = {
+        "objective": "binary",
+        "num_boost_round": 3,
+        "num_leaves": 5,
+        "min_data_in_leaf": 5,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "max_cat_to_onehot": 1,
+        "min_data_per_group": 5,
+    }
 
     def model(parties):
         links = [Link(p) for p in parties]
@@ -154,11 +174,21 @@ def test_histogram_training_over_flight_equals_in_process_bit_for_bit(pki, serve
 
 @pytest.mark.filterwarnings("ignore::fedmine.privacy.secure_agg.SecureAggregationWarning")
 def test_coordinator_trains_the_same_model_through_remote_parties(pki, serve):
-    cfg = config_from_dict({
-        "name": "t", "label": "y", "features": FEATURES,
-        "organisations": {o: {"source": f"{o}.csv"} for o in ORGS},
-        "training": {"strategy": "histogram", "rounds": 2, "num_leaves": 4, "min_data_in_leaf": 5, "num_threads": 1},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "t",
+            "label": "y",
+            "features": FEATURES,
+            "organisations": {o: {"source": f"{o}.csv"} for o in ORGS},
+            "training": {
+                "strategy": "histogram",
+                "rounds": 2,
+                "num_leaves": 4,
+                "min_data_in_leaf": 5,
+                "num_threads": 1,
+            },
+        }
+    )
 
     def run(parties):
         coord = Coordinator(cfg, parties)
@@ -186,8 +216,11 @@ def test_server_lists_the_actions_it_serves(pki, serve):
 def test_calls_not_served_are_refused(pki, serve):
     server = serve(make_party("bank"), allowed_calls=("describe", "start", "evaluate"))
     party = remote(pki, "bank", server)
-    with pytest.raises(PartyError, match=r"party bank: action 'train_local' is not served; served: describe, start, "
-                                         r"evaluate"):
+    with pytest.raises(
+        PartyError,
+        match=r"party bank: action 'train_local' is not served; served: describe, start, "
+        r"evaluate",
+    ):
         party.train_local({}, 1)
     with pytest.raises(PartyError, match=r"action 'secure_setup' is not served"):
         party.secure_setup("training-1")
@@ -248,14 +281,22 @@ def test_party_errors_keep_their_class_and_message(pki, serve):
         party.start(np.zeros(1))
     with pytest.raises(PartyError, match=r"^party faulty: evaluate failed: ValueError: bad thing$"):
         party.evaluate()
-    with pytest.raises(PartyError, match=r"^party bank at grpc\+tls://127.0.0.1:\d+: local_baseline: SecretError: "
-                                         r"the secret$"):
+    with pytest.raises(
+        PartyError,
+        match=r"^party bank at grpc\+tls://127.0.0.1:\d+: local_baseline: SecretError: "
+        r"the secret$",
+    ):
         party.local_baseline({}, 1)
     with pytest.raises(ProtocolError, match=r"^histograms is not accepted in stage 'created'$"):
         party.histograms(np.arange(2))
-    with pytest.raises(PartyError, match=r"^party faulty: train_local: answer cannot travel: values of type builtins.object cannot travel$"):
+    with pytest.raises(
+        PartyError,
+        match=r"^party faulty: train_local: answer cannot travel: values of type builtins.object cannot travel$",
+    ):
         party.train_local({}, 1)
-    with pytest.raises(PartyError, match=r"^party bank at grpc\+tls://127.0.0.1:\d+: describe: no answer within 0.3 s$"):
+    with pytest.raises(
+        PartyError, match=r"^party bank at grpc\+tls://127.0.0.1:\d+: describe: no answer within 0.3 s$"
+    ):
         party.describe()
     # through a Link, as in process: FedmineErrors unchanged, ProtocolError becomes PartyError
     link = Link(party)
@@ -268,13 +309,16 @@ def test_party_errors_keep_their_class_and_message(pki, serve):
 def test_errors_carry_no_traceback(pki, serve):
     server = serve(FaultyParty(), name="bank", allowed_calls=FAULTY_CALLS)
     c = client_tls(pki[0])
-    client = flight.FlightClient(server.endpoint, tls_root_certs=c.ca, cert_chain=c.cert, private_key=c.key,
-                                 override_hostname="bank")
+    client = flight.FlightClient(
+        server.endpoint, tls_root_certs=c.ca, cert_chain=c.cert, private_key=c.key, override_hostname="bank"
+    )
     with pytest.raises(flight.FlightServerError) as info:
         list(client.do_action(flight.Action("evaluate", wire.encode(((), {})))))
     assert "Traceback" not in str(info.value) and "File " not in str(info.value)
-    assert wire.decode(info.value.extra_info) == {"type": "PartyError",
-                                                  "message": "party faulty: evaluate failed: ValueError: bad thing"}
+    assert wire.decode(info.value.extra_info) == {
+        "type": "PartyError",
+        "message": "party faulty: evaluate failed: ValueError: bad thing",
+    }
 
 
 class CountingParty:
@@ -330,8 +374,9 @@ def test_calls_to_the_party_are_serialised_except_independent_ones(pki, serve):
 
 
 def raw_action(endpoint, *, ca, cert=None, key=None, hostname="bank", name="describe", body=None):
-    client = flight.FlightClient(endpoint, tls_root_certs=ca, cert_chain=cert, private_key=key,
-                                 override_hostname=hostname)
+    client = flight.FlightClient(
+        endpoint, tls_root_certs=ca, cert_chain=cert, private_key=key, override_hostname=hostname
+    )
     try:
         body = wire.encode(((), {})) if body is None else body
         return list(client.do_action(flight.Action(name, body), flight.FlightCallOptions(timeout=5)))
@@ -348,10 +393,12 @@ def test_client_without_certificate_is_refused(pki, serve):
 def test_client_certificate_from_another_ca_is_refused(pki, serve):
     server = serve(make_party("bank"))
     ours, theirs = client_tls(pki[0]), client_tls(pki[1])
-    party = RemoteParty("bank", server.endpoint, tls=ClientTLS(cert=theirs.cert, key=theirs.key, ca=ours.ca),
-                        retries=0)
-    with pytest.raises(PartyError, match=r"party bank at grpc\+tls://127.0.0.1:\d+: describe: unreachable after 1 "
-                                         r"attempts"):
+    party = RemoteParty("bank", server.endpoint, tls=ClientTLS(cert=theirs.cert, key=theirs.key, ca=ours.ca), retries=0)
+    with pytest.raises(
+        PartyError,
+        match=r"party bank at grpc\+tls://127.0.0.1:\d+: describe: unreachable after 1 "
+        r"attempts",
+    ):
         party.describe()
 
 
@@ -359,15 +406,19 @@ def test_only_the_coordinator_certificate_is_answered(pki, serve):
     server = serve(make_party("bank"))
     clinic = client_tls(pki[0], "clinic")  # signed by our CA, but an organisation's
     party = RemoteParty("bank", server.endpoint, tls=clinic, retries=0)
-    with pytest.raises(PartyError, match=r"describe: refused: party bank: certificate 'clinic' is not the "
-                                         r"coordinator's \('coordinator'\)"):
+    with pytest.raises(
+        PartyError,
+        match=r"describe: refused: party bank: certificate 'clinic' is not the "
+        r"coordinator's \('coordinator'\)",
+    ):
         party.describe()
     with pytest.raises(PartyError, match=r"list_actions: refused"):
         party.list_actions()
     with pytest.raises(flight.FlightUnauthenticatedError):
         c = client_tls(pki[0], "clinic")
-        client = flight.FlightClient(server.endpoint, tls_root_certs=c.ca, cert_chain=c.cert, private_key=c.key,
-                                     override_hostname="bank")
+        client = flight.FlightClient(
+            server.endpoint, tls_root_certs=c.ca, cert_chain=c.cert, private_key=c.key, override_hostname="bank"
+        )
         list(client.list_flights())
 
 
@@ -380,8 +431,11 @@ def test_client_refuses_a_server_of_another_organisation(pki, serve):
 
 
 def test_plain_connections_only_when_allowed(pki, serve):
-    with pytest.raises(FedmineError, match=r"organisation bank: endpoint 127.0.0.1:1 needs TLS \(certificates\); "
-                                           r"plain connections need allow_insecure=True"):
+    with pytest.raises(
+        FedmineError,
+        match=r"organisation bank: endpoint 127.0.0.1:1 needs TLS \(certificates\); "
+        r"plain connections need allow_insecure=True",
+    ):
         RemoteParty("bank", "127.0.0.1:1", tls=None)
     with pytest.raises(FedmineError, match=r"party bank: serving without TLS needs allow_insecure=True"):
         serve_party(make_party("bank"), port=0, tls=None)
@@ -413,8 +467,9 @@ def hostile(pki):
     """One served party and a coordinator client that sends raw actions."""
     server = serve_party(make_party("bank"), port=0, tls=server_tls(pki[0], "bank"), max_request_bytes=64 * 1024)
     c = client_tls(pki[0])
-    client = flight.FlightClient(server.endpoint, tls_root_certs=c.ca, cert_chain=c.cert, private_key=c.key,
-                                 override_hostname="bank")
+    client = flight.FlightClient(
+        server.endpoint, tls_root_certs=c.ca, cert_chain=c.cert, private_key=c.key, override_hostname="bank"
+    )
     yield server, client
     client.close()
     server.shutdown()
@@ -445,8 +500,13 @@ def test_garbage_bodies_only_get_errors(hostile, body, magic):
 @given(data=st.data())
 def test_mutated_requests_never_crash_the_server(hostile, data):
     _, client = hostile
-    requests = {"describe": ((), {}), "evaluate": ((), {}), "start": ((np.array([0.2]),), {}),
-                "add_trees": ((2, None), {}), "feature_ranges": ((), {})}
+    requests = {
+        "describe": ((), {}),
+        "evaluate": ((), {}),
+        "start": ((np.array([0.2]),), {}),
+        "add_trees": ((2, None), {}),
+        "feature_ranges": ((), {}),
+    }
     name = data.draw(st.sampled_from(sorted(requests)))
     msg = bytearray(wire.encode(requests[name]))
     for _ in range(data.draw(st.integers(1, 3))):
@@ -459,7 +519,7 @@ def test_mutated_requests_never_crash_the_server(hostile, data):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(max_size=40))
 def test_unknown_action_names_are_refused(hostile, name):
-    server, client = hostile
+    _server, client = hostile
     if name in protocol.CALLS:
         return
     try:
@@ -473,8 +533,10 @@ def test_unknown_action_names_are_refused(hostile, name):
 def test_request_arguments_must_be_args_and_kwargs(hostile):
     _, client = hostile
     answer = send(client, "describe", wire.encode({"args": []}))
-    assert answer == {"type": "WireError", "message": "party bank: describe: bad request: request must be a pair "
-                                                      "(args, kwargs)"}
+    assert answer == {
+        "type": "WireError",
+        "message": "party bank: describe: bad request: request must be a pair (args, kwargs)",
+    }
     answer = send(client, "describe", wire.encode(((), {"__class__": 1})))
     assert answer["message"].endswith("request kwargs must be a dict with keyword names")
 
@@ -482,8 +544,11 @@ def test_request_arguments_must_be_args_and_kwargs(hostile):
 def test_oversized_requests_are_rejected(pki, hostile):
     server, _ = hostile
     party = RemoteParty("bank", server.endpoint, tls=client_tls(pki[0]), retries=0)
-    with pytest.raises(wire.WireError, match=r"party bank: start request of \d+ bytes exceeds the limit of 65536 "
-                                             r"bytes"):
+    with pytest.raises(
+        wire.WireError,
+        match=r"party bank: start request of \d+ bytes exceeds the limit of 65536 "
+        r"bytes",
+    ):
         party.start(np.zeros(10_000))
     assert party.describe()["n_rows"] == 225
 
@@ -503,8 +568,11 @@ def test_unreachable_party_fails_after_the_configured_retries(pki):
     port = free_port()
     party = RemoteParty("bank", f"127.0.0.1:{port}", tls=client_tls(pki[0]), retries=2, backoff=0.05)
     t0 = time.perf_counter()
-    with pytest.raises(PartyError, match=rf"^party bank at grpc\+tls://127.0.0.1:{port}: describe: unreachable after "
-                                         r"3 attempts"):
+    with pytest.raises(
+        PartyError,
+        match=rf"^party bank at grpc\+tls://127.0.0.1:{port}: describe: unreachable after "
+        r"3 attempts",
+    ):
         party.describe()
     assert 0.15 <= time.perf_counter() - t0 < 10  # backoff 0.05 + 0.1, no more
 
@@ -530,8 +598,14 @@ def test_party_server_runs_blocking_in_its_own_process_and_stops_on_sigterm(pki)
         run_party_server(server, ready=lambda: print(server.endpoint, flush=True))
         print("stopped", flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         endpoint = proc.stdout.readline().strip()
         assert endpoint.startswith("grpc+tls://127.0.0.1:"), proc.stderr.read()
@@ -559,13 +633,17 @@ def test_a_bound_port_is_a_party_error(pki, serve):
 def test_unserved_flight_methods_answer_one_line_without_a_traceback(pki, serve, who):
     server = serve(make_party("bank"))
     c = client_tls(pki[0], who)
-    client = flight.FlightClient(server.endpoint, tls_root_certs=c.ca, cert_chain=c.cert, private_key=c.key,
-                                 override_hostname="bank")
+    client = flight.FlightClient(
+        server.endpoint, tls_root_certs=c.ca, cert_chain=c.cert, private_key=c.key, override_hostname="bank"
+    )
     descriptor = flight.FlightDescriptor.for_command(b"x")
     schema = client.get_schema(descriptor).schema  # answered: no schema, the reason in one line
     assert len(schema) == 0 and b"is not" in schema.metadata[b"error"] and b"\n" not in schema.metadata[b"error"]
-    calls = [lambda: client.get_flight_info(descriptor),
-             lambda: list(client.list_flights()), lambda: client.do_get(flight.Ticket(b"x")).read_all()]
+    calls = [
+        lambda: client.get_flight_info(descriptor),
+        lambda: list(client.list_flights()),
+        lambda: client.do_get(flight.Ticket(b"x")).read_all(),
+    ]
     for call in calls:
         with pytest.raises(flight.FlightError) as info:
             call()

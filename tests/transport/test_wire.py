@@ -11,16 +11,33 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedmine.errors import FedmineError
-from fedmine.transport import wire
-from fedmine.transport.wire import MAGIC, WireError, decode, encode
 from fedmine.gbdt.binning import fit_bins
 from fedmine.gbdt.booster import train_pooled
 from fedmine.gbdt.dtypes import NODE_DTYPE, SPLIT_DTYPE
 from fedmine.gbdt.model import Tree
 from fedmine.gbdt.params import Params, make_params
+from fedmine.transport import wire
+from fedmine.transport.wire import MAGIC, WireError, decode, encode
 
-NUMERIC = [np.dtype(n) for n in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                                 "float16", "float32", "float64", "complex64", "complex128")]
+NUMERIC = [
+    np.dtype(n)
+    for n in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    )
+]
 
 
 def same(a, b) -> bool:
@@ -43,17 +60,27 @@ def same(a, b) -> bool:
 
 
 arrays = st.sampled_from(NUMERIC).flatmap(
-    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)))
+    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
+)
 node_arrays = hnp.arrays(NODE_DTYPE, st.integers(0, 3))
 scalars = st.sampled_from(NUMERIC).flatmap(lambda dt: hnp.from_dtype(dt).map(lambda v: np.asarray(v, dtype=dt)[()]))
 leaves = (
-    st.none() | st.booleans() | st.integers() | st.integers(-(2**300), 2**300) | st.floats()
-    | st.text(max_size=20) | st.binary(max_size=20) | arrays | node_arrays | scalars
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-(2**300), 2**300)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+    | arrays
+    | node_arrays
+    | scalars
 )
 values = st.recursive(
     leaves,
     lambda inner: (
-        st.lists(inner, max_size=4) | st.lists(inner, max_size=4).map(tuple)
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
         | st.dictionaries(st.text(max_size=8) | st.integers(-(2**63), 2**63 - 1), inner, max_size=4)
     ),
     max_leaves=20,
@@ -102,8 +129,20 @@ def trained_trees():
     X = rng.normal(size=(300, 3))
     X[:, 2] = rng.integers(0, 6, 300)
     y = (0.3 * X[:, 0] + 2 * np.isin(X[:, 2], [1, 3]) > 1).astype(float)
-    model = train_pooled(X, y, {"objective": "binary", "num_boost_round": 3, "num_leaves": 5, "min_data_in_leaf": 5,
-                                "max_cat_to_onehot": 1, "min_data_per_group": 5, "cat_smooth": 1.0}, categorical=[2])
+    model = train_pooled(
+        X,
+        y,
+        {
+            "objective": "binary",
+            "num_boost_round": 3,
+            "num_leaves": 5,
+            "min_data_in_leaf": 5,
+            "max_cat_to_onehot": 1,
+            "min_data_per_group": 5,
+            "cat_smooth": 1.0,
+        },
+        categorical=[2],
+    )
     return model.trees, X
 
 
@@ -141,17 +180,20 @@ def test_split_records_travel():
     assert same(decode(encode(splits)), splits)
 
 
-@pytest.mark.parametrize("value, match", [
-    ({1, 2}, r"values of type builtins.set cannot travel"),
-    (object(), r"values of type builtins.object cannot travel"),
-    (np.array([1, "a"], dtype=object), r"dtype object cannot travel"),
-    (np.array(["ab"]), r"dtype <U2 cannot travel"),
-    (np.array(["2020-01-01"], dtype="datetime64[D]"), r"dtype datetime64\[D\] cannot travel"),
-    (np.zeros(2, dtype=[("x", "f8")]), r"structured dtype .* is not declared in fedmine.gbdt.dtypes"),
-    ({(1, 2): 3}, r"dict key \(1, 2\) of type tuple cannot travel"),
-    ({True: 3}, r"dict key True of type bool cannot travel"),
-    (-(2**600), r"integer too large to travel \(601 bits, at most 511\)"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ({1, 2}, r"values of type builtins.set cannot travel"),
+        (object(), r"values of type builtins.object cannot travel"),
+        (np.array([1, "a"], dtype=object), r"dtype object cannot travel"),
+        (np.array(["ab"]), r"dtype <U2 cannot travel"),
+        (np.array(["2020-01-01"], dtype="datetime64[D]"), r"dtype datetime64\[D\] cannot travel"),
+        (np.zeros(2, dtype=[("x", "f8")]), r"structured dtype .* is not declared in fedmine.gbdt.dtypes"),
+        ({(1, 2): 3}, r"dict key \(1, 2\) of type tuple cannot travel"),
+        ({True: 3}, r"dict key True of type bool cannot travel"),
+        (-(2**600), r"integer too large to travel \(601 bits, at most 511\)"),
+    ],
+)
 def test_encode_refuses_what_cannot_travel(value, match):
     with pytest.raises(WireError, match=match):
         encode(value)
@@ -173,25 +215,34 @@ def dtype_field(name: str) -> bytes:
     return bytes([len(name)]) + name.encode()
 
 
-@pytest.mark.parametrize("blob, match", [
-    (b"", r"not a fedmine wire message \(starts with b'', expected b'FMW\\x01'\)"),
-    (b"\x80\x04\x95pickle", r"not a fedmine wire message"),
-    (header(b"Z"), r"unknown tag 0x5a at offset 4"),
-    (header(b"N") + b"x", r"1 trailing bytes after the value"),
-    (header(b"i\x01\x02"), r"truncated message: int needs 8 bytes at offset 5, 2 left"),
-    (header(b"l") + struct.pack("<I", 1000) + b"N", r"list of 1000 items cannot fit in the 1 bytes left"),
-    (header(b"s") + struct.pack("<Q", 2) + b"\xff\xfe", r"str is not valid utf-8 at offset 13"),
-    (header(b"a") + dtype_field("object") + b"\x00" + struct.pack("<Q", 0), r"dtype 'object' not allowed"),
-    (header(b"a") + dtype_field("float64") + b"\x01" + struct.pack("<QQ", 2, 8) + b"\x00" * 8,
-     r"array of shape \(2,\) and dtype float64 needs 16 bytes, header says 8"),
-    (header(b"a") + dtype_field("bool") + b"\x01" + struct.pack("<QQ", 1, 1) + b"\x07",
-     r"bool array holds bytes other than 0 and 1"),
-    (header(b"d") + struct.pack("<I", 2) + b"N" * 4, r"dict key of type NoneType not allowed \(str or int only\)"),
-    (header(b"d") + struct.pack("<I", 2) + (b"i" + struct.pack("<q", 1) + b"N") * 2, r"duplicate dict key 1"),
-    (header(b"R") + struct.pack("<Q", 7) + b"Popen()" + struct.pack("<I", 0),
-     r"record type 'Popen\(\)' not allowed; allowed: Tree, BinMapper, Params"),
-    (header(b"I") + struct.pack("<H", 1000), r"big int of 1000 bytes exceeds 64"),
-])
+@pytest.mark.parametrize(
+    "blob, match",
+    [
+        (b"", r"not a fedmine wire message \(starts with b'', expected b'FMW\\x01'\)"),
+        (b"\x80\x04\x95pickle", r"not a fedmine wire message"),
+        (header(b"Z"), r"unknown tag 0x5a at offset 4"),
+        (header(b"N") + b"x", r"1 trailing bytes after the value"),
+        (header(b"i\x01\x02"), r"truncated message: int needs 8 bytes at offset 5, 2 left"),
+        (header(b"l") + struct.pack("<I", 1000) + b"N", r"list of 1000 items cannot fit in the 1 bytes left"),
+        (header(b"s") + struct.pack("<Q", 2) + b"\xff\xfe", r"str is not valid utf-8 at offset 13"),
+        (header(b"a") + dtype_field("object") + b"\x00" + struct.pack("<Q", 0), r"dtype 'object' not allowed"),
+        (
+            header(b"a") + dtype_field("float64") + b"\x01" + struct.pack("<QQ", 2, 8) + b"\x00" * 8,
+            r"array of shape \(2,\) and dtype float64 needs 16 bytes, header says 8",
+        ),
+        (
+            header(b"a") + dtype_field("bool") + b"\x01" + struct.pack("<QQ", 1, 1) + b"\x07",
+            r"bool array holds bytes other than 0 and 1",
+        ),
+        (header(b"d") + struct.pack("<I", 2) + b"N" * 4, r"dict key of type NoneType not allowed \(str or int only\)"),
+        (header(b"d") + struct.pack("<I", 2) + (b"i" + struct.pack("<q", 1) + b"N") * 2, r"duplicate dict key 1"),
+        (
+            header(b"R") + struct.pack("<Q", 7) + b"Popen()" + struct.pack("<I", 0),
+            r"record type 'Popen\(\)' not allowed; allowed: Tree, BinMapper, Params",
+        ),
+        (header(b"I") + struct.pack("<H", 1000), r"big int of 1000 bytes exceeds 64"),
+    ],
+)
 def test_decode_names_what_is_wrong(blob, match):
     with pytest.raises(WireError, match=match):
         decode(blob)
@@ -222,14 +273,21 @@ def tree_message(mutate) -> bytes:
     return encode(Tree(nodes, tree.cat_bitsets))
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda n: n.__setitem__("left", np.where(n["is_leaf"] == 0, 0, n["left"])), r"left child index out of range"),
-    (lambda n: n.__setitem__("right", np.where(n["is_leaf"] == 0, 10_000, n["right"])),
-     r"right child index out of range"),
-    (lambda n: n.__setitem__("is_leaf", 2), r"is_leaf must be 0 or 1"),
-    (lambda n: n.__setitem__("feature", np.where(n["is_leaf"] == 0, -3, n["feature"])),
-     r"split feature index is negative"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda n: n.__setitem__("left", np.where(n["is_leaf"] == 0, 0, n["left"])), r"left child index out of range"),
+        (
+            lambda n: n.__setitem__("right", np.where(n["is_leaf"] == 0, 10_000, n["right"])),
+            r"right child index out of range",
+        ),
+        (lambda n: n.__setitem__("is_leaf", 2), r"is_leaf must be 0 or 1"),
+        (
+            lambda n: n.__setitem__("feature", np.where(n["is_leaf"] == 0, -3, n["feature"])),
+            r"split feature index is negative",
+        ),
+    ],
+)
 def test_trees_with_bad_structure_are_refused(mutate, match):
     with pytest.raises(WireError, match=match):
         decode(tree_message(mutate))
