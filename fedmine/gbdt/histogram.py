@@ -365,3 +365,39 @@ def build_histogram_numpy(bins, g, h, n_bins: int, rows=None) -> np.ndarray:
         np.add.at(out[f, :, HESS], b, h[rows])
         np.add.at(out[f, :, COUNT], b, 1)
     return out
+
+
+# ---------------------------------------------------------------------------
+# the compact layout on the wire: only the cells a row can reach
+# ---------------------------------------------------------------------------
+
+
+def reachable_cells(n_bins: np.ndarray, max_bin: int) -> np.ndarray:
+    """Histogram cells a row can reach: bins below ``n_bins[f]``, and the NaN bin ``max_bin``.
+
+    Returns
+    -------
+    cells : ndarray of shape (n_features, max_bin + 1), bool
+        The other cells (padding of features with fewer bins) are zero for
+        every data set.
+    """
+    n_bins = np.asarray(n_bins, dtype=np.int64)
+    cells = np.arange(max_bin + 1)[None, :] < n_bins[:, None]
+    cells[:, max_bin] = True
+    return cells
+
+
+def compact_histograms(hists: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """``(n_nodes, n_features, max_bin + 1, 3)`` -> ``(n_nodes, n_cells, 3)``: each feature's own bins only.
+
+    The layout is the same at every party (the federation's bins), so compact
+    histograms add up, under masks too, to the compact histogram of the sum.
+    """
+    return np.ascontiguousarray(hists[:, cells])
+
+
+def expand_histograms(compact: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`compact_histograms`: padding cells are zero (as no row reaches them)."""
+    out = np.zeros((compact.shape[0], *cells.shape, compact.shape[-1]), dtype=compact.dtype)
+    out[:, cells] = compact
+    return out

@@ -33,6 +33,7 @@ from fedmine import protocol
 from fedmine.errors import DataError
 from fedmine.gbdt import binning
 from fedmine.gbdt.dtypes import ROW_ID_DTYPE, X_DTYPE, Y_DTYPE
+from fedmine.gbdt.histogram import expand_histograms, reachable_cells
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.partition import add_leaf_values
 from fedmine.gbdt.predictor import tree_values_binned
@@ -345,13 +346,16 @@ class EngineGroup:
 
     def set_bins(self, mapper):
         self.source.map(lambda p: p.set_bins(mapper, parallel=not self._concurrent))
+        self._cells = reachable_cells(mapper.n_bins, mapper.max_bin)
 
     def begin_round(self, iteration, trees):
         self.source.flush()
         return protocol.merge("begin_round", self.source.map(lambda p: p.begin_round(iteration, trees)))
 
     def histograms(self, node_ids):
-        return self.source.histograms(node_ids)
+        """The summed histograms, in the full layout (parties at a Link answer the compact one)."""
+        total = self.source.histograms(node_ids)
+        return expand_histograms(total, self._cells) if total.ndim == 3 else total
 
     def apply_split(self, *args):
         self.source.apply_split(*args)  # queued until the next request

@@ -154,10 +154,9 @@ def noise_cells(n_bins: np.ndarray, max_bin: int) -> np.ndarray:
     -------
     cells : ndarray of shape (n_features, max_bin + 1), bool
     """
-    n_bins = np.asarray(n_bins, dtype=np.int64)
-    cells = np.arange(max_bin + 1)[None, :] < n_bins[:, None]
-    cells[:, max_bin] = True
-    return cells
+    from fedmine.gbdt.histogram import reachable_cells
+
+    return reachable_cells(n_bins, max_bin)
 
 
 def noise_rng(seed, party_index: int, row_ids: np.ndarray) -> np.random.Generator:

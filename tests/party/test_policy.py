@@ -376,3 +376,30 @@ def test_trees_sent_to_a_party_are_checked_against_its_features(rows):
         r"organisation has 5 features",
     ):
         bank.call("add_trees", 1, [Tree(nodes)])
+
+
+def test_histograms_travel_in_the_compact_layout_and_sum_to_the_full_one(rows):
+    from fedmine.gbdt.histogram import compact_histograms, expand_histograms, reachable_cells
+
+    X, y, parts = rows
+    cfg = cfg_for("binary", ORGS[:3])
+    parties = policy_parties(cfg, X, y, parts)
+    keyed(parties)
+    trainer, _ = started_trainer(cfg, parties)
+    mapper = trainer._mapper
+    cells = reachable_cells(mapper.n_bins, mapper.max_bin)
+    assert cells.sum() < cells.size / 1.2  # the categorical feature has 5 cells of 256
+    shapes = []
+    original = parties[0].call
+
+    def spy(name, *a, **k):
+        answer = original(name, *a, **k)
+        if name in ("histograms", "split_histograms"):
+            shapes.append(answer.shape)
+        return answer
+
+    parties[0].call = spy
+    trainer.step()
+    assert shapes and all(len(s) == 3 and s[1] == int(cells.sum()) and s[2] == 3 for s in shapes)
+    full = np.random.default_rng(0).integers(0, 9, size=(2, *cells.shape, 3)) * cells[None, :, :, None]
+    np.testing.assert_array_equal(expand_histograms(compact_histograms(full, cells), cells), full)
