@@ -9,7 +9,10 @@ the error conversion are :mod:`fedmine.transport`'s.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -312,4 +315,63 @@ def serve(
         )
     tls = None if allow_insecure else server_tls(t.certs_dir(cfg.base_dir), org, coordinator=t.coordinator)
     server = serve_party(party, host=host, port=port, tls=tls, allow_insecure=allow_insecure)
+    watch_children()  # the Prefect server that prepared the data ends with this process, however it ends
     run_party_server(server, stop=stop, ready=(lambda: ready(server)) if ready else None)
+
+
+#: The watchdog's program: wait for the party's process to end, then end the processes it started.
+_WATCHDOG = """
+import os, signal, sys, time
+parent, children = int(sys.argv[1]), [int(c) for c in sys.argv[2:]]
+while os.getppid() == parent:
+    time.sleep(0.5)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    alive = []
+    for pid in children:
+        try:
+            os.kill(pid, sig)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    if not alive:
+        break
+    time.sleep(5)
+"""
+
+
+def child_processes(pid: int | None = None) -> list[int]:
+    """The processes whose parent is ``pid`` (this process by default), read from /proc."""
+    pid = os.getpid() if pid is None else pid
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def watch_children() -> subprocess.Popen | None:
+    """Make the processes this party started (its Prefect server) end with it, however it ends.
+
+    A SIGTERM or SIGINT stops them through Prefect's own shutdown; a SIGKILL or
+    an abort does not, so a watchdog process waits for this process to end and
+    then stops them. Returns the watchdog (None where there is no /proc or no child).
+    """
+    if not os.path.isdir("/proc"):
+        return None
+    children = child_processes()
+    if not children:
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), *map(str, children)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -271,3 +271,21 @@ def test_party_servers_serve_two_trainings_and_a_resume(federation, tmp_path):
     assert Path(second["model_file"]).read_text() == model
     assert Path(resumed["model_file"]).read_text() == model
     assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_a_party_server_takes_its_prefect_server_with_it(federation, tmp_path, sig):
+    """However the party server ends, the Prefect server its preparation started ends too."""
+    from fedmine.party.server import child_processes
+
+    env = {k: v for k, v in federation["env"].items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")  # its own ephemeral API server, as a lone party would have
+    proc = start_party(federation["config"], "telecom", env)
+    children = [pid for pid in child_processes(proc.pid) if "uvicorn" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert children, "the party's Prefect server was not found"
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=30)
+    deadline = time.time() + 20
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in children):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
