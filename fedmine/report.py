@@ -75,15 +75,19 @@ def summarise(
     cfg = coord.cfg
     last = coord.history[-1]
     orgs = {}
+    dropped = {d["organisation"]: d for d in coord.dropped}
     for org, d in coord.descriptions.items():
-        federated, local_only = last.org_metrics.get(org, {}), baselines[org]["metrics"]
+        federated, local_only = last.org_metrics.get(org, {}), baselines.get(org, {}).get("metrics", {})
+        notes = organisation_notes(cfg, d, federated, local_only)
+        if org in dropped:  # left out after a failure: no baseline, no metrics of the final model
+            notes = [f"left out in round {dropped[org]['round']} after a failure: {dropped[org]['reason']}", *notes]
         orgs[org] = {
             "rows": d["n_rows"] + d["n_valid"],
             "rows_train": d["n_rows"],
             "rows_valid": d["n_valid"],
             "federated": federated,
             "local_only": local_only,
-            "notes": organisation_notes(cfg, d, federated, local_only),
+            "notes": notes,
         }
     return {
         "run_id": run_id,
@@ -194,7 +198,7 @@ def _plot_curves(coord: Coordinator, baselines: dict, key: str, path: Path) -> N
             color=color,
             label=f"{org} (federated)",
         )
-        curve = baselines[org].get("curve", {}).get(key)
+        curve = baselines.get(org, {}).get("curve", {}).get(key)
         if curve:
             ax.plot(range(1, len(curve) + 1), curve, color=color, ls="--", label=f"{org} (local only)")
     ax.set_xlabel("round")

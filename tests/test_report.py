@@ -130,3 +130,27 @@ def test_notes_go_to_mlflow_with_the_report(tmp_path):
     assert json.loads(tracker.texts["summary.json"])["organisations"]["telco"]["notes"] == [
         "validation rows hold one class: auc undefined"
     ]
+
+
+def test_an_organisation_left_out_is_reported_with_its_reason_not_a_crash(tmp_path):
+    """privacy.on_party_failure: continue, and a party that stays away: the report names it and goes on."""
+    from tests.coordinator.test_histogram_strategy import ORGS, cfg_for, make_rows, partition
+    from tests.coordinator.test_secure_training import FailingEngineParty, parties_for
+
+    X, y = make_rows("binary")
+    cfg = cfg_for("binary", ORGS[:3], rounds=6)
+    cfg.privacy.on_party_failure = "continue"
+    FailingEngineParty.exchanges = 0
+    coord = Coordinator(cfg, parties_for(cfg, X, y, partition(y, 3, "iid"), cls=FailingEngineParty))
+    coord.start()
+    for r in range(1, 7):
+        coord.run_round(r)
+    assert [d["organisation"] for d in coord.dropped] == ["clinic"]
+    summary = report.summarise(
+        coord, coord.local_baselines(), run_id="r", model_file=None, train_seconds=1.0, total_seconds=2.0
+    )
+    clinic = summary["organisations"]["clinic"]
+    assert clinic["local_only"] == {} and clinic["notes"][0].startswith("left out in round ")
+    assert "clinic: left out in round" in report.gain_table(summary)
+    report._plot_curves(coord, coord.local_baselines(), "auc", tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
