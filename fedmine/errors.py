@@ -40,6 +40,10 @@ class DataError(FedmineError):
     """An organisation's data does not fit the canonical schema."""
 
 
+class TrackingError(FedmineError):
+    """The MLflow store could not be written (full, unreachable, read-only)."""
+
+
 class PartyError(FedmineError):
     """A party failed to answer a protocol call (retryable at the task level)."""
 

@@ -25,6 +25,8 @@ thread; only :meth:`Tracker.log_model` uses MLflow's fluent API.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +39,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from fedmine.config import FederationConfig, resolved_dict
-from fedmine.errors import ConfigError
+from fedmine.errors import ConfigError, TrackingError
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 #: The tag saying what a run records, and its value on profile runs.
@@ -98,6 +100,8 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        # the store's failures reach the user as one TrackingError line, not as MLflow's logged tracebacks
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.run_id: str | None = None
         self.org_runs: dict[str, str] = {}
         self.experiment_id: str | None = None
@@ -264,15 +268,35 @@ class Tracker:
         elif self.run_id:
             self.client.set_terminated(self.run_id, status)
 
-    def fail(self, exc: BaseException) -> None:
-        """Mark the parent and nested runs FAILED, with the reason as a tag."""
+    def fail(self, exc: BaseException, *, config: str = "CONFIG", wait_seconds: float = 30.0) -> None:
+        """Mark the parent and nested runs FAILED, with the reason as a tag.
+
+        When the store cannot be written (``exc`` itself may say so), the runs
+        are marked once it is writable again, within ``wait_seconds``; else
+        they are left RUNNING for ``fedmine run --resume`` and a
+        :class:`TrackingError` says so in one line.
+        """
         if not self.run_id:
             return
         reason = str(exc).splitlines()[0][:4000] if str(exc) else type(exc).__name__
-        try:
-            self.client.set_tag(self.run_id, "fedmine.error", reason)
-        finally:
-            self.finish("FAILED")
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                self.client.set_tag(self.run_id, "fedmine.error", reason)
+                self.finish("FAILED")
+                return
+            except Exception as store_exc:
+                if time.monotonic() >= deadline:
+                    raise TrackingError(
+                        f"MLflow store {self.uri} is not writable ({_one_line(store_exc)}); run {self.run_id} is "
+                        f"left RUNNING: `fedmine run {config} --resume {self.run_id}` continues it once the store "
+                        f"is writable"
+                    ) from None
+                time.sleep(1.0)
+
+    def writing(self, what: str):
+        """A context in which a failed write to the store becomes one :class:`TrackingError` line."""
+        return _Writing(self, what)
 
     # -- metrics ---------------------------------------------------------
     def _log_metrics(self, run_id: str, values: dict[str, float], step: int) -> None:
@@ -448,3 +472,31 @@ def model_federation(model: str, tracking_uri: str) -> str | None:
 
 def summary_json(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=2, sort_keys=False, default=float)
+
+
+#: A database driver's error inside SQLAlchemy's (and MLflow's) message: "(sqlite3.OperationalError) full [SQL".
+_DRIVER_ERROR = re.compile(r"\((\w+(?:\.\w+)*(?:Error|Exception))\) ([^\[]+)")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The store's reason in one short line (the driver's error when there is one, no SQL)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    driver = _DRIVER_ERROR.search(text)
+    if driver:
+        text = f"{driver.group(1)}: {driver.group(2).strip()}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class _Writing:
+    """See :meth:`Tracker.writing`."""
+
+    def __init__(self, tracker: Tracker, what: str) -> None:
+        self.tracker, self.what = tracker, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or isinstance(exc, TrackingError) or not isinstance(exc, Exception):
+            return False
+        raise TrackingError(f"MLflow store {self.tracker.uri}: {self.what} failed: {_one_line(exc)}") from None

@@ -76,17 +76,20 @@ def federated_training(
             if coord.stopped:
                 break
             result = run_round(coord, r)
-            tracker.log_round(r, result.flat(), result.org_metrics)
-            tracker.save_checkpoint(*coord.checkpoint())
+            with tracker.writing(f"logging round {r}"):
+                tracker.log_round(r, result.flat(), result.org_metrics)
+                tracker.save_checkpoint(*coord.checkpoint())
             progress.report(r, rounds, result.global_metrics)
         train_seconds = time.perf_counter() - t_train
 
-        tracker.log_privacy(coord.receipt().as_dict(), coord.notices, coord.dropped)
+        with tracker.writing("logging the privacy receipt"):
+            tracker.log_privacy(coord.receipt().as_dict(), coord.notices, coord.dropped)
         baselines = local_baselines(coord)
-        for org, b in baselines.items():
-            tracker.log_baseline(org, b)
-
-        summary = report.publish(tracker, coord, baselines, train_seconds=train_seconds, started=t_start)
+        with tracker.writing("logging the local-only baselines"):
+            for org, b in baselines.items():
+                tracker.log_baseline(org, b)
+        with tracker.writing("publishing the model and the report"):
+            summary = report.publish(tracker, coord, baselines, train_seconds=train_seconds, started=t_start)
         if summary_path:
             try:
                 Path(summary_path).write_text(summary_json(summary))
@@ -95,5 +98,5 @@ def federated_training(
         tracker.finish("FINISHED")
         return summary
     except BaseException as exc:
-        tracker.fail(exc)
+        tracker.fail(exc, config=config)  # a store that stays unwritable: one line, the run left for --resume
         raise
