@@ -41,6 +41,10 @@ from mlflow.tracking import MlflowClient
 from fedmine.config import FederationConfig, resolved_dict
 from fedmine.errors import ConfigError, TrackingError
 
+#: Round metrics and checkpoints are written together at most this often (seconds): a round costs
+#: the store nothing in between, and a checkpoint is never ahead of the metrics it follows.
+FLUSH_SECONDS = 1.0
+
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 #: The tag saying what a run records, and its value on profile runs.
 KIND_TAG = "fedmine.kind"
@@ -107,6 +111,10 @@ class Tracker:
         self.experiment_id: str | None = None
         self._saved_arrays: dict[str, Any] = {}  # checkpoint arrays already written (never rewritten)
         self._checkpoints = 0  # checkpoint array files written
+        self._pending: dict[str, list[Metric]] = {}  # round metrics not yet written, by run
+        self._pending_state: dict[str, Any] | None = None  # the last checkpoint's state, not yet written
+        self._pending_arrays: dict[str, Any] = {}  # its new arrays
+        self._flushed = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------
     def start(self, *, tags: dict[str, str] | None = None) -> str:
@@ -191,16 +199,35 @@ class Tracker:
         return state, arrays
 
     def save_checkpoint(self, state: dict[str, Any], arrays: dict[str, Any]) -> None:
-        """The coordinator's state after a round: ``state.json`` replaced, arrays appended.
+        """The coordinator's state after a round; written with the round metrics at most every :data:`FLUSH_SECONDS`.
 
         Only arrays not saved before (a round's new trees) are written, as
-        ``checkpoint/arrays-NNNNN.npz``, so a round's checkpoint costs the same
-        whatever the round number. An array once saved never changes: trees are
-        only ever added, or dropped from the end (``state`` says how many count).
+        ``checkpoint/arrays-NNNNN.npz``, and ``state.json`` is replaced, so a
+        checkpoint costs the same whatever the round number. An array once
+        saved never changes: trees are only ever added, or dropped from the end
+        (``state`` says how many count). The round metrics are written first,
+        so a checkpoint is never ahead of them: a resume grows (and logs) again
+        only rounds after it.
         """
+        self._pending_state = state
+        self._pending_arrays.update({k: v for k, v in arrays.items() if k not in self._saved_arrays})
+        if time.monotonic() - self._flushed >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the round metrics and the last checkpoint held back since the previous flush."""
+        for run_id, items in list(self._pending.items()):
+            for i in range(0, len(items), _BATCH):
+                self.client.log_batch(run_id, metrics=items[i : i + _BATCH])
+            del self._pending[run_id]
+        if self._pending_state is not None:
+            self._write_checkpoint(self._pending_state, self._pending_arrays)
+            self._pending_state, self._pending_arrays = None, {}
+        self._flushed = time.monotonic()
+
+    def _write_checkpoint(self, state: dict[str, Any], new: dict[str, Any]) -> None:
         import numpy as np
 
-        new = {k: v for k, v in arrays.items() if k not in self._saved_arrays}
         if new:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"arrays-{self._checkpoints:05d}.npz"
@@ -259,7 +286,8 @@ class Tracker:
         return rid
 
     def finish(self, status: str = "FINISHED") -> None:
-        """End the nested runs and the parent run with ``status``."""
+        """Write what is held back, then end the nested runs and the parent run with ``status``."""
+        self.flush()
         for rid in self.org_runs.values():
             self.client.set_terminated(rid, status)
         active = mlflow.active_run()
@@ -310,11 +338,17 @@ class Tracker:
         self._log_metrics(self.run_id, {k: v for k, v in values.items() if v == v}, step)
 
     def log_round(self, round_id: int, values: dict[str, float], org_values: dict[str, dict[str, float]]) -> None:
-        """Metrics of one round: on the parent run, and each organisation's on its nested run."""
-        self._log_metrics(self.run_id, values, round_id)
+        """Metrics of one round (step = round): on the parent run, and each organisation's on its nested run.
+
+        Held back with the round's checkpoint and written together by :meth:`flush`.
+        """
+        ts = int(time.time() * 1000)
+        self._pending.setdefault(self.run_id, []).extend(Metric(k, float(v), ts, round_id) for k, v in values.items())
         for org, m in org_values.items():
             if org in self.org_runs and m:
-                self._log_metrics(self.org_runs[org], {f"federated.{k}": v for k, v in m.items()}, round_id)
+                self._pending.setdefault(self.org_runs[org], []).extend(
+                    Metric(f"federated.{k}", float(v), ts, round_id) for k, v in m.items()
+                )
 
     def log_baseline(self, org: str, baseline: dict[str, Any]) -> None:
         """An organisation's local-only model: final metrics and its learning curve."""

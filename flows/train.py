@@ -80,6 +80,8 @@ def federated_training(
                 tracker.log_round(r, result.flat(), result.org_metrics)
                 tracker.save_checkpoint(*coord.checkpoint())
             progress.report(r, rounds, result.global_metrics)
+        with tracker.writing("logging the last rounds"):
+            tracker.flush()
         train_seconds = time.perf_counter() - t_train
 
         with tracker.writing("logging the privacy receipt"):

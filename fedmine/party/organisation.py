@@ -445,8 +445,14 @@ class Party:
         return {"sums": metrics.sums(y, raw, self.objective), "metrics": metrics.exact(y, raw, self.objective)}
 
     def local_baseline(self, params: dict[str, Any], num_boost_round: int) -> dict[str, Any]:
-        """Train on this party's rows alone: its final metrics and learning curve (no model leaves)."""
+        """Train on this party's rows alone: its final metrics and learning curve (no model leaves).
+
+        Without validation rows there is nothing to measure the local model on,
+        so none is trained (the gain table's note says why it has no figure).
+        """
         d = self._data
+        if len(d.y_valid) == 0:
+            return {"metrics": {}, "curve": {}, "rows_train": int(len(d.y_train))}
         curve: dict[str, Any] = {}
         train_set = self._dataset(None)
         valid_sets, callbacks = [], []
