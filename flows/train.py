@@ -15,12 +15,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from fedmine import progress, report
+from fedmine import report
 from fedmine.config import FederationConfig, load_config
 from fedmine.errors import ConfigError, output_path
 from fedmine.flows.prepare import prepare_organisation
 from fedmine.schema.check import log_check
-from fedmine.tasks.rounds import connect_party, local_baselines, run_round, start_federation
+from fedmine.tasks.rounds import connect_party, local_baselines, run_rounds, start_federation
 from fedmine.tracking import Tracker, summary_json
 
 
@@ -72,14 +72,9 @@ def federated_training(
 
         t_train = time.perf_counter()
         rounds = cfg.training.rounds
-        for r in range(first, rounds + 1):
-            if coord.stopped:
-                break
-            result = run_round(coord, r)
-            with tracker.writing(f"logging round {r}"):
-                tracker.log_round(r, result.flat(), result.org_metrics)
-                tracker.save_checkpoint(*coord.checkpoint())
-            progress.report(r, rounds, result.global_metrics)
+        r = first
+        while r <= rounds and not coord.stopped:  # a rounds task runs rounds for a couple of seconds
+            r = run_rounds(coord, tracker, r, rounds) + 1
         with tracker.writing("logging the last rounds"):
             tracker.flush()
         train_seconds = time.perf_counter() - t_train

@@ -1,13 +1,17 @@
-"""Tasks of the coordinator: start the federation, run a round, train the baselines."""
+"""Tasks of the coordinator: start the federation, run rounds, train the baselines."""
 
 from __future__ import annotations
+
+import time
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from fedmine import progress
 from fedmine.config import FederationConfig
-from fedmine.coordinator.training import Coordinator, RoundResult
+from fedmine.coordinator.training import Coordinator
 from fedmine.party.organisation import Party
+from fedmine.tracking import Tracker
 
 
 @task(
@@ -32,17 +36,36 @@ def start_federation(cfg: FederationConfig, parties: list[Party]) -> Coordinator
     return coord
 
 
-@task(name="round", cache_policy=NO_CACHE, task_run_name="round-{round_id}")
-def run_round(coord: Coordinator, round_id: int) -> RoundResult:
-    """One boosting round over the parties, then validation metrics.
+#: A rounds task runs rounds until this many seconds have passed (then the next task goes on): Prefect's
+#: cost is paid per task, not per round, and the Prefect UI still shows the training's progress.
+ROUNDS_TASK_SECONDS = 2.0
 
-    Not retried by Prefect: a blind retry would grow the round twice. Party
+
+@task(name="rounds", cache_policy=NO_CACHE, task_run_name="rounds-from-{first}")
+def run_rounds(coord: Coordinator, tracker: Tracker, first: int, last: int) -> int:
+    """Boosting rounds ``first``, ``first + 1``, ... over the parties, each an MLflow step; the last one run.
+
+    Each round grows the model (the coordinator's strategy), evaluates it, and
+    is logged with its checkpoint. The task ends after ``last``, when the
+    training stops, or after :data:`ROUNDS_TASK_SECONDS`.
+
+    Not retried by Prefect: a blind retry would grow a round twice. Party
     failures are handled inside the coordinator: a party at an endpoint that
     comes back rejoins and the round is grown again from its start
     (``transport.rejoin_seconds``), or the party is left out
     (``privacy.on_party_failure: continue``), or the run fails.
     """
-    return coord.run_round(round_id)
+    t0 = time.monotonic()
+    r = first
+    while True:
+        result = coord.run_round(r)
+        with tracker.writing(f"logging round {r}"):
+            tracker.log_round(r, result.flat(), result.org_metrics)
+            tracker.save_checkpoint(*coord.checkpoint())
+        progress.report(r, last, result.global_metrics)
+        if r >= last or coord.stopped or time.monotonic() - t0 >= ROUNDS_TASK_SECONDS:
+            return r
+        r += 1
 
 
 @task(name="local-baselines", cache_policy=NO_CACHE, retries=1)
