@@ -452,7 +452,7 @@ class Party:
         """
         d = self._data
         if len(d.y_valid) == 0:
-            return {"metrics": {}, "curve": {}, "rows_train": int(len(d.y_train))}
+            return {"metrics": {}, "curve": {}, "rows_train": len(d.y_train)}
         curve: dict[str, Any] = {}
         train_set = self._dataset(None)
         valid_sets, callbacks = [], []
