@@ -401,3 +401,26 @@ def expand_histograms(compact: np.ndarray, cells: np.ndarray) -> np.ndarray:
     out = np.zeros((compact.shape[0], *cells.shape, compact.shape[-1]), dtype=compact.dtype)
     out[:, cells] = compact
     return out
+
+
+def pack_fields(hists: np.ndarray, count_bits: int) -> np.ndarray:
+    """``(..., 3)`` (grad, hess, count) -> ``(..., 2)`` (grad, hess << count_bits | count) for the wire.
+
+    Exact when ``count_bits > 0`` was chosen for the federation's rows (every
+    count below ``2**count_bits``, every packed sum inside int64), as for the
+    packed accumulators: packed answers then add up to the packed sum, masked
+    or not, and :func:`unpack_fields` gives back the three fields.
+    """
+    out = np.empty((*hists.shape[:-1], 2), dtype=G_INT_DTYPE)
+    out[..., 0] = hists[..., GRAD]
+    out[..., 1] = (hists[..., HESS] << count_bits) | hists[..., COUNT]
+    return out
+
+
+def unpack_fields(packed: np.ndarray, count_bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_fields`."""
+    out = np.empty((*packed.shape[:-1], HIST_FIELDS), dtype=G_INT_DTYPE)
+    out[..., GRAD] = packed[..., 0]
+    out[..., HESS] = packed[..., 1] >> count_bits
+    out[..., COUNT] = packed[..., 1] & ((1 << count_bits) - 1)
+    return out

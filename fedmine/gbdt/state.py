@@ -33,7 +33,7 @@ from fedmine import protocol
 from fedmine.errors import DataError
 from fedmine.gbdt import binning
 from fedmine.gbdt.dtypes import ROW_ID_DTYPE, X_DTYPE, Y_DTYPE
-from fedmine.gbdt.histogram import expand_histograms, reachable_cells
+from fedmine.gbdt.histogram import expand_histograms, reachable_cells, unpack_fields
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.partition import add_leaf_values
 from fedmine.gbdt.predictor import tree_values_binned
@@ -352,9 +352,18 @@ class EngineGroup:
         self.source.flush()
         return protocol.merge("begin_round", self.source.map(lambda p: p.begin_round(iteration, trees)))
 
+    def start_trees(self, iteration, grad_scales, hess_scales, *, count_bits, max_nodes):
+        self._count_bits = int(count_bits)
+        self.source.flush()
+        self.source.map(
+            lambda p: p.start_trees(iteration, grad_scales, hess_scales, count_bits=count_bits, max_nodes=max_nodes)
+        )
+
     def histograms(self, node_ids):
-        """The summed histograms, in the full layout (parties at a Link answer the compact one)."""
+        """The summed histograms, in the full layout (parties at a Link answer the compact, packed one)."""
         total = self.source.histograms(node_ids)
+        if total.shape[-1] == 2:  # (grad, hess << count_bits | count): exact in the sum
+            total = unpack_fields(total, self._count_bits)
         return expand_histograms(total, self._cells) if total.ndim == 3 else total
 
     def apply_split(self, *args):
