@@ -75,11 +75,12 @@ def test_installed_wheel_works_from_anywhere(wheel, tmp_path):
 
 @pytest.mark.slow
 def test_engine_does_not_import_prefect():
-    """fedmine/ is the engine: importing all of it must not load Prefect."""
+    """fedmine/ but its Prefect skin (flows, tasks, the CLI): importing all of it must not load Prefect."""
     code = (
         "import sys, pkgutil, importlib, fedmine\n"
         "for m in pkgutil.walk_packages(fedmine.__path__, 'fedmine.'):\n"
-        "    if m.name != 'fedmine.cli': importlib.import_module(m.name)\n"
+        "    if m.name != 'fedmine.cli' and not m.name.startswith(('fedmine.flows', 'fedmine.tasks')):\n"
+        "        importlib.import_module(m.name)\n"
         "assert 'prefect' not in sys.modules, sorted(k for k in sys.modules if k.startswith('prefect'))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
