@@ -8,8 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from fedmine import connectors
 from fedmine.config import FederationConfig
-from fedmine.party.organisation import Party, split_rows
-from fedmine.party.policy import PartyPolicy
+from fedmine.party.organisation import Party
 from fedmine.schema import HarmonisedFrame, harmonise
 
 
@@ -42,19 +41,7 @@ def harmonise_frame(frame: pd.DataFrame, cfg: FederationConfig, org: str) -> Har
 @task(name="make-party", cache_policy=NO_CACHE)
 def make_party(data: HarmonisedFrame, cfg: FederationConfig, org: str) -> Party:
     """Split train/validation with the seed and hold the rows in a party that enforces the organisation's policy."""
-    t = cfg.training
-    split = split_rows(data, fraction=t.validation_fraction, seed=t.seed, org=org)
-    categorical = [i for i, f in enumerate(cfg.features.values()) if f.type == "category"]
-    return Party(
-        org,
-        split,
-        objective=cfg.objective,
-        num_class=cfg.num_class,
-        feature_names=data.feature_names,
-        categorical=categorical,
-        report=data.report,
-        policy=PartyPolicy.from_config(cfg, org),
-    )
+    return Party.for_organisation(cfg, org, data)
 
 
 def _worth_retrying(state) -> bool:

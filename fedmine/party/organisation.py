@@ -176,6 +176,24 @@ class Party:
         self._mapper = None  # the bins of this training: set once
         self.fingerprint_ = fingerprint(rows)
 
+    @classmethod
+    def for_organisation(cls, cfg: Any, org: str, data: HarmonisedFrame, *, enforce_policy: bool = True) -> Party:
+        """``org``'s party over its harmonised rows: the seeded train/validation split, its own config's policy."""
+        t = cfg.training
+        rows = split_rows(data, fraction=t.validation_fraction, seed=t.seed, org=org)
+        categorical = [i for i, f in enumerate(cfg.features.values()) if f.type == "category"]
+        policy = PartyPolicy.from_config(cfg, org) if enforce_policy else None
+        return cls(
+            org,
+            rows,
+            objective=cfg.objective,
+            num_class=cfg.num_class,
+            feature_names=data.feature_names,
+            categorical=categorical,
+            report=data.report,
+            policy=policy,
+        )
+
     # -- the one dispatch point ---------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Answer one call of the protocol table.

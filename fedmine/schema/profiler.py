@@ -339,7 +339,7 @@ def prepare_party(cfg: FederationConfig, org: str, *, collect: bool = True) -> P
     """
     from fedmine import connectors
     from fedmine.errors import ConfigError
-    from fedmine.party.organisation import Party, split_rows
+    from fedmine.party.organisation import Party
     from fedmine.schema.harmonise import harmonise
 
     spec = cfg.organisations[org]
@@ -350,18 +350,7 @@ def prepare_party(cfg: FederationConfig, org: str, *, collect: bool = True) -> P
         )
     frame = connectors.load(spec.source, spec.read, base_dir=cfg.base_dir, org=org)
     data = harmonise(frame, cfg, org, collect=collect)
-    t = cfg.training
-    rows = split_rows(data, fraction=t.validation_fraction, seed=t.seed, org=org)
-    categorical = [i for i, f in enumerate(cfg.features.values()) if f.type == "category"]
-    return Party(
-        org,
-        rows,
-        objective=cfg.objective,
-        num_class=cfg.num_class,
-        feature_names=data.feature_names,
-        categorical=categorical,
-        report=data.report,
-    )
+    return Party.for_organisation(cfg, org, data, enforce_policy=False)
 
 
 def profile_federation(
