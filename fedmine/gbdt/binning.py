@@ -489,13 +489,77 @@ def edges_from_grid_counts(counts, grids, *, max_bin: int = 255, categorical=Non
     )
 
 
-def fit_bins(X, *, max_bin: int = 255, categorical=None, n_grid: int = DEFAULT_GRID_SIZE) -> BinMapper:
-    """The whole agreement for one party holding all rows (pooled training, tests)."""
+def fit_bins(X, *, max_bin: int = 255, categorical=None, n_grid: int = DEFAULT_GRID_SIZE, ranges=None) -> BinMapper:
+    """The whole agreement for one holder of every value of its features (pooled training, a vertical owner).
+
+    ``ranges`` (n_features, 2): declared (min, max), NaN where none is
+    declared; declared ranges win, as in the federation's agreement, so one
+    owner's bins of its features are the joined table's bins of them.
+    """
     X = _as_features(X)
-    ranges = feature_ranges(X)
+    own = feature_ranges(X)
+    if ranges is None:
+        ranges = own
+    else:
+        declared = np.asarray(ranges, dtype=X_DTYPE).reshape(own.shape)
+        ranges = np.where(np.isfinite(declared), declared, own)
     grids = make_grids(ranges, n_grid=n_grid)
     counts = grid_counts(X, grids, categorical=categorical)
     return edges_from_grid_counts(counts, grids, max_bin=max_bin, categorical=categorical, ranges=ranges)
+
+
+def hidden_mapper(n_bins, categorical, *, max_bin: int) -> BinMapper:
+    """Bins of features whose values another organisation holds: how many, not where (edges NaN).
+
+    A vertical label holder searches splits over these bins; thresholds,
+    ranges and the binning itself stay with the owner.
+    """
+    n_bins = np.asarray(n_bins, dtype=np.int32).ravel()
+    n = n_bins.shape[0]
+    return BinMapper(
+        edges=np.full((n, check_max_bin(max_bin) - 1), np.nan, dtype=X_DTYPE),
+        n_bins=n_bins,
+        categorical=_as_mask(categorical, n),
+        max_bin=int(max_bin),
+        feature_min=np.full(n, np.nan),
+        feature_max=np.full(n, np.nan),
+    )
+
+
+def join_mappers(parts, n_features: int) -> BinMapper:
+    """One mapper from per-holder mappers of disjoint features.
+
+    Parameters
+    ----------
+    parts : list of (ndarray of int, BinMapper)
+        Each holder's feature positions in the joined order and its mapper of them.
+    n_features : int
+
+    Returns
+    -------
+    BinMapper
+        Without grids or lookup table (holders bin their own columns).
+    """
+    max_bins = {int(m.max_bin) for _, m in parts}
+    if len(max_bins) != 1:
+        raise DataError(f"holders disagree on max_bin: {sorted(max_bins)}")
+    max_bin = max_bins.pop()
+    edges = np.full((n_features, max_bin - 1), np.inf, dtype=X_DTYPE)
+    n_bins = np.zeros(n_features, dtype=np.int32)
+    categorical = np.zeros(n_features, dtype=bool)
+    lo = np.full(n_features, np.nan)
+    hi = np.full(n_features, np.nan)
+    seen = np.zeros(n_features, dtype=bool)
+    for idx, m in parts:
+        idx = np.asarray(idx, dtype=np.int64)
+        if seen[idx].any():
+            raise DataError(f"features {np.flatnonzero(seen[idx]).tolist()} are given by two holders")
+        seen[idx] = True
+        edges[idx], n_bins[idx], categorical[idx] = m.edges, m.n_bins, m.categorical
+        lo[idx], hi[idx] = m.feature_min, m.feature_max
+    if not seen.all():
+        raise DataError(f"features {np.flatnonzero(~seen).tolist()} have no holder")
+    return BinMapper(edges, n_bins, categorical, max_bin, lo, hi)
 
 
 #: Rows per block in the binning kernels: a block of row-major X stays in cache

@@ -65,7 +65,8 @@ def canonical_feature_names(n_features: int, names=None) -> list:
     return out
 
 
-def _feature_infos(mapper: binning.BinMapper) -> list:
+def feature_infos(mapper: binning.BinMapper) -> list:
+    """LightGBM's ``feature_infos`` of each feature: its categories, its ``[min:max]``, or ``none``."""
     infos = []
     for f in range(mapper.n_features):
         if mapper.categorical[f]:
@@ -181,12 +182,16 @@ class Trainer:
             raise DataError("no training rows")
         self._mask = binning._as_mask(self.categorical, n_features)
         self._names = canonical_feature_names(n_features, self.feature_names)
-        ranges = self._agreed_ranges(n_features)
-        grids = binning.make_grids(ranges, n_grid=self.n_grid)
-        counts = party.grid_counts(grids, self._mask)
-        self._mapper = binning.edges_from_grid_counts(
-            counts, grids, max_bin=params.max_bin, categorical=self._mask, ranges=ranges
-        )
+        agree = getattr(party, "agree_bins", None)
+        if agree is not None:  # vertical: each feature binned by its owner alone, with the same rule
+            self._mapper = agree(self.ranges, categorical=self._mask, max_bin=params.max_bin, n_grid=self.n_grid)
+        else:
+            ranges = self._agreed_ranges(n_features)
+            grids = binning.make_grids(ranges, n_grid=self.n_grid)
+            counts = party.grid_counts(grids, self._mask)
+            self._mapper = binning.edges_from_grid_counts(
+                counts, grids, max_bin=params.max_bin, categorical=self._mask, ranges=ranges
+            )
         party.set_bins(self._mapper)
         init = obj.init_scores(party.label_stats(params), self._n_total)
         if not np.all(np.isfinite(init)):
@@ -458,7 +463,7 @@ class Trainer:
             n_features=self._mapper.n_features,
             feature_names=self._names,
             categorical=self._mask,
-            feature_infos=_feature_infos(self._mapper),
+            feature_infos=feature_infos(self._mapper),
             params=params.as_dict(),
             best_iteration=n_rounds,
             history=list(self.history_),

@@ -63,6 +63,26 @@ def split_segment_numpy(indices, start, count, col, bin_threshold, default_left,
     return out, int(left.sum())
 
 
+def goes_left(col, bin_threshold, default_left, cat_bitset, nan_bin) -> np.ndarray:
+    """The go-left test of one split for binned values (the partition's rule, vectorised).
+
+    Parameters
+    ----------
+    col : ndarray of shape (m,), uint8
+        One feature's bins of some rows.
+    cat_bitset : ndarray of shape (8,), uint32, or None for a numeric split
+
+    Returns
+    -------
+    left : ndarray of shape (m,), bool
+    """
+    b = np.asarray(col).astype(np.int64)
+    if cat_bitset is not None:
+        bits = np.asarray(cat_bitset, dtype=CAT_BITSET_DTYPE)
+        return ((bits[b >> 5] >> (b & 31).astype(CAT_BITSET_DTYPE)) & 1) == 1
+    return np.where(b == int(nan_bin), bool(default_left), b <= int(bin_threshold))
+
+
 class DataPartition:
     """Contiguous row segments of one tree's nodes at one party.
 

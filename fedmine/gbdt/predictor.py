@@ -298,3 +298,31 @@ def tree_values_binned_numpy(tree, bins, rows, nan_bin: int) -> np.ndarray:
             go = np.where(cat, ((word >> (b & 31).astype(np.uint32)) & 1) == 1, go)
         node[idx] = np.where(go, nd["left"][cur], nd["right"][cur])
     return nd["value"][node].astype(Y_DTYPE)
+
+
+def leaves_from_decisions(tree, decisions: dict, n_rows: int) -> np.ndarray:
+    """The leaf each row reaches, given every internal node's go-left test on those rows.
+
+    The holders of the features answer the tests (vertical federation: no one
+    holds every feature of a row); the walk only routes.
+
+    Parameters
+    ----------
+    tree : Tree
+    decisions : dict of int -> ndarray of shape (n_rows,), bool
+        Internal node id -> whether each row goes left there.
+    n_rows : int
+
+    Returns
+    -------
+    leaves : ndarray of shape (n_rows,), int64
+        Node id of each row's leaf.
+    """
+    nd = tree.nodes
+    node = np.zeros(n_rows, dtype=np.int64)
+    inner = np.flatnonzero(nd["is_leaf"] == 0)
+    for j in inner[np.argsort(nd["depth"][inner], kind="stable")]:  # parents before children
+        here = np.flatnonzero(node == j)
+        if here.size:
+            node[here] = np.where(decisions[int(j)][here], nd["left"][j], nd["right"][j])
+    return node

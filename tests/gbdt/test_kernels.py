@@ -214,3 +214,54 @@ def test_gradient_kernels_match_numpy(name):
     np.testing.assert_allclose(g, g2, rtol=1e-15, atol=1e-15)
     np.testing.assert_allclose(h, h2, rtol=1e-15, atol=1e-15)
     np.testing.assert_allclose(b, _bounds(g2, h2), rtol=1e-15)
+
+
+@pytest.mark.parametrize("is_cat", [False, True])
+def test_goes_left_is_the_partition_rule(data, mapper, is_cat):
+    bins = binning.bin_columns(data, mapper)
+    col = bins[3 if is_cat else 0]
+    bitset = np.zeros(CAT_WORDS, np.uint32)
+    bitset[0] = 0b101010
+    rows = np.arange(col.size, dtype=np.int32)
+    part = partition.DataPartition(rows, 3)
+    part.split(0, col, 20, True, bitset if is_cat else None, 1, 2, mapper.nan_bin)
+    left = partition.goes_left(col, 20, True, bitset if is_cat else None, mapper.nan_bin)
+    assert np.array_equal(np.flatnonzero(left), np.sort(part.rows(1)))
+
+
+def test_leaves_from_decisions_walk_as_the_binned_predictor(data, mapper, model):
+    m = binning.fit_bins(data, max_bin=255, categorical=[3])
+    bins = binning.bin_columns(data, m)
+    for t in model.trees:
+        nd = t.nodes
+        decisions = {}
+        for j in np.flatnonzero(nd["is_leaf"] == 0):
+            bits = t.cat_bitsets[nd["cat_index"][j]] if nd["is_categorical"][j] else None
+            decisions[int(j)] = partition.goes_left(
+                bins[nd["feature"][j]], nd["bin_threshold"][j], nd["default_left"][j], bits, m.nan_bin
+            )
+        leaves = predictor.leaves_from_decisions(t, decisions, data.shape[0])
+        assert nd["is_leaf"][leaves].all()
+        want = predictor.tree_values_binned_numpy(t, bins, np.arange(data.shape[0]), m.nan_bin)
+        assert np.array_equal(nd["value"][leaves], want)
+
+
+def test_owners_bins_joined_are_the_joined_tables(data):
+    declared = np.full((6, 2), np.nan)
+    declared[1] = (-5.0, 5.0)
+    whole = binning.fit_bins(data, max_bin=63, categorical=[3], n_grid=512, ranges=declared)
+    parts = [np.array([0, 3, 5]), np.array([1, 2, 4])]
+    mask = np.zeros(6, bool)
+    mask[3] = True
+    mappers = [
+        (i, binning.fit_bins(data[:, i], max_bin=63, categorical=mask[i], n_grid=512, ranges=declared[i]))
+        for i in parts
+    ]
+    joined = binning.join_mappers(mappers, 6)
+    for key in ("edges", "n_bins", "categorical", "feature_min", "feature_max"):
+        assert np.array_equal(getattr(joined, key), getattr(whole, key), equal_nan=True)
+    assert whole.feature_min[1] == -5.0
+    hidden = binning.hidden_mapper(whole.n_bins[parts[1]], mask[parts[1]], max_bin=63)
+    assert np.isnan(hidden.threshold(0, 3)) and np.array_equal(hidden.n_bins, whole.n_bins[parts[1]])
+    with pytest.raises(Exception, match=r"features \[0, 3, 5\] have no holder"):
+        binning.join_mappers(mappers[1:], 6)

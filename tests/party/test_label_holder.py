@@ -1,0 +1,137 @@
+"""Vertical training gives the engine's model on the inner-joined table, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedmine.gbdt import to_lightgbm_text, train_pooled
+from fedmine.party.feature_owner import FeatureOwner
+from fedmine.party.label_holder import LabelHolder
+from tests.support import plain_cipher
+
+N, NV = 1200, 300
+CALLS = {
+    "owner_bins": "bins",
+    "owner_gradients": "gradients",
+    "owner_histograms": "histograms",
+    "owner_split": "split",
+    "owner_decisions": "decisions",
+    "owner_thresholds": "thresholds",
+}
+
+
+def _data(objective: str, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6))
+    X[rng.random(n) < 0.1, 0] = np.nan
+    X[:, 3] = rng.integers(0, 10, n).astype(float)
+    X[rng.random(n) < 0.05, 3] = np.nan
+    X[rng.random(n) < 0.2, 5] = np.nan
+    lin = X[:, 1] + np.nan_to_num(X[:, 0], nan=1.0) + np.isin(X[:, 3], [1, 4, 7]) * 1.5 + 0.5 * X[:, 4]
+    if objective == "binary":
+        y = (lin + rng.normal(size=n) > 0.5).astype(float)
+    elif objective == "multiclass":
+        y = np.digitize(lin + rng.normal(size=n) * 0.3, [-0.5, 0.5, 1.5]).astype(float)
+    else:
+        y = 3.0 * lin + rng.normal(size=n) * 0.1
+    return X, y
+
+
+PARAMS = dict(
+    num_boost_round=5,
+    num_leaves=10,
+    learning_rate=0.2,
+    min_data_in_leaf=10,
+    min_data_per_group=20,
+    cat_smooth=5.0,
+    max_cat_to_onehot=4,
+    feature_fraction=0.9,
+    bagging_fraction=0.7,
+    bagging_freq=2,
+    seed=3,
+    lambda_l2=0.5,
+    max_bin=63,
+)
+
+
+def _ask(owners):
+    def ask(requests):
+        return [getattr(owners[o], CALLS[name])(*args, **kwargs) for o, name, args, kwargs in requests]
+
+    return ask
+
+
+def _vertical(X, y, Xv, yv, params, layout, *, publish=True):
+    """``layout``: feature positions per organisation; the first holds the label."""
+    lead_idx, *owner_idx = (np.asarray(i) for i in layout)
+    owners = {
+        f"org{i}": FeatureOwner(f"org{i}", X[:, idx], Xv[:, idx], publish_thresholds=True, cipher=plain_cipher)
+        for i, idx in enumerate(owner_idx, 1)
+    }
+    lead = LabelHolder(
+        "lead",
+        X[:, lead_idx],
+        y,
+        Xv[:, lead_idx],
+        yv,
+        own=lead_idx,
+        owners={f"org{i}": idx for i, idx in enumerate(owner_idx, 1)},
+        feature_names=[f"f{i}" for i in range(X.shape[1])],
+        categorical=[3],
+        objective=params["objective"],
+        num_class=params.get("num_class", 1),
+        cipher=plain_cipher,
+    )
+    ask = _ask(owners)
+    lead.begin(ask, params)
+    results = []
+    while True:
+        results.append(lead.round(ask))
+        if results[-1]["done"]:
+            break
+    return lead.model(ask, publish=publish), results
+
+
+LAYOUTS = {
+    "2 orgs": [[1, 2], [0, 3, 4, 5]],
+    "3 orgs": [[4], [0, 3], [1, 2, 5]],
+    "lead holds the categorical": [[3, 5], [0, 1, 2, 4]],
+}
+
+
+@pytest.mark.parametrize("objective", ["binary", "multiclass", "regression"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_vertical_equals_joined_table(objective, layout):
+    X, y = _data(objective, N, 0)
+    Xv, yv = _data(objective, NV, 1)
+    extra = {"num_class": 4} if objective == "multiclass" else {}
+    params = dict(PARAMS, objective=objective, **extra)
+    want = train_pooled(
+        X, y, params, categorical=[3], X_valid=Xv, y_valid=yv, feature_names=[f"f{i}" for i in range(6)]
+    )
+    got, results = _vertical(X, y, Xv, yv, params, LAYOUTS[layout])
+    assert len(got.trees) == len(want.trees)
+    for a, b in zip(got.trees, want.trees):
+        assert a.equal(b)
+    assert to_lightgbm_text(got) == to_lightgbm_text(want)
+    assert got.history == want.history
+    used = {int(f) for t in want.trees for f in t.nodes["feature"][t.nodes["is_leaf"] == 0]}
+    owned = {f for idx in LAYOUTS[layout][1:] for f in idx}
+    assert used & owned and used - owned  # splits on owners' and on the label holder's features
+    assert any(t.cat_bitsets.shape[0] for t in want.trees)
+    assert set(results[-1]["metrics"]) and set(results[-1]["alone"]) == set(results[-1]["metrics"])
+
+
+def test_thresholds_stay_with_their_owner_unless_published():
+    X, y = _data("binary", N, 0)
+    Xv, yv = _data("binary", NV, 1)
+    params = dict(PARAMS, objective="binary")
+    kept, _ = _vertical(X, y, Xv, yv, params, LAYOUTS["2 orgs"], publish=False)
+    owned = np.array([0, 3, 4, 5])
+    for t in kept.trees:
+        nd = t.nodes
+        inner = (nd["is_leaf"] == 0) & (nd["is_categorical"] == 0)
+        assert np.isnan(nd["threshold"][inner & np.isin(nd["feature"], owned)]).all()
+        assert np.isfinite(nd["threshold"][inner & ~np.isin(nd["feature"], owned)]).all()
+    assert all(kept.feature_infos[f] == "none" for f in (0, 4, 5))
