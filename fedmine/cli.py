@@ -1,4 +1,4 @@
-"""The ``fedmine`` command: run, predict, demo, ui, schedule.
+"""The ``fedmine`` command: run, predict, explain, demo, ui, schedule.
 
 Every command validates its input before anything starts, and every error a
 user can cause is one line on stderr with exit code 2 (see
@@ -186,6 +186,72 @@ def predict(
     typer.echo(f"{len(out)} rows scored -> {output}")
 
 
+@app.command()
+def explain(
+    config: Path = typer.Argument(..., help="The federation YAML file."),
+    model: str = typer.Option(
+        ..., "--model", help="A model file, an MLflow run id, or a model URI (models:/NAME/VERSION)."
+    ),
+    org: list[str] = typer.Option(
+        [], "--org", help="Only this organisation writes its plots (repeatable; default: every one)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", help="Also keep each in-process organisation's plots here (ORG/explain/)."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path."),
+    summary_json: Path | None = typer.Option(None, "--summary-json", help="Write the explanation as JSON here."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
+) -> None:
+    """SHAP values of a trained model, computed inside each organisation on its own rows.
+
+    The federation's mean |SHAP| per feature comes from sums masked under
+    secure aggregation; each organisation's summary and dependence plots of
+    its own rows are written where its rows are. Recorded as an MLflow run.
+    """
+    import json
+
+    import lightgbm as lgb
+
+    from fedmine.config import load_config
+    from fedmine.tracking import load_model_text, model_federation
+
+    cfg = load_config(config, set_)
+    for name in org:
+        if name not in cfg.organisations:
+            raise ConfigError(f"--org {name}: not in {config}; allowed: {', '.join(cfg.organisations)}")
+    if summary_json is not None:
+        output_path(summary_json, "--summary-json")
+    if output is not None:
+        output_path(output, "--output", folder=True)
+    booster = lgb.Booster(model_str=load_model_text(model, cfg.tracking.uri))
+    _check_model(booster, model, model_federation(model, cfg.tracking.uri), cfg, config)
+    _quiet_prefect(verbose)
+    from fedmine.flows.explain import federated_explanation
+
+    result = federated_explanation(str(config), model, list(org) or None, list(set_), str(output) if output else None)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(result, indent=2))
+    outputs = result["outputs"]
+    width = max(len(f) for f in result["gain"]) + 2
+    typer.echo("")
+    typer.echo(f"{'feature':<{width}}" + "".join(f"{'mean |SHAP| ' + o:>24}" for o in outputs) + f"{'gain':>14}")
+    for feature, gain in result["gain"].items():
+        shap = "".join(f"{result['mean_abs_shap'][o][feature]:>24.4f}" for o in outputs)
+        typer.echo(f"{feature:<{width}}{shap}{gain:>14.1f}")
+    typer.echo("")
+    masked = "masked sums (secure aggregation)" if result["secure_aggregation"] else "plain sums"
+    typer.echo(
+        f"{result['rows']} rows of {', '.join(result['organisations'])}, {masked}; MLflow run {result['run_id']}"
+    )
+    for notice in result["notices"]:
+        typer.echo(f"note: {notice}", err=True)
+    for name, folder in result["plots"].items():
+        typer.echo(f"plots of {name}: {folder}")
+    remote = [o for o in result["plotted"] if cfg.organisations[o].endpoint]
+    if remote:
+        typer.echo(f"plots of {', '.join(remote)}: in each party server's own --output folder")
+
+
 def _check_model(booster, model: str, federation: str | None, cfg, config: Path) -> None:
     """Refuse a model of another federation (as MLflow records it) or trained on another canonical schema."""
     from fedmine.gbdt.booster import canonical_feature_names
@@ -258,6 +324,9 @@ def party_serve(
     port: int | None = typer.Option(None, "--port", help="Port (default: the port of the organisation's endpoint)."),
     allow_insecure: bool = typer.Option(False, "--allow-insecure", help="Plain gRPC, for local tests only."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path (this party's policy)."),
+    output: Path = typer.Option(
+        Path("fedmine-party"), "--output", help="This organisation's own files (explanation plots in explain/)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
 ) -> None:
     """Prepare ORG's data here (its rows stay here) and answer the coordinator over mutual TLS.
@@ -274,10 +343,12 @@ def party_serve(
     if cfg.organisations[org].source is None:
         raise ConfigError(f"organisations.{org}.source: not set in {config}; the party server reads its data from it")
     address = listen_address(cfg, org, host, port)
+    output_path(output, "--output", folder=True)
     _quiet_prefect(verbose)
     from fedmine.flows.prepare import prepare_organisation
 
     party = prepare_organisation(cfg, org)
+    party.output_dir = output.resolve()
     serve(
         cfg,
         org,

@@ -184,6 +184,13 @@ _TABLE: tuple[Call, ...] = (
          "{rows: int, features: {name: {count, missing_rate, quantiles, percentiles, plot | categories, psi, "
          "median_ratio}}, problems: [str]}",
          "each", DISCLOSED, "the organisation's own view: its summary and its PSI against the federation's rest"),
+    # -- explanations (fedmine explain): the global model's SHAP values on all the party's rows ---------------
+    Call("shap_sums", ORGANISATION, (ANY,), None, "model: str (LightGBM model text), scale: float",
+         "int64 (n_outputs, n_features + 1): fixed-point sums of |SHAP| per feature, the row count last",
+         "sum", SUMMED, "sums of |SHAP| (LightGBM's pred_contrib) per feature over all rows, and their count"),
+    Call("shap_plots", ORGANISATION, (ANY,), None,
+         "model: str, order: int64 (n_features,), features: [{name, type, categories}], outputs: [str]",
+         "none", "none", NO_ANSWER, "write this organisation's SHAP summary and dependence plots where its rows are"),
     # -- histogram strategy: the engine's calls ----------------------------------------------------------
     Call("feature_ranges", ENGINE, (ANY,), None, "", "float64 (n_features, 2): min, max",
          "range", DISCLOSED, "min and max per feature (features without declared ranges)"),

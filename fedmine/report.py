@@ -300,7 +300,12 @@ def write_report(coord: Coordinator, baselines: dict, summary: dict, model_text:
         "",
     ]
     (folder / "report.md").write_text("\n".join(md))
+    (folder / "report.html").write_text(html_page(md, title="fedmine report"))
+    return folder / "report.md"
 
+
+def html_page(md: list[str], *, title: str) -> str:
+    """A report's Markdown lines (headings, paragraphs, pipe tables, images) as one HTML page."""
     body = []
     for line in md:
         if line.startswith("# "):
@@ -328,10 +333,9 @@ def write_report(coord: Coordinator, baselines: dict, summary: dict, model_text:
         page.append(item)
     if in_table:
         page.append("</table>")
-    (folder / "report.html").write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>fedmine report</title>"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         "td{padding:2px 10px;border-bottom:1px solid #ddd}</style>"
         "</head><body>" + "\n".join(page) + "</body></html>"
     )
-    return folder / "report.md"

@@ -17,6 +17,11 @@ a run of the same experiment tagged ``fedmine.kind=profile``: PSI and drift
 metrics and the report under ``profile/`` (:func:`log_profile`); the latest
 earlier profile run is the baseline of its drift.
 
+An explanation (``fedmine explain``) is a run tagged ``fedmine.kind=explain``:
+the federation's mean |SHAP| and the gain importance as metrics, the report
+under ``explain/``, and each in-process organisation's own plots in its
+nested run (:func:`log_explanation`).
+
 A run that fails is marked FAILED with the error as a tag. Every call goes
 through :class:`MlflowClient` with explicit run ids, so it is safe from any
 thread; only :meth:`Tracker.log_model` uses MLflow's fluent API.
@@ -49,6 +54,7 @@ _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 #: The tag saying what a run records, and its value on profile runs.
 KIND_TAG = "fedmine.kind"
 PROFILE_KIND = "profile"
+EXPLAIN_KIND = "explain"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -454,6 +460,40 @@ def log_profile(cfg: FederationConfig, profile) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             write_report(profile, tmp)
             tracker.log_artifacts(tmp, PROFILE_DIR)
+        tracker.finish("FINISHED")
+    except BaseException as exc:
+        tracker.fail(exc)
+        raise
+    return tracker.run_id
+
+
+def log_explanation(
+    cfg: FederationConfig, explanation, report_folder: str | Path, org_folders: dict[str, Path], *, model: str
+) -> str:
+    """Record a :class:`~fedmine.coordinator.explanation.Explanation` as a run (``fedmine.kind=explain``); its id.
+
+    The parent run holds the federation's figures (``shap/<feature>``, or
+    ``shap/<class>/<feature>`` for a multiclass model, and ``gain/<feature>``)
+    and the report under ``explain/``; each organisation in ``org_folders``
+    (those run in this process) gets a nested run with its own plots under
+    ``explain/``.
+    """
+    tracker = Tracker(cfg)
+    tracker.start(tags={KIND_TAG: EXPLAIN_KIND, "fedmine.model": model[:5000]})
+    try:
+        tracker.client.set_tag(tracker.run_id, "mlflow.runName", f"explain-{time.strftime('%Y%m%d-%H%M%S')}")
+        single = len(explanation.outputs) == 1
+        values = {"explain.rows": float(explanation.rows)}
+        for j, out in enumerate(explanation.outputs):
+            for i, feature in enumerate(explanation.features):
+                values[f"shap/{feature}" if single else f"shap/{out}/{feature}"] = float(explanation.mean_abs[j, i])
+        values.update({f"gain/{f}": float(g) for f, g in zip(explanation.features, explanation.gain)})
+        tracker.log_metrics(values)
+        tracker.log_artifacts(report_folder, "explain")
+        for org, folder in org_folders.items():
+            rid = tracker.start_organisation(org, rows=explanation.org_rows.get(org, 0))
+            if Path(folder).is_dir():
+                tracker.client.log_artifacts(rid, str(folder), "explain")
         tracker.finish("FINISHED")
     except BaseException as exc:
         tracker.fail(exc)

@@ -50,6 +50,7 @@ def call_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
         "run",
         "demo",
         "predict",
+        "explain",
         "ui",
         "schedule",
         "profile",
@@ -210,6 +211,7 @@ def test_predict_scores_rows_in_order(trained, tmp_path, monkeypatch, capsys):
         monkeypatch,
         capsys,
         "predict",
+        "explain",
         cfg_path,
         "--model",
         trained["summary"]["model_file"],
@@ -277,6 +279,7 @@ def test_predict_refuses_a_model_of_another_schema(demo_config, tmp_path, monkey
         monkeypatch,
         capsys,
         "predict",
+        "explain",
         demo_config,
         "--model",
         model,
@@ -380,6 +383,7 @@ def test_predict_unknown_org(trained, monkeypatch, capsys):
         monkeypatch,
         capsys,
         "predict",
+        "explain",
         trained["config"],
         "--model",
         "x",
@@ -446,3 +450,60 @@ def test_ui_serves_run_and_round_history(trained, store):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def test_explain_the_demo_model_over_the_federation_with_each_organisations_plots_apart(
+    trained, store, tmp_path, monkeypatch, capsys
+):
+    from mlflow.tracking import MlflowClient
+
+    from fedmine.config import load_config
+    from fedmine.schema.profiler import prepare_party
+
+    config, summary = trained["config"], tmp_path / "explanation.json"
+    model = f"runs:/{trained['summary']['run_id']}/model"
+    args = ["explain", config, "--model", model, "--org", "bank", "--org", "telecom", "--output", tmp_path / "out"]
+    code, out, err = call_main(monkeypatch, capsys, *args, "--summary-json", summary)
+    assert code == 0, err
+    result = json.loads(summary.read_text())
+    assert result["organisations"] == ["bank", "retailer", "telecom"] and result["secure_aggregation"]
+    assert result["plotted"] == ["bank", "telecom"]
+    # the federation's mean |SHAP| (masked fixed-point sums) is the pooled rows' (LightGBM's pred_contrib)
+    cfg = load_config(config)
+    X = np.vstack(
+        [np.vstack([p._data.X_train, p._data.X_valid]) for p in map(lambda o: prepare_party(cfg, o), cfg.organisations)]
+    )
+    text = Path(trained["summary"]["model_file"]).read_text()
+    pooled = np.abs(lgb.Booster(model_str=text).predict(X, pred_contrib=True)[:, :-1]).mean(axis=0)
+    got = result["mean_abs_shap"]["raw score"]
+    assert result["rows"] == len(X)
+    for i, feature in enumerate(cfg.features):
+        assert abs(got[feature] - pooled[i]) <= 0.5 / result["scale"]
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("feature"))
+    assert lines[first + 1].split()[0] == max(got, key=got.get)
+    assert f"MLflow run {result['run_id']}" in out and "masked sums (secure aggregation)" in out
+
+    client = MlflowClient(store)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["fedmine.kind"] == "explain"
+    assert run.data.tags["fedmine.model"] == model
+    assert run.data.metrics["shap/debt_ratio"] == pytest.approx(got["debt_ratio"])
+    assert "gain/debt_ratio" in run.data.metrics
+    parent = {a.path for a in client.list_artifacts(run.info.run_id, "explain")}
+    assert parent == {"explain/report.md", "explain/report.html", "explain/importance.png", "explain/explanation.json"}
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert sorted(c.data.tags["fedmine.organisation"] for c in children) == ["bank", "telecom"]
+    for child in children:  # each organisation's plots in its own nested run and its own folder only
+        org = child.data.tags["fedmine.organisation"]
+        files = {a.path.split("/")[-1] for a in client.list_artifacts(child.info.run_id, "explain")}
+        assert {"summary.png", "dependence_debt_ratio.png", "mean_abs_shap.csv"} <= files
+        assert sorted(p.name for p in (tmp_path / "out" / org / "explain").iterdir()) == sorted(files)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bank", "telecom"]
+
+
+def test_explain_refuses_an_unknown_org_and_a_missing_model(demo_config, monkeypatch, capsys):
+    code, _, err = call_main(monkeypatch, capsys, "explain", demo_config, "--model", "nope.txt", "--org", "shop")
+    assert code == 2 and err.strip() == f"error: --org shop: not in {demo_config}; allowed: bank, retailer, telecom"
+    code, _, err = call_main(monkeypatch, capsys, "explain", demo_config, "--model", "nope.txt")
+    assert code == 2 and err.startswith("error: --model nope.txt: not a file, a run id or a model URI")

@@ -4,6 +4,7 @@ import hashlib
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -175,6 +176,8 @@ class Party:
         self.policy = policy
         self._mapper = None  # the bins of this training: set once
         self.fingerprint_ = fingerprint(rows)
+        self.output_dir: Path | None = None  # where this organisation's own files go (explanation plots)
+        self._shap: tuple[str, np.ndarray] | None = None  # (model digest, SHAP values of all rows)
 
     @classmethod
     def for_organisation(cls, cfg: Any, org: str, data: HarmonisedFrame, *, enforce_policy: bool = True) -> Party:
@@ -553,3 +556,55 @@ class Party:
         view = summarise_counts(features, grids, lows, own, rest=totals - own)
         view["problems"] = list(self.report.get("problems", []))
         return view
+
+    # -- explanation calls (protocol table: fedmine explain, over all this party's rows) ----------------
+    def _contributions(self, model: str) -> np.ndarray:
+        """SHAP values of ``model`` on all rows, (n_rows, n_outputs, n_features + 1); kept for the model's next call."""
+        from fedmine.party import shap_values
+
+        digest = hashlib.sha256(model.encode() if isinstance(model, str) else b"").hexdigest()
+        if self._shap is None or self._shap[0] != digest:
+            booster = shap_values.load_model(model, org=self.name, feature_names=self.feature_names)
+            self._shap = (digest, shap_values.contributions(booster, self._profile_rows()))
+        return self._shap[1]
+
+    def shap_sums(self, model: str, scale: float) -> np.ndarray:
+        """Fixed-point sums of |SHAP| per output and feature over all rows, the row count last.
+
+        Shape (n_outputs, n_features + 1), int64 (:func:`fedmine.party.shap_values.abs_sums`).
+        """
+        from fedmine.party import shap_values
+
+        value = shap_values.check_scale(scale, org=self.name)
+        return shap_values.abs_sums(self._contributions(model), value)
+
+    def shap_plots(self, model: str, order: Any, features: list[dict[str, Any]], outputs: list[str]) -> None:
+        """Write this organisation's summary and dependence plots of its own rows into ``output_dir/explain``.
+
+        Nothing is answered: the plots stay with the organisation (in its
+        ``output_dir``). ``order`` lists feature indices, most important in
+        the federation first; ``outputs`` names each output of the model.
+        """
+        from fedmine.party import shap_values
+
+        if self.output_dir is None:
+            raise self._refuse("shap_plots", "this party has no output folder for its plots (party serve --output)")
+        names = [f.get("name") if isinstance(f, dict) else None for f in features]
+        if names != list(self.feature_names):
+            raise self._refuse("shap_plots", f"features {names} are not this party's {list(self.feature_names)}")
+        order = np.asarray(order, dtype=np.int64).ravel()
+        if sorted(order.tolist()) != list(range(len(self.feature_names))):
+            raise self._refuse("shap_plots", f"order {order.tolist()} is not a permutation of the features")
+        contrib = self._contributions(model)
+        if len(outputs) != contrib.shape[1]:
+            raise self._refuse("shap_plots", f"{len(outputs)} output names for a model of {contrib.shape[1]} outputs")
+        X = np.concatenate(self._profile_rows())
+        shap_values.write_plots(
+            contrib,
+            X,
+            features=features,
+            order=order,
+            outputs=[str(o) for o in outputs],
+            folder=Path(self.output_dir) / "explain",
+            org=self.name,
+        )
