@@ -126,6 +126,9 @@ def demo(
     tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri", help="MLflow store."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
+    compare: bool = typer.Option(
+        True, "--compare/--no-compare", help="Also train with bagging and print the strategies side by side."
+    ),
 ) -> None:
     """Write a bank, a retailer and a telecom operator's data and train them together."""
     from fedmine.demo import write_demo
@@ -140,6 +143,20 @@ def demo(
     typer.echo(f"demo data and config written to {folder}/ (bank.csv, retailer.parquet, telecom.db, federation.yaml)")
     summary = _train(config, set_, summary_json, verbose)
     _print_summary(summary)
+    if compare:
+        from fedmine import report
+
+        # The same federation trained by averaging whole trees: what the lossless strategy buys.
+        strategy = summary.get("strategy", "histogram")
+        others = [s for s in ("bagging", "histogram") if s != strategy]
+        runs = {strategy: summary}
+        for other in others:
+            typer.echo(f"\ncomparison: the same federation with training.strategy={other} (not registered)")
+            runs[other] = _train(
+                config, [*set_, f"training.strategy={other}", "tracking.register_model=false"], None, verbose
+            )
+        typer.echo("")
+        typer.echo(report.strategy_table(runs))
     typer.echo("")
     typer.echo("See every round in the MLflow UI:  fedmine ui   (then open http://127.0.0.1:5000)")
 

@@ -284,7 +284,7 @@ def check_mapping(org: str, spec: OrganisationSpec, features: dict[str, FeatureS
 class _StrategyFirst(_Strict):
     # A base of TrainingSpec listed after TrainingParams: pydantic collects fields from the last base first, so
     # strategy leads the training keys in messages and in the resolved config.
-    strategy: Literal["histogram", "bagging", "cyclic", "local"] = "bagging"
+    strategy: Literal["histogram", "bagging", "cyclic", "local"] = "histogram"
 
 
 class TrainingSpec(TrainingParams, _StrategyFirst):

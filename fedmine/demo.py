@@ -186,7 +186,7 @@ def demo_config(tracking_uri: str) -> dict:
             },
         },
         "training": {
-            "strategy": "bagging",
+            "strategy": "histogram",
             "rounds": 40,
             "learning_rate": 0.1,
             "num_leaves": 15,

@@ -181,6 +181,25 @@ def gain_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def strategy_table(runs: dict[str, dict[str, Any]]) -> str:
+    """Each organisation's primary metric local-only and under each strategy of ``runs`` (strategy -> summary).
+
+    The local-only column comes from the first run (every run trains the same baselines).
+    """
+    first = next(iter(runs.values()))
+    key = first["primary_metric"]
+    head = f"{'organisation':<16}{'rows':>8}{'local-only':>14}" + "".join(f"{s:>14}" for s in runs)
+    lines = [f"validation {key} by strategy", head, "-" * len(head)]
+    for org, o in first["organisations"].items():
+        cells = [runs[s]["organisations"][org]["federated"].get(key, float("nan")) for s in runs]
+        local = o["local_only"].get(key, float("nan"))
+        lines.append(f"{org:<16}{o['rows']:>8}{local:>14.4f}" + "".join(f"{c:>14.4f}" for c in cells))
+    fed = [runs[s]["global"].get(key, float("nan")) for s in runs]
+    n = sum(o["rows"] for o in first["organisations"].values())
+    lines.append(f"{'federation':<16}{n:>8}{'':>14}" + "".join(f"{c:>14.4f}" for c in fed))
+    return "\n".join(lines)
+
+
 def notes(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """(organisation, note) for every note of the summary's organisations (:func:`organisation_notes`)."""
     return [(org, note) for org, o in summary["organisations"].items() for note in o.get("notes", [])]

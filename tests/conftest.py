@@ -67,7 +67,7 @@ def demo_config(tmp_path_factory, store) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(prefect_harness, demo_config, tmp_path_factory) -> dict:
-    """The demo federation trained once through the Prefect flow, as configured (bagging)."""
+    """The demo federation trained once through the Prefect flow, as configured (histogram, secure aggregation)."""
     from fedmine.flows.train import federated_training
 
     summary_path = tmp_path_factory.mktemp("summary") / "summary.json"

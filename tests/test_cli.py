@@ -87,8 +87,16 @@ def test_demo_subprocess_smoke(tmp_path):
     assert "local-only auc" in result.stdout and "federated auc" in result.stdout
     assert "fedmine ui" in result.stdout
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["rounds"] == 3 and summary["strategy"] == "bagging"
+    assert summary["rounds"] == 3 and summary["strategy"] == "histogram"
+    assert summary["privacy"]["secure_aggregation"] is True
     assert Path(summary["model_file"]).is_file()
+    # The strategies side by side: local-only, histogram and bagging for every organisation and the federation.
+    table = result.stdout[result.stdout.index("validation auc by strategy") :].splitlines()
+    assert table[1].split() == ["organisation", "rows", "local-only", "histogram", "bagging"]
+    rows = {line.split()[0]: line.split()[1:] for line in table[3:7]}
+    assert set(rows) == {"bank", "retailer", "telecom", "federation"}
+    assert all(len(v) == 4 for k, v in rows.items() if k != "federation") and len(rows["federation"]) == 3
+    assert float(rows["federation"][1]) == pytest.approx(summary["global"]["auc"], abs=1e-4)
 
 
 @pytest.mark.slow

@@ -218,7 +218,14 @@ def test_defaults_are_unchanged():
     from fedmine.config import TrainingSpec
 
     t = TrainingSpec()
-    assert (t.strategy, t.rounds, t.seed, t.learning_rate, t.num_leaves, t.max_bin) == ("bagging", 30, 7, 0.1, 31, 255)
+    assert (t.strategy, t.rounds, t.seed, t.learning_rate, t.num_leaves, t.max_bin) == (
+        "histogram",
+        30,
+        7,
+        0.1,
+        31,
+        255,
+    )
     assert t.lightgbm_params("binary", None) == {
         "objective": "binary",
         "learning_rate": 0.1,

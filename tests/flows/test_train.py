@@ -38,14 +38,14 @@ def test_summary_has_documented_keys(trained):
         assert org["rows"] > 0 and "auc" in org["federated"] and "auc" in org["local_only"]
     model = lgb.Booster(model_file=s["model_file"])
     assert model.feature_name() == s["feature_names"]
-    assert model.num_trees() == DEMO_ROUNDS * 3
+    assert model.num_trees() == DEMO_ROUNDS  # histogram: one tree per round (binary)
 
 
 def test_every_round_is_an_mlflow_step(trained, store):
     client = MlflowClient(store)
     run = client.get_run(trained["summary"]["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["training.strategy"] == "bagging"
+    assert run.data.params["training.strategy"] == "histogram"
     history = client.get_metric_history(run.info.run_id, "global.auc")
     assert [m.step for m in history] == list(range(1, DEMO_ROUNDS + 1))
     for org in ("bank", "retailer", "telecom"):
