@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from itertools import permutations
+
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from fedmine.config import config_from_dict
+from fedmine.config import FeatureSpec, config_from_dict
 from fedmine.errors import ConfigError
-from fedmine.schema.suggest import name_similarity, suggest_mapping
+from fedmine.schema.names import name_similarity
+from fedmine.schema.suggest import Candidate, assign, choose, score_pair, suggest_mapping, summarise_column
 from tests.schema.conftest import BANK, RENAME, bank_raw
 
 
@@ -99,3 +103,102 @@ def test_unknown_org_is_an_input_error():
 def test_name_similarity(a, b, low):
     assert name_similarity(a, b) >= low
     assert name_similarity("day_of_week", "balance") < 0.4
+
+
+def _member(tmp_path, frame: pd.DataFrame, name: str = "newcomer"):
+    raw = bank_raw()
+    path = tmp_path / f"{name}.csv"
+    frame.to_csv(path, index=False)
+    raw["organisations"][name] = {"source": str(path)}
+    return config_from_dict(raw)
+
+
+def _bank_2012() -> pd.DataFrame:
+    return pd.read_csv(BANK["organisations"]["bank"]["source"], sep=";")
+
+
+def test_an_exact_name_outranks_any_other_column(tmp_path):
+    frame = _bank_2012()
+    # campaign_contacts is named as the feature but spread less like the federation's than campaign itself
+    frame["campaign_contacts"] = frame["previous"] + 1
+    s = suggest_mapping(_member(tmp_path, frame), "newcomer")
+    chosen = {c.feature: c.column for c in s.matches}
+    assert chosen["campaign_contacts"] == "campaign_contacts"
+    assert "campaign" not in s.rename
+    better = next(c for c in s.runners_up if c.column == "campaign")
+    assert better.feature == "campaign_contacts"
+
+
+def test_a_yes_no_feature_at_the_end_is_not_taken_for_a_missing_label(tmp_path):
+    frame = _bank_2012().drop(columns=["y"])
+    frame["housing"] = frame.pop("housing")  # the last column, where labels usually are
+    s = suggest_mapping(_member(tmp_path, frame), "newcomer")
+    assert s.rename["housing"] == "housing_loan"
+    assert "subscribed" in s.unmatched_features
+    assert "subscribed" not in s.rename.values()
+
+
+def test_a_flag_named_like_another_flag_is_left_out(tmp_path):
+    frame = _bank_2012()
+    frame["any_loan"] = np.where((frame["housing"] == "yes") | (frame["loan"] == "yes"), "yes", "no")
+    frame = frame.rename(columns={"housing": "housing_loan", "loan": "personal_loan"})
+    s = suggest_mapping(_member(tmp_path, frame), "newcomer")
+    assert "any_loan" not in s.rename and "any_loan" in s.unmatched_columns
+    assert {c.column for c in s.matches} >= {"housing_loan", "personal_loan"}
+
+
+def test_a_count_column_fits_a_coded_category_badly():
+    spec = FeatureSpec(type="category", categories=["1", "2", "3", "4"])
+    fed = {"categories": {"1": 10, "2": 60, "3": 20, "4": 10}}
+    quarters = summarise_column("Qtr", pd.Series([2] * 60 + [1] * 10 + [3] * 20 + [4] * 10))
+    counts = summarise_column("Contacts", pd.Series([1] * 40 + [2] * 28 + [3] * 12 + [4] * 8 + list(range(5, 17))))
+    q = score_pair(quarters, "contact_quarter", spec, fed)
+    c = score_pair(counts, "contact_quarter", spec, fed)
+    assert q is not None and c is not None
+    assert q.fit == 1.0 and q.dist == pytest.approx(1.0)
+    assert c.fit < 0.5 and c.score < q.score
+
+
+def test_values_are_proposed_for_months_as_numbers_and_flags_as_words(tmp_path):
+    frame = _bank_2012()
+    months = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+    frame["month"] = frame["month"].map({m: i + 1 for i, m in enumerate(months)})
+    frame["loan"] = frame["loan"].map({"yes": "Personal loan", "no": "No personal loan"})
+    frame["job"] = frame["job"].str.upper()
+    s = suggest_mapping(_member(tmp_path, frame), "newcomer")
+    assert s.values["contact_month"][5] == "may" and len(s.values["contact_month"]) == 12
+    assert s.values["personal_loan"] == {"Personal loan": True, "No personal loan": False}
+    assert s.values["job"]["BLUE-COLLAR"] == "blue-collar"
+    assert "job" not in s.rename  # upper-case values, but the column is named as the feature
+
+
+def test_assign_finds_the_largest_total():
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (3, 3), (4, 7), (7, 4), (12, 15), (20, 9)]:
+        score = rng.random(shape)
+        score[rng.random(shape) < 0.3] = 0.0
+        pairs = assign(score)
+        rows, cols = linear_sum_assignment(score, maximize=True)
+        assert len(pairs) == min(shape)
+        assert len({i for i, _ in pairs}) == len({j for _, j in pairs}) == len(pairs)
+        assert sum(score[i, j] for i, j in pairs) == pytest.approx(score[rows, cols].sum())
+
+
+def test_assign_against_every_permutation():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        score = rng.integers(0, 4, size=(4, 4)).astype(float)
+        best = max(sum(score[i, p[i]] for i in range(4)) for p in permutations(range(4)))
+        assert sum(score[i, j] for i, j in assign(score)) == best
+
+
+def test_assignment_beats_taking_the_best_pair_first():
+    def cand(column, feature, name):
+        return Candidate(column, feature, name=name, fit=1.0, dist=1.0)
+
+    # greedy takes a -> x (0.96) and leaves b -> y below the threshold; the assignment takes a -> y and b -> x
+    candidates = [cand("a", "x", 0.95), cand("a", "y", 0.9), cand("b", "x", 0.85), cand("b", "y", 0.3)]
+    chosen = {(c.column, c.feature) for c in choose(candidates, ["a", "b"], ["x", "y"])}
+    assert chosen == {("a", "y"), ("b", "x")}

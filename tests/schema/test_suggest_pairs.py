@@ -1,0 +1,73 @@
+"""Mapping suggestions on real schema pairs (tests/data/suggest): the goals of ``fedmine schema suggest``.
+
+At least 90 % of the expected renames found over all pairs, no wrong rename
+(every proposed one is above the acceptance threshold), the label of every
+pair, and each expected ``values``/``units``/``scale``/``missing`` entry. A
+proposal applied as it stands harmonises the new organisation's rows with no
+problem but the values it lists for a person to map.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+import yaml
+
+from fedmine import connectors
+from fedmine.config import config_from_dict
+from fedmine.schema.harmonise import harmonise
+from tests.schema.suggest_pairs import PAIRS, PairResult, evaluate, pair_names
+
+NAMES = pair_names()
+
+
+@cache
+def result(name: str):
+    return evaluate(name)
+
+
+def test_there_are_enough_pairs():
+    renames = sum(len(result(n)[0].expected) for n in NAMES)
+    assert len(NAMES) >= 6 and renames >= 19
+
+
+def test_most_renames_are_found_and_none_is_wrong():
+    results: list[PairResult] = [result(n)[0] for n in NAMES]
+    found = sum(len(r.found) for r in results)
+    expected = sum(len(r.expected) for r in results)
+    assert found / expected >= 0.9, {r.name: r.missed for r in results if r.missed}
+    assert {r.name: r.wrong for r in results if r.wrong} == {}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_label_is_proposed(name):
+    r, s = result(name)
+    label_columns = [src for src, dst in r.expected.items() if dst == r.label]
+    assert label_columns, f"{name}: the expected mapping names no label column"
+    assert [src for src, dst in s.rename.items() if dst == r.label] == label_columns
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_values_units_scale_and_missing_are_proposed(name):
+    r, _ = result(name)
+    assert r.missed_entries == []
+    assert r.entries_found == r.entries_expected
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_proposal_harmonises_but_for_the_values_left_to_a_person(name):
+    _, s = result(name)
+    folder = PAIRS / name
+    raw = yaml.safe_load((folder / "federation.yaml").read_text())
+    org = s.org
+    raw["organisations"][org] = yaml.safe_load(s.to_yaml())["organisations"][org]
+    cfg = config_from_dict(raw, path=(folder / "federation.yaml").resolve())
+    spec = cfg.organisations[org]
+    frame = connectors.load(spec.source, spec.read, base_dir=cfg.base_dir, org=org)
+    report = harmonise(frame, cfg, org, collect=True).report
+    unresolved = {str(v) for vals in s.unresolved.values() for v in vals}
+    left = [p for p in report["problems"] if not any(f"category {v!r}" in p for v in unresolved)]
+    assert left == []
+    for feature, entry in report["unknown_categories"].items():
+        assert set(map(str, entry["examples"])) <= set(map(str, s.unresolved.get(feature, []))), feature
