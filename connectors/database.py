@@ -20,6 +20,7 @@ SQL. SQLite files are opened read-only and never created.
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -42,11 +43,14 @@ from fedmine.connectors.source import (
 )
 
 OWN_PARAMETERS = ("table", "query", "schema")
+#: Read option naming a unique numeric column: rows are read ordered by it, and in partitions split by its ranges.
+PARTITION_KEY = "partition_key"
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; an unreachable host must not hang a run
 # pandas.read_sql keywords that do not fit a one-frame read.
 _EXCLUDED_OPTIONS = ("sql", "con", "chunksize", "columns")
 READ_OPTIONS = (
     "columns",  # ?table= only: read these columns, quoted like the table
+    PARTITION_KEY,  # rows ordered by this unique column (and split by its ranges on a cluster)
     *(name for name in inspect.signature(pandas.read_sql).parameters if name not in _EXCLUDED_OPTIONS),
 )
 
@@ -145,34 +149,148 @@ def read_database(source: DatabaseSource, options: dict[str, Any] | None = None)
         columns = column_list(columns)
     if columns is not None and source.table is None:
         raise SourceError("read option 'columns' applies to ?table= only; select them in the query")
-    engine = _engine(source)
-    try:
+    key = options.pop(PARTITION_KEY, None)
+    with _connected(source) as connection:
+        statement, _ = _rows(connection, source, columns, key)
+        return _read(statement, connection, source, options)
+
+
+def _connected(source: DatabaseSource):
+    """A connection that disposes of its engine when closed; an unreachable database is a transient SourceError."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def connected():
+        engine = _engine(source)
         try:
-            connection = engine.connect()
-        except sa.exc.DBAPIError as exc:
-            raise SourceError(
-                f"cannot connect to {source.address}: {_driver_message(exc)}",
-                secrets=source.secrets,
-                transient=True,
-            ) from exc
-        with connection:
-            if source.table is not None:
-                _check_table(connection, source)
-                selected = [sa.column(name) for name in columns] if columns is not None else [sa.literal_column("*")]
-                statement = sa.select(*selected).select_from(sa.table(source.table, schema=source.schema))
-            else:
-                statement = sa.text(source.query)
             try:
-                return pandas.read_sql(statement, connection, **options)
-            except (sa.exc.DBAPIError, pandas.errors.DatabaseError) as exc:
-                # pandas wraps the driver's error; its cause holds the driver's words.
-                cause = exc.__cause__ if isinstance(exc.__cause__, sa.exc.DBAPIError) else exc
-                what = f"table '{source.table}'" if source.table else "query"
-                raise SourceError(f"reading {what} failed: {_driver_message(cause)}", secrets=source.secrets) from exc
-            except (TypeError, ValueError) as exc:
-                raise SourceError(f"bad read options: {one_line(exc)}") from exc
-    finally:
-        engine.dispose()
+                connection = engine.connect()
+            except sa.exc.DBAPIError as exc:
+                raise SourceError(
+                    f"cannot connect to {source.address}: {_driver_message(exc)}",
+                    secrets=source.secrets,
+                    transient=True,
+                ) from exc
+            with connection:
+                yield connection
+        finally:
+            engine.dispose()
+
+    return connected()
+
+
+def _rows(connection, source: DatabaseSource, columns: list[str] | None, key: Any = None):
+    """SELECT of the table (its columns) or the query, ordered by ``key`` if given (and its key column)."""
+    if key is None and source.table is None:
+        return sa.text(source.query), None
+    k = None if key is None else _key(key)
+    everything = [sa.literal_column("*")]
+    if source.table is not None:
+        _check_table(connection, source)
+        selected = [sa.column(name) for name in columns] if columns is not None else everything
+        statement = sa.select(*selected).select_from(sa.table(source.table, schema=source.schema))
+    else:
+        statement = sa.select(*everything).select_from(sa.text(f"({source.query}) AS fedmine_rows"))
+    return (statement if k is None else statement.order_by(k)), k
+
+
+def _key(key: Any):
+    if not isinstance(key, str) or not key:
+        raise SourceError(f"read option '{PARTITION_KEY}' must be a column name, got {key!r}")
+    return sa.column(key)
+
+
+def _read(statement, connection, source: DatabaseSource, options: dict[str, Any]):
+    what = f"table '{source.table}'" if source.table else "query"
+    try:
+        return pandas.read_sql(statement, connection, **options)
+    except (sa.exc.DBAPIError, pandas.errors.DatabaseError) as exc:
+        # pandas wraps the driver's error; its cause holds the driver's words.
+        cause = exc.__cause__ if isinstance(exc.__cause__, sa.exc.DBAPIError) else exc
+        raise SourceError(f"reading {what} failed: {_driver_message(cause)}", secrets=source.secrets) from exc
+    except (TypeError, ValueError) as exc:
+        raise SourceError(f"bad read options: {one_line(exc)}") from exc
+
+
+def plan_ranges(text: str, source: DatabaseSource, options: dict[str, Any], *, rows: int, n: int | None) -> list:
+    """A SQL source as partitions by ranges of its ``partition_key`` (a unique numeric column).
+
+    The key's range ``[min, max]`` is cut into ``n`` equal ranges (default:
+    enough for about ``rows`` rows each); each is counted, and read ordered by
+    the key (:func:`read_range`). Ranges without rows are left out.
+    """
+    from fedmine.connectors.partitioned import Partition
+
+    options = dict(options)
+    _check_options(options)
+    key = options.pop(PARTITION_KEY, None)
+    if key is None:
+        raise SourceError(
+            f"a SQL source is read in partitions by ranges of a key: set read option {PARTITION_KEY} "
+            f"(a unique numeric column, e.g. {PARTITION_KEY}: customer_id)"
+        )
+    columns = options.get("columns")
+    if columns is not None and source.table is None:
+        raise SourceError("read option 'columns' applies to ?table= only; select them in the query")
+    with _connected(source) as connection:
+        ordered, k = _rows(connection, source, None if columns is None else column_list(columns), key)
+        table = ordered.order_by(None).subquery("fedmine_range")
+        k = table.c[key] if key in table.c else sa.literal_column(sa.column(key).name)
+        try:
+            low, high, count, distinct = connection.execute(
+                sa.select(sa.func.min(k), sa.func.max(k), sa.func.count(), sa.func.count(sa.distinct(k))).select_from(
+                    table
+                )
+            ).one()
+        except sa.exc.DBAPIError as exc:
+            raise SourceError(f"{PARTITION_KEY} {key}: {_driver_message(exc)}", secrets=source.secrets) from exc
+        if count and distinct != count:
+            raise SourceError(
+                f"{PARTITION_KEY} {key} must be unique and never NULL (it orders the rows): "
+                f"{count - distinct} of {count} rows repeat a value or have none"
+            )
+        if not count:
+            return []
+        if isinstance(low, bool) or not isinstance(low, (int, float)):
+            raise SourceError(f"{PARTITION_KEY} {key} must be a numeric column; its smallest value is {low!r}")
+        n_ranges = max(1, int(n) if n else -(-int(count) // max(int(rows), 1)))
+        step = (high - low) / n_ranges
+        cuts = [low + step * i for i in range(1, n_ranges)]
+        if isinstance(low, int):
+            cuts = sorted({int(c) for c in cuts if low < int(c) <= high})
+        bounds = [low, *cuts, None]
+        parts = []
+        for lo, hi in itertools.pairwise(bounds):
+            where = k >= lo if hi is None else sa.and_(k >= lo, k < hi)
+            counted = connection.execute(sa.select(sa.func.count()).select_from(table).where(where)).scalar_one()
+            if counted:
+                label = f"{key} >= {lo}" if hi is None else f"{lo} <= {key} < {hi}"
+                parts.append(
+                    Partition(
+                        index=len(parts), rows=int(counted), label=label, kind="sql", path=text, key=key,
+                        low=lo, high=hi, options=dict(options), schema=source,
+                    )
+                )  # fmt: skip
+        return parts
+
+
+def read_range(part: Any):
+    """One key range of a SQL source, ordered by the key, in chunks of rows (frames)."""
+    from fedmine.connectors.partitioned import BATCH_ROWS
+
+    source: DatabaseSource = part.schema
+    options = dict(part.options)
+    columns = options.pop("columns", None)
+    with _connected(source) as connection:
+        ordered, k = _rows(connection, source, None if columns is None else column_list(columns), part.key)
+        where = k >= part.low if part.high is None else sa.and_(k >= part.low, k < part.high)
+        statement = ordered.where(where)
+        chunks = _read(statement, connection, source, dict(options, chunksize=BATCH_ROWS))
+        try:
+            yield from chunks
+        except (sa.exc.DBAPIError, pandas.errors.DatabaseError) as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, sa.exc.DBAPIError) else exc
+            raise SourceError(f"reading {part.label} failed: {_driver_message(cause)}", secrets=source.secrets) from exc
 
 
 def _parse_query_string(query_string: str) -> dict[str, str]:

@@ -1,5 +1,10 @@
 """Parquet sources: ``.parquet`` and ``.pq`` files or folders, read by pyarrow.
 
+A folder (with or without a suffix) is a dataset with hive partitioning
+(``year=2024/region=north/...``), read as :mod:`fedmine.connectors.partitioned`
+reads its partitions, in the same order, so one process and a cluster hold the
+same rows.
+
 The file may be local or on any pyarrow filesystem: a ``file://``, ``s3://``,
 ``gs://`` or ``hdfs://`` URI, or (from Python) a ``filesystem`` read option
 holding a ``pyarrow.fs.FileSystem`` with the source as a path inside it.
@@ -41,9 +46,7 @@ def read_parquet(location: Location, options: dict[str, Any] | None = None) -> p
     """
     options = dict(options or {})
     options.pop("filesystem", None)
-    for name in options:
-        if name not in READ_OPTIONS:
-            raise SourceError(f"unknown read option '{name}' for Parquet; allowed: {', '.join(READ_OPTIONS)}")
+    check_options(options)
     columns = options.get("columns")
     if columns is not None:
         columns = column_list(columns)
@@ -52,6 +55,10 @@ def read_parquet(location: Location, options: dict[str, Any] | None = None) -> p
         filters = _filters(filters)
 
     _check_exists(location)
+    from fedmine.connectors import partitioned
+
+    if partitioned.is_dataset(location):  # the rows its partitions hold, in the same order
+        return partitioned.read_all(partitioned.plan_parquet(location, options, partition_rows=1 << 62))
     try:
         table = pyarrow.parquet.read_table(
             location.path, columns=columns, filters=filters, filesystem=location.filesystem
@@ -68,6 +75,13 @@ def read_parquet(location: Location, options: dict[str, Any] | None = None) -> p
     except OSError as exc:
         raise SourceError(f"cannot read {location.path}: {one_line(exc)}") from exc
     return table.to_pandas()
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Raise for a read option Parquet does not take."""
+    for name in options:
+        if name not in READ_OPTIONS:
+            raise SourceError(f"unknown read option '{name}' for Parquet; allowed: {', '.join(READ_OPTIONS)}")
 
 
 def _filters(value: object) -> list:

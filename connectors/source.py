@@ -6,6 +6,7 @@ understands (``file://``, ``s3://``, ``gs://``, ``hdfs://``, ...)::
 
     data/bank.csv                       -> delimited, path resolved against base_dir
     file:///srv/data/bank.parquet       -> parquet, local path
+    data/bank/  (a folder, no suffix)   -> parquet dataset, hive partitioning (connectors.partitioned)
     s3://bucket/bank.parquet            -> parquet, pyarrow S3 filesystem
     sqlite:///bank.db?table=customers   -> database (see connectors.database)
     postgresql://u:pw@host/db?table=t   -> database
@@ -126,7 +127,10 @@ def locate(source: str, *, base_dir: str | os.PathLike[str] | None = None, files
     scheme = scheme_of(source)
     found = file_suffix(source.split("?", 1)[0] if scheme else source)
     if found is None:
-        raise SourceError(unsupported(source))
+        folder = _folder(source, scheme, base_dir=base_dir, filesystem=filesystem)
+        if folder is None:
+            raise SourceError(unsupported(source))
+        return folder
     kind, suffix = found
 
     if filesystem is not None:
@@ -154,6 +158,22 @@ def locate(source: str, *, base_dir: str | os.PathLike[str] | None = None, files
             f"supported: {', '.join(SUPPORTED)} or a pyarrow filesystem URI"
         ) from exc
     return Location(kind, suffix, path, fs)
+
+
+def _folder(source: str, scheme: str | None, *, base_dir: Any, filesystem: Any) -> Location | None:
+    """A folder without a suffix is a Parquet dataset (hive partitioning); None when ``source`` is no folder."""
+    if scheme in (None, "file") and filesystem is None:
+        rest = source[len("file://") :] if scheme == "file" else source
+        path = Path(unquote(rest) if scheme == "file" else rest).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir).expanduser() / path
+        return Location("parquet", "", str(path.absolute()), None) if path.is_dir() else None
+    try:
+        fs, path = (filesystem, source) if filesystem is not None else pyarrow.fs.FileSystem.from_uri(source)
+        is_dir = fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
+    except (ValueError, TypeError, NotImplementedError, OSError):
+        return None
+    return Location("parquet", "", path, fs) if is_dir else None
 
 
 def unsupported(source: str) -> str:

@@ -131,6 +131,43 @@ class DeriveSpec(_Strict):
         return self
 
 
+#: Training strategies an organisation on a cluster supports (its rows never gather in one process).
+CLUSTER_STRATEGIES = ("histogram",)
+
+
+class ComputeSpec(_Strict):
+    """Where an organisation's party computes: ``{dask: local, workers: 2}`` or ``{dask: tcp://host:8786}``.
+
+    Its rows are held as partitions on the cluster's workers (docs/scale.md).
+    """
+
+    dask: str = Field(description="local (a LocalCluster on the party's machine) or tcp://host:port of a scheduler")
+    workers: int | None = Field(None, ge=1, le=1024, description="worker processes of a local cluster (default 2)")
+    threads_per_worker: int = Field(1, ge=1, le=256, description="threads per worker process of a local cluster")
+    memory_limit: str | None = Field(None, description="per worker of a local cluster, e.g. 4GiB (default: Dask's)")
+    partition_rows: int = Field(
+        1_000_000, ge=1, description="rows per partition at most (Parquet: whole row groups; SQL: key ranges)"
+    )
+    partitions: int | None = Field(None, ge=1, description="SQL sources: key ranges (default from partition_rows)")
+
+    @field_validator("dask")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        if v != "local" and not re.match(r"^(tcp|tls)://[^/:]+:\d+$", v):
+            raise ValueError(
+                f"{v!r} is not allowed; allowed: local, or tcp://host:port (tls://host:port) of a scheduler"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _local_only(self) -> ComputeSpec:
+        if self.dask != "local":
+            for key in ("workers", "memory_limit"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} sets up a local cluster (dask: local); {self.dask} has its own workers")
+        return self
+
+
 class OrganisationSpec(_Strict):
     """One organisation: where its rows are and how they map onto the canonical schema.
 
@@ -157,6 +194,7 @@ class OrganisationSpec(_Strict):
         "error", description="error | other | missing, or per category feature {feature: policy}"
     )
     industry: str | None = None
+    compute: ComputeSpec | None = Field(None, description="hold the rows as partitions on a Dask cluster")
 
     @field_validator("endpoint")
     @classmethod
@@ -484,6 +522,12 @@ class FederationConfig(_Strict):
             )
         for org, spec in self.organisations.items():
             check_mapping(org, spec, self.features, self.label)
+            if spec.compute is not None and strategy not in CLUSTER_STRATEGIES:
+                raise ValueError(
+                    f"organisations.{org}.compute: an organisation on a Dask cluster trains with "
+                    f"training.strategy {', '.join(CLUSTER_STRATEGIES)}, not {strategy} "
+                    f"(its rows never gather in one process for LightGBM)"
+                )
         return self
 
     @property

@@ -79,6 +79,8 @@ def summarise(
     for org, d in coord.descriptions.items():
         federated, local_only = last.org_metrics.get(org, {}), baselines.get(org, {}).get("metrics", {})
         notes = organisation_notes(cfg, d, federated, local_only)
+        if baselines.get(org, {}).get("notice"):
+            notes = [baselines[org]["notice"], *notes]
         if org in dropped:  # left out after a failure: no baseline, no metrics of the final model
             notes = [f"left out in round {dropped[org]['round']} after a failure: {dropped[org]['reason']}", *notes]
         orgs[org] = {

@@ -359,6 +359,8 @@ class Tracker:
     def log_baseline(self, org: str, baseline: dict[str, Any]) -> None:
         """An organisation's local-only model: final metrics and its learning curve."""
         rid = self.org_runs[org]
+        if baseline.get("notice"):  # no local-only model (an organisation on a cluster): say why
+            self.client.set_tag(rid, "fedmine.baseline.notice", str(baseline["notice"])[:4000])
         final = {f"local_only.{k}": v for k, v in baseline["metrics"].items() if v == v}
         self._log_metrics(rid, final, 0)
         ts = int(time.time() * 1000)

@@ -51,6 +51,7 @@ def federated_training(
     else:
         checkpoint = None
         tracker.start(tags={"fedmine.config": str(Path(config).resolve())})
+    parties: list[Any] = []
     try:
         # each organisation: prepared here (a source) or reached at its party server (an endpoint)
         futures = [
@@ -97,3 +98,6 @@ def federated_training(
     except BaseException as exc:
         tracker.fail(exc, config=config)  # a store that stays unwritable: one line, the run left for --resume
         raise
+    finally:
+        for party in parties:  # an organisation's Dask cluster started for this run stops with it
+            getattr(party, "close", lambda: None)()

@@ -44,6 +44,24 @@ def make_party(data: HarmonisedFrame, cfg: FederationConfig, org: str) -> Party:
     return Party.for_organisation(cfg, org, data)
 
 
+@task(name="make-cluster-party", cache_policy=NO_CACHE)
+def make_cluster_party(cfg: FederationConfig, org: str) -> Party:
+    """The organisation's rows read, harmonised and split in partitions on its Dask cluster; its party."""
+    from prefect import get_run_logger
+
+    from fedmine.party.cluster import ClusterParty
+
+    party = ClusterParty.for_organisation(cfg, org)
+    get_run_logger().info(
+        "organisation %s: %d partitions on %s; Dask dashboard %s",
+        org,
+        len(party.partitions_.plans),
+        cfg.organisations[org].compute.dask,  # type: ignore[union-attr]
+        party.dashboard_link,
+    )
+    return party
+
+
 def _worth_retrying(state) -> bool:
     """A source that could not be reached is tried again; bad input (a missing file, a bad scheme) is not."""
     from fedmine.errors import ConnectorError, FedmineError

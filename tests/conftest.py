@@ -73,3 +73,22 @@ def trained(prefect_harness, demo_config, tmp_path_factory) -> dict:
     summary_path = tmp_path_factory.mktemp("summary") / "summary.json"
     summary = federated_training(str(demo_config), [], str(summary_path))
     return {"summary": summary, "summary_path": summary_path, "config": demo_config}
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """One real Dask LocalCluster for the session: 2 worker processes (not threads), one thread each.
+
+    Yields the client; organisations on a cluster in the tests use it
+    (``ClusterParty.for_organisation(..., client=...)``). A test that kills a
+    worker leaves the cluster with 2 workers again (the nanny restarts it).
+    """
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", host="127.0.0.1"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

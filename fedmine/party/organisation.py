@@ -26,13 +26,15 @@ from fedmine.schema import HarmonisedFrame
 LGB_METRICS = metrics.METRICS
 
 
-def global_row_ids(org: str, n_rows: int) -> np.ndarray:
+def global_row_ids(org: str, n_rows: int, *, start: int = 0) -> np.ndarray:
     """Row ids unique across the federation: ``crc32(org) << 32 | local index``.
 
     The engine samples rows for bagging from a hash of the row id, so the same
-    ids give the same sample pooled or federated.
+    ids give the same sample pooled or federated. ``start``: the local index
+    of the first row (a partition of the organisation's training rows).
     """
-    return (np.uint64(zlib.crc32(org.encode())) << np.uint64(32)) | np.arange(n_rows, dtype=np.uint64)
+    local = np.arange(start, start + n_rows, dtype=np.uint64)
+    return (np.uint64(zlib.crc32(org.encode())) << np.uint64(32)) | local
 
 
 @dataclass
@@ -51,14 +53,21 @@ def split_rows(data: HarmonisedFrame, *, fraction: float, seed: int, org: str) -
     Each organisation draws its own permutation from ``(seed, crc32(org))`` so
     the split does not depend on the order in which organisations are listed.
     """
-    n = data.rows
+    is_valid = validation_mask(data.rows, fraction=fraction, seed=seed, org=org)
+    valid, train = np.flatnonzero(is_valid), np.flatnonzero(~is_valid)
+    return TrainValidRows(data.X[train], data.y[train], data.X[valid], data.y[valid])
+
+
+def validation_mask(n: int, *, fraction: float, seed: int, org: str) -> np.ndarray:
+    """Which of an organisation's ``n`` rows are validation rows: bool of shape (n,), :func:`split_rows`' draw."""
     rng = np.random.default_rng([seed, zlib.crc32(org.encode())])
     order = rng.permutation(n)
     n_valid = round(n * fraction)
     if fraction > 0 and n_valid == 0 and n > 1:
         n_valid = 1
-    valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
-    return TrainValidRows(data.X[train], data.y[train], data.X[valid], data.y[valid])
+    mask = np.zeros(n, dtype=bool)
+    mask[order[:n_valid]] = True
+    return mask
 
 
 def fingerprint(rows: TrainValidRows) -> str:

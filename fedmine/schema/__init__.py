@@ -1,5 +1,5 @@
 """The canonical schema and each organisation's mapping onto it."""
 
-from fedmine.schema.harmonise import HarmonisedFrame, harmonise, harmonise_features
+from fedmine.schema.harmonise import HarmonisedFrame, harmonise, harmonise_features, merge_reports
 
-__all__ = ["HarmonisedFrame", "harmonise", "harmonise_features"]
+__all__ = ["HarmonisedFrame", "harmonise", "harmonise_features", "merge_reports"]

@@ -821,3 +821,35 @@ def _label_source(cfg: FederationConfig, org: str) -> str:
         if dst == cfg.label:
             return src
     return cfg.label
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of consecutive slices of one source, as :func:`harmonise` reports the whole.
+
+    Counts add; a missing rate is the missing rows over all rows (each slice's
+    count recovered exactly from its rate); unknown categories keep the first
+    five examples; problems are listed in order.
+    """
+    if len(reports) == 1:
+        return reports[0]
+    rows = sum(int(r["rows"]) for r in reports)
+    merged: dict[str, Any] = {
+        "rows": rows,
+        "missing_rate": {},
+        "out_of_range": {},
+        "unknown_categories": {},
+        "unmapped_columns": reports[0].get("unmapped_columns", []),
+        "absent_features": reports[0].get("absent_features", []),
+        "problems": [m for r in reports for m in r.get("problems", [])],
+    }
+    for name in reports[0]["missing_rate"]:
+        missing = sum(round(r["missing_rate"][name] * int(r["rows"])) for r in reports)
+        merged["missing_rate"][name] = missing / max(rows, 1)
+    for r in reports:
+        for name, count in r["out_of_range"].items():
+            merged["out_of_range"][name] = merged["out_of_range"].get(name, 0) + int(count)
+        for name, u in r["unknown_categories"].items():
+            m = merged["unknown_categories"].setdefault(name, {"count": 0, "examples": [], "policy": u["policy"]})
+            m["count"] += int(u["count"])
+            m["examples"] = (m["examples"] + [e for e in u["examples"] if e not in m["examples"]])[:5]
+    return merged

@@ -1,0 +1,236 @@
+"""An organisation's party whose rows live on its own Dask cluster.
+
+This module owns :class:`ClusterParty`, the :class:`~fedmine.party.organisation.Party`
+of an organisation with a ``compute:`` key, and :func:`connect`, which reaches
+(or starts) the organisation's cluster. The party answers the protocol table
+as every party does, with the same stage checks, policy and masks; its engine
+state is a :class:`~fedmine.party.partitions.PartitionedState`, so every
+engine call fans out to the partitions on the workers and their integer
+answers are summed here before anything leaves the organisation. The
+coordinator cannot tell it from a single-process party, and the model is
+the same.
+
+What crosses between the party and its workers is the organisation's own
+business, inside its own network: the partitions' rows never leave the
+workers; the workers send the party their per-partition aggregates (the
+histograms before the masks, bounds, counts) and their validation labels and
+scores (for the organisation's own metrics). What crosses to the coordinator
+is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from fedmine import connectors
+from fedmine.errors import ConfigError, PartyError
+from fedmine.party.organisation import Party, TrainValidRows, validation_mask
+from fedmine.party.partitions import PartitionedState, PartitionPlan
+from fedmine.party.policy import PartyPolicy
+from fedmine.protocol import CREATED
+from fedmine.schema import merge_reports
+
+log = logging.getLogger(__name__)
+
+
+def connect(compute: Any, *, org: str) -> tuple[Any, Any]:
+    """The organisation's Dask client and, for ``dask: local``, the LocalCluster it started (else None).
+
+    A local cluster has ``compute.workers`` worker processes (default 2) on
+    this machine; an address (``tcp://host:port``) is an existing scheduler
+    whose workers have fedmine installed.
+    """
+    from distributed import Client, LocalCluster
+
+    if compute.dask == "local":
+        cluster = LocalCluster(
+            n_workers=compute.workers or 2,
+            threads_per_worker=compute.threads_per_worker,
+            processes=True,
+            memory_limit=compute.memory_limit or "auto",
+            dashboard_address="127.0.0.1:0",
+            host="127.0.0.1",
+        )
+        return Client(cluster), cluster
+    try:
+        return Client(compute.dask, timeout=30), None
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(
+            f"organisations.{org}.compute.dask: cannot reach the Dask scheduler at {compute.dask}: "
+            f"{' '.join(str(exc).split())}"
+        ) from None
+
+
+class ClusterParty(Party):
+    """An organisation's party whose rows are partitions on a Dask cluster.
+
+    Parameters
+    ----------
+    name : the organisation's name.
+    state : its partitions (loaded: :meth:`PartitionedState.load` has run).
+    infos : what each partition answered to its load (row counts, labels, report, digest).
+    client, cluster : the Dask client, and the LocalCluster this party started (None for an address).
+    The rest are :class:`Party`'s.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        state: PartitionedState,
+        infos: list[dict[str, Any]],
+        *,
+        client: Any,
+        cluster: Any = None,
+        objective: str,
+        num_class: int,
+        feature_names: list[str],
+        categorical: list[int],
+        policy: PartyPolicy | None = None,
+    ) -> None:
+        n_features = len(feature_names)
+        y_valid = np.concatenate([info["y_valid"] for info in infos])
+        # the party holds the validation labels (its own metrics), never the rows
+        held = TrainValidRows(np.empty((0, n_features)), np.empty(0), np.empty((0, n_features)), y_valid)
+        super().__init__(
+            name,
+            held,
+            objective=objective,
+            num_class=num_class,
+            feature_names=feature_names,
+            categorical=categorical,
+            report=merge_reports([info["report"] for info in infos]),
+            policy=policy,
+        )
+        self.client = client
+        self.cluster = cluster
+        self.partitions_ = state
+        self._engine = state
+        self.fingerprint_ = state.digest()
+        self._n_train = sum(info["n_train"] for info in infos)
+        self._label_sums = np.sum([info["label_sums"] for info in infos], axis=0)
+
+    @classmethod
+    def for_organisation(  # type: ignore[override]
+        cls, cfg: Any, org: str, *, enforce_policy: bool = True, client: Any = None
+    ) -> ClusterParty:
+        """``org``'s party over its source read in partitions on its cluster (``organisations.<org>.compute``).
+
+        ``client``: a Dask client to use instead of the config's cluster (the
+        caller keeps it).
+        """
+        spec = cfg.organisations[org]
+        compute = spec.compute
+        if compute is None:
+            raise ConfigError(f"organisations.{org}.compute: not set; a cluster party needs its Dask cluster")
+        if spec.source is None:
+            raise ConfigError(f"organisations.{org}.source: not set; a cluster party reads its source in partitions")
+        parts = connectors.plan(
+            spec.source,
+            spec.read,
+            base_dir=cfg.base_dir,
+            org=org,
+            partition_rows=compute.partition_rows,
+            partitions=compute.partitions,
+        )
+        parts = [p for p in parts if p.rows > 0]
+        n = sum(p.rows for p in parts)
+        t = cfg.training
+        valid = validation_mask(n, fraction=t.validation_fraction, seed=t.seed, org=org)
+        plans, at, first_row = [], 0, 0
+        for p in parts:
+            v = valid[at : at + p.rows]
+            plans.append(PartitionPlan(org=org, source=spec.source, part=p, cfg=cfg, valid=v, first_row=first_row))
+            at += p.rows
+            first_row += p.rows - int(v.sum())
+        cluster = None
+        if client is None:
+            client, cluster = connect(compute, org=org)
+        log.info(
+            "organisation %s: %d partitions on %s; Dask dashboard %s",
+            org,
+            len(plans),
+            compute.dask,
+            client.dashboard_link,
+        )
+        try:
+            state = PartitionedState(client, plans, org=org)
+            infos = state.load()
+        except BaseException:
+            if cluster is not None:
+                client.close()
+                cluster.close()
+            raise
+        return cls(
+            org,
+            state,
+            infos,
+            client=client,
+            cluster=cluster,
+            objective=cfg.objective,
+            num_class=cfg.num_class,
+            feature_names=list(cfg.features),
+            categorical=[i for i, f in enumerate(cfg.features.values()) if f.type == "category"],
+            policy=PartyPolicy.from_config(cfg, org) if enforce_policy else None,
+        )
+
+    @property
+    def dashboard_link(self) -> str:
+        """The Dask dashboard of the organisation's cluster."""
+        return str(self.client.dashboard_link)
+
+    def close(self) -> None:
+        """Let the partitions go; stop the LocalCluster if this party started it."""
+        self.partitions_.close()
+        if self.cluster is not None:
+            self.client.close()
+            self.cluster.close()
+            self.cluster = None
+
+    def begin_training(self, training_id: str) -> None:
+        """A new training: the partitions back to their first stage (their rows kept), no keys, no noise."""
+        super().begin_training(training_id)
+        state = self.partitions_
+        if state.stage_ != CREATED:
+            state.reset()
+        state._noise = None
+        self._engine = state
+
+    def engine_state(self) -> PartitionedState:  # type: ignore[override]
+        return self.partitions_
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["n_rows"] = self._n_train
+        d["label_sums"] = self._label_sums
+        return d
+
+    def _cluster_only(self, name: str) -> PartyError:
+        return self._refuse(
+            name,
+            "this organisation's rows are partitions on a Dask cluster; it trains with the histogram strategy only",
+        )
+
+    def train_local(self, params: dict[str, Any], num_boost_round: int) -> list:
+        raise self._cluster_only("train_local")
+
+    def add_trees(self, step: int, trees: list | None) -> None:
+        if trees:
+            raise self._cluster_only("add_trees")
+
+    def local_baseline(self, params: dict[str, Any], num_boost_round: int) -> dict[str, Any]:
+        """No local-only model: LightGBM would gather the rows in one process; the notice says so."""
+        return {
+            "metrics": {},
+            "curve": {},
+            "rows_train": self._n_train,
+            "notice": (
+                f"local-only baseline skipped: organisation {self.name} holds its rows on a Dask cluster "
+                f"({len(self.partitions_.plans)} partitions) and trains with the histogram strategy only"
+            ),
+        }
+
+    def _profile_rows(self) -> list[np.ndarray]:
+        raise self._refuse("profile", "this organisation's rows are partitions on a Dask cluster; profile them there")
