@@ -635,6 +635,54 @@ def bank_weekdays(data: Path) -> None:
     write_pair("bank_weekdays", config, expected, {"callcentre.csv": new}, bank_weekdays.__doc__ or "")
 
 
+def bank_2012_joins() -> None:
+    """The other way round: the 2012 release joins a federation that knows the 2014 release; both unchanged."""
+    config = {
+        "name": "bank-2012-joins",
+        "label": "subscribed",
+        "features": BANK_FEATURES,
+        "organisations": {"bank_additional": BANK_2014, "bank": {"source": BANK_2012["source"], "read": {"sep": ";"}}},
+    }
+    expected = {
+        "new": "bank",
+        "rename": BANK_RENAME,
+        "missing": {"days_since_previous": [-1], "previous_outcome": ["unknown"]},
+        "left_out": ["day"],
+    }
+    write_pair("bank_2012_joins", config, expected, {}, bank_2012_joins.__doc__ or "")
+
+
+def credit_original(data: Path) -> None:
+    """Card clients under the original export's names and codes join the issuer that maps codes to names."""
+    raw = pd.read_csv(data / "uci_default_credit_card_taiwan/UCI_Credit_Card.csv")
+    rows = sample(raw, 1000, seed=SEED + 7)
+    keep = ["ID", "LIMIT_BAL", "SEX", "EDUCATION", "MARRIAGE", "AGE", "DEFAULT_PAYMENT_NEXT_MONTH"]
+    config = yaml.safe_load((HERE / "credit_taiwan" / "federation.yaml").read_text())
+    features = config["features"]
+    config = {
+        "name": "credit-original",
+        "label": "default_next_month",
+        "features": {k: features[k] for k in ("credit_limit", "sex", "education", "marital_status", "age")},
+        "organisations": {
+            "taipei": {**config["organisations"]["taipei"], "source": "../credit_taiwan/taipei.csv"},
+            "original": {"source": "original.csv"},
+        },
+    }
+    expected = {
+        "new": "original",
+        "rename": {
+            "LIMIT_BAL": "credit_limit",
+            "SEX": "sex",
+            "EDUCATION": "education",
+            "MARRIAGE": "marital_status",
+            "AGE": "age",
+            "DEFAULT_PAYMENT_NEXT_MONTH": "default_next_month",
+        },
+        "left_out": ["ID"],
+    }
+    write_pair("credit_original", config, expected, {"original.csv": rows[keep]}, credit_original.__doc__ or "")
+
+
 def main() -> None:
     data = Path(sys.argv[1])
     bank_releases()
@@ -644,6 +692,8 @@ def main() -> None:
     wholesale(data)
     bank_flags(data)
     bank_weekdays(data)
+    bank_2012_joins()
+    credit_original(data)
 
 
 if __name__ == "__main__":
