@@ -276,10 +276,10 @@ class PartitionedState:
                         )
                 for f in [a.run(self._journal) for a in actors.values()]:
                     f.result()
-            except FedmineError:
+            except PartyError:
                 raise
             except Exception as exc:
-                if attempt == 1 or not _lost(exc):
+                if attempt == 1 or not _lost(exc):  # a source that cannot be read again fails here too
                     names = ", ".join(self._label(i) for i in lost)
                     raise PartyError(
                         f"party {self.org}: {names} lost with its worker ({type(why).__name__}: {why}) "

@@ -132,3 +132,56 @@ def test_compute_key_is_checked(tmp_path):
         ConfigError, match=r"workers sets up a local cluster \(dask: local\); tcp://scheduler:8786 has its own workers"
     ):
         config_from_dict(raw)
+
+
+def kill_on(party, call, nth, *, partition=0):
+    """Kill (SIGKILL) the worker process holding ``partition`` when the party receives its ``nth`` ``call``."""
+    import os
+    import signal
+
+    original, seen = party.call, {"n": 0}
+
+    def call_then_kill(name, *args, **kwargs):
+        if name == call:
+            seen["n"] += 1
+            if seen["n"] == nth:
+                os.kill(party.partitions_.workers()[partition], signal.SIGKILL)
+        return original(name, *args, **kwargs)
+
+    party.call = call_then_kill
+    return seen
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_tree_is_rebuilt_from_the_source_and_the_model_is_unchanged(tmp_path, dask_cluster):
+    cfg = federation(tmp_path, ["bank", "shop"], cluster_orgs={"bank"}, rounds=5)
+    cluster = ClusterParty.for_organisation(cfg, "bank", client=dask_cluster)
+    before = cluster.partitions_.workers()
+    seen = kill_on(cluster, "split_histograms", 9)  # in round 2 or 3, between two splits of a tree
+    text_killed, hist_killed = train(cfg, [cluster, single_process(cfg, "shop")])
+    assert seen["n"] > 9
+    lost = [i for i, pid in enumerate(before) if pid == before[0]]
+    assert sorted(cluster.partitions_.rebuilt_) == lost  # every partition of the killed worker, no other
+    after = cluster.partitions_.workers()
+    assert all(after[i] != before[0] for i in lost)
+    text_alone, hist_alone = train(cfg, [single_process(cfg, "bank"), single_process(cfg, "shop")])
+    assert text_killed == text_alone
+    assert hist_killed == hist_alone
+
+
+@pytest.mark.slow
+def test_a_partition_that_cannot_be_rebuilt_fails_the_party_in_one_line(tmp_path, dask_cluster):
+    import os
+
+    from fedmine.errors import PartyError
+
+    cfg = federation(tmp_path, ["bank", "shop"], cluster_orgs={"bank"}, rounds=3)
+    cluster = ClusterParty.for_organisation(cfg, "bank", client=dask_cluster)
+    part = cluster.partitions_.plans[0].part
+    os.remove(part.path)  # the source lost a file since the training started
+    kill_on(cluster, "split_histograms", 3)
+    with pytest.raises(
+        PartyError, match=rf"^party bank: partition 0 \({part.label}\)(, partition \d+ \([^)]*\))* lost with its worker"
+    ) as info:
+        train(cfg, [cluster, single_process(cfg, "shop")])
+    assert "\n" not in str(info.value) and "file not found" in str(info.value)
