@@ -491,9 +491,11 @@ class EncryptedRows:
         return executor
 
     def close(self) -> None:
-        """Stop the worker pool, if any."""
+        """Stop the worker pool, if any, and wait for its processes to exit."""
         if self._finalizer is not None:
-            self._finalizer()
+            self._finalizer.detach()
+        if self._pool is not None:
+            self._pool[1].shutdown(wait=True, cancel_futures=True)
         self._pool = self._finalizer = None
 
 
