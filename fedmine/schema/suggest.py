@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,7 @@ W_NAME, W_FIT, W_DIST = 0.55, 0.30, 0.15
 #: A pair is proposed from this score on (with evidence of identity, see the module docstring).
 MIN_SCORE = 0.5
 #: Names that usually mean "the label" (a column of only this word).
-LABEL_WORDS = frozenset({"y", "target", "label", "class", "outcome", "response", "default"})
+LABEL_WORDS = frozenset({"y", "target", "label", "class", "outcome", "response"})
 #: Distinct values up to which a numeric column is also counted per value (codes, flags, counts).
 MAX_CODES = 50
 
@@ -172,6 +173,7 @@ class Candidate:
     values: dict[str, Any] = field(default_factory=dict)
     unresolved: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    hint: dict[str, tuple[str, float, float]] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -256,6 +258,7 @@ def _category_pair(
             cand.notes.append(f"{col.distinct} distinct values against {len(vocab)} codes")
     elif numeric:
         fit = max(fit, 0.2)  # codes of a named vocabulary: the values are a person's to map
+        cand.hint = _codes_by_frequency(col.values, fed.get("categories") or {})
     else:
         fit = max(fit, 0.3)
     cand.fit = fit
@@ -280,6 +283,25 @@ def _category_pair(
         hows = sorted(set(match.how.values()))
         cand.notes.append(f"values by {', '.join(hows)}")
     return cand
+
+
+def _codes_by_frequency(values: dict[str, int], cats: dict[str, int]) -> dict[str, tuple[str, float, float]]:
+    """Codes paired with categories of the same rank of frequency: code -> (category, its share, the code's share).
+
+    Only a hint for a person (a comment of the proposal, never a ``values``
+    entry), and only when there are as many codes as categories with rows and
+    neighbouring shares differ enough (by 5 points) to tell the ranks apart.
+    """
+    total_fed, total = sum(cats.values()), sum(values.values())
+    present = {c: n / total_fed for c, n in cats.items() if n} if total_fed else {}
+    if not present or len(values) != len(present) or not total:
+        return {}
+    mine = sorted(((n / total, v) for v, n in values.items()), reverse=True)
+    theirs = sorted(((share, c) for c, share in present.items()), reverse=True)
+    for ranked in (mine, theirs):
+        if any(a[0] - b[0] < 0.05 for a, b in pairwise(ranked)):
+            return {}
+    return {v: (c, fed_share, share) for (share, v), (fed_share, c) in zip(mine, theirs, strict=True)}
 
 
 def _bool_pair(cand: Candidate, col: ColumnSummary, fed: dict[str, Any], *, name: str) -> Candidate | None:
@@ -480,6 +502,7 @@ class Suggestion:
     units: dict[str, str] = field(default_factory=dict)
     scale: dict[str, float] = field(default_factory=dict)
     unresolved: dict[str, list[str]] = field(default_factory=dict)
+    hints: dict[str, dict[str, tuple[str, float, float]]] = field(default_factory=dict)
     unmatched_features: list[str] = field(default_factory=list)
     unmatched_columns: list[str] = field(default_factory=list)
     runners_up: list[Candidate] = field(default_factory=list)
@@ -523,6 +546,10 @@ class Suggestion:
                 f"# values of {feature} with no match in its vocabulary (add them under values:): "
                 f"{', '.join(map(str, vals))}"
             )
+            hint = self.hints.get(feature)
+            if hint:
+                pairs = ", ".join(f"{v} -> {c} ({s:.0%} here, {f:.0%} there)" for v, (c, f, s) in hint.items())
+                lines.append(f"#   by frequency against the federation's (a guess to check): {pairs}")
         if self.runners_up:
             lines.append("# not proposed (another column fits better, or too little evidence):")
             for c in self.runners_up:
@@ -591,6 +618,8 @@ def suggest_mapping(cfg: FederationConfig, org: str) -> Suggestion:
             out.values[c.feature] = {_yaml_key(k, col): v for k, v in c.values.items()}
         if c.unresolved:
             out.unresolved[c.feature] = c.unresolved
+        if c.hint:
+            out.hints[c.feature] = c.hint
         if c.scale:
             feat = cfg.features.get(c.feature)
             unit = c.unit or (_unit_for(c.scale, feat) if feat is not None else None)

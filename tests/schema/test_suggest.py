@@ -202,3 +202,13 @@ def test_assignment_beats_taking_the_best_pair_first():
     candidates = [cand("a", "x", 0.95), cand("a", "y", 0.9), cand("b", "x", 0.85), cand("b", "y", 0.3)]
     chosen = {(c.column, c.feature) for c in choose(candidates, ["a", "b"], ["x", "y"])}
     assert chosen == {("a", "y"), ("b", "x")}
+
+
+def test_an_organisation_without_a_source_is_an_input_error():
+    raw = bank_raw()
+    raw["organisations"]["remote"] = {"endpoint": "grpc+tls://localhost:50999"}
+    with pytest.raises(
+        ConfigError,
+        match=r"^organisations\.remote\.source: not set; suggest reads the new organisation's source \(run it where the rows are\)$",
+    ):
+        suggest_mapping(config_from_dict(raw), "remote")

@@ -17,7 +17,8 @@ import yaml
 from fedmine import connectors
 from fedmine.config import config_from_dict
 from fedmine.schema.harmonise import harmonise
-from tests.schema.suggest_pairs import PAIRS, PairResult, evaluate, pair_names
+from fedmine.schema.suggest import suggest_mapping
+from tests.schema.suggest_pairs import PAIRS, PairResult, evaluate, load_pair, pair_names
 
 NAMES = pair_names()
 
@@ -72,3 +73,16 @@ def test_the_proposal_harmonises_but_for_the_values_left_to_a_person(name):
     assert left == []
     for feature, entry in report["unknown_categories"].items():
         assert set(map(str, entry["examples"])) <= set(map(str, s.unresolved.get(feature, []))), feature
+
+
+def test_codes_of_named_categories_get_a_frequency_hint_not_a_mapping():
+    _, s = result("credit_original")
+    assert "sex" not in s.values and set(s.unresolved["sex"]) == {"1", "2"}
+    assert {code: hint[0] for code, hint in s.hints["sex"].items()} == {"1": "male", "2": "female"}
+    assert "education" not in s.hints  # six codes against four categories: no guess
+    assert "#   by frequency against the federation's (a guess to check): 2 -> female" in s.to_yaml()
+
+
+def test_the_proposal_is_the_same_each_time():
+    cfg, expected = load_pair("wholesale")
+    assert suggest_mapping(cfg, expected["new"]).to_yaml() == result("wholesale")[1].to_yaml()
