@@ -91,6 +91,8 @@ from fedmine.errors import FedmineError
 MIN_BITS = 2048
 #: Statistical distance of a random exponent from uniform: below 2**-EXPONENT_SLACK.
 EXPONENT_SLACK = 64
+#: Shortest opt-in exponent: 4 x 112 bits, as Ma, Han and Lei (ACSAC 2021) for 2048-bit keys.
+SHORT_EXPONENT_MIN = 448
 #: Window of the key holder's fixed-base tables (2**w entries per window, modulo p^2 and q^2).
 PRIVATE_WINDOW = 10
 #: Window of the public fixed-base table of h_s modulo n^2 (the owner's rerandomisation).
@@ -238,7 +240,13 @@ class HomomorphicKeys:
     public : HomomorphicPublic
     """
 
-    def __init__(self, p: int, q: int, h_s: int) -> None:
+    def __init__(self, p: int, q: int, h_s: int, *, short_exponent_bits: int | None = None) -> None:
+        if short_exponent_bits is not None and not SHORT_EXPONENT_MIN <= short_exponent_bits < int(mpz(p).bit_length()):
+            raise HomomorphicError(
+                f"homomorphic keys: short_exponent_bits must be at least {SHORT_EXPONENT_MIN} and below the "
+                f"primes' {int(mpz(p).bit_length())} bits, got {short_exponent_bits}"
+            )
+        self.short_exponent_bits = short_exponent_bits
         self._p, self._q = mpz(p), mpz(q)
         self.public = HomomorphicPublic(self._p * self._q, h_s)
         self._p2, self._q2 = self._p * self._p, self._q * self._q
@@ -251,15 +259,29 @@ class HomomorphicKeys:
     def __repr__(self) -> str:  # never print key material
         return f"HomomorphicKeys(<secret>, public={self.public!r})"
 
-    def __getstate__(self) -> dict[str, int]:
-        return {"p": int(self._p), "q": int(self._q), "h_s": int(self.public.h_s)}
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "p": int(self._p),
+            "q": int(self._q),
+            "h_s": int(self.public.h_s),
+            "short_exponent_bits": self.short_exponent_bits,
+        }
 
-    def __setstate__(self, state: dict[str, int]) -> None:
-        self.__init__(state["p"], state["q"], state["h_s"])  # type: ignore[misc]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["p"], state["q"], state["h_s"], short_exponent_bits=state["short_exponent_bits"]
+        )
 
     @classmethod
-    def generate(cls, *, bits: int = 2048) -> HomomorphicKeys:
-        """Fresh keys: ``n = p q`` of exactly ``bits`` bits (at least :data:`MIN_BITS`)."""
+    def generate(cls, *, bits: int = 2048, short_exponent_bits: int | None = None) -> HomomorphicKeys:
+        """Fresh keys: ``n = p q`` of exactly ``bits`` bits (at least :data:`MIN_BITS`).
+
+        ``short_exponent_bits`` (opt-in, at least :data:`SHORT_EXPONENT_MIN`):
+        draw ``alpha`` of that many bits instead of uniform modulo the order of
+        ``h_s``; encryption gets cheaper in proportion, and its secrecy then
+        rests on the short-exponent assumption as well as on composite
+        residuosity (docs/cryptography.md).
+        """
         if bits < MIN_BITS or bits % 2:
             raise HomomorphicError(f"homomorphic keys: bits must be even and at least {MIN_BITS}, got {bits}")
         while True:
@@ -277,12 +299,12 @@ class HomomorphicKeys:
             if gmpy2.gcd(x, n) == 1:
                 break
         h = (-x * x) % n
-        return cls(p, q, gmpy2.powmod(h, n, n * n))
+        return cls(p, q, gmpy2.powmod(h, n, n * n), short_exponent_bits=short_exponent_bits)
 
     def tables(self) -> tuple[_FixedBase, _FixedBase]:
         """Fixed-base tables of ``h_s`` modulo ``p^2`` and ``q^2`` (built once, about 60 MB at 2048 bits)."""
         if self._tables is None:
-            bits = int(self._p.bit_length()) + EXPONENT_SLACK
+            bits = self.short_exponent_bits or int(self._p.bit_length()) + EXPONENT_SLACK
             self._tables = (
                 _FixedBase(self.public.h_s, self._p2, exponent_bits=bits, window=PRIVATE_WINDOW),
                 _FixedBase(self.public.h_s, self._q2, exponent_bits=bits, window=PRIVATE_WINDOW),
@@ -295,12 +317,17 @@ class HomomorphicKeys:
         The exponent modulo ``p^2`` and the one modulo ``q^2`` are uniform and
         share their lowest bit, so there is one ``alpha`` (uniform modulo the
         order of ``h_s``) with both: the ciphertexts are distributed exactly as
-        ``(1 + m n) h_s^alpha mod n^2``.
+        ``(1 + m n) h_s^alpha mod n^2``. With ``short_exponent_bits`` both
+        halves use the same short ``alpha``.
         """
         tp, tq = self.tables()
         count = len(plaintexts)
-        dp, dq = tp.random_digits(count), tq.random_digits(count)
-        dq[:, 0] = (dq[:, 0] & ~np.uint16(1)) | (dp[:, 0] & 1)
+        dp = tp.random_digits(count)
+        if self.short_exponent_bits is None:
+            dq = tq.random_digits(count)
+            dq[:, 0] = (dq[:, 0] & ~np.uint16(1)) | (dp[:, 0] & 1)
+        else:
+            dq = dp
         n, p2, q2, inv = self.public.n, self._p2, self._q2, self._q2_inv_p2
         out = []
         for m, row_p, row_q in zip(plaintexts, dp.tolist(), dq.tolist()):
@@ -556,8 +583,8 @@ def _n_workers(workers: int | None) -> int:
 _WORKER: dict[str, Any] = {}
 
 
-def _holder_init(state: dict[str, int]) -> None:
-    keys = HomomorphicKeys(state["p"], state["q"], state["h_s"])
+def _holder_init(state: dict[str, Any]) -> None:
+    keys = HomomorphicKeys(state["p"], state["q"], state["h_s"], short_exponent_bits=state["short_exponent_bits"])
     keys.tables()
     _WORKER["keys"] = keys
 

@@ -81,6 +81,22 @@ def test_keys_are_2048_bit_and_decrypt_what_they_encrypt(keys):
         HomomorphicKeys.generate(bits=1024)
 
 
+def test_opt_in_short_exponent_encrypts_the_same_plaintexts(keys, monkeypatch):
+    short = HomomorphicKeys(keys._p, keys._q, keys.public.h_s, short_exponent_bits=448)
+    assert short.tables()[0].windows == 45 and keys.tables()[0].windows == 109
+    cts = short.encrypt_many([0, 99, 2**1500])
+    assert [int(keys.decrypt(c)) for c in cts] == [0, 99, 2**1500]
+    # both halves use one short alpha: the randomness is h_s^alpha modulo n^2 for the digits drawn
+    digits = np.random.default_rng(0).integers(0, 2**10, (1, 45)).astype(np.uint16)
+    monkeypatch.setattr(paillier._FixedBase, "random_digits", lambda self, count: digits.copy())
+    (c,) = short.encrypt_many([99])
+    alpha = sum(int(d) << (10 * i) for i, d in enumerate(digits[0]))
+    n, n2 = keys.public.n, keys.public.n2
+    assert alpha.bit_length() <= 450 and c == (1 + 99 * n) * gmpy2.powmod(keys.public.h_s, alpha, n2) % n2
+    with pytest.raises(HomomorphicError, match=r"^homomorphic keys: short_exponent_bits must be at least 448"):
+        HomomorphicKeys(keys._p, keys._q, keys.public.h_s, short_exponent_bits=100)
+
+
 def test_key_holder_randomness_is_an_n_th_residue_of_h_s(keys):
     """The CRT path gives (1 + m n) * r with r in the subgroup of h_s: c^(order of h_s) is (1 + n)^(m order)."""
     p, q, n2 = keys._p, keys._q, keys.public.n2
