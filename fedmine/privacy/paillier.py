@@ -97,8 +97,8 @@ SHORT_EXPONENT_MIN = 448
 PRIVATE_WINDOW = 10
 #: Window of the public fixed-base table of h_s modulo n^2 (the owner's rerandomisation).
 PUBLIC_WINDOW = 8
-#: Below this many rows (or row-features for histograms) the work stays in the calling process.
-PARALLEL_MIN_ROWS = 2_000
+#: Below this many rows in a tree its work stays in the calling process (a pool costs about a second to start).
+PARALLEL_MIN_ROWS = 10_000
 #: Wire format version, in every header.
 FORMAT_VERSION = 1
 _ROWS_MAGIC = b"FMER"
@@ -824,9 +824,9 @@ def encrypted_histograms(
     _check_node(rows, bins, node_rows, n_bins)
     layout, width = rows.layout, public.ciphertext_bytes
     k = _n_workers(workers)
-    parallel = k > 1 and len(node_rows) * max(1, len(n_bins)) >= PARALLEL_MIN_ROWS
+    parallel = k > 1 and len(rows) >= PARALLEL_MIN_ROWS  # a tree this large repays its pool
     tasks = []
-    n_parts = k if parallel and len(node_rows) >= 2 * PARALLEL_MIN_ROWS else 1
+    n_parts = k if parallel and len(node_rows) >= 4 * int(np.prod(n_bins[:2])) else 1
     for group in _groups(len(node_rows), n_bins):
         for part in np.array_split(node_rows, n_parts):
             tasks.append((group, part, [bins[part, f] for f in group], [int(n_bins[f]) for f in group]))
