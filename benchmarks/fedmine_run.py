@@ -22,7 +22,7 @@ with 2+ organisations) into a folder, then runs, each in its own process:
    the whole command's wall time and peak RSS, the summary's
    ``train_seconds`` and ``total_seconds``, and phases read from the MLflow
    run the command recorded (run, metric and artifact timestamps, per-round
-   ``round_seconds`` and ``seconds.*`` metrics);
+   ``seconds/*`` metrics);
 2. LightGBM on the pooled rows: read the same Parquet files with pyarrow,
    concatenate, then ``lgb.Dataset`` construction + ``lgb.train`` with the same
    parameters (``num_threads: 2``, deterministic, row- or column-wise as
@@ -233,7 +233,7 @@ def mlflow_phases(db: str, run_id: str, started: float, wall: float, train_secon
 
     Marks: the parent run's start and end, its organisations' nested runs'
     start (after every organisation is prepared and the federation started),
-    the first round's metrics (logged when it ends, ``round_seconds`` after it
+    the first round's metrics (logged when it ends, ``seconds/round`` after it
     began), the logged model's creation (after the local-only baselines) and
     last update, and the registered model version's creation.
     """
@@ -254,14 +254,14 @@ def mlflow_phases(db: str, run_id: str, started: float, wall: float, train_secon
         )
         sums = dict(
             con.execute(
-                "SELECT key, SUM(value) FROM metrics WHERE run_uuid = ? AND key IN ('round_seconds', "
-                "'seconds.party', 'seconds.aggregation', 'seconds.split_finding', 'histogram_exchanges') "
+                "SELECT key, SUM(value) FROM metrics WHERE run_uuid = ? AND key IN ('seconds/round', "
+                "'seconds/party', 'seconds/aggregation', 'seconds/split_finding', 'train/histogram_exchanges') "
                 "GROUP BY key",
                 (run_id,),
             ).fetchall()
         )
         first = con.execute(
-            "SELECT timestamp, value FROM metrics WHERE run_uuid = ? AND key = 'round_seconds' ORDER BY step LIMIT 1",
+            "SELECT timestamp, value FROM metrics WHERE run_uuid = ? AND key = 'seconds/round' ORDER BY step LIMIT 1",
             (run_id,),
         ).fetchone()
         model_ms = one("SELECT MIN(creation_timestamp_ms) FROM logged_models WHERE source_run_id = ?", run_id)
@@ -276,16 +276,16 @@ def mlflow_phases(db: str, run_id: str, started: float, wall: float, train_secon
     t0 = started * 1000
     train_start = first[0] - first[1] * 1000 if first else None
     train_end = train_start + train_seconds * 1000 if train_start is not None else None
-    rounds = sums.get("round_seconds", nan)
+    rounds = sums.get("seconds/round", nan)
     phases = {
         "start-up: interpreter, imports, Prefect, MLflow run": span(t0, start_ms),
         "prepare organisations + start federation": span(start_ms, orgs_ms),
         "  then nested runs until the first round": span(orgs_ms, train_start),
         "training (train_seconds)": train_seconds,
-        "  rounds: engine + evaluation (sum of round_seconds)": rounds,
-        "    parties' histograms (seconds.party)": sums.get("seconds.party", nan),
-        "    aggregation (seconds.aggregation)": sums.get("seconds.aggregation", nan),
-        "    split finding (seconds.split_finding)": sums.get("seconds.split_finding", nan),
+        "  rounds: engine + evaluation (sum of seconds/round)": rounds,
+        "    parties' histograms (seconds/party)": sums.get("seconds/party", nan),
+        "    aggregation (seconds/aggregation)": sums.get("seconds/aggregation", nan),
+        "    split finding (seconds/split_finding)": sums.get("seconds/split_finding", nan),
         "  per-round MLflow logging + checkpoints": train_seconds - rounds,
         "local-only baselines, model text": span(train_end, model_ms),
         "model logged (MLflow lightgbm flavour)": span(model_ms, saved_ms),
@@ -293,7 +293,7 @@ def mlflow_phases(db: str, run_id: str, started: float, wall: float, train_secon
         "summary, report, artifacts, runs ended": span(version_ms or saved_ms, end_ms),
         "shut-down: flow end, Prefect, exit": wall - span(t0, end_ms),
     }
-    return {"phases": phases, "histogram_exchanges": sums.get("histogram_exchanges", nan)}
+    return {"phases": phases, "histogram_exchanges": sums.get("train/histogram_exchanges", nan)}
 
 
 def lightgbm_child(spec_path: str) -> None:

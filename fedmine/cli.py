@@ -158,7 +158,11 @@ def demo(
         typer.echo("")
         typer.echo(report.strategy_table(runs))
     typer.echo("")
-    typer.echo("See every round in the MLflow UI:  fedmine ui   (then open http://127.0.0.1:5000)")
+    from fedmine.tracking import experiments_url, run_url
+
+    base = "http://127.0.0.1:5000"
+    page = run_url(base, summary["experiment_id"], summary["run_id"]) if summary.get("experiment_id") else None
+    typer.echo(f"See every round in the MLflow UI:  fedmine ui   (then open {page or experiments_url(base)})")
 
 
 @app.command()
@@ -298,14 +302,14 @@ def ui(
     port: int = typer.Option(5000, "--port", help="Port."),
 ) -> None:
     """Start the MLflow UI on the project's store."""
-    from fedmine.tracking import artifact_root, prepare_store
+    from fedmine.tracking import artifact_root, experiments_url, prepare_store
 
     prepare_store(uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     root = artifact_root(uri, None)
     if root:
         cmd += ["--default-artifact-root", root]
-    typer.echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
+    typer.echo(f"MLflow UI on {experiments_url(f'http://{host}:{port}')} (store {uri}); Ctrl-C stops it")
     raise typer.Exit(subprocess.call(cmd))
 
 

@@ -3,7 +3,7 @@
 This module owns every validation metric of fedmine: which metrics each
 objective reports (:data:`TABLE`), how each is computed, and the sums from
 which the federation-wide value follows. The engine's early stopping
-(:mod:`fedmine.gbdt.objectives`), the coordinator's logged ``global.<metric>``,
+(:mod:`fedmine.gbdt.objectives`), the coordinator's logged ``eval/<metric>``,
 each organisation's own metrics and the local-only LightGBM baseline all take
 their names and definitions from here. It is a leaf module: it imports numpy
 and the standard library, nothing of fedmine, so the engine may import it.
@@ -64,7 +64,7 @@ superaccumulator (:mod:`fedmine.gbdt.quantize`) and rounds once, so its value
 is the same float. The mergeable AUC uses the engine's cells and formula
 (:func:`auc_histograms`, :func:`auc_from_histograms`): under the
 ``histogram`` strategy, the value the engine early-stops on is the logged
-``global.auc``.
+``eval/auc``.
 
 A class absent
 --------------

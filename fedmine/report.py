@@ -70,6 +70,7 @@ def summarise(
     model_file: str | None,
     train_seconds: float,
     total_seconds: float,
+    experiment_id: str | None = None,
 ) -> dict[str, Any]:
     """The summary of a training (what ``--summary-json`` writes)."""
     cfg = coord.cfg
@@ -93,6 +94,7 @@ def summarise(
         }
     return {
         "run_id": run_id,
+        "experiment_id": experiment_id,
         "name": cfg.name,
         "strategy": cfg.training.strategy,
         "objective": cfg.objective,
@@ -135,17 +137,15 @@ def publish(
         coord,
         baselines,
         run_id=tracker.run_id,
+        experiment_id=tracker.experiment_id,
         model_file=model_file,
         train_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
     )
-    gains = {f"gain.{org}": g for org, _, _, _, g in gain_rows(summary)}
+    gains = {f"gain/{org}": g for org, _, _, _, g in gain_rows(summary)}
     tracker.log_final(
-        {**{f"final.{k}": v for k, v in summary["global"].items()}, **gains},
-        {
-            org: {f"federated.final.{k}": v for k, v in o["federated"].items()}
-            for org, o in summary["organisations"].items()
-        },
+        {**{f"final/{k}": v for k, v in summary["global"].items()}, **gains},
+        {org: {f"final/{k}": v for k, v in o["federated"].items()} for org, o in summary["organisations"].items()},
     )
     with tempfile.TemporaryDirectory() as tmp:
         write_report(coord, baselines, summary, model_text, Path(tmp))

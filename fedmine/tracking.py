@@ -5,17 +5,28 @@ Layout of a training in MLflow:
 - experiment = the federation's ``name``; store = ``tracking.uri``
   (default ``sqlite:///mlruns/mlflow.db``, artifacts beside the database);
 - one parent run per training: parameters, the resolved config, the canonical
-  schema, per-round metrics (``step`` = round): ``global.<metric>``,
-  ``org.<organisation>.<metric>``, ``round_seconds``, ``bytes_sent``;
-  the federation report; the model (lightgbm flavour), registered under
-  ``name``;
-- one nested run per organisation: its rows, its local-only baseline (final
-  metrics and learning curve) and its metrics of the global model per round.
+  schema, per-round metrics (``step`` = round): ``eval/<metric>``,
+  ``eval/<organisation>/<metric>``, ``privacy/*``, ``seconds/*``,
+  ``traffic/*``, ``train/*``; the final ``final/<metric>`` and
+  ``gain/<organisation>``; the federation report; the model (lightgbm
+  flavour), registered under ``name``;
+- one nested run per organisation: its rows, its metrics of the global model
+  per round (``eval/<metric>``) and at the end (``final/<metric>``), its
+  local-only baseline (``local_only/<metric>``, learning curve
+  ``local_only/curve/<metric>``).
+
+Metric names are grouped by ``/``: the MLflow UI makes a section of each
+prefix and orders the sections by name, so the validation metrics come first
+(docs/tracking.md lists every name and the names they replace). The
+experiment is tagged ``mlflow.experimentKind=custom_model_development`` (a
+model-training experiment, not a GenAI one); :func:`run_url` links a run's
+page in the UI's model-training view.
 
 A federated profile (``fedmine profile``, the ``federated_profile`` flow) is
-a run of the same experiment tagged ``fedmine.kind=profile``: PSI and drift
-metrics and the report under ``profile/`` (:func:`log_profile`); the latest
-earlier profile run is the baseline of its drift.
+a run of the same experiment tagged ``fedmine.kind=profile``: ``drift/*``,
+``psi/*`` and ``profile/flags`` metrics and the report under ``profile/``
+(:func:`log_profile`); the latest earlier profile run is the baseline of its
+drift.
 
 An explanation (``fedmine explain``) is a run tagged ``fedmine.kind=explain``:
 the federation's mean |SHAP| and the gain importance as metrics, the report
@@ -55,6 +66,11 @@ _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 KIND_TAG = "fedmine.kind"
 PROFILE_KIND = "profile"
 EXPLAIN_KIND = "explain"
+#: The experiment tag MLflow reads for what an experiment is, and the value of a model-training experiment.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT = "custom_model_development"
+#: The UI's query parameter choosing its model-training view (MLflow 3's UI otherwise opens the GenAI view).
+TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -130,10 +146,14 @@ class Tracker:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 self.experiment_id = self.client.create_experiment(
-                    name, artifact_location=artifact_root(self.uri, self.cfg.tracking.artifacts)
+                    name,
+                    artifact_location=artifact_root(self.uri, self.cfg.tracking.artifacts),
+                    tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT},
                 )
             else:
                 self.experiment_id = exp.experiment_id
+                if exp.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_EXPERIMENT:  # an experiment made before the tag
+                    self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT)
         except Exception as exc:  # one conversion point for the store
             raise ConfigError(f"tracking.uri: cannot open MLflow store {self.uri!r}: {exc}".splitlines()[0]) from None
         t = self.cfg.training
@@ -353,19 +373,19 @@ class Tracker:
         for org, m in org_values.items():
             if org in self.org_runs and m:
                 self._pending.setdefault(self.org_runs[org], []).extend(
-                    Metric(f"federated.{k}", float(v), ts, round_id) for k, v in m.items()
+                    Metric(f"eval/{k}", float(v), ts, round_id) for k, v in m.items()
                 )
 
     def log_baseline(self, org: str, baseline: dict[str, Any]) -> None:
-        """An organisation's local-only model: final metrics and its learning curve."""
+        """An organisation's local-only model: ``local_only/<m>`` (final) and ``local_only/curve/<m>``."""
         rid = self.org_runs[org]
         if baseline.get("notice"):  # no local-only model (an organisation on a cluster): say why
             self.client.set_tag(rid, "fedmine.baseline.notice", str(baseline["notice"])[:4000])
-        final = {f"local_only.{k}": v for k, v in baseline["metrics"].items() if v == v}
+        final = {f"local_only/{k}": v for k, v in baseline["metrics"].items() if v == v}
         self._log_metrics(rid, final, 0)
         ts = int(time.time() * 1000)
         curve = [
-            Metric(f"local_only_curve.{k}", float(v), ts, i + 1)
+            Metric(f"local_only/curve/{k}", float(v), ts, i + 1)
             for k, vals in baseline.get("curve", {}).items()
             for i, v in enumerate(vals)
         ]
@@ -373,7 +393,7 @@ class Tracker:
             self.client.log_batch(rid, metrics=curve[i : i + _BATCH])
 
     def log_final(self, values: dict[str, float], org_values: dict[str, dict[str, float]]) -> None:
-        """Final figures: on the parent (``final.*``, ``gain.*``) and nested runs (``federated.final.*``)."""
+        """Final figures: on the parent (``final/*``, ``gain/*``) and nested runs (``final/*``), by MLflow name."""
         self._log_metrics(self.run_id, {k: v for k, v in values.items() if v == v}, 0)
         for org, m in org_values.items():
             if org in self.org_runs:
@@ -436,9 +456,9 @@ def log_profile(cfg: FederationConfig, profile) -> str:
     """Record a :class:`~fedmine.schema.profiler.FederatedProfile` as a profile run; return its id.
 
     Compares it with the latest earlier profile run (``profile.drift`` is
-    filled in), logs ``drift.<org>.<feature>`` and ``psi.<org>.<feature>``
-    metrics, the number of flags, and the report (HTML, PNGs, JSON) under
-    ``profile/``.
+    filled in), logs ``drift/<org>/<feature>`` and ``psi/<org>/<feature>``
+    metrics, the number of flags (``profile/flags``), and the report (HTML,
+    PNGs, JSON) under ``profile/``.
     """
     from fedmine.schema.drift import drift
     from fedmine.schema.profiler import PROFILE_DIR, PROFILE_JSON, write_report
@@ -450,14 +470,14 @@ def log_profile(cfg: FederationConfig, profile) -> str:
         if before is not None:
             profile.drift = drift(before[1], profile.as_dict())
             profile.notices.append(f"drift measured against profile run {before[0]}")
-        metrics = {"profile.flags": float(len(profile.flags))}
+        metrics = {"profile/flags": float(len(profile.flags))}
         for org, view in profile.organisations.items():
             for name, entry in view["features"].items():
                 if "psi" in entry:
-                    metrics[f"psi.{org}.{name}"] = entry["psi"]
+                    metrics[f"psi/{org}/{name}"] = entry["psi"]
         for org, feats in profile.drift.items():
             for name, value in feats.items():
-                metrics[f"drift.{org}.{name}"] = value
+                metrics[f"drift/{org}/{name}"] = value
         tracker.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             write_report(profile, tmp)
@@ -485,7 +505,7 @@ def log_explanation(
     try:
         tracker.client.set_tag(tracker.run_id, "mlflow.runName", f"explain-{time.strftime('%Y%m%d-%H%M%S')}")
         single = len(explanation.outputs) == 1
-        values = {"explain.rows": float(explanation.rows)}
+        values = {"explain/rows": float(explanation.rows)}
         for j, out in enumerate(explanation.outputs):
             for i, feature in enumerate(explanation.features):
                 values[f"shap/{feature}" if single else f"shap/{out}/{feature}"] = float(explanation.mean_abs[j, i])
@@ -501,6 +521,20 @@ def log_explanation(
         tracker.fail(exc)
         raise
     return tracker.run_id
+
+
+def run_url(base: str, experiment_id: str, run_id: str, *, tab: str = "model-metrics") -> str:
+    """The page of a run in the MLflow UI at ``base`` (``http://127.0.0.1:5000``), in its model-training view.
+
+    ``tab``: ``model-metrics`` (the per-round charts), ``overview`` or ``artifacts``.
+    """
+    page = "" if tab == "overview" else f"/{tab}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{page}?{TRAINING_VIEW}"
+
+
+def experiments_url(base: str) -> str:
+    """The MLflow UI's experiment list at ``base``, in its model-training view."""
+    return f"{base.rstrip('/')}/#/experiments?{TRAINING_VIEW}"
 
 
 def load_model_text(model: str, tracking_uri: str) -> str:

@@ -441,7 +441,7 @@ def test_ui_serves_run_and_round_history(trained, store):
         run_id = trained["summary"]["run_id"]
         run = _get(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
         assert run["info"]["status"] == "FINISHED"
-        history = _get(f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=global.auc")["metrics"]
+        history = _get(f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=eval/auc")["metrics"]
         assert sorted(m["step"] for m in history) == list(range(1, DEMO_ROUNDS + 1))
         req = urllib.request.Request(
             f"{base}/api/2.0/mlflow/runs/search",

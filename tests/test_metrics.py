@@ -277,7 +277,7 @@ def test_engine_history_is_the_metric_of_its_validation_predictions(objective, m
         scores = predict_raw(model.trees[: r * kt], Xv, n_trees_per_round=kt, init_scores=model.init_scores)
         raw = scores[0] if kt == 1 else scores.T
         parts = [(yv[a:b], raw[a:b]) for a, b in pairwise(vcut)]
-        if metric in metrics.METRICS[objective]:  # what the coordinator logs as global.<metric>
+        if metric in metrics.METRICS[objective]:  # what the coordinator logs as eval/<metric>
             logged = metrics.from_sums(metrics.merge([metrics.sums(*p, objective) for p in parts]), objective)[metric]
         else:
             logged = mean_metric(metric, objective, parts)
@@ -286,7 +286,7 @@ def test_engine_history_is_the_metric_of_its_validation_predictions(objective, m
 
 @pytest.mark.parametrize("objective", ["binary", "regression"])
 def test_histogram_strategy_logs_the_value_the_engine_early_stops_on(objective):
-    """The coordinator's logged global.<primary> per round is the engine's own early-stopping value on the pooled rows."""
+    """The coordinator's logged eval/<primary> per round is the engine's own early-stopping value on the pooled rows."""
     from fedmine.config import config_from_dict
     from fedmine.coordinator.training import Coordinator
     from fedmine.gbdt.booster import train

@@ -97,7 +97,7 @@ def test_no_validation_rows_says_validation_fraction_0():
 class _Tracker:
     """What report.publish logs, kept in memory."""
 
-    run_id = "r"
+    run_id, experiment_id = "r", "1"
 
     def __init__(self, tmp_path):
         self.tmp_path, self.texts, self.folders = tmp_path, {}, {}

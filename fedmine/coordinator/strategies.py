@@ -56,7 +56,7 @@ class RoundContext:
     privacy: Any = None  # the config's PrivacySpec (histogram: differential privacy)
     notices: list[str] = field(default_factory=list)  # for the user and the MLflow run
     step: int = 0
-    stats: dict[str, float] = field(default_factory=dict)  # what the last round measured
+    stats: dict[str, float] = field(default_factory=dict)  # what the last round measured, by MLflow name
     stopped: bool = False  # the strategy grows no further round
     broadcasts: list[int] = field(default_factory=list)  # trees per broadcast, in order (for replay)
 
@@ -228,10 +228,10 @@ class HistogramStrategy(Strategy):
         party = src.party_seconds_ - before[1]
         aggregation = src.aggregate_seconds_ - before[2]
         ctx.stats = {
-            "histogram_exchanges": float(src.exchanges_ - before[0]),
-            "seconds.party": party,
-            "seconds.aggregation": aggregation,
-            "seconds.split_finding": max(total - party - aggregation, 0.0),
+            "train/histogram_exchanges": float(src.exchanges_ - before[0]),
+            "seconds/party": party,
+            "seconds/aggregation": aggregation,
+            "seconds/split_finding": max(total - party - aggregation, 0.0),
         }
         ctx.stopped = self.trainer.done
 

@@ -70,19 +70,26 @@ class RoundResult:
     bytes_received: int
     trees: int
     org_bytes_sent: dict[str, int] = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)  # by MLflow name (privacy/*, seconds/*, train/*)
     stopped: bool = False
 
     def flat(self) -> dict[str, float]:
-        """MLflow metric names: ``global.<m>``, ``org.<name>.<m>``, timings, bytes and strategy figures."""
-        out = {f"global.{k}": v for k, v in self.global_metrics.items()}
+        """MLflow metric names, grouped so the MLflow UI shows what matters first (docs/tracking.md).
+
+        ``eval/<m>`` (the federation's validation metrics), ``eval/<org>/<m>``,
+        ``privacy/*``, ``seconds/round`` and the strategy's ``seconds/*``,
+        ``traffic/bytes_sent``, ``traffic/bytes_received``,
+        ``traffic/<org>/bytes_sent``, ``train/trees`` and the strategy's
+        ``train/*``.
+        """
+        out = {f"eval/{k}": v for k, v in self.global_metrics.items()}
         for org, m in self.org_metrics.items():
-            out.update({f"org.{org}.{k}": v for k, v in m.items()})
-        out.update({f"bytes_sent.{org}": float(b) for org, b in self.org_bytes_sent.items()})
-        out["round_seconds"] = self.seconds
-        out["bytes_sent"] = float(self.bytes_sent)
-        out["bytes_received"] = float(self.bytes_received)
-        out["trees"] = float(self.trees)
+            out.update({f"eval/{org}/{k}": v for k, v in m.items()})
+        out["seconds/round"] = self.seconds
+        out["traffic/bytes_sent"] = float(self.bytes_sent)
+        out["traffic/bytes_received"] = float(self.bytes_received)
+        out.update({f"traffic/{org}/bytes_sent": float(b) for org, b in self.org_bytes_sent.items()})
+        out["train/trees"] = float(self.trees)
         out.update(self.stats)
         return {k: float(v) for k, v in out.items() if v == v}  # drop NaN
 
@@ -213,12 +220,12 @@ class Coordinator:
         privacy = self.receipt()
         ctx.stats.update(
             {
-                "privacy.secure_aggregation": float(privacy.secure_aggregation),
-                "privacy.parties": float(privacy.n_parties),
+                "privacy/secure_aggregation": float(privacy.secure_aggregation),
+                "privacy/parties": float(privacy.n_parties),
             }
         )
         if privacy.epsilon_total is not None:
-            ctx.stats["privacy.epsilon"] = float(privacy.epsilon_total)
+            ctx.stats["privacy/epsilon"] = float(privacy.epsilon_total)
         result = RoundResult(
             round_id=round_id,
             global_metrics=global_m,

@@ -97,7 +97,7 @@ class Objective:
         return exact_sum_parts(self.loss(metric, y, score))
 
     def metric_value(self, metric: str, stats: np.ndarray, n_total: int) -> float:
-        """The metric from summed :meth:`metric_stats`: the logged ``global.<metric>`` of the same rows."""
+        """The metric from summed :meth:`metric_stats`: the logged ``eval/<metric>`` of the same rows."""
         if metric == "auc":
             return metric_defs.auc_from_histograms(stats)
         return metric_defs.value_from_mean(metric, exact_total(stats) / max(n_total, 1))

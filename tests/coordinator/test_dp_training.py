@@ -40,7 +40,7 @@ def auc(model_text, X, y):
 
 def test_epsilon_is_reported_every_round_and_matches_dp_accounting():
     coord, results, _, _ = train(4.0)
-    eps = [r.stats["privacy.epsilon"] for r in results]
+    eps = [r.stats["privacy/epsilon"] for r in results]
     assert all(b > a for a, b in itertools.pairwise(eps))  # spent grows every round
     assert eps[-1] <= 4.0
     receipt = coord.receipt().as_dict()

@@ -145,9 +145,9 @@ def test_round_figures_and_early_stopping():
     for r in range(1, 201):
         result = coord.run_round(r)
         rounds = r
-        assert result.stats["histogram_exchanges"] >= 1
+        assert result.stats["train/histogram_exchanges"] >= 1
         assert set(result.org_bytes_sent) == set(cfg.organisations) and min(result.org_bytes_sent.values()) > 0
-        assert {"seconds.party", "seconds.aggregation", "seconds.split_finding"} <= set(result.stats)
+        assert {"seconds/party", "seconds/aggregation", "seconds/split_finding"} <= set(result.stats)
         if result.stopped:
             break
     assert rounds < 200  # stopped early

@@ -192,7 +192,7 @@ def test_histogram_round_restarts_among_the_remaining_parties():
         result = coord.run_round(r)
     assert [d["organisation"] for d in coord.dropped] == ["clinic"]
     assert set(result.org_metrics) == {"bank", "shop"}
-    assert result.stats["privacy.parties"] == 2.0
+    assert result.stats["privacy/parties"] == 2.0
     assert lgb_trees(coord) == 6
 
 

@@ -52,7 +52,7 @@ def test_killed_coordinator_resumes_to_the_same_model(prefect_harness, demo_conf
     resumed = federated_training(str(demo_config), [*common, f"tracking.uri={uri}"], resume=run_id)
     assert resumed["run_id"] == run_id
     assert Path(resumed["model_file"]).read_text() == Path(want["model_file"]).read_text()
-    history = client.get_metric_history(run_id, "global.auc")
+    history = client.get_metric_history(run_id, "eval/auc")
     assert sorted({m.step for m in history}) == list(range(1, ROUNDS + 1))
     assert client.get_run(run_id).info.status == "FINISHED"
     assert client.get_run(run_id).data.tags["fedmine.resumed"] == "true"

@@ -46,11 +46,13 @@ def test_every_round_is_an_mlflow_step(trained, store):
     run = client.get_run(trained["summary"]["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["training.strategy"] == "histogram"
-    history = client.get_metric_history(run.info.run_id, "global.auc")
+    # a model-training experiment (the UI's training view), not a GenAI one
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    history = client.get_metric_history(run.info.run_id, "eval/auc")
     assert [m.step for m in history] == list(range(1, DEMO_ROUNDS + 1))
     for org in ("bank", "retailer", "telecom"):
-        assert len(client.get_metric_history(run.info.run_id, f"org.{org}.auc")) == DEMO_ROUNDS
-    assert len(client.get_metric_history(run.info.run_id, "round_seconds")) == DEMO_ROUNDS
+        assert len(client.get_metric_history(run.info.run_id, f"eval/{org}/auc")) == DEMO_ROUNDS
+    assert len(client.get_metric_history(run.info.run_id, "seconds/round")) == DEMO_ROUNDS
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "report", "model.txt", "summary.json", "schema", "privacy_receipt.json"} <= artifacts
     schema = {a.path for a in client.list_artifacts(run.info.run_id, "schema")}
@@ -73,8 +75,8 @@ def test_nested_run_per_organisation(trained, store):
     assert sorted(r.data.tags["fedmine.organisation"] for r in children) == ["bank", "retailer", "telecom"]
     for child in children:
         assert child.info.status == "FINISHED"
-        assert "local_only.auc" in child.data.metrics
-        assert len(client.get_metric_history(child.info.run_id, "federated.auc")) == DEMO_ROUNDS
+        assert "local_only/auc" in child.data.metrics and "final/auc" in child.data.metrics
+        assert len(client.get_metric_history(child.info.run_id, "eval/auc")) == DEMO_ROUNDS
 
 
 def test_model_registered_under_federation_name(trained, store):
@@ -199,20 +201,20 @@ def test_histogram_strategy_through_flow_mlflow_and_predict(
     client = MlflowClient(store)
     run_id = summary["run_id"]
     for key in (
-        "histogram_exchanges",
-        "seconds.party",
-        "seconds.aggregation",
-        "seconds.split_finding",
-        "bytes_sent.bank",
-        "bytes_sent.telecom",
-        "global.auc",
+        "train/histogram_exchanges",
+        "seconds/party",
+        "seconds/aggregation",
+        "seconds/split_finding",
+        "traffic/bank/bytes_sent",
+        "traffic/telecom/bytes_sent",
+        "eval/auc",
     ):
         assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(1, 16)), key
     model = lgb.Booster(model_file=summary["model_file"])
     assert model.num_trees() == 15
     # the privacy receipt: on by default under histogram, shown every round and as an artifact
-    assert [m.value for m in client.get_metric_history(run_id, "privacy.secure_aggregation")] == [1.0] * 15
-    assert [m.value for m in client.get_metric_history(run_id, "privacy.parties")] == [3.0] * 15
+    assert [m.value for m in client.get_metric_history(run_id, "privacy/secure_aggregation")] == [1.0] * 15
+    assert [m.value for m in client.get_metric_history(run_id, "privacy/parties")] == [3.0] * 15
     receipt = json.loads(
         client.download_artifacts(run_id, "privacy_receipt.json", str(tmp_path))
         and (tmp_path / "privacy_receipt.json").read_text()

@@ -97,8 +97,8 @@ def test_profile_records_runs_and_drift(tmp_path):
     )
     assert len(runs) == 2
     latest = runs[0].data.metrics
-    assert latest["drift.retailer.income"] == 0.0 and "drift.bank.age" in latest
-    assert latest["psi.retailer.income"] > 10 and latest["profile.flags"] == 3
+    assert latest["drift/retailer/income"] == 0.0 and "drift/bank/age" in latest
+    assert latest["psi/retailer/income"] > 10 and latest["profile/flags"] == 3
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "profile")}
     assert {"profile/profile.html", "profile/profile.json", "profile/income.png"} <= artifacts
 

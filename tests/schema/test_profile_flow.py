@@ -23,4 +23,4 @@ def test_federated_profile_flow(prefect_harness, tmp_path):
     assert set(second["drift"]) == {"bank", "insurer", "retailer"}
     run = MlflowClient(cfg.tracking.uri).get_run(second["run_id"])
     assert run.data.tags["fedmine.kind"] == "profile"
-    assert "drift.insurer.income" in run.data.metrics
+    assert "drift/insurer/income" in run.data.metrics
