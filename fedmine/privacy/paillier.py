@@ -882,9 +882,22 @@ def decrypt_histograms(keys: HomomorphicKeys, packed: PackedHistograms) -> tuple
     grad, hess, count = (np.zeros(total, dtype=np.int64) for _ in range(3))
     for j, c in enumerate(packed.ciphertexts):
         m = int(keys.decrypt(c))
+        if m >> (slots * slot_bits):
+            raise HomomorphicError(f"decrypt histograms: ciphertext {j} holds more than its {slots} bins")
         for s in range(min(slots, total - j * slots)):
             g, h, n = layout.decode((m >> (s * slot_bits)) & mask)
+            if n > layout.max_rows or h > n * layout.hess_bound or abs(g) > n * layout.grad_bound:
+                raise HomomorphicError(
+                    f"decrypt histograms: bin {j * slots + s} decodes outside the layout's bounds (count {n})"
+                )
             grad[j * slots + s], hess[j * slots + s], count[j * slots + s] = g, h, n
+    ends = np.cumsum(packed.n_bins)
+    totals = np.add.reduceat(count, ends - packed.n_bins) if total else count[:0]
+    if len(totals) and (totals != totals[0]).any():
+        raise HomomorphicError(
+            f"decrypt histograms: the features count {sorted(set(totals.tolist()))[:4]} rows; every row is in one bin "
+            "of every feature"
+        )
     return grad, hess, count
 
 

@@ -220,6 +220,24 @@ def test_arrays_under_another_key_or_malformed_are_refused(keys):
     assert HomomorphicPublic.from_bytes(keys.public.to_bytes()) == keys.public
 
 
+def test_answers_no_honest_owner_sends_are_refused(keys):
+    grad, hess, bins, node_rows, n_bins = random_case(6, 50, [3, 4])
+    rows = encrypt_rows(keys, grad, hess, grad_bound=2**20, hess_bound=2**19, max_rows=50, workers=1)
+    packed = encrypted_histograms(keys.public, rows, bins, node_rows, n_bins, workers=1)
+    n, n2 = keys.public.n, keys.public.n2
+    too_big = PackedHistograms(keys.public, packed.layout, n_bins, [(1 + (n - 1) * n) % n2])
+    with pytest.raises(HomomorphicError, match=r"^decrypt histograms: ciphertext 0 holds more than its \d+ bins$"):
+        decrypt_histograms(keys, too_big)
+    # one more row in feature 0's bin 0 only: the features' counts disagree
+    extra = packed.ciphertexts[0] * keys.encrypt_many([1])[0] % n2
+    with pytest.raises(HomomorphicError, match=r"^decrypt histograms: the features count \[50, 51\] rows"):
+        decrypt_histograms(keys, PackedHistograms(keys.public, packed.layout, n_bins, [extra]))
+    # a count of one with a hessian no row can have
+    bad = packed.ciphertexts[0] * keys.encrypt_many([(2**24) << packed.layout.count_bits])[0] % n2
+    with pytest.raises(HomomorphicError, match=r"^decrypt histograms: bin 0 decodes outside the layout's bounds"):
+        decrypt_histograms(keys, PackedHistograms(keys.public, packed.layout, n_bins, [bad]))
+
+
 def test_layout_fields_hold_any_sum_of_max_rows():
     lay = Layout(grad_bound=5, hess_bound=3, max_rows=7)
     assert (lay.grad_bits, lay.hess_bits, lay.count_bits) == ((7 * 10).bit_length(), (7 * 3).bit_length(), 3)
