@@ -202,6 +202,7 @@ def _abbreviates(text: str, tokens: tuple[str, ...]) -> bool:
     return False
 
 
+@lru_cache(maxsize=65536)
 def words_similarity(a: tuple[str, ...], b: tuple[str, ...]) -> float:
     """Similarity of two names' words in [0, 1] (see the module docstring)."""
     if not a or not b:
@@ -209,6 +210,11 @@ def words_similarity(a: tuple[str, ...], b: tuple[str, ...]) -> float:
     ca, cb = "".join(a), "".join(b)
     if ca == cb:
         return 1.0
+    shared = set(a) & set(b)
+    rest_a = "".join(w for w in a if w not in shared)
+    rest_b = "".join(w for w in b if w not in shared)
+    if shared and rest_a and rest_b:  # a shared word says nothing of the others' spelling
+        ca, cb = rest_a, rest_b
     seq = SequenceMatcher(None, ca, cb).ratio()
     seq = seq if seq >= 0.8 else max(0.0, 2.0 * seq - 1.0) * 0.6  # near spellings only
     forward = float(np.mean([max(_token_match(x, y) for y in b) for x in a]))

@@ -167,6 +167,7 @@ class Candidate:
     dist: float
     identity: float = 0.0
     exact: bool = False
+    measured: bool = False
     scale: float | None = None
     scale_reason: str = ""
     unit: str | None = None
@@ -186,7 +187,7 @@ class Candidate:
             self.exact
             or self.identity >= 0.5
             or self.name >= 0.75
-            or (self.name >= 0.4 and self.dist >= 0.3 and self.fit >= 0.5)
+            or (self.name >= 0.4 and self.measured and self.dist >= 0.3 and self.fit >= 0.5)
         )
         return evidence and self.score >= MIN_SCORE
 
@@ -203,7 +204,7 @@ def _numeric_pair(cand: Candidate, col: ColumnSummary, spec: FeatureSpec, fed: d
     known = bool(col.quantiles) and all(v == v for v in theirs)
     mine = (col.quantiles["p5"], col.quantiles["p95"]) if col.quantiles else (math.nan, math.nan)
     raw = _overlap(mine, theirs) if known else 0.5
-    cand.dist = raw
+    cand.dist, cand.measured = raw, known
     declared = declared_unit(col.name)
     if declared is not None:
         try:
@@ -272,7 +273,7 @@ def _category_pair(
                 mapped[target] = mapped.get(target, 0.0) + n
         total_mine = sum(mapped.values()) or 1.0
         tvd = 0.5 * sum(abs(mapped.get(c, 0.0) / total_mine - n / total_fed) for c, n in cats.items())
-        cand.dist = 1.0 - tvd
+        cand.dist, cand.measured = 1.0 - tvd, True
     else:
         cand.dist = 0.0
     if distinctive and not numeric and match.coverage >= 0.5:
@@ -318,7 +319,7 @@ def _bool_pair(cand: Candidate, col: ColumnSummary, fed: dict[str, Any], *, name
     total = sum(cats.values())
     if total and flag.true_share == flag.true_share:
         share = cats.get("true", 0) / total
-        cand.dist = max(0.0, 1.0 - 2.5 * abs(share - flag.true_share))
+        cand.dist, cand.measured = max(0.0, 1.0 - 2.5 * abs(share - flag.true_share)), True
     if col.kind == "text" and flag.mapping:
         cand.values = dict(flag.mapping)
     elif col.kind == "text":

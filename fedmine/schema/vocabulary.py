@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
+from functools import lru_cache
 from typing import Any
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "y", "t"})
@@ -98,55 +99,115 @@ class VocabularyMatch:
     coverage: float = 0.0
 
 
-def match_value(value: str, vocab: list[str], *, numeric: bool = False) -> tuple[str | None, str]:
-    """The vocabulary entry ``value`` stands for, and the rule that says so (``("", "none")`` if no rule does).
+@dataclass(frozen=True)
+class _Index:
+    """What matching needs of a vocabulary, worked out once per vocabulary."""
 
-    ``numeric``: the source column holds numbers (then only a number in the
-    vocabulary, or a month or weekday number of a calendar vocabulary, matches).
-    """
-    n = norm_value(value)
+    vocab: tuple[str, ...]
+    by_norm: dict[str, str]
+    norms: tuple[str, ...]
+    words: tuple[frozenset[str], ...]
+    calendar: str | None
+    by_day: dict[int, str]  # month or weekday index -> entry, for a calendar vocabulary
+
+
+@lru_cache(maxsize=256)
+def _index(vocab: tuple[str, ...]) -> _Index:
     by_norm: dict[str, str] = {}
     for v in vocab:
         by_norm.setdefault(norm_value(v), v)
-    if n in by_norm:
-        return by_norm[n], "same" if str(value) == by_norm[n] else "case"
-    kind = calendar(vocab)
-    if kind and n:
-        entries = {}
+    kind = calendar(list(vocab))
+    by_day: dict[int, str] = {}
+    if kind:
         for v in vocab:
             found = _calendar_index(norm_value(v))
             if found and found[0] == kind:
-                entries[found[1]] = v
+                by_day.setdefault(found[1], v)
+    return _Index(
+        vocab,
+        by_norm,
+        tuple(norm_value(v) for v in vocab),
+        tuple(frozenset(_words(v)) for v in vocab),
+        kind,
+        by_day,
+    )
+
+
+def _close_spelling(n: str, index: _Index, *, least: float = 0.8) -> str | None:
+    best, best_ratio = None, least
+    for v, t in zip(index.vocab, index.norms, strict=True):
+        if 2.0 * min(len(n), len(t)) < best_ratio * (len(n) + len(t)):  # the ratio's upper bound
+            continue
+        sm = SequenceMatcher(None, n, t)
+        if sm.real_quick_ratio() < best_ratio or sm.quick_ratio() < best_ratio:
+            continue
+        ratio = sm.ratio()
+        if ratio >= best_ratio and (best is None or ratio > best_ratio):
+            best, best_ratio = v, ratio
+    return best
+
+
+def match_value(
+    value: str, vocab: list[str], *, numeric: bool = False, spelling: bool = True
+) -> tuple[str | None, str]:
+    """The vocabulary entry ``value`` stands for, and the rule that says so (``(None, "none")`` if no rule does).
+
+    ``numeric``: the source column holds numbers (then only a number in the
+    vocabulary, or a month or weekday number of a calendar vocabulary, matches).
+    ``spelling``: also try close spellings (rule 4).
+    """
+    index = _index(tuple(vocab))
+    n = norm_value(value)
+    if n in index.by_norm:
+        target = index.by_norm[n]
+        return target, "same" if str(value) == target else "case"
+    kind = index.calendar
+    if kind and n:
         if n.isdigit():
             i = int(n) - 1
-            if i in entries and (kind == "month" or int(n) <= 7):
-                return entries[i], f"{kind} number"
+            if i in index.by_day and (kind == "month" or int(n) <= 7):
+                return index.by_day[i], f"{kind} number"
         else:
             found = _calendar_index(n)
-            if found and found[0] == kind and found[1] in entries:
-                return entries[found[1]], f"{kind} name"
+            if found and found[0] == kind and found[1] in index.by_day:
+                return index.by_day[found[1]], f"{kind} name"
     if numeric or not n:
         return None, "none"
     words = set(_words(value))
-    contained = [v for v in vocab if _words(v) and set(_words(v)) <= words]
+    contained = [v for v, w in zip(index.vocab, index.words, strict=True) if w and w <= words]
     if len(contained) == 1:
         return contained[0], "contains"
-    prefixed = [v for v in vocab if norm_value(v).startswith(n) or n.startswith(norm_value(v))]
-    if len(prefixed) == 1 and norm_value(prefixed[0]):
+    prefixed = [v for v, t in zip(index.vocab, index.norms, strict=True) if t and (t.startswith(n) or n.startswith(t))]
+    if len(prefixed) == 1:
         return prefixed[0], "prefix"
-    best = max(vocab, key=lambda t: (SequenceMatcher(None, n, norm_value(t)).ratio(), -vocab.index(t)))
-    if SequenceMatcher(None, n, norm_value(best)).ratio() >= 0.8:
+    best = _close_spelling(n, index) if spelling else None
+    if best is not None:
         return best, "spelling"
     return None, "none"
 
 
 def match_vocabulary(values: dict[str, int], vocab: list[str], *, numeric: bool = False) -> VocabularyMatch:
-    """Map a column's values (value -> rows, most frequent first) onto ``vocab``; see the module docstring."""
+    """Map a column's values (value -> rows, most frequent first) onto ``vocab``; see the module docstring.
+
+    Close spellings (rule 4) are looked for only in a column some of whose
+    values the other rules matched, or with about as many values as the
+    vocabulary: a column of other things is not searched for typos.
+    """
     out = VocabularyMatch()
     total = sum(values.values())
+    found: dict[str, tuple[str | None, str]] = {
+        v: match_value(v, vocab, numeric=numeric, spelling=False) for v in values
+    }
+    if not numeric and (any(t is not None for t, _ in found.values()) or len(values) <= len(vocab) + 2):
+        index = _index(tuple(vocab))
+        for v, (target, _) in found.items():
+            if target is None:
+                close = _close_spelling(norm_value(v), index)
+                if close is not None:
+                    found[v] = (close, "spelling")
     covered = 0
     for value, rows in values.items():
-        target, how = match_value(value, vocab, numeric=numeric)
+        target, how = found[value]
         if target is None:
             out.unresolved.append(value)
             continue

@@ -17,14 +17,17 @@ Used by tests/schema/test_suggest_pairs.py and benchmarks/suggest_quality.py.
 from __future__ import annotations
 
 import math
+import string
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import yaml
 
-from fedmine.config import FederationConfig, load_config
+from fedmine.config import FeatureSpec, FederationConfig, load_config
 from fedmine.schema.suggest import Suggestion, suggest_mapping
 
 PAIRS = Path(__file__).resolve().parents[1] / "data" / "suggest"
@@ -114,3 +117,31 @@ def evaluate(name: str) -> tuple[PairResult, Suggestion]:
             else:
                 result.missed_entries.append(f"missing.{feature}: {m}")
     return result, s
+
+
+def unrelated_table(
+    *, seed: int = 0, text_columns: int = 100, numeric_columns: int = 100, features: int = 80, rows: int = 2000
+) -> tuple[dict[str, FeatureSpec], pd.DataFrame]:
+    """A canonical schema and a table of random words that share nothing but generic words (``num``, ``text``).
+
+    Half the features are categories of 12 random words, half floats; the
+    table's text columns hold 50 random upper-case words each. No column is
+    any feature, so every proposal on it is wrong.
+    """
+    rng = np.random.default_rng(seed)
+
+    def word() -> str:
+        return "".join(rng.choice(list(string.ascii_lowercase), size=int(rng.integers(4, 12))))
+
+    specs: dict[str, FeatureSpec] = {}
+    while len(specs) < features // 2:
+        specs[f"cat_{word()}"] = FeatureSpec(type="category", categories=sorted({word() for _ in range(12)}))
+    while len(specs) < features:
+        specs[f"num_{word()}"] = FeatureSpec(type="float")
+    cols: dict[str, Any] = {}
+    for _ in range(text_columns):
+        vocab = [word().upper() for _ in range(50)]
+        cols[f"Text {word()}"] = rng.choice(vocab, size=rows)
+    for _ in range(numeric_columns):
+        cols[f"Num {word()}"] = rng.normal(size=rows)
+    return specs, pd.DataFrame(cols)

@@ -212,3 +212,13 @@ def test_an_organisation_without_a_source_is_an_input_error():
         match=r"^organisations\.remote\.source: not set; suggest reads the new organisation's source \(run it where the rows are\)$",
     ):
         suggest_mapping(config_from_dict(raw), "remote")
+
+
+def test_columns_that_are_no_feature_get_no_proposal():
+    from tests.schema.suggest_pairs import unrelated_table
+
+    specs, frame = unrelated_table(seed=1, text_columns=12, numeric_columns=12, features=16, rows=300)
+    summaries = [summarise_column(str(c), frame[c]) for c in frame.columns]
+    candidates = [c for s in summaries for f, spec in specs.items() if (c := score_pair(s, f, spec, {})) is not None]
+    assert len(candidates) > 100
+    assert choose(candidates, list(frame.columns), list(specs)) == []
