@@ -399,6 +399,17 @@ class PrivacySpec(_Strict):
     hessian_bound: float | None = Field(
         None, gt=0, description="clip hessians to [0, bound] (DP; regression-like objectives)"
     )
+    organisation_metrics: Literal["shared", "own"] | None = Field(
+        None,
+        description="each organisation's metrics of the global model: sent to the coordinator (shared) or "
+        "kept and logged by the organisation (own); default: own when epsilon is set, else shared",
+    )
+
+    @property
+    def shares_organisation_metrics(self) -> bool:
+        """Whether organisations send their own metrics and row counts (``organisation_metrics`` resolved)."""
+        mode = self.organisation_metrics or ("own" if self.epsilon is not None else "shared")
+        return mode == "shared"
 
 
 class TransportSpec(_Strict):

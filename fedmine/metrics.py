@@ -356,6 +356,81 @@ def from_sums(s: dict, objective: str) -> dict[str, float]:
     return out
 
 
+# -- summed vectors: what travels masked under secure aggregation ------------------
+
+#: Entries of :func:`exact_sum_vector`: counts of NaN, +inf and -inf values, then the limbs of the finite sum.
+EXACT_SUM_SIZE = 3 + N_LIMBS
+
+
+def exact_sum_vector(values) -> np.ndarray:
+    """The exact sum of float64 values as one int64 vector (EXACT_SUM_SIZE,) that adds elementwise across parties.
+
+    ``[n_nan, n_posinf, n_neginf, limbs...]``: unlike :func:`exact_sum_parts`
+    it is always int64, so it can be masked mod 2**64 and summed under masks.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    out = np.zeros(EXACT_SUM_SIZE, dtype=np.int64)
+    out[0] = int(np.isnan(v).sum())
+    out[1] = int(np.isposinf(v).sum())
+    out[2] = int(np.isneginf(v).sum())
+    out[3:] = exact_sum_parts(v[np.isfinite(v)])
+    return out
+
+
+def exact_total_vector(vector) -> float:
+    """Correctly rounded float of the (summed) :func:`exact_sum_vector`, with numpy's rules for NaN and inf."""
+    vector = np.asarray(vector, dtype=np.int64)
+    n_nan, n_pos, n_neg = (int(x) for x in vector[:3])
+    if n_nan or (n_pos and n_neg):
+        return float("nan")
+    if n_pos or n_neg:
+        return float("inf") if n_pos else float("-inf")
+    return exact_total(vector[3:])
+
+
+def sum_vector_size(objective: str) -> int:
+    """Length of :func:`sum_vector` for ``objective``."""
+    return 1 + sum(2 * AUC_CELLS if m == "auc" else EXACT_SUM_SIZE for m in METRICS[objective])
+
+
+def sum_vector(y: np.ndarray, raw: np.ndarray, objective: str) -> np.ndarray:
+    """A party's validation sums as one int64 vector of fixed layout: the summed (masked) ``evaluate`` answer.
+
+    ``[n, then per reported metric: its exact_sum_vector, or for auc the dense
+    auc_histograms (2 * AUC_CELLS)]``, shape ``(sum_vector_size(objective),)``.
+    Added elementwise over organisations (mod 2**64 under masks), it gives
+    :func:`from_sum_vector` the pooled rows' metrics, the same floats as
+    :func:`from_sums` of the merged :func:`sums`.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    parts = [np.array([len(y)], dtype=np.int64)]
+    for name in METRICS[objective]:
+        if name == "auc":
+            parts.append(auc_histograms(y, raw).ravel() if len(y) else np.zeros(2 * AUC_CELLS, dtype=np.int64))
+        else:
+            parts.append(exact_sum_vector(row_values(name, y, raw, objective) if len(y) else np.zeros(0)))
+    return np.concatenate(parts)
+
+
+def from_sum_vector(vector, objective: str) -> dict[str, float]:
+    """Reported metrics from a (summed) :func:`sum_vector`; ``{}`` without rows."""
+    vector = np.asarray(vector, dtype=np.int64)
+    if vector.shape != (sum_vector_size(objective),):
+        raise ValueError(f"a {objective} sum vector has {sum_vector_size(objective)} entries, got {vector.shape}")
+    n = int(vector[0])
+    if n <= 0:
+        return {}
+    out, at = {}, 1
+    for name in METRICS[objective]:
+        if name == "auc":
+            out[name] = auc_from_histograms(vector[at : at + 2 * AUC_CELLS].reshape(2, AUC_CELLS))
+            at += 2 * AUC_CELLS
+        else:
+            out[name] = value_from_mean(name, exact_total_vector(vector[at : at + EXACT_SUM_SIZE]) / n)
+            at += EXACT_SUM_SIZE
+    return out
+
+
 def exact(y: np.ndarray, raw: np.ndarray, objective: str) -> dict[str, float]:
     """A party's own reported metrics, exact (AUC from ranks, not cells)."""
     if len(y) == 0:

@@ -76,6 +76,8 @@ class Call:
     merge : how answers of several organisations combine, a key of :data:`MERGES`.
     release : ``summed``, ``disclosed`` or ``none`` (see the module docstring).
     doc : one line: what the call does.
+    discloses : what a ``disclosed`` answer reveals, field by field (its dict keys, or one name for an
+        array); the privacy receipt lists them as ``call.field``.
     """
 
     name: str
@@ -87,6 +89,7 @@ class Call:
     merge: str
     release: str
     doc: str
+    discloses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.side not in (ORGANISATION, ENGINE):
@@ -151,30 +154,42 @@ _TABLE: tuple[Call, ...] = (
     Call("begin_training", ORGANISATION, (ANY,), NEW, "training_id: str", "none", "none", NO_ANSWER,
          "start a training (or resume one): fresh engine state, no keys, no noise"),
     Call("describe", ORGANISATION, (ANY,), None, "",
-         "{n_rows, n_valid, n_features: int; features: [str]; label_sums: float64 (n_classes,); "
-         "report: counts and rates; fingerprint: str}",
-         "each", DISCLOSED, "row counts, canonical feature names, label sums, report counts, a digest of the rows"),
+         "{n_features: int; features: [str]; report: counts and rates; fingerprint: str}",
+         "each", DISCLOSED, "canonical feature names, harmonisation report counts, a digest of the rows",
+         ("n_features", "features", "report", "fingerprint")),
     Call("secure_setup", ORGANISATION, (ANY,), None, "training_id: str", "public key: bytes (32)",
-         "each", DISCLOSED, "make this training's key pair; answer the public key"),
+         "each", DISCLOSED, "make this training's key pair; answer the public key", ("public_key",)),
     Call("secure_peers", ORGANISATION, (ANY,), None, "peers: {organisation: public key}", "none",
          "none", NO_ANSWER, "derive pairwise masks from the peers' public keys"),
     Call("secure_restart", ORGANISATION, (ANY,), None, "remaining: [str], epoch: int", "none",
          "none", NO_ANSWER, "fresh masks among the remaining organisations (one dropped out)"),
+    Call("label_totals", ORGANISATION, (ANY,), None, "",
+         "int64: n_rows, n_valid, label sums (class counts, or the exact sum's vector)", "sum", SUMMED,
+         "training and validation row counts and label sums, summed over organisations"),
+    Call("row_counts", ORGANISATION, (ANY,), None, "",
+         "{n_rows, n_valid: int; label_sums: float64 (n_classes,)}", "each", DISCLOSED,
+         "this organisation's row counts and label sums (tree strategies; organisation_metrics: shared)",
+         ("n_rows", "n_valid", "label_sums")),
     Call("evaluate", ORGANISATION, (FOLLOWING,), None, "",
-         "{sums: {name: float64}, metrics: {name: float}}",
-         "each", DISCLOSED, "validation sums and exact metrics of the model the party follows"),
+         "int64 (sum_vector_size,): validation sums of the model the party follows", "sum", SUMMED,
+         "validation sums (row count, exact metric sums, score histograms), summed over organisations"),
+    Call("own_metrics", ORGANISATION, (FOLLOWING,), None, "", "{name: float}", "each", DISCLOSED,
+         "this organisation's exact validation metrics of the model it follows (organisation_metrics: shared)",
+         ("metrics",)),
     Call("local_baseline", ORGANISATION, (ANY,), None, "params: {str: value}, num_boost_round: int",
-         "{metrics, curve, rows_train}", "each", DISCLOSED, "train on this organisation's rows alone; its metrics"),
+         "{metrics, curve, rows_train}", "each", DISCLOSED, "train on this organisation's rows alone; its metrics",
+         ("metrics", "curve", "rows_train")),
     # -- tree strategies (bagging, cyclic, local) ------------------------------------------------------
     Call("start", ORGANISATION, (ANY,), FOLLOWING, "base_score: float64 (n_trees,)", "none",
          "none", NO_ANSWER, "follow a model whose raw score starts at base_score"),
     Call("add_trees", ORGANISATION, (FOLLOWING,), None, "step: int, trees: [Tree] | None",
          "none", "none", NO_ANSWER, "add the trees of step to the followed model's scores (a repeat is skipped)"),
     Call("train_local", ORGANISATION, (FOLLOWING,), None, "params: {str: value}, num_boost_round: int",
-         "[Tree]", "each", DISCLOSED, "trees trained with LightGBM on this party's rows on top of the model"),
+         "[Tree]", "each", DISCLOSED, "trees trained with LightGBM on this party's rows on top of the model",
+         ("trees",)),
     # -- the federated profile (fedmine profile): over all the party's rows, training and validation ------
     Call("profile_ranges", ORGANISATION, (ANY,), None, "", "float64 (n_features, 2): min, max",
-         "range", DISCLOSED, "min and max per feature over all rows (the profile's shared grid)"),
+         "range", DISCLOSED, "min and max per feature over all rows (the profile's shared grid)", ("min", "max")),
     Call("profile_counts", ORGANISATION, (ANY,), None,
          "grids: float64 (n_features, n_grid), categorical: bool (n_features,)", "int64 (n_features, n_grid + 1)",
          "sum", SUMMED, "counts of all rows on the profile's grid: per cell or category code, missing last"),
@@ -183,7 +198,8 @@ _TABLE: tuple[Call, ...] = (
          "features: [{name, type, categories}]",
          "{rows: int, features: {name: {count, missing_rate, quantiles, percentiles, plot | categories, psi, "
          "median_ratio}}, problems: [str]}",
-         "each", DISCLOSED, "the organisation's own view: its summary and its PSI against the federation's rest"),
+         "each", DISCLOSED, "the organisation's own view: its summary and its PSI against the federation's rest",
+         ("rows", "features", "problems")),
     # -- explanations (fedmine explain): the global model's SHAP values on all the party's rows ---------------
     Call("shap_sums", ORGANISATION, (ANY,), None, "model: str (LightGBM model text), scale: float",
          "int64 (n_outputs, n_features + 1): fixed-point sums of |SHAP| per feature, the row count last",
@@ -193,7 +209,7 @@ _TABLE: tuple[Call, ...] = (
          "none", "none", NO_ANSWER, "write this organisation's SHAP summary and dependence plots where its rows are"),
     # -- histogram strategy: the engine's calls ----------------------------------------------------------
     Call("feature_ranges", ENGINE, (ANY,), None, "", "float64 (n_features, 2): min, max",
-         "range", DISCLOSED, "min and max per feature (features without declared ranges)"),
+         "range", DISCLOSED, "min and max per feature (features without declared ranges)", ("min", "max")),
     Call("grid_counts", ENGINE, (ANY,), None, "grids: float64 (n_features, n_grid), categorical: bool (n_features,)",
          "int64 (n_features, n_grid + 1)", "sum", SUMMED, "row counts on the shared fine grid (agreeing bins)"),
     Call("set_bins", ENGINE, (CREATED, BINNED), BINNED, "mapper: BinMapper", "none",
@@ -204,9 +220,11 @@ _TABLE: tuple[Call, ...] = (
     Call("label_stats", ENGINE, (ANY,), None, "params: Params", "int64 (objective specific)",
          "sum", SUMMED, "summable label statistics for the initial score"),
     Call("begin_round", ENGINE, (READY, GROWING), GRADIENTS, "iteration: int, trees: [Tree]",
-         "float64 (n_trees, 2): max |g|, max h", "max", DISCLOSED, "apply the last round's trees; gradient bounds"),
+         "float64 (n_trees, 2): max |g|, max h", "max", DISCLOSED, "apply the last round's trees; gradient bounds",
+         ("max_abs_grad", "max_hess")),
     Call("replay", ENGINE, (GRADIENTS,), None, "rounds: [[Tree]]", "float64 (n_trees, 2)",
-         "max", DISCLOSED, "apply past rounds' trees in order (resume, rejoin); gradient bounds"),
+         "max", DISCLOSED, "apply past rounds' trees in order (resume, rejoin); gradient bounds",
+         ("max_abs_grad", "max_hess")),
     Call("start_trees", ENGINE, (GRADIENTS,), GROWING,
          "iteration: int, grad_scales, hess_scales: float64 (n_trees,), count_bits: int, max_nodes: int", "none",
          "none", NO_ANSWER, "quantise gradients with the global scales, bag rows, reset the partitions"),

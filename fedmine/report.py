@@ -33,8 +33,10 @@ def organisation_notes(
     label sums of its training rows); ``federated`` and ``local_only`` its
     validation metrics of the global and of its local-only model.
     """
-    notes = []
+    notes: list[str] = []
     t = cfg.training
+    if "n_rows" not in description:  # organisation_metrics: own: the organisation keeps its figures
+        return notes
     n_train, n_valid = int(description["n_rows"]), int(description["n_valid"])
     if n_valid == 0:
         notes.append(
@@ -84,10 +86,11 @@ def summarise(
             notes = [baselines[org]["notice"], *notes]
         if org in dropped:  # left out after a failure: no baseline, no metrics of the final model
             notes = [f"left out in round {dropped[org]['round']} after a failure: {dropped[org]['reason']}", *notes]
+        shared = "n_rows" in d  # organisation_metrics: own keeps them with the organisation
         orgs[org] = {
-            "rows": d["n_rows"] + d["n_valid"],
-            "rows_train": d["n_rows"],
-            "rows_valid": d["n_valid"],
+            "rows": d["n_rows"] + d["n_valid"] if shared else None,
+            "rows_train": d["n_rows"] if shared else None,
+            "rows_valid": d["n_valid"] if shared else None,
             "federated": federated,
             "local_only": local_only,
             "notes": notes,
@@ -103,6 +106,7 @@ def summarise(
         "model_file": model_file,
         "feature_names": list(cfg.features),
         "global": last.global_metrics,
+        "rows": coord.n_rows + coord.n_valid,
         "organisations": orgs,
         "privacy": coord.receipt().as_dict(),
         "dropped": coord.dropped,
@@ -161,6 +165,8 @@ def gain_rows(summary: dict[str, Any]) -> list[tuple[str, int, float, float, flo
     sign = 1.0 if metrics.PRIMARY[summary["objective"]][1] else -1.0
     rows = []
     for org, o in summary["organisations"].items():
+        if o["rows"] is None:  # organisation_metrics: own: its figures stay with it
+            continue
         local = o["local_only"].get(key, float("nan"))
         fed = o["federated"].get(key, float("nan"))
         rows.append((org, o["rows"], local, fed, sign * (fed - local)))
@@ -176,9 +182,7 @@ def gain_table(summary: dict[str, Any]) -> str:
         lines.append(f"{org:<16}{n:>8}{local:>22.4f}{fed:>22.4f}{gain:>+10.4f}")
     g = summary["global"].get(key)
     if g is not None:
-        lines.append(
-            f"{'federation':<16}{sum(o['rows'] for o in summary['organisations'].values()):>8}{'':>22}{g:>22.4f}"
-        )
+        lines.append(f"{'federation':<16}{summary['rows']:>8}{'':>22}{g:>22.4f}")
     lines += [f"note: {org}: {note}" for org, note in notes(summary)]
     return "\n".join(lines)
 
@@ -233,6 +237,8 @@ def _plot_curves(coord: Coordinator, baselines: dict, key: str, path: Path) -> N
 
 def _plot_gain(summary: dict, path: Path) -> None:
     rows = gain_rows(summary)
+    if not rows:  # organisation_metrics: own: no organisation's figures at the coordinator
+        return
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r[2] for r in rows], 0.4, label="local only")

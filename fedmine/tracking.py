@@ -288,8 +288,8 @@ class Tracker:
                 return run.info.run_id, json.loads(Path(local).read_text())
         return None
 
-    def start_organisation(self, org: str, *, rows: int, report: dict[str, Any] | None = None) -> str:
-        """The nested run of one organisation."""
+    def start_organisation(self, org: str, *, rows: int | None, report: dict[str, Any] | None = None) -> str:
+        """The nested run of one organisation (``rows`` None: the organisation keeps its row count)."""
         spec = self.cfg.organisations[org]
         run = self.client.create_run(
             self.experiment_id,
@@ -305,7 +305,9 @@ class Tracker:
         where = spec.endpoint or spec.source
         kind = where.split("://")[0] if "://" in where else Path(where).suffix
         self.client.log_batch(
-            rid, params=[Param("organisation", org), Param("rows", str(rows)), Param("source_scheme", kind)]
+            rid,
+            params=[Param("organisation", org), Param("source_scheme", kind)]
+            + ([Param("rows", str(rows))] if rows is not None else []),
         )
         if report:
             self.client.log_dict(rid, report, "harmonisation_report.json")

@@ -67,7 +67,8 @@ def federated_training(
         first = 1
         if checkpoint is None:
             for name, d in coord.descriptions.items():
-                tracker.start_organisation(name, rows=d["n_rows"] + d["n_valid"], report=reports[name])
+                rows = d["n_rows"] + d["n_valid"] if "n_rows" in d else None  # None: organisation_metrics: own
+                tracker.start_organisation(name, rows=rows, report=reports[name])
         else:
             first = coord.restore(*checkpoint)
 

@@ -51,9 +51,18 @@ def test_every_call_is_implemented_on_its_side(entry):
 
 
 def test_summed_answers_are_integer_sums_and_disclosed_ones_are_kept_apart():
-    assert {"grid_counts", "label_stats", "histograms", "split_histograms", "metric_stats"} <= protocol.summed()
+    summed = {
+        "grid_counts",
+        "label_stats",
+        "histograms",
+        "split_histograms",
+        "metric_stats",
+        "evaluate",
+        "label_totals",
+    }
+    assert summed <= protocol.summed()
     assert not protocol.summed() & protocol.disclosed()
-    assert {"describe", "evaluate", "train_local", "begin_round", "feature_ranges"} <= protocol.disclosed()
+    assert {"describe", "own_metrics", "train_local", "begin_round", "feature_ranges"} <= protocol.disclosed()
     parts = [np.array([1, 2], dtype=np.int64), np.array([10, 20], dtype=np.int64)]
     assert protocol.merge("histograms", parts).tolist() == [11, 22]
     assert protocol.merge("describe", [{"n_rows": 1}, {"n_rows": 2}]) == [{"n_rows": 1}, {"n_rows": 2}]

@@ -54,6 +54,7 @@ class Link:
         self.calls = 0
         self.seconds = 0.0
         self.failed = False  # the party failed to answer (transport or party error)
+        self.answered: set[str] = set()  # calls this party answered (the privacy receipt lists what they disclose)
         self._lock = threading.Lock()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -75,6 +76,7 @@ class Link:
         size = payload_bytes(answer)
         with self._lock:
             self.calls += 1
+            self.answered.add(method)
             self.bytes_received += sent
             self.bytes_sent += size
             self.seconds += time.perf_counter() - t0

@@ -31,6 +31,7 @@ from typing import Any
 from fedmine.coordinator.ensemble import Ensemble, scale_tree
 from fedmine.coordinator.link import EngineProxy, Link
 from fedmine.gbdt.model import Tree, tree_arrays, trees_from_arrays
+from fedmine.gbdt.state import EngineGroup
 
 
 @dataclass
@@ -55,6 +56,8 @@ class RoundContext:
     declared_ranges: Any = None  # (n_features, 2) from the canonical schema, NaN where undeclared
     privacy: Any = None  # the config's PrivacySpec (histogram: differential privacy)
     notices: list[str] = field(default_factory=list)  # for the user and the MLflow run
+    n_rows: int = 0  # the federation's training rows (summed label_totals)
+    n_valid: int = 0  # and validation rows
     step: int = 0
     stats: dict[str, float] = field(default_factory=dict)  # what the last round measured, by MLflow name
     stopped: bool = False  # the strategy grows no further round
@@ -139,6 +142,32 @@ class Strategy:
             start += n
 
 
+class FederationGroup(EngineGroup):
+    """The organisations as one engine party; its row counts are the federation's summed ``label_totals``.
+
+    No organisation's own counts are asked for: the engine needs only the totals.
+    """
+
+    def __init__(self, parties: list[Any], *, totals: dict[str, int], n_threads: int | None = None) -> None:
+        super().__init__(parties, n_threads=n_threads)
+        self.totals = dict(totals)
+
+    @classmethod
+    def of(cls, links: list[Link], *, objective: str, n_threads: int | None = None) -> FederationGroup:
+        """The group of ``links``, its totals from their summed ``label_totals`` (tests, tools)."""
+        from fedmine import protocol
+        from fedmine.coordinator.training import label_totals_values
+
+        summed = protocol.merge("label_totals", [link.call("label_totals") for link in links])
+        n_rows, n_valid, _ = label_totals_values(objective, summed)
+        n_features = links[0].call("describe")["n_features"]
+        totals = {"n_rows": n_rows, "n_valid": n_valid, "n_features": n_features}
+        return cls([EngineProxy(link) for link in links], totals=totals, n_threads=n_threads or len(links))
+
+    def describe(self) -> dict:
+        return dict(self.totals)
+
+
 class HistogramStrategy(Strategy):
     """Trees grown by the coordinator from summed integer histograms (lossless).
 
@@ -167,14 +196,17 @@ class HistogramStrategy(Strategy):
     def start(self, ctx: RoundContext) -> None:
         from fedmine.gbdt import DPConfig
         from fedmine.gbdt.booster import Trainer
-        from fedmine.gbdt.state import EngineGroup
 
         privacy = ctx.privacy
         self.epsilon = privacy.epsilon if privacy is not None else None
         dp = None
         if self.epsilon is not None:
             dp = DPConfig(grad_bound=privacy.gradient_bound, hess_bound=privacy.hessian_bound)
-        self.group = EngineGroup([EngineProxy(link) for link in ctx.links], n_threads=len(ctx.links))
+        self.group = FederationGroup(
+            [EngineProxy(link) for link in ctx.links],
+            totals={"n_rows": ctx.n_rows, "n_valid": ctx.n_valid, "n_features": len(ctx.feature_names)},
+            n_threads=len(ctx.links),
+        )
         self.trainer = Trainer(
             self.group,
             ctx.engine_params,

@@ -1,13 +1,16 @@
 """The coordinator: drives rounds over the parties and owns the global model.
 
-It sees only what parties answer: row counts, label sums, trees and
-validation sums. It never holds a row. One :class:`Coordinator` serves one
+It sees only what parties answer: summed row counts, label sums and
+validation sums (masked under secure aggregation), trees, and each
+organisation's own figures only where the protocol table marks them
+disclosed and the config shares them. It never holds a row. One :class:`Coordinator` serves one
 training; the Prefect flow calls :meth:`start`, :meth:`run_round` for each
 round, :meth:`local_baselines` and :meth:`model_text`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 import warnings
@@ -16,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmine import metrics
+from fedmine import metrics, protocol
 from fedmine.config import FederationConfig
 from fedmine.coordinator.ensemble import Ensemble
 from fedmine.coordinator.link import Link
@@ -39,6 +42,15 @@ def base_score(objective: str, label_sums: np.ndarray, rows: int) -> np.ndarray:
         share = np.clip(label_sums / rows, 1e-15, 1.0)
         return np.log(share)
     return np.array([label_sums[0] / rows])
+
+
+def label_totals_values(objective: str, totals) -> tuple[int, int, np.ndarray]:
+    """``(n_rows, n_valid, label_sums)`` from the summed ``label_totals`` answers of the organisations."""
+    totals = np.asarray(totals, dtype=np.int64)
+    n_rows, n_valid = int(totals[0]), int(totals[1])
+    if objective in ("binary", "multiclass"):
+        return n_rows, n_valid, totals[2:].astype(np.float64)
+    return n_rows, n_valid, np.array([metrics.exact_total_vector(totals[2:])])
 
 
 def declared_ranges(cfg: FederationConfig) -> np.ndarray:
@@ -104,6 +116,8 @@ class Coordinator:
     ensemble: Ensemble | None = field(init=False, default=None)
     history: list[RoundResult] = field(init=False, default_factory=list)
     descriptions: dict[str, dict[str, Any]] = field(init=False, default_factory=dict)
+    n_rows: int = field(init=False, default=0)  # training rows of the federation (summed)
+    n_valid: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.links = [Link(p) for p in self.parties]
@@ -135,26 +149,34 @@ class Coordinator:
         return sum(link.bytes_received for link in self._all_links)
 
     def start(self) -> None:
-        """Begin the training at every party, ask each to describe itself, agree the base score, start the parties."""
+        """Begin the training at every party, agree the base score from summed label totals, start the parties.
+
+        Row counts and label sums are summed over the organisations (masked
+        under secure aggregation); each organisation's own counts are asked
+        for (``row_counts``, disclosed) only by the tree strategies, which
+        weigh organisations by them, and under ``organisation_metrics: shared``.
+        """
         for link in self.links:
             link.call("begin_training", self.training_id)
             d = link.call("describe")
-            if d["n_rows"] == 0:
-                raise DataError(f"organisation {link.name}: no training rows after the validation split")
             if d["features"] != list(self.cfg.features):
                 raise DataError(f"organisation {link.name}: features {d['features']} differ from the canonical schema")
-            self.descriptions[link.name] = d
-        rows = sum(d["n_rows"] for d in self.descriptions.values())
-        sums = np.sum([d["label_sums"] for d in self.descriptions.values()], axis=0)
-        base = base_score(self.objective, sums, rows)
-        self.ensemble = Ensemble.for_config(self.cfg, base)
+            self.descriptions[link.name] = dict(d)
         if self.cfg.secure_aggregation:
             self._secure_setup()
+        totals = protocol.merge("label_totals", [link.call("label_totals") for link in self.links])
+        rows, self.n_valid, sums = label_totals_values(self.objective, totals)
+        self.n_rows = rows
+        base = base_score(self.objective, sums, rows)
+        self.ensemble = Ensemble.for_config(self.cfg, base)
+        if self.shares_rows:
+            for link in self.links:
+                self.descriptions[link.name].update(link.call("row_counts"))
         # Under `local` every organisation starts from its own average, as LightGBM would.
         for link in self.links:
             d = self.descriptions[link.name]
-            own = base_score(self.objective, d["label_sums"], d["n_rows"])
-            link.call("start", base if self.federated else own)
+            own = base if self.federated else base_score(self.objective, d["label_sums"], d["n_rows"])
+            link.call("start", own)
         self._ctx = RoundContext(
             round_id=0,
             links=self.links,
@@ -162,7 +184,7 @@ class Coordinator:
             params=self.params,
             local_rounds=self.cfg.training.local_rounds,
             server_learning_rate=self.cfg.training.server_learning_rate,
-            train_rows={n: d["n_rows"] for n, d in self.descriptions.items()},
+            train_rows={n: d["n_rows"] for n, d in self.descriptions.items() if "n_rows" in d},
             engine_params=self.cfg.training.engine_params(
                 self.objective, self.cfg.num_class, metrics.primary(self.objective)
             ),
@@ -171,6 +193,8 @@ class Coordinator:
             declared_ranges=declared_ranges(self.cfg),
             privacy=self.cfg.privacy,
             notices=self.notices,
+            n_rows=self.n_rows,
+            n_valid=self.n_valid,
         )
         self.strategy.start(self._ctx)
 
@@ -190,17 +214,29 @@ class Coordinator:
 
     def receipt(self):
         """The privacy receipt of this training so far (logged every round)."""
-        from fedmine.privacy.receipt import PrivacyReceipt
+        from fedmine.privacy.receipt import PrivacyReceipt, disclosed_fields
 
         dp = getattr(self.strategy, "receipt", None)
         with_dp = dp(secure_aggregation=self.cfg.secure_aggregation, n_parties=len(self.links)) if dp else None
-        return with_dp or PrivacyReceipt(secure_aggregation=self.cfg.secure_aggregation, n_parties=len(self.links))
+        receipt = with_dp or PrivacyReceipt(secure_aggregation=self.cfg.secure_aggregation, n_parties=len(self.links))
+        answered = set().union(*(link.answered for link in self._all_links))
+        return dataclasses.replace(receipt, disclosed=tuple(disclosed_fields(answered)))
+
+    @property
+    def shares_metrics(self) -> bool:
+        """Organisations send their own metrics (``privacy.organisation_metrics`` resolved)."""
+        return self.cfg.privacy.shares_organisation_metrics
+
+    @property
+    def shares_rows(self) -> bool:
+        """Organisations send their own row counts: shared metrics, or a tree strategy (its weights need them)."""
+        return self.shares_metrics or self.strategy.name != "histogram"
 
     def evaluate(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-        """Federation-wide metrics (from merged sums) and each organisation's own."""
-        answers = {link.name: link.call("evaluate") for link in self.links}
-        merged = metrics.merge([a["sums"] for a in answers.values() if a["sums"]])
-        return metrics.from_sums(merged, self.objective), {n: a["metrics"] for n, a in answers.items()}
+        """Federation-wide metrics from the summed (masked) validation sums; each organisation's own if shared."""
+        total = protocol.merge("evaluate", [link.call("evaluate") for link in self.links])
+        own = {link.name: link.call("own_metrics") for link in self.links} if self.shares_metrics else {}
+        return metrics.from_sum_vector(total, self.objective), own
 
     def run_round(self, round_id: int) -> RoundResult:
         """One boosting round with the strategy; then evaluate the model every party follows."""
@@ -387,7 +423,9 @@ class Coordinator:
         return self.last_round + 1
 
     def local_baselines(self) -> dict[str, dict[str, Any]]:
-        """Each organisation trained alone with the same parameters and rounds."""
+        """Each organisation trained alone with the same parameters and rounds (none when metrics stay own)."""
+        if not self.shares_metrics:
+            return {}
         rounds = self.cfg.training.rounds
         return {link.name: link.call("local_baseline", self.params, rounds) for link in self.links}
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import zlib
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import lightgbm as lgb
 import numpy as np
 
 from fedmine import metrics, protocol
-from fedmine.errors import PartyError
+from fedmine.errors import DataError, PartyError
 from fedmine.gbdt.histogram import compact_histograms, pack_fields, reachable_cells
 from fedmine.gbdt.model import Tree
 from fedmine.gbdt.modeltext import read_trees
@@ -21,6 +22,8 @@ from fedmine.gbdt.state import EngineState
 from fedmine.party.policy import PartyPolicy
 from fedmine.protocol import NEW, ORGANISATION, SUMMED, ProtocolError
 from fedmine.schema import HarmonisedFrame
+
+_log = logging.getLogger("fedmine.party")
 
 # The metrics LightGBM records for each objective: fedmine.metrics' table (the primary first).
 LGB_METRICS = metrics.METRICS
@@ -187,6 +190,7 @@ class Party:
         self.fingerprint_ = fingerprint(rows)
         self.output_dir: Path | None = None  # where this organisation's own files go (explanation plots)
         self._shap: tuple[str, np.ndarray] | None = None  # (model digest, SHAP values of all rows)
+        self.own_history_: list[dict[str, float]] = []  # organisation_metrics: own: what it logged
 
     @classmethod
     def for_organisation(cls, cfg: Any, org: str, data: HarmonisedFrame, *, enforce_policy: bool = True) -> Party:
@@ -301,6 +305,14 @@ class Party:
                     f"{len(remaining)} remaining organisations ({', '.join(map(str, remaining))}); "
                     f"this organisation's config needs at least {policy.min_parties} of its own",
                 )
+        elif name in ("own_metrics", "local_baseline") and not policy.shares_metrics:
+            raise self._refuse(
+                name, "this organisation's config sets privacy.organisation_metrics: own; its metrics stay with it"
+            )
+        elif name == "row_counts" and not policy.shares_rows:
+            raise self._refuse(
+                name, "this organisation's config sets privacy.organisation_metrics: own; its row counts are summed"
+            )
         elif name in ("add_trees", "begin_round", "replay", "finish"):
             _check_trees(name, self.name, args, len(self.feature_names))
         elif name in ("train_local", "local_baseline"):
@@ -350,21 +362,41 @@ class Party:
 
     # -- organisation calls (protocol table, side "organisation") ------------
     def describe(self) -> dict[str, Any]:
-        """Row counts, feature names, label sums and the harmonisation report."""
-        y = self._data.y_train
-        if self.objective == "multiclass":
-            label_sums = np.bincount(y.astype(np.int64), minlength=self.num_class).astype(np.float64)
-        else:
-            label_sums = np.array([float(y.sum())])
+        """Feature names, the harmonisation report and a digest of the rows (no counts: :meth:`label_totals`)."""
+        if len(self._data.y_train) == 0:
+            raise DataError(f"organisation {self.name}: no training rows after the validation split")
         return {
-            "n_rows": len(y),
-            "n_valid": len(self._data.y_valid),
             "n_features": len(self.feature_names),
-            "label_sums": label_sums,
             "features": list(self.feature_names),
             "report": self.report if self.policy is None else shared_report(self.report),
             "fingerprint": self.fingerprint_,
         }
+
+    def _label_sums(self) -> np.ndarray:
+        y = self._data.y_train
+        if self.objective == "multiclass":
+            return np.bincount(y.astype(np.int64), minlength=self.num_class).astype(np.float64)
+        return np.array([float(y.sum())])
+
+    def label_totals(self) -> np.ndarray:
+        """Summable row counts and label sums: int64 ``[n_rows, n_valid, label part]``.
+
+        The label part is the class counts (binary: the positives; multiclass:
+        one per class) or, for real-valued labels, the label sum's
+        :func:`fedmine.metrics.exact_sum_vector`; the coordinator's
+        :func:`~fedmine.coordinator.training.label_totals_values` reads the summed vector.
+        """
+        y = self._data.y_train
+        head = np.array([len(y), len(self._data.y_valid)], dtype=np.int64)
+        if self.objective in ("binary", "multiclass"):
+            part = self._label_sums().astype(np.int64)
+        else:
+            part = metrics.exact_sum_vector(y)
+        return np.concatenate([head, part])
+
+    def row_counts(self) -> dict[str, Any]:
+        """This organisation's own row counts and label sums (disclosed: tree strategies, shared metrics)."""
+        return {"n_rows": len(self._data.y_train), "n_valid": len(self._data.y_valid), "label_sums": self._label_sums()}
 
     def start(self, base_score: np.ndarray) -> None:
         """Begin following a model whose raw score starts at ``base_score``."""
@@ -469,12 +501,30 @@ class Party:
             return scores[0] if self.num_class == 1 else scores.T
         return self._valid_raw
 
-    def evaluate(self) -> dict[str, Any]:
-        """Validation sums (mergeable) and this party's exact metrics of the current model."""
+    def evaluate(self) -> np.ndarray:
+        """Validation sums of the current model, summable (:func:`fedmine.metrics.sum_vector`).
+
+        With ``privacy.organisation_metrics: own`` the party also computes its
+        own exact metrics and logs them in its own log (:attr:`own_history_`).
+        """
         y, raw = self._data.y_valid, self._current_valid_raw()
         if len(y) == 0:
-            return {"sums": {}, "metrics": {}}
-        return {"sums": metrics.sums(y, raw, self.objective), "metrics": metrics.exact(y, raw, self.objective)}
+            return metrics.sum_vector(y, np.zeros(self._shape(0)), self.objective)
+        if self.policy is not None and not self.policy.shares_metrics:
+            own = metrics.exact(y, raw, self.objective)
+            self.own_history_.append(own)
+            _log.info(
+                "organisation %s: validation metrics of the global model after evaluation %d: %s",
+                self.name,
+                len(self.own_history_),
+                ", ".join(f"{k}={v:.6g}" for k, v in own.items()),
+            )
+        return metrics.sum_vector(y, raw, self.objective)
+
+    def own_metrics(self) -> dict[str, float]:
+        """This party's exact metrics of the current model (organisation_metrics: shared)."""
+        y = self._data.y_valid
+        return metrics.exact(y, self._current_valid_raw(), self.objective) if len(y) else {}
 
     def local_baseline(self, params: dict[str, Any], num_boost_round: int) -> dict[str, Any]:
         """Train on this party's rows alone: its final metrics and learning curve (no model leaves).

@@ -14,6 +14,9 @@ trusted for nothing the party can check:
 - local LightGBM training uses the parameters of the config's ``training``
   section (an allow-list without sockets or files), with the config's rounds
   as a cap and a time limit;
+- with ``privacy.organisation_metrics: own`` (the default under ``privacy.epsilon``) its own
+  metrics, local-only baseline and row counts stay with it (row counts go to tree strategies,
+  which need them for their weights);
 - bins are set once per training; ranges are answered only for features
   whose range the schema does not declare; requests and answers are bounded.
 
@@ -53,6 +56,8 @@ class PartyPolicy:
     local_rounds, rounds : caps on ``train_local`` and ``local_baseline`` rounds.
     min_parties : the fewest organisations secure aggregation may continue with (``privacy.min_parties``).
     declared : bool mask of features whose range the schema declares.
+    shares_metrics : answers ``own_metrics`` and ``local_baseline`` (``privacy.organisation_metrics: shared``).
+    shares_rows : answers ``row_counts`` (shared metrics, or a tree strategy).
     """
 
     organisation: str
@@ -64,6 +69,8 @@ class PartyPolicy:
     rounds: int
     min_parties: int
     declared: np.ndarray = field(hash=False, compare=False)
+    shares_metrics: bool = True
+    shares_rows: bool = True
     max_nodes_per_request: int = MAX_NODES_PER_REQUEST
     max_answer_bytes: int = MAX_ANSWER_BYTES
     train_seconds: float = TRAIN_SECONDS
@@ -89,4 +96,6 @@ class PartyPolicy:
             rounds=int(t.rounds),
             min_parties=int(cfg.privacy.min_parties),
             declared=declared,
+            shares_metrics=cfg.privacy.shares_organisation_metrics,
+            shares_rows=cfg.privacy.shares_organisation_metrics or t.strategy != "histogram",
         )

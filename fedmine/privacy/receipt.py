@@ -24,6 +24,20 @@ def disclosed_calls() -> list[str]:
     return sorted(protocol.disclosed())
 
 
+def disclosed_fields(calls=None) -> list[str]:
+    """``call.field`` for every field a disclosed answer reveals (the table's ``discloses``).
+
+    Parameters
+    ----------
+    calls : iterable of str, optional
+        The calls a training made (its links record them); default: every call of the table.
+    """
+    from fedmine import protocol
+
+    names = protocol.disclosed() if calls is None else protocol.disclosed() & set(calls)
+    return sorted(f"{name}.{f}" for name in names for f in protocol.call(name).discloses or ("answer",))
+
+
 @dataclass(frozen=True)
 class PrivacyReceipt:
     """Privacy of one training.
@@ -49,6 +63,9 @@ class PrivacyReceipt:
         Noisy releases accounted.
     covers : str
         What the epsilon covers.
+    disclosed : tuple of str or None
+        ``call.field`` of every disclosed answer the training received
+        (:func:`disclosed_fields`); None: every one the table has.
     """
 
     secure_aggregation: bool
@@ -60,6 +77,7 @@ class PrivacyReceipt:
     delta: float | None = None
     releases: int = 0
     covers: str = COVERS_HISTOGRAMS
+    disclosed: tuple | None = None
 
     def as_dict(self) -> dict:
         """Flat dict of str keys to bool, int, float, str or None, for MLflow params and metrics."""
@@ -72,7 +90,7 @@ class PrivacyReceipt:
             "delta": _number(self.delta),
             "releases": int(self.releases),
             "covers": self.covers if self.mechanism != NO_DP else NO_DP,
-            "disclosed": ", ".join(disclosed_calls()),
+            "disclosed": ", ".join(disclosed_fields() if self.disclosed is None else self.disclosed),
         }
         for key in sorted(self.parameters):
             value = self.parameters[key]

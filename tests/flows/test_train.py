@@ -186,7 +186,7 @@ def test_prepare_tasks_as_plain_functions(demo_config):
     canonical = harmonise_frame.fn(raw, cfg, "telecom")
     assert np.isnan(canonical.X[:, 0]).any()  # -9 marked missing
     party = make_party.fn(canonical, cfg, "telecom")
-    d = party.describe()
+    d = party.row_counts()
     assert d["n_rows"] + d["n_valid"] == len(raw)
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from fedmine.config import config_from_dict
-from fedmine.coordinator.link import EngineProxy, Link
+from fedmine.coordinator.link import Link
+from fedmine.coordinator.strategies import FederationGroup
 from fedmine.coordinator.training import Coordinator
 from fedmine.errors import DataError, PartyError
 from fedmine.gbdt.booster import Trainer
-from fedmine.gbdt.state import EngineGroup
 from fedmine.party.organisation import Party, TrainValidRows, shared_report
 from fedmine.party.policy import PartyPolicy
 from fedmine.protocol import ProtocolError
@@ -48,8 +48,9 @@ def keyed(parties, session="s1"):
 
 
 def engine_group(parties, links=None):
+    """The parties as the coordinator's engine group: its totals are their summed label_totals."""
     links = links or [Link(p) for p in parties]
-    return EngineGroup([EngineProxy(link) for link in links], n_threads=1), links
+    return FederationGroup.of(links, objective="binary", n_threads=1), links
 
 
 def started_trainer(cfg, parties, links=None):

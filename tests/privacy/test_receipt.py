@@ -25,13 +25,15 @@ def test_receipt_without_dp():
     }
 
 
-def test_receipt_lists_every_answer_the_protocol_table_marks_disclosed():
+def test_receipt_lists_every_field_the_protocol_table_marks_disclosed():
     from fedmine import protocol
 
     listed = set(PrivacyReceipt(secure_aggregation=True, n_parties=3).as_dict()["disclosed"].split(", "))
-    assert listed == protocol.disclosed()
-    assert {"describe", "evaluate", "train_local", "feature_ranges", "begin_round"} <= listed
-    assert not listed & protocol.summed()
+    assert {name.split(".")[0] for name in listed} == protocol.disclosed()
+    assert {"describe.features", "own_metrics.metrics", "row_counts.label_sums", "begin_round.max_hess"} <= listed
+    assert not {name.split(".")[0] for name in listed} & protocol.summed()
+    only = PrivacyReceipt(secure_aggregation=True, n_parties=3, disclosed=("describe.features",)).as_dict()
+    assert only["disclosed"] == "describe.features"
 
 
 def test_receipt_from_accountant_is_flat_json_and_matches_the_accountant():

@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 from fedmine import protocol
 from fedmine.config import config_from_dict
 from fedmine.coordinator.client import RemoteParty
-from fedmine.coordinator.link import EngineProxy, Link
+from fedmine.coordinator.link import Link
+from fedmine.coordinator.strategies import FederationGroup
 from fedmine.coordinator.training import Coordinator
 from fedmine.errors import DataError, FedmineError, PartyError
 from fedmine.gbdt.booster import Trainer
-from fedmine.gbdt.state import EngineGroup, ProtocolError
+from fedmine.gbdt.state import ProtocolError
 from fedmine.party.organisation import Party
 from fedmine.party.server import PartyServer, serve_party
 from fedmine.transport import wire
@@ -158,7 +159,7 @@ def test_histogram_training_over_flight_equals_in_process_bit_for_bit(pki, serve
 
     def model(parties):
         links = [Link(p) for p in parties]
-        group = EngineGroup([EngineProxy(link) for link in links], n_threads=len(links))
+        group = FederationGroup.of(links, objective="binary")
         trainer = Trainer(group, params, categorical=[2], feature_names=["a", "b", "c"])
         trainer.start()
         while not trainer.done:
@@ -203,7 +204,7 @@ def test_coordinator_trains_the_same_model_through_remote_parties(pki, serve):
 
 def test_link_wraps_a_remote_party_unchanged(pki, serve):
     link = Link(remote(pki, "bank", serve(make_party("bank"))))
-    assert link.name == "bank" and link.call("describe")["n_rows"] == 225
+    assert link.name == "bank" and link.call("label_totals")[0] == 225
     assert link.calls == 1 and link.bytes_sent > 0
 
 
@@ -228,7 +229,7 @@ def test_calls_not_served_are_refused(pki, serve):
         party.drop_tables  # noqa: B018 - not in the protocol table
     with pytest.raises(ProtocolError, match=r"unknown call 'drop_table'; allowed: begin_training, describe, "):
         party.call("drop_table")
-    assert party.describe()["n_rows"] == 225  # still serving
+    assert party.describe()["n_features"] == 3  # still serving
 
 
 def test_allowed_calls_must_be_in_the_protocol_table(pki):
@@ -427,7 +428,7 @@ def test_client_refuses_a_server_of_another_organisation(pki, serve):
     party = remote(pki, "bank", clinic_server)  # expects bank, reaches clinic
     with pytest.raises(PartyError, match=r"party bank at .*: describe: unreachable"):
         party.describe()
-    assert remote(pki, "clinic", clinic_server).describe()["n_rows"] == 225
+    assert remote(pki, "clinic", clinic_server).label_totals()[0] == 225
 
 
 def test_plain_connections_only_when_allowed(pki, serve):
@@ -448,7 +449,7 @@ def test_plain_connections_only_when_allowed(pki, serve):
     plain_server = serve(make_party("bank"), tls=None, allow_insecure=True)
     assert plain_server.endpoint.startswith("grpc://127.0.0.1:")
     party = RemoteParty("bank", plain_server.endpoint, tls=None, allow_insecure=True, retries=0)
-    assert party.describe()["n_rows"] == 225
+    assert party.label_totals()[0] == 225
 
 
 @pytest.mark.parametrize("endpoint", ["bank", "http://x:1", "x:99999999", "x:70000", "x:0", "", "x:1/path"])
@@ -513,7 +514,7 @@ def test_mutated_requests_never_crash_the_server(hostile, data):
         i = data.draw(st.integers(0, len(msg) - 1))
         msg[i] ^= data.draw(st.integers(1, 255))
     send(client, name, bytes(msg))  # an answer or an error description
-    assert send(client, "describe", wire.encode(((), {})))["n_rows"] == 225
+    assert send(client, "label_totals", wire.encode(((), {})))[0] == 225
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -550,7 +551,7 @@ def test_oversized_requests_are_rejected(pki, hostile):
         r"bytes",
     ):
         party.start(np.zeros(10_000))
-    assert party.describe()["n_rows"] == 225
+    assert party.label_totals()[0] == 225
 
 
 def test_oversized_answers_are_rejected(pki, serve):
@@ -610,7 +611,7 @@ def test_party_server_runs_blocking_in_its_own_process_and_stops_on_sigterm(pki)
         endpoint = proc.stdout.readline().strip()
         assert endpoint.startswith("grpc+tls://127.0.0.1:"), proc.stderr.read()
         party = RemoteParty("bank", endpoint, tls=client_tls(pki[0]), retries=0)
-        assert party.describe()["n_rows"] == 4
+        assert party.label_totals()[0] == 4
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
         assert "stopped" in out and proc.returncode == 0, (proc.returncode, out, err[-2000:])
