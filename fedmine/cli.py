@@ -378,7 +378,7 @@ def party_serve(
         port=address[1],
         allow_insecure=allow_insecure,
         ready=lambda server: typer.echo(
-            f"party {org}: {party.describe()['n_rows']} training rows, serving on {server.endpoint}", err=False
+            f"party {org}: {party.row_counts()['n_rows']} training rows, serving on {server.endpoint}", err=False
         ),
     )
 
