@@ -178,7 +178,7 @@ _TABLE: tuple[Call, ...] = (
          ("metrics",)),
     Call("local_baseline", ORGANISATION, (ANY,), None, "params: {str: value}, num_boost_round: int",
          "{metrics, curve, rows_train}", "each", DISCLOSED, "train on this organisation's rows alone; its metrics",
-         ("metrics", "curve", "rows_train")),
+         ("metrics", "curve", "rows_train", "notice")),
     # -- tree strategies (bagging, cyclic, local) ------------------------------------------------------
     Call("start", ORGANISATION, (ANY,), FOLLOWING, "base_score: float64 (n_trees,)", "none",
          "none", NO_ANSWER, "follow a model whose raw score starts at base_score"),

@@ -80,7 +80,7 @@ class Explanation:
     organisations : the organisations taking part.
     secure_aggregation : whether the sums were masked.
     scale : the fixed-point scale of the sums.
-    org_rows : each organisation's rows, as it described itself (disclosed by ``describe``).
+    org_rows : each organisation's rows, as it told them (``row_counts``, under ``organisation_metrics: shared``).
     """
 
     name: str
@@ -157,14 +157,17 @@ def explain_parties(
         d = link.call("describe")
         if d["features"] != list(cfg.features):
             raise DataError(f"organisation {link.name}: features {d['features']} differ from the canonical schema")
-        org_rows[link.name] = int(d["n_rows"]) + int(d["n_valid"])
+        if cfg.privacy.shares_organisation_metrics:  # each organisation's own count: disclosed by row_counts
+            counts = link.call("row_counts")
+            org_rows[link.name] = int(counts["n_rows"]) + int(counts["n_valid"])
     if secure:
         keys = {link.name: link.call("secure_setup", session) for link in links}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SecureAggregationWarning)  # the notices say it once
             for link in links:
                 link.call("secure_peers", keys)
-    scale = fixed_point_scale(model_text, sum(org_rows.values()))
+    totals = protocol.merge("label_totals", [link.call("label_totals") for link in links])  # summed (masked)
+    scale = fixed_point_scale(model_text, int(totals[0]) + int(totals[1]))
     sums = protocol.merge("shap_sums", [link.call("shap_sums", model_text, scale) for link in links])
     sums = np.asarray(sums, dtype=np.int64)
     total = int(sums[0, -1])

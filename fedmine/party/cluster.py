@@ -110,7 +110,7 @@ class ClusterParty(Party):
         self._engine = state
         self.fingerprint_ = state.digest()
         self._n_train = sum(info["n_train"] for info in infos)
-        self._label_sums = np.sum([info["label_sums"] for info in infos], axis=0)
+        self._label_sums_ = np.sum([info["label_sums"] for info in infos], axis=0)
 
     @classmethod
     def for_organisation(  # type: ignore[override]
@@ -201,11 +201,16 @@ class ClusterParty(Party):
     def engine_state(self) -> PartitionedState:  # type: ignore[override]
         return self.partitions_
 
-    def describe(self) -> dict[str, Any]:
-        d = super().describe()
-        d["n_rows"] = self._n_train
-        d["label_sums"] = self._label_sums
-        return d
+    def _train_count(self) -> int:
+        return self._n_train
+
+    def _label_sums(self) -> np.ndarray:
+        return self._label_sums_
+
+    def _label_sum_vector(self) -> np.ndarray:
+        from fedmine import metrics
+
+        return metrics.exact_sum_vector(self._label_sums_)  # the partitions' sums, added once more
 
     def _cluster_only(self, name: str) -> PartyError:
         return self._refuse(

@@ -363,7 +363,7 @@ class Party:
     # -- organisation calls (protocol table, side "organisation") ------------
     def describe(self) -> dict[str, Any]:
         """Feature names, the harmonisation report and a digest of the rows (no counts: :meth:`label_totals`)."""
-        if len(self._data.y_train) == 0:
+        if self._train_count() == 0:
             raise DataError(f"organisation {self.name}: no training rows after the validation split")
         return {
             "n_features": len(self.feature_names),
@@ -371,6 +371,13 @@ class Party:
             "report": self.report if self.policy is None else shared_report(self.report),
             "fingerprint": self.fingerprint_,
         }
+
+    def _train_count(self) -> int:
+        return len(self._data.y_train)
+
+    def _label_sum_vector(self) -> np.ndarray:
+        """The exact sum of real-valued training labels (:func:`fedmine.metrics.exact_sum_vector`)."""
+        return metrics.exact_sum_vector(self._data.y_train)
 
     def _label_sums(self) -> np.ndarray:
         y = self._data.y_train
@@ -386,17 +393,16 @@ class Party:
         :func:`fedmine.metrics.exact_sum_vector`; the coordinator's
         :func:`~fedmine.coordinator.training.label_totals_values` reads the summed vector.
         """
-        y = self._data.y_train
-        head = np.array([len(y), len(self._data.y_valid)], dtype=np.int64)
+        head = np.array([self._train_count(), len(self._data.y_valid)], dtype=np.int64)
         if self.objective in ("binary", "multiclass"):
             part = self._label_sums().astype(np.int64)
         else:
-            part = metrics.exact_sum_vector(y)
+            part = self._label_sum_vector()
         return np.concatenate([head, part])
 
     def row_counts(self) -> dict[str, Any]:
         """This organisation's own row counts and label sums (disclosed: tree strategies, shared metrics)."""
-        return {"n_rows": len(self._data.y_train), "n_valid": len(self._data.y_valid), "label_sums": self._label_sums()}
+        return {"n_rows": self._train_count(), "n_valid": len(self._data.y_valid), "label_sums": self._label_sums()}
 
     def start(self, base_score: np.ndarray) -> None:
         """Begin following a model whose raw score starts at ``base_score``."""

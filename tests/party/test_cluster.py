@@ -101,7 +101,8 @@ def test_cluster_party_trains_the_single_process_model(tmp_path, dask_cluster, n
     assert len(cluster.partitions_.plans) >= 4
     assert len(set(cluster.partitions_.workers())) == 2  # partitions on both worker processes
     alone = single_process(cfg, "bank")
-    assert cluster.describe()["n_rows"] == alone.describe()["n_rows"]
+    assert cluster.row_counts()["n_rows"] == alone.row_counts()["n_rows"]
+    assert np.array_equal(cluster.label_totals(), alone.label_totals())
     others = [single_process(cfg, o) for o in orgs[1:]]
     text_cluster, hist_cluster = train(cfg, [cluster, *others])
     text_alone, hist_alone = train(cfg, [alone, *[single_process(cfg, o) for o in orgs[1:]]])
