@@ -61,9 +61,12 @@ Arrays on the wire
     checks them.
 
 Work spreads over ``workers`` processes (default ``os.cpu_count()``; a
-``spawn`` pool, safe inside a multithreaded server): encryption by rows, an
-owner's histograms by feature groups and rows (its pool lives with the
-:class:`EncryptedRows` of the tree, which loads the ciphertexts once).
+``spawn`` pool, safe inside a multithreaded server) for trees of at least
+:data:`PARALLEL_MIN_ROWS` rows: encryption by rows (the pool lives with the
+:class:`HomomorphicKeys`, whose tables each worker builds once), an owner's
+histograms by feature groups and rows (the pool lives with the tree's
+:class:`EncryptedRows`, which each worker loads once). ``close()`` stops a pool;
+garbage collection does too.
 Scripts that call it guard their entry point with ``if __name__ == "__main__":``.
 """
 
@@ -255,6 +258,8 @@ class HomomorphicKeys:
         self._hp = gmpy2.invert(-self._q % self._p, self._p)
         self._hq = gmpy2.invert(-self._p % self._q, self._q)
         self._tables: tuple[_FixedBase, _FixedBase] | None = None
+        self._pool: tuple[int, Executor] | None = None
+        self._finalizer: weakref.finalize | None = None
 
     def __repr__(self) -> str:  # never print key material
         return f"HomomorphicKeys(<secret>, public={self.public!r})"
@@ -336,6 +341,29 @@ class HomomorphicKeys:
             cq = g % q2 * tq.power(row_q) % q2
             out.append(cq + q2 * ((cp - cq) * inv % p2))
         return out
+
+    def pool(self, workers: int) -> Executor:
+        """A pool of ``workers`` processes that hold these keys' tables (made on first use, kept for the next tree)."""
+        if self._pool is not None and self._pool[0] == workers:
+            return self._pool[1]
+        self.close()
+        executor = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_holder_init,
+            initargs=(self.__getstate__(),),
+        )
+        self._pool = (workers, executor)
+        self._finalizer = weakref.finalize(self, executor.shutdown, wait=False, cancel_futures=True)
+        return executor
+
+    def close(self) -> None:
+        """Stop the worker pool, if any, and wait for its processes to exit."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if self._pool is not None:
+            self._pool[1].shutdown(wait=True, cancel_futures=True)
+        self._pool = self._finalizer = None
 
     def decrypt(self, c: int) -> mpz:
         """The plaintext ``0 <= m < n`` of one ciphertext (Chinese remainder theorem)."""
@@ -669,10 +697,7 @@ def encrypt_rows(
         return EncryptedRows(pub, layout, keys.encrypt_many(plaintexts))
     size = -(-len(plaintexts) // (4 * k))
     chunks = [plaintexts[s : s + size] for s in range(0, len(plaintexts), size)]
-    with ProcessPoolExecutor(
-        max_workers=k, mp_context=mp.get_context("spawn"), initializer=_holder_init, initargs=(keys.__getstate__(),)
-    ) as pool:
-        parts = list(pool.map(_holder_encrypt, chunks))
+    parts = list(keys.pool(k).map(_holder_encrypt, chunks))
     return EncryptedRows(pub, layout, _unpack_bytes(b"".join(parts), pub.ciphertext_bytes))
 
 

@@ -24,7 +24,9 @@ from fedmine.privacy.paillier import (
 
 @pytest.fixture(scope="module")
 def keys():
-    return HomomorphicKeys.generate()
+    keys = HomomorphicKeys.generate()
+    yield keys
+    keys.close()
 
 
 def plain_histograms(grad, hess, bins, node_rows, n_bins):
