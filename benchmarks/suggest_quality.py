@@ -92,7 +92,12 @@ def wide() -> None:
     t0 = time.perf_counter()
     summaries = [summarise_column(str(c), frame[c]) for c in frame.columns]
     t1 = time.perf_counter()
-    candidates = [c for s in summaries for f, spec in specs.items() if (c := score_pair(s, f, spec, {})) is not None]
+    candidates = [
+        c
+        for s in summaries
+        for f, spec in specs.items()
+        if (c := score_pair(s, feature=f, spec=spec, fed={})) is not None
+    ]
     t2 = time.perf_counter()
     chosen = choose(candidates, list(frame.columns), list(specs))
     t3 = time.perf_counter()

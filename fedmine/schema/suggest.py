@@ -156,8 +156,11 @@ class Candidate:
 
     ``name`` is the names' similarity and ``identity`` the strongest evidence
     that they are the same thing (the name, or values that name the feature);
-    ``values`` the proposed value mapping, ``unresolved`` the values left to a
-    person; ``scale`` with ``unit`` (a unit of the table) or alone (a free factor).
+    ``exact``: the same words; ``measured``: ``dist`` compares with the
+    federation's profile (else it is a neutral 0.5); ``values`` the proposed
+    value mapping, ``unresolved`` the values left to a person, ``hint`` codes
+    paired with categories by frequency (a comment only); ``scale`` with
+    ``unit`` (a unit of the table) or alone (a free factor).
     """
 
     column: str
@@ -192,7 +195,7 @@ class Candidate:
         return evidence and self.score >= MIN_SCORE
 
 
-def _numeric_pair(cand: Candidate, col: ColumnSummary, spec: FeatureSpec, fed: dict[str, Any]) -> Candidate | None:
+def _numeric_pair(cand: Candidate, *, col: ColumnSummary, spec: FeatureSpec, fed: dict[str, Any]) -> Candidate | None:
     from fedmine.schema.profiler import nearest_factor
     from fedmine.schema.units import UnitError, conversion
 
@@ -241,14 +244,14 @@ def _numeric_pair(cand: Candidate, col: ColumnSummary, spec: FeatureSpec, fed: d
 
 
 def _category_pair(
-    cand: Candidate, col: ColumnSummary, vocab: list[str], fed: dict[str, Any], *, distinctive: bool
+    cand: Candidate, *, col: ColumnSummary, vocab: list[str], fed: dict[str, Any], distinctive: bool
 ) -> Candidate | None:
     if col.kind == "date" or not col.values:
         return None
     numeric = col.kind == "numeric"
     coded = all(norm_value(v).lstrip("-").isdigit() for v in vocab)
     cal = calendar(vocab)
-    match = match_vocabulary(col.values, vocab, numeric=numeric)
+    match = match_vocabulary(col.values, vocab=vocab, numeric=numeric)
     if col.binary and match.coverage == 0 and all(norm_value(v) in TRUE_WORDS | FALSE_WORDS for v in col.values):
         return None  # a yes/no column is no category of other words
     fit = match.coverage
@@ -305,7 +308,7 @@ def _codes_by_frequency(values: dict[str, int], cats: dict[str, int]) -> dict[st
     return {v: (c, fed_share, share) for (share, v), (fed_share, c) in zip(mine, theirs, strict=True)}
 
 
-def _bool_pair(cand: Candidate, col: ColumnSummary, fed: dict[str, Any], *, name: str) -> Candidate | None:
+def _bool_pair(cand: Candidate, *, col: ColumnSummary, fed: dict[str, Any], name: str) -> Candidate | None:
     if not col.binary:
         return None
     flag = read_flag(col.values, name=name)
@@ -329,10 +332,10 @@ def _bool_pair(cand: Candidate, col: ColumnSummary, fed: dict[str, Any], *, name
 
 def score_pair(
     col: ColumnSummary,
+    *,
     feature: str,
     spec: FeatureSpec | None,
     fed: dict[str, Any] | None,
-    *,
     cfg: FederationConfig | None = None,
 ) -> Candidate | None:
     """The evidence that ``col`` is ``feature`` (``spec`` None: the label); None when its values cannot be it.
@@ -344,15 +347,15 @@ def score_pair(
         col.name, feature, name_similarity(col.name, feature), 0.0, 0.5, exact=same_name(col.name, feature)
     )
     if spec is None:
-        return _label_pair(cand, col, cfg)
+        return _label_pair(cand, col=col, cfg=cfg)
     if spec.type in ("float", "int"):
-        return _numeric_pair(cand, col, spec, fed)
+        return _numeric_pair(cand, col=col, spec=spec, fed=fed)
     if spec.type == "bool":
-        return _bool_pair(cand, col, fed, name=feature)
+        return _bool_pair(cand, col=col, fed=fed, name=feature)
     if spec.type == "category":
         vocab = list(spec.categories or [])
         distinctive = len(vocab) >= 3 and not all(norm_value(v).isdigit() for v in vocab)
-        return _category_pair(cand, col, vocab, fed, distinctive=distinctive)
+        return _category_pair(cand, col=col, vocab=vocab, fed=fed, distinctive=distinctive)
     if spec.type == "date":
         if col.kind != "date":
             return None
@@ -361,7 +364,7 @@ def score_pair(
     return None
 
 
-def _label_pair(cand: Candidate, col: ColumnSummary, cfg: FederationConfig | None) -> Candidate | None:
+def _label_pair(cand: Candidate, *, col: ColumnSummary, cfg: FederationConfig | None) -> Candidate | None:
     objective = cfg.objective if cfg is not None else "binary"
     classes = cfg.classes if cfg is not None else None
     if objective in ("regression", "poisson", "tweedie"):
@@ -369,7 +372,7 @@ def _label_pair(cand: Candidate, col: ColumnSummary, cfg: FederationConfig | Non
             return None
         cand.fit = 1.0
     elif classes is not None:
-        out = _category_pair(cand, col, [str(c) for c in classes], {}, distinctive=len(classes) >= 3)
+        out = _category_pair(cand, col=col, vocab=[str(c) for c in classes], fed={}, distinctive=len(classes) >= 3)
         if out is None or (out.fit < 0.5):
             return None
     elif objective == "multiclass":
@@ -377,7 +380,7 @@ def _label_pair(cand: Candidate, col: ColumnSummary, cfg: FederationConfig | Non
             return None
         cand.fit = 1.0
     else:
-        out = _bool_pair(cand, col, {}, name=cand.feature)
+        out = _bool_pair(cand, col=col, fed={}, name=cand.feature)
         if out is None:
             return None
     cand.dist = 0.5  # the profile has no label counts
@@ -600,7 +603,7 @@ def suggest_mapping(cfg: FederationConfig, org: str) -> Suggestion:
     candidates = []
     for col in summaries.values():
         for feature in targets:
-            c = score_pair(col, feature, cfg.features.get(feature), fed.get(feature), cfg=cfg)
+            c = score_pair(col, feature=feature, spec=cfg.features.get(feature), fed=fed.get(feature), cfg=cfg)
             if c is not None:
                 candidates.append(c)
     matches = choose(candidates, list(summaries), targets)

@@ -148,7 +148,7 @@ def _close_spelling(n: str, index: _Index, *, least: float = 0.8) -> str | None:
 
 
 def match_value(
-    value: str, vocab: list[str], *, numeric: bool = False, spelling: bool = True
+    value: str, *, vocab: list[str], numeric: bool = False, spelling: bool = True
 ) -> tuple[str | None, str]:
     """The vocabulary entry ``value`` stands for, and the rule that says so (``(None, "none")`` if no rule does).
 
@@ -186,7 +186,7 @@ def match_value(
     return None, "none"
 
 
-def match_vocabulary(values: dict[str, int], vocab: list[str], *, numeric: bool = False) -> VocabularyMatch:
+def match_vocabulary(values: dict[str, int], *, vocab: list[str], numeric: bool = False) -> VocabularyMatch:
     """Map a column's values (value -> rows, most frequent first) onto ``vocab``; see the module docstring.
 
     Close spellings (rule 4) are looked for only in a column some of whose
@@ -196,7 +196,7 @@ def match_vocabulary(values: dict[str, int], vocab: list[str], *, numeric: bool 
     out = VocabularyMatch()
     total = sum(values.values())
     found: dict[str, tuple[str | None, str]] = {
-        v: match_value(v, vocab, numeric=numeric, spelling=False) for v in values
+        v: match_value(v, vocab=vocab, numeric=numeric, spelling=False) for v in values
     }
     if not numeric and (any(t is not None for t, _ in found.values()) or len(values) <= len(vocab) + 2):
         index = _index(tuple(vocab))

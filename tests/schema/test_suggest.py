@@ -152,8 +152,8 @@ def test_a_count_column_fits_a_coded_category_badly():
     fed = {"categories": {"1": 10, "2": 60, "3": 20, "4": 10}}
     quarters = summarise_column("Qtr", pd.Series([2] * 60 + [1] * 10 + [3] * 20 + [4] * 10))
     counts = summarise_column("Contacts", pd.Series([1] * 40 + [2] * 28 + [3] * 12 + [4] * 8 + list(range(5, 17))))
-    q = score_pair(quarters, "contact_quarter", spec, fed)
-    c = score_pair(counts, "contact_quarter", spec, fed)
+    q = score_pair(quarters, feature="contact_quarter", spec=spec, fed=fed)
+    c = score_pair(counts, feature="contact_quarter", spec=spec, fed=fed)
     assert q is not None and c is not None
     assert q.fit == 1.0 and q.dist == pytest.approx(1.0)
     assert c.fit < 0.5 and c.score < q.score
@@ -219,6 +219,11 @@ def test_columns_that_are_no_feature_get_no_proposal():
 
     specs, frame = unrelated_table(seed=1, text_columns=12, numeric_columns=12, features=16, rows=300)
     summaries = [summarise_column(str(c), frame[c]) for c in frame.columns]
-    candidates = [c for s in summaries for f, spec in specs.items() if (c := score_pair(s, f, spec, {})) is not None]
+    candidates = [
+        c
+        for s in summaries
+        for f, spec in specs.items()
+        if (c := score_pair(s, feature=f, spec=spec, fed={})) is not None
+    ]
     assert len(candidates) > 100
     assert choose(candidates, list(frame.columns), list(specs)) == []

@@ -29,7 +29,7 @@ EDUCATION = ["graduate school", "university", "high school", "others"]
     ],
 )
 def test_match_value(value, vocab, target, how):
-    assert match_value(value, vocab) == (target, how)
+    assert match_value(value, vocab=vocab) == (target, how)
 
 
 @pytest.mark.parametrize(
@@ -43,11 +43,11 @@ def test_match_value(value, vocab, target, how):
     ],
 )
 def test_no_match(value, vocab, numeric):
-    assert match_value(value, vocab, numeric=numeric) == (None, "none")
+    assert match_value(value, vocab=vocab, numeric=numeric) == (None, "none")
 
 
 def test_match_vocabulary_coverage_and_unresolved():
-    m = match_vocabulary({"ADMIN.": 6, "admin.": 2, "basic.4y": 2}, ["admin.", "student"])
+    m = match_vocabulary({"ADMIN.": 6, "admin.": 2, "basic.4y": 2}, vocab=["admin.", "student"])
     assert m.mapping == {"ADMIN.": "admin."}
     assert m.unresolved == ["basic.4y"]
     assert m.coverage == pytest.approx(0.8)
