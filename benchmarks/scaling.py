@@ -45,7 +45,6 @@ from fedmine_run import (  # noqa: E402
 )
 
 
-
 def point(root: str, n_rows: int, k: int, rounds: int) -> dict:
     """One (rows, organisations) point: fedmine and LightGBM figures per tree."""
     folder = os.path.join(root, f"rows{n_rows}-orgs{k}")
