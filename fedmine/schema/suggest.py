@@ -11,7 +11,10 @@ canonical feature or label) the column's values could be is scored::
   (:mod:`fedmine.schema.names`: units and punctuation set aside, ``pdays`` for
   ``days_since_previous``), or the values themselves where they name it (a
   category's distinctive vocabulary, a ``Housing loan``/``No housing loan``
-  flag, a label's usual name or place as the last column);
+  flag, a label's usual name or place as the last column), and the mapped
+  organisations' own mappings in the config (:func:`precedents`: their source
+  column for a feature is another name of it, their value maps read the same
+  codes, their missing markers mark the same codes missing);
 - ``fit``: how well the values can be the type (for a category, the share of
   rows whose value reads onto the vocabulary, :mod:`fedmine.schema.vocabulary`;
   a count column with values beyond a coded vocabulary fits badly);
@@ -43,7 +46,16 @@ import yaml
 from fedmine.config import FeatureSpec, FederationConfig
 from fedmine.errors import ConfigError
 from fedmine.schema.names import declared_unit, name_similarity, read_name, same_name
-from fedmine.schema.vocabulary import FALSE_WORDS, TRUE_WORDS, calendar, match_vocabulary, norm_value, read_flag
+from fedmine.schema.vocabulary import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    FlagReading,
+    VocabularyMatch,
+    calendar,
+    match_vocabulary,
+    norm_value,
+    read_flag,
+)
 
 #: Values that usually mean "missing" in someone's export.
 MISSING_WORDS = {"", "?", "na", "n/a", "nan", "null", "none", "unknown", "missing", "-", "nonexistent", "not known"}
@@ -95,6 +107,11 @@ class ColumnSummary:
         return 0 < self.distinct <= 2
 
 
+def _number_text(x: float) -> str:
+    """A number as a value map's key reads it: ``1.0`` -> ``"1"``, ``2.5`` -> ``"2.5"``."""
+    return str(int(x)) if x.is_integer() else repr(x)
+
+
 def summarise_column(name: str, col: pd.Series, *, last: bool = False) -> ColumnSummary:
     """A source column's kind, missing markers, sentinels, quantiles and value counts."""
     rows = len(col)
@@ -126,7 +143,7 @@ def summarise_column(name: str, col: pd.Series, *, last: bool = False) -> Column
         s.integer = bool(len(x)) and bool(np.all(x == np.round(x)))
         if len(uniq) <= MAX_CODES:
             order = np.argsort(-counts, kind="stable")
-            s.values = {norm_value(float(uniq[i])): int(counts[i]) for i in order}
+            s.values = {_number_text(float(uniq[i])): int(counts[i]) for i in order}
         return s
     if len(text) and text.str.match(r"^\d{4}-\d{2}-\d{2}").mean() > 0.9:
         s.kind = "date"
@@ -135,6 +152,60 @@ def summarise_column(name: str, col: pd.Series, *, last: bool = False) -> Column
     s.distinct = len(counts)
     s.values = {str(k): int(v) for k, v in counts.iloc[:MAX_CODES].items()}
     return s
+
+
+# ---------------------------------------------------------------------------
+# what the other organisations' mappings say
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Precedent:
+    """How the organisations already mapped reach one canonical column, from the config.
+
+    ``names``: their source columns renamed onto it (organisation -> column);
+    ``values``: their value maps for it (organisation -> {source value as text: canonical value});
+    ``missing``: their missing markers for it, as text (``"*"`` markers included).
+    """
+
+    names: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    missing: dict[str, set[str]] = field(default_factory=dict)
+
+
+def precedents(cfg: FederationConfig, others: list[str]) -> dict[str, Precedent]:
+    """Canonical column -> how ``others`` map onto it (their ``rename`` and ``values`` entries)."""
+    out: dict[str, Precedent] = {}
+    for org in others:
+        spec = cfg.organisations[org]
+        for src, dst in spec.rename.items():
+            out.setdefault(dst, Precedent()).names[org] = src
+        for dst, vmap in spec.values.items():
+            out.setdefault(dst, Precedent()).values[org] = {_key_text(k): v for k, v in vmap.items()}
+        for dst, markers in spec.missing.items():
+            for name in [dst] if dst != "*" else [*cfg.features, cfg.label]:
+                out.setdefault(name, Precedent()).missing.setdefault(org, set()).update(map(_key_text, markers))
+    return out
+
+
+def _key_text(key: Any) -> str:
+    """A value-map key or marker as text, as harmonisation compares them (``1`` and ``1.0`` -> ``"1"``)."""
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        return _number_text(float(key))
+    return str(key)
+
+
+def _known_values(col: ColumnSummary, precedent: Precedent | None) -> tuple[str, dict[str, Any], float]:
+    """The other organisations' value map that covers most of the column's rows: (organisation, map, share)."""
+    best: tuple[str, dict[str, Any], float] = ("", {}, 0.0)
+    total = sum(col.values.values())
+    if precedent is None or not total:
+        return best
+    for org, vmap in precedent.values.items():
+        covered = sum(n for v, n in col.values.items() if v in vmap)
+        if covered / total > best[2]:
+            best = (org, {v: vmap[v] for v in col.values if v in vmap}, covered / total)
+    return best
 
 
 # ---------------------------------------------------------------------------
@@ -244,7 +315,13 @@ def _numeric_pair(cand: Candidate, *, col: ColumnSummary, spec: FeatureSpec, fed
 
 
 def _category_pair(
-    cand: Candidate, *, col: ColumnSummary, vocab: list[str], fed: dict[str, Any], distinctive: bool
+    cand: Candidate,
+    *,
+    col: ColumnSummary,
+    vocab: list[str],
+    fed: dict[str, Any],
+    distinctive: bool,
+    precedent: Precedent | None = None,
 ) -> Candidate | None:
     if col.kind == "date" or not col.values:
         return None
@@ -252,6 +329,19 @@ def _category_pair(
     coded = all(norm_value(v).lstrip("-").isdigit() for v in vocab)
     cal = calendar(vocab)
     match = match_vocabulary(col.values, vocab=vocab, numeric=numeric)
+    org, known, share = _known_values(col, precedent)
+    if known and share >= 0.8 and share > match.coverage:
+        known = {v: str(c) for v, c in known.items() if str(c) in vocab}
+        rest = {v: n for v, n in col.values.items() if v not in known}
+        more = match_vocabulary(rest, vocab=vocab, numeric=numeric) if rest else VocabularyMatch()
+        total = sum(col.values.values())
+        match = VocabularyMatch(
+            {**{v: c for v, c in known.items() if v != c}, **more.mapping},
+            {**{v: f"{org}'s map" for v, c in known.items() if v != c}, **more.how},
+            more.unresolved,
+            (sum(col.values[v] for v in known) + more.coverage * sum(rest.values())) / total,
+        )
+        numeric = False  # the codes are known: they read like names
     if col.binary and match.coverage == 0 and all(norm_value(v) in TRUE_WORDS | FALSE_WORDS for v in col.values):
         return None  # a yes/no column is no category of other words
     fit = match.coverage
@@ -308,10 +398,24 @@ def _codes_by_frequency(values: dict[str, int], cats: dict[str, int]) -> dict[st
     return {v: (c, fed_share, share) for (share, v), (fed_share, c) in zip(mine, theirs, strict=True)}
 
 
-def _bool_pair(cand: Candidate, *, col: ColumnSummary, fed: dict[str, Any], name: str) -> Candidate | None:
+def _truth(value: Any) -> bool | None:
+    text = norm_value(value)
+    return True if text in TRUE_WORDS else False if text in FALSE_WORDS else None
+
+
+def _bool_pair(
+    cand: Candidate, *, col: ColumnSummary, fed: dict[str, Any], name: str, precedent: Precedent | None = None
+) -> Candidate | None:
     if not col.binary:
         return None
     flag = read_flag(col.values, name=name)
+    org, known, share = _known_values(col, precedent)
+    truth = {v: _truth(c) for v, c in known.items()}
+    if share == 1.0 and all(b is not None for b in truth.values()) and (flag is None or not flag.mapping):
+        mapping = {v: bool(b) for v, b in truth.items()}
+        total = sum(col.values.values())
+        flag = FlagReading(mapping, "known", true_share=sum(col.values[v] for v, b in mapping.items() if b) / total)
+        cand.notes.append(f"values as {org} maps them")
     if flag is None:
         return None
     cand.fit = 1.0 if flag.mapping else 0.5
@@ -323,7 +427,7 @@ def _bool_pair(cand: Candidate, *, col: ColumnSummary, fed: dict[str, Any], name
     if total and flag.true_share == flag.true_share:
         share = cats.get("true", 0) / total
         cand.dist, cand.measured = max(0.0, 1.0 - 2.5 * abs(share - flag.true_share)), True
-    if col.kind == "text" and flag.mapping:
+    if (col.kind == "text" or flag.how == "known") and flag.mapping:
         cand.values = dict(flag.mapping)
     elif col.kind == "text":
         cand.unresolved = list(col.values)
@@ -337,25 +441,34 @@ def score_pair(
     spec: FeatureSpec | None,
     fed: dict[str, Any] | None,
     cfg: FederationConfig | None = None,
+    precedent: Precedent | None = None,
 ) -> Candidate | None:
     """The evidence that ``col`` is ``feature`` (``spec`` None: the label); None when its values cannot be it.
 
-    ``fed``: the federation's profile of the feature (quantiles, categories).
+    ``fed``: the federation's profile of the feature (quantiles, categories);
+    ``precedent``: how the mapped organisations reach it (their column names
+    count as the feature's other names, their value maps as known codes).
     """
     fed = fed or {}
-    cand = Candidate(
-        col.name, feature, name_similarity(col.name, feature), 0.0, 0.5, exact=same_name(col.name, feature)
-    )
+    name = name_similarity(col.name, feature)
+    alias = ""
+    for org, src in precedent.names.items() if precedent else ():
+        similar = 0.95 * name_similarity(col.name, src)  # another organisation's name for it: a little below its own
+        if similar > name:
+            name, alias = similar, f"{org} calls it {src!r}"
+    cand = Candidate(col.name, feature, name, 0.0, 0.5, exact=same_name(col.name, feature))
+    if alias:
+        cand.notes.append(alias)
     if spec is None:
-        return _label_pair(cand, col=col, cfg=cfg)
+        return _label_pair(cand, col=col, cfg=cfg, precedent=precedent)
     if spec.type in ("float", "int"):
         return _numeric_pair(cand, col=col, spec=spec, fed=fed)
     if spec.type == "bool":
-        return _bool_pair(cand, col=col, fed=fed, name=feature)
+        return _bool_pair(cand, col=col, fed=fed, name=feature, precedent=precedent)
     if spec.type == "category":
         vocab = list(spec.categories or [])
         distinctive = len(vocab) >= 3 and not all(norm_value(v).isdigit() for v in vocab)
-        return _category_pair(cand, col=col, vocab=vocab, fed=fed, distinctive=distinctive)
+        return _category_pair(cand, col=col, vocab=vocab, fed=fed, distinctive=distinctive, precedent=precedent)
     if spec.type == "date":
         if col.kind != "date":
             return None
@@ -364,7 +477,9 @@ def score_pair(
     return None
 
 
-def _label_pair(cand: Candidate, *, col: ColumnSummary, cfg: FederationConfig | None) -> Candidate | None:
+def _label_pair(
+    cand: Candidate, *, col: ColumnSummary, cfg: FederationConfig | None, precedent: Precedent | None = None
+) -> Candidate | None:
     objective = cfg.objective if cfg is not None else "binary"
     classes = cfg.classes if cfg is not None else None
     if objective in ("regression", "poisson", "tweedie"):
@@ -372,7 +487,8 @@ def _label_pair(cand: Candidate, *, col: ColumnSummary, cfg: FederationConfig | 
             return None
         cand.fit = 1.0
     elif classes is not None:
-        out = _category_pair(cand, col=col, vocab=[str(c) for c in classes], fed={}, distinctive=len(classes) >= 3)
+        vocab = [str(c) for c in classes]
+        out = _category_pair(cand, col=col, vocab=vocab, fed={}, distinctive=len(classes) >= 3, precedent=precedent)
         if out is None or (out.fit < 0.5):
             return None
     elif objective == "multiclass":
@@ -380,7 +496,7 @@ def _label_pair(cand: Candidate, *, col: ColumnSummary, cfg: FederationConfig | 
             return None
         cand.fit = 1.0
     else:
-        out = _bool_pair(cand, col=col, fed={}, name=cand.feature)
+        out = _bool_pair(cand, col=col, fed={}, name=cand.feature, precedent=precedent)
         if out is None:
             return None
     cand.dist = 0.5  # the profile has no label counts
@@ -599,11 +715,19 @@ def suggest_mapping(cfg: FederationConfig, org: str) -> Suggestion:
         if c not in kept
     }
     targets = [n for n in [*cfg.features, cfg.label] if n not in taken_features and n not in spec.derive]
+    known = precedents(cfg, others)
 
     candidates = []
     for col in summaries.values():
         for feature in targets:
-            c = score_pair(col, feature=feature, spec=cfg.features.get(feature), fed=fed.get(feature), cfg=cfg)
+            c = score_pair(
+                col,
+                feature=feature,
+                spec=cfg.features.get(feature),
+                fed=fed.get(feature),
+                cfg=cfg,
+                precedent=known.get(feature),
+            )
             if c is not None:
                 candidates.append(c)
     matches = choose(candidates, list(summaries), targets)
@@ -620,8 +744,16 @@ def suggest_mapping(cfg: FederationConfig, org: str) -> Suggestion:
             out.missing[c.feature] = markers
         if c.values:
             out.values[c.feature] = {_yaml_key(k, col): v for k, v in c.values.items()}
-        if c.unresolved:
-            out.unresolved[c.feature] = c.unresolved
+        precedent = known.get(c.feature)
+        marked = precedent.missing if precedent else {}
+        also = [v for v in c.unresolved if any(v in m for m in marked.values())]
+        if also:
+            out.missing[c.feature] = [*out.missing.get(c.feature, []), *(_yaml_key(v, col) for v in also)]
+            orgs = sorted(o for o, m in marked.items() if set(also) & m)
+            c.notes.append(f"{', '.join(also)} missing as {' and '.join(orgs)} marks it")
+        unresolved = [v for v in c.unresolved if v not in also]
+        if unresolved:
+            out.unresolved[c.feature] = unresolved
         if c.hint:
             out.hints[c.feature] = c.hint
         if c.scale:

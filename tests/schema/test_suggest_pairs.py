@@ -75,9 +75,26 @@ def test_the_proposal_harmonises_but_for_the_values_left_to_a_person(name):
         assert set(map(str, entry["examples"])) <= set(map(str, s.unresolved.get(feature, []))), feature
 
 
-def test_codes_of_named_categories_get_a_frequency_hint_not_a_mapping():
+def test_codes_are_read_as_another_organisation_maps_them():
     _, s = result("credit_original")
-    assert "sex" not in s.values and set(s.unresolved["sex"]) == {"1", "2"}
+    assert s.values["sex"] == {1: "male", 2: "female"} or s.values["sex"] == {2: "female", 1: "male"}
+    assert s.missing["education"] == [0]  # taipei marks 0 missing
+    assert "education" not in s.unresolved
+    assert "#   SEX -> sex  1.00 (1.00, 1.00, 0.99); values by taipei's map" in s.to_yaml()
+
+
+def test_codes_nobody_maps_get_a_frequency_hint_not_a_mapping():
+    # the federation is kaohsiung alone, mapped as its proposal says (names, M/F): nobody maps the codes 1/2
+    kaohsiung = yaml.safe_load(result("credit_taiwan")[1].to_yaml())["organisations"]["kaohsiung"]
+    raw = yaml.safe_load((PAIRS / "credit_original" / "federation.yaml").read_text())
+    raw["organisations"] = {
+        "kaohsiung": {**kaohsiung, "source": "../credit_taiwan/kaohsiung.csv"},
+        "original": raw["organisations"]["original"],
+    }
+    s = suggest_mapping(
+        config_from_dict(raw, path=(PAIRS / "credit_original" / "federation.yaml").resolve()), "original"
+    )
+    assert s.rename["SEX"] == "sex" and "sex" not in s.values and set(s.unresolved["sex"]) == {"1", "2"}
     assert {code: hint[0] for code, hint in s.hints["sex"].items()} == {"1": "male", "2": "female"}
     assert "education" not in s.hints  # six codes against four categories: no guess
     assert "#   by frequency against the federation's (a guess to check): 2 -> female" in s.to_yaml()

@@ -678,9 +678,44 @@ def credit_original(data: Path) -> None:
             "AGE": "age",
             "DEFAULT_PAYMENT_NEXT_MONTH": "default_next_month",
         },
+        "values": {  # taipei's codes: the config holds its value map
+            "sex": {1: "male", 2: "female"},
+            "education": {1: "graduate school", 4: "others", 5: "others"},
+            "marital_status": {1: "married", 3: "others"},
+        },
+        "missing": {"education": [0], "marital_status": [0]},
         "left_out": ["ID"],
     }
     write_pair("credit_original", config, expected, {"original.csv": rows[keep]}, credit_original.__doc__ or "")
+
+
+def wholesale_original(data: Path) -> None:
+    """The second warehouse under the original names and codes: the label is the channel code 1/2."""
+    raw = pd.read_csv(data / "uci_wholesale_customers/Wholesale customers data.csv")
+    mapped = sample(raw, 300, seed=SEED)
+    rows = raw.drop(index=mapped.index)
+    config = yaml.safe_load((HERE / "wholesale" / "federation.yaml").read_text())
+    config["name"] = "wholesale-original"
+    config["organisations"] = {
+        "warehouse_a": {**config["organisations"]["warehouse_a"], "source": "../wholesale/warehouse_a.csv"},
+        "warehouse_c": {"source": "warehouse_c.csv"},
+    }
+    expected = {
+        "new": "warehouse_c",
+        "rename": {
+            "Channel": "retail",
+            "Region": "region",
+            "Fresh": "fresh",
+            "Milk": "milk",
+            "Grocery": "grocery",
+            "Frozen": "frozen",
+            "Detergents_Paper": "detergents_paper",
+            "Delicassen": "delicatessen",
+        },
+        "values": {"region": {1: "lisbon", 2: "oporto", 3: "other"}, "retail": {1: False, 2: True}},
+        "left_out": [],
+    }
+    write_pair("wholesale_original", config, expected, {"warehouse_c.csv": rows}, wholesale_original.__doc__ or "")
 
 
 def main() -> None:
@@ -694,6 +729,7 @@ def main() -> None:
     bank_weekdays(data)
     bank_2012_joins()
     credit_original(data)
+    wholesale_original(data)
 
 
 if __name__ == "__main__":
