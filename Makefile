@@ -1,6 +1,8 @@
 # fedmine: `make demo` runs the demo federation, `make test` runs the checks and the test suite,
 # `make test-fast` the unit tests only. All create .venv and install the pinned dependencies
-# (constraints.txt) first. `make lint` runs the checks alone: ruff, mypy, import-linter, deptry.
+# (constraints.txt) first; the tests also need PostgreSQL and Chromium, which .ci/ensure-postgres and
+# .ci/ensure-chromium install from Debian when missing. `make lint` runs the checks alone: ruff, mypy,
+# import-linter, deptry.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -34,10 +36,12 @@ lint-imports: $(STAMP)
 
 test: lint
 	bash .ci/ensure-postgres
+	bash .ci/ensure-chromium
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	bash .ci/ensure-postgres
+	bash .ci/ensure-chromium
 	$(BIN)/python -m pytest -m "not slow"
 
 ui: $(STAMP)

@@ -417,9 +417,9 @@ def _get(url: str):
         return json.loads(r.read())
 
 
-@pytest.mark.slow
-def test_ui_serves_run_and_round_history(trained, store):
-    """`fedmine ui` on loopback: the run, its per-round metric history and the nested runs over HTTP."""
+@pytest.fixture(scope="module")
+def mlflow_ui(trained, store):
+    """`fedmine ui` on loopback over the session's store (the demo trained once); its base URL."""
     port = _free_port()
     proc = subprocess.Popen(
         [*FEDMINE, "ui", "--uri", store, "--port", str(port)],
@@ -438,26 +438,88 @@ def test_ui_serves_run_and_round_history(trained, store):
                 if time.time() > deadline or proc.poll() is not None:
                     raise AssertionError("MLflow UI did not start") from exc
                 time.sleep(0.5)
-        run_id = trained["summary"]["run_id"]
-        run = _get(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
-        assert run["info"]["status"] == "FINISHED"
-        history = _get(f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=eval/auc")["metrics"]
-        assert sorted(m["step"] for m in history) == list(range(1, DEMO_ROUNDS + 1))
-        req = urllib.request.Request(
-            f"{base}/api/2.0/mlflow/runs/search",
-            data=json.dumps(
-                {"experiment_ids": [run["info"]["experiment_id"]], "filter": f"tags.mlflow.parentRunId = '{run_id}'"}
-            ).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as r:
-            children = json.loads(r.read())["runs"]
-        assert len(children) == 3
-        with urllib.request.urlopen(base + "/", timeout=10) as r:
-            assert r.status == 200 and b"<html" in r.read().lower()
+        yield base
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_ui_serves_run_and_round_history(trained, mlflow_ui):
+    """`fedmine ui` on loopback: the run, its per-round metric history and the nested runs over HTTP."""
+    base = mlflow_ui
+    run_id = trained["summary"]["run_id"]
+    run = _get(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
+    assert run["info"]["status"] == "FINISHED"
+    history = _get(f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=eval/auc")["metrics"]
+    assert sorted(m["step"] for m in history) == list(range(1, DEMO_ROUNDS + 1))
+    assert len(_children(base, run["info"]["experiment_id"], run_id)) == 3
+    with urllib.request.urlopen(base + "/", timeout=10) as r:
+        assert r.status == 200 and b"<html" in r.read().lower()
+
+
+def _children(base: str, experiment_id: str, run_id: str) -> list[dict]:
+    req = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/runs/search",
+        data=json.dumps(
+            {"experiment_ids": [experiment_id], "filter": f"tags.mlflow.parentRunId = '{run_id}'"}
+        ).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())["runs"]
+
+
+#: Set to a path (docs/images/mlflow-run-page.png) to refresh the README's screenshot from the browser test.
+SCREENSHOT_ENV = "FEDMINE_SCREENSHOT"
+
+
+@pytest.mark.slow
+def test_ui_run_page_in_chromium(trained, mlflow_ui, tmp_path):
+    """The training run's page in headless Chromium: the model-training view, the validation charts first
+    (one point per round), the nested organisation runs; a screenshot of the charts."""
+    from fedmine.tracking import run_url
+    from tests.support.browser import BrowserUnavailable, chromium_page
+
+    summary = trained["summary"]
+    run_id, experiment_id = summary["run_id"], summary["experiment_id"]
+    children = {c["info"]["run_name"]: c["info"]["run_id"] for c in _children(mlflow_ui, experiment_id, run_id)}
+    assert set(children) == {"org:bank", "org:retailer", "org:telecom"}
+    shot = tmp_path / "mlflow-run-page.png"
+    try:
+        with chromium_page() as page:
+            page.goto(run_url(mlflow_ui, experiment_id, run_id))
+            headers = page.get_by_test_id("experiment-view-compare-runs-section-header")
+            headers.first.wait_for()
+            sections = [h.inner_text().split("\n")[0].split(" (")[0] for h in headers.all()]
+            # what matters first: the federation's validation metrics, then each organisation's
+            assert sections[:4] == ["eval", "eval/bank", "eval/retailer", "eval/telecom"], sections
+            assert sections.index("privacy") < sections.index("seconds") < sections.index("traffic"), sections
+            first = page.get_by_test_id("experiment-view-compare-runs-card").first
+            first.locator(".scatterlayer .trace .points path").nth(DEMO_ROUNDS - 1).wait_for()
+            assert first.locator(".scatterlayer .trace .points path").count() == DEMO_ROUNDS  # a point per round
+            assert first.inner_text().split("\n")[0] == "auc" and "(eval/auc)" in first.inner_text()
+            # the model-training view: its sidebar, not the GenAI one's
+            assert page.get_by_role("link", name="Model registry").is_visible()
+            assert page.get_by_text("Evaluation runs").count() == 0
+            close = page.get_by_role("button", name="Close")  # the assistant panel opens on a first visit
+            if close.count():
+                close.first.click()
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shot))
+
+            page.goto(run_url(mlflow_ui, experiment_id, run_id, tab="overview"))
+            page.get_by_role("link", name="org:bank").wait_for()
+            links = page.locator("a", has_text="org:")
+            shown = {a.inner_text().strip(" ,"): a.get_attribute("href") for a in links.all()}
+            assert set(shown) == set(children)
+            for name, href in shown.items():
+                assert href.endswith(f"/runs/{children[name]}"), (name, href)
+    except BrowserUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get(SCREENSHOT_ENV):
+        shutil.copyfile(shot, os.environ[SCREENSHOT_ENV])
 
 
 def test_explain_the_demo_model_over_the_federation_with_each_organisations_plots_apart(
