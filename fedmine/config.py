@@ -399,6 +399,11 @@ class PrivacySpec(_Strict):
     hessian_bound: float | None = Field(
         None, gt=0, description="clip hessians to [0, bound] (DP; regression-like objectives)"
     )
+    dp_method: Literal["leaf", "histogram"] | None = Field(
+        None,
+        description="under epsilon: leaf (random split candidates, noise on leaf sums only, Newton leaves) or "
+        "histogram (noisy histograms of every node); default leaf when every feature declares its range",
+    )
     organisation_metrics: Literal["shared", "own"] | None = Field(
         None,
         description="each organisation's metrics of the global model: sent to the coordinator (shared) or "

@@ -24,6 +24,7 @@ only decide who trains on what and how the trees combine.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,7 @@ class RoundContext:
     notices: list[str] = field(default_factory=list)  # for the user and the MLflow run
     n_rows: int = 0  # the federation's training rows (summed label_totals)
     n_valid: int = 0  # and validation rows
+    user_params: frozenset = frozenset()  # training parameters the config sets (DP defaults fill the others)
     step: int = 0
     stats: dict[str, float] = field(default_factory=dict)  # what the last round measured, by MLflow name
     stopped: bool = False  # the strategy grows no further round
@@ -142,6 +144,48 @@ class Strategy:
             start += n
 
 
+def dp_method(ctx: RoundContext) -> str:
+    """``privacy.dp_method`` resolved: leaf when every feature declares its range (the leaf method needs it)."""
+    import numpy as np
+
+    method = getattr(ctx.privacy, "dp_method", None)
+    declared = ctx.declared_ranges is not None and bool(np.isfinite(np.asarray(ctx.declared_ranges)).all())
+    if method is None:
+        method = "leaf" if declared else "histogram"
+        if not declared:
+            ctx.notices.append(
+                "privacy.dp_method: histogram, because some features declare no min and max; declare them "
+                "for the leaf method (noise on leaf sums only, far more accurate at the same epsilon)"
+            )
+    return method
+
+
+def _leaf_sensitivity(engine_params: dict[str, Any], dp: Any, n_rows: int):
+    """The leaf release's sensitivity from the objective's bounds and the DP scales for ``n_rows`` rows."""
+    from fedmine.gbdt.objectives import make_objective
+    from fedmine.gbdt.params import make_params
+    from fedmine.privacy import leaf
+    from fedmine.privacy.dp import dp_scale
+    from fedmine.privacy.noise import dp_bounds
+
+    params = make_params(engine_params)
+    obj = make_objective(
+        params.objective,
+        num_class=params.num_class,
+        poisson_max_delta_step=params.poisson_max_delta_step,
+        tweedie_variance_power=params.tweedie_variance_power,
+    )
+    g, h = dp_bounds(dp, obj)
+    rb = dp.row_bits
+    return leaf.leaf_sensitivity(
+        obj.n_trees,
+        grad_bound=g,
+        hess_bound=h,
+        grad_scale=dp_scale(g, n_total=n_rows, row_bits=rb),
+        hess_scale=dp_scale(h, n_total=n_rows, row_bits=rb),
+    )
+
+
 class FederationGroup(EngineGroup):
     """The organisations as one engine party; its row counts are the federation's summed ``label_totals``.
 
@@ -199,6 +243,7 @@ class HistogramStrategy(Strategy):
 
         privacy = ctx.privacy
         self.epsilon = privacy.epsilon if privacy is not None else None
+        self.dp_method = dp_method(ctx) if self.epsilon is not None else None
         dp = None
         if self.epsilon is not None:
             dp = DPConfig(grad_bound=privacy.gradient_bound, hess_bound=privacy.hessian_bound)
@@ -207,6 +252,12 @@ class HistogramStrategy(Strategy):
             totals={"n_rows": ctx.n_rows, "n_valid": ctx.n_valid, "n_features": len(ctx.feature_names)},
             n_threads=len(ctx.links),
         )
+        self._model = None
+        self.accountant = None
+        self.extra_releases: list[tuple[str, float, int, Any]] = []  # (kind, z, count, sensitivity) beside the rounds
+        if self.dp_method == "leaf":
+            self._start_leaf(ctx, dp)
+            return
         self.trainer = Trainer(
             self.group,
             ctx.engine_params,
@@ -217,8 +268,6 @@ class HistogramStrategy(Strategy):
             evaluate=False,
         )
         self.trainer.start()
-        self._model = None
-        self.accountant = None
         if dp is not None:
             self._start_dp(ctx)
 
@@ -236,6 +285,40 @@ class HistogramStrategy(Strategy):
         self.noise_multiplier = calibrate(p.epsilon, p.delta, releases, t.sensitivity)
         self.accountant = PrivacyAccountant(p.delta, mechanism="skellam", sensitivity=t.sensitivity)
         t.set_noise(self.noise_multiplier, seed=None)
+
+    def _start_leaf(self, ctx: RoundContext, dp: Any) -> None:
+        """The leaf method: one calibration for the bins' noisy counts and every round's leaf sums; then start."""
+        from fedmine.privacy import leaf
+        from fedmine.privacy.accountant import PrivacyAccountant
+        from fedmine.privacy.dp import calibrate
+
+        p, params = ctx.privacy, dict(ctx.engine_params)
+        self.dp_defaults = {k: v for k, v in leaf.DEFAULTS.items() if k not in ctx.user_params}
+        params.update(self.dp_defaults)
+        rounds = int(params["num_boost_round"])
+        # the leaf sensitivity needs the fixed-point scales, which need the row total: known before any release
+        sens = _leaf_sensitivity(params, dp, ctx.n_rows)
+        bins = leaf.bin_sensitivity(len(ctx.feature_names))
+        factor = leaf.bin_factor(rounds)
+        z = calibrate(p.epsilon, p.delta, rounds, sens, extra=((factor, 1, bins),))
+        self.noise_multiplier = z
+        bin_variance = float(bins.variances(factor * z)[0])
+        self.trainer = leaf.LeafTrainer(
+            self.group,
+            params,
+            categorical=ctx.categorical,
+            feature_names=ctx.feature_names,
+            ranges=ctx.declared_ranges,
+            dp=dp,
+            evaluate=False,
+            seed=int(params.get("seed", 0)),
+            bin_variance=bin_variance,
+        )
+        self.accountant = PrivacyAccountant(p.delta, mechanism="skellam", sensitivity=sens)
+        self.trainer.start()
+        self.accountant.spend(factor * z, 1, sensitivity=bins)
+        self.extra_releases.append(("bins", factor * z, 1, bins))
+        self.trainer.set_noise(z, seed=None)
 
     def run_round(self, ctx: RoundContext) -> None:
         src = self.group.source
@@ -298,12 +381,29 @@ class HistogramStrategy(Strategy):
 
         if self.accountant is None:
             return None
-        return PrivacyReceipt.from_accountant(
+        receipt = PrivacyReceipt.from_accountant(
             self.accountant,
             secure_aggregation=secure_aggregation,
             n_parties=n_parties,
             noise_multiplier=self.noise_multiplier,
             releases_per_round=self.trainer.max_releases_per_round,
+        )
+        kind = "leaf_sums" if self.dp_method == "leaf" else "histograms"
+        rounds_spent = self.accountant.releases_ - sum(c for _, _, c, _ in self.extra_releases)
+        kinds = [(k, z, c, sens) for k, z, c, sens in self.extra_releases]
+        kinds.append((kind, self.noise_multiplier, rounds_spent, None))
+        params = dict(receipt.parameters, dp_method=self.dp_method)
+        params.update({f"default.{k}": v for k, v in getattr(self, "dp_defaults", {}).items()})
+        cost = {k: c / (z * z) for k, z, c, _ in kinds}  # Gaussian RDP: a release at z costs 1 / z**2
+        total = sum(cost.values()) or 1.0
+        for k, z, c, sens in kinds:
+            params[f"release.{k}.count"] = int(c)
+            params[f"release.{k}.noise_multiplier"] = float(z)
+            params[f"release.{k}.budget_share"] = cost[k] / total
+            params[f"release.{k}.epsilon_alone"] = self.accountant.epsilon_of(z, c, sensitivity=sens) if c else 0.0
+        covers = ", ".join(f"{k} ({c})" for k, _, c, _ in kinds)
+        return dataclasses.replace(
+            receipt, parameters=params, covers=f"{covers}; not noised: label totals, label statistics, validation sums"
         )
 
     def truncate(self, ctx: RoundContext, n_trees: int) -> None:

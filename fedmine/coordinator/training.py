@@ -195,6 +195,7 @@ class Coordinator:
             notices=self.notices,
             n_rows=self.n_rows,
             n_valid=self.n_valid,
+            user_params=frozenset(self.cfg.training.model_fields_set),
         )
         self.strategy.start(self._ctx)
 

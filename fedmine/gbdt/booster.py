@@ -187,8 +187,8 @@ class Trainer:
             self._mapper = agree(self.ranges, categorical=self._mask, max_bin=params.max_bin, n_grid=self.n_grid)
         else:
             ranges = self._agreed_ranges(n_features)
-            grids = binning.make_grids(ranges, n_grid=self.n_grid)
-            counts = party.grid_counts(grids, self._mask)
+            grids = self._grids(ranges)
+            counts = self._grid_counts(grids)
             self._mapper = binning.edges_from_grid_counts(
                 counts, grids, max_bin=params.max_bin, categorical=self._mask, ranges=ranges
             )
@@ -213,6 +213,18 @@ class Trainer:
         self._started = True
         if self._noise_request is not None:
             self.set_noise(*self._noise_request[:2], n_parties=self._noise_request[2])
+
+    def _grids(self, ranges: np.ndarray) -> np.ndarray:
+        """The shared fine grid over the agreed ranges (a DP trainer uses a coarser one)."""
+        return binning.make_grids(ranges, n_grid=self.n_grid)
+
+    def _grid_counts(self, grids: np.ndarray) -> np.ndarray:
+        """The parties' summed counts on the shared grid (a DP trainer asks for noisy ones)."""
+        return self.party.grid_counts(grids, self._mask)
+
+    def _variances(self, noise_multiplier: float) -> np.ndarray:
+        """Variances (grad, hess, count) of the summed noise of one release at ``noise_multiplier``."""
+        return self.sensitivity.variances(noise_multiplier)
 
     def _start_dp(self, n_features: int, init: np.ndarray) -> None:
         """DP: clip bounds, fixed scales, the sensitivity of one release; parties clip."""
@@ -276,7 +288,7 @@ class Trainer:
             self._noise_request = (z, None if seed is None else int(seed), int(n_parties))
             return
         self._noise_request = None
-        variances = None if z is None else check_variances(self.sensitivity.variances(z))
+        variances = None if z is None else check_variances(self._variances(z))
         self.party.set_noise(variances, n_parties=int(n_parties), seed=seed)
         self.noise_multiplier_ = z
 

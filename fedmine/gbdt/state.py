@@ -103,8 +103,50 @@ class EngineState(LocalRows):
     def feature_ranges(self) -> np.ndarray:
         return binning.feature_ranges(self.X)
 
-    def grid_counts(self, grids: np.ndarray, categorical: np.ndarray) -> np.ndarray:
-        return binning.grid_counts(self.X, grids, categorical=categorical)
+    def grid_counts(
+        self, grids: np.ndarray, categorical: np.ndarray, *, variance: float | None = None, n_parties: int = 1
+    ) -> np.ndarray:
+        """Counts on the shared grid; with ``variance`` (DP bins), plus this party's Skellam share of that noise."""
+        counts = binning.grid_counts(self.X, grids, categorical=categorical)
+        if variance is None:
+            return counts
+        from fedmine.privacy.dp import add_noise_share
+
+        v = check_variances([variance] * 3)[:1]
+        return add_noise_share(counts[..., None], v, n_parties=int(n_parties))[..., 0]
+
+    def leaf_sums(self, trees, grad_scales, hess_scales) -> np.ndarray:
+        """Gradient and hessian sums of the training rows in each leaf of ``trees`` (``privacy.dp_method: leaf``).
+
+        Parameters
+        ----------
+        trees : list of Tree, one per class
+            Structures chosen without looking at the rows; leaf ``j``'s value is ``j``.
+        grad_scales, hess_scales : ndarray of shape (n_trees,)
+            Fixed-point scales of the round.
+
+        Returns
+        -------
+        sums : ndarray of shape (n_trees, n_leaves, 2), int64
+            ``(sum of round(g * s_g), sum of round(h * s_h))`` per leaf, plus this
+            party's noise share (variances of fields grad and hess) once :meth:`set_noise` is on.
+        """
+        self._enter("leaf_sums")
+        n_leaves = max(int(t.nodes["value"][t.leaf_ids()].max()) + 1 for t in trees)
+        rows = np.arange(self.n_rows, dtype=np.int64)
+        out = np.zeros((len(trees), n_leaves, 2), dtype=np.int64)
+        for k, tree in enumerate(trees):
+            leaf = tree_values_binned(tree, self.bins, rows, self.max_bin).astype(np.int64)
+            qg = quantize(self._g_float[k], grad_scales[k])
+            qh = quantize(self._h_float[k], hess_scales[k])
+            out[k, :, 0] = np.bincount(leaf, weights=qg, minlength=n_leaves)  # exact: |sums| < 2**53
+            out[k, :, 1] = np.bincount(leaf, weights=qh, minlength=n_leaves)
+        if self._noise is not None:
+            from fedmine.privacy.dp import add_noise_share
+
+            variances, n_parties, rng = self._noise
+            out = add_noise_share(out, variances[:2], n_parties=n_parties, rng=rng)
+        return out
 
     def set_bins(self, mapper: binning.BinMapper, *, parallel: bool = True) -> None:
         """Bin the local rows once (and the validation rows)."""

@@ -279,6 +279,14 @@ class Party:
             size = node_ids.shape[0] * state.n_features * (state.max_bin + 1) * 3 * 8 if state.bins is not None else 0
             if size > policy.max_answer_bytes:
                 raise self._refuse(name, f"the answer would be {size} bytes; at most {policy.max_answer_bytes}")
+        elif (
+            name == "leaf_sums" and policy.epsilon is not None and getattr(self.engine_state(), "_noise", None) is None
+        ):
+            raise self._refuse(
+                name,
+                f"this organisation's config sets privacy.epsilon={policy.epsilon:g}; "
+                "no leaf sum leaves without its noise share (set_noise first)",
+            )
         elif name == "set_bins" and self._mapper is not None:
             mapper = args[0] if args else kwargs["mapper"]
             if not _same_bins(mapper, self._mapper):

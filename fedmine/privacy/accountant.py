@@ -109,6 +109,7 @@ class Sensitivity:
     fields: tuple
     coords: tuple
     bounds: tuple
+    shares: tuple | None = None
 
     def __post_init__(self):
         n = len(self.fields)
@@ -121,6 +122,13 @@ class Sensitivity:
             for v in values:
                 if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                     raise ValueError(f"sensitivity {what} must be integers >= 1, got {values!r}")
+        if self.shares is not None:
+            shares = tuple(float(x) for x in self.shares)
+            if len(shares) != n or not all(x > 0 for x in shares) or abs(sum(shares) - 1.0) > 1e-9:
+                raise ValueError(
+                    f"sensitivity shares must be one positive number per field summing to 1, got {self.shares!r}"
+                )
+            object.__setattr__(self, "shares", shares)
         object.__setattr__(self, "fields", tuple(str(f) for f in self.fields))
         object.__setattr__(self, "coords", tuple(int(c) for c in self.coords))
         object.__setattr__(self, "bounds", tuple(int(b) for b in self.bounds))
@@ -141,7 +149,11 @@ class Sensitivity:
         return math.sqrt(sum(c * b * b for c, b in zip(self.coords, self.bounds)))
 
     def variances(self, noise_multiplier: float) -> np.ndarray:
-        """Noise variance of one coordinate of each field: ``z**2 * bound**2 * m``.
+        """Noise variance of one coordinate of each field: ``z**2 * bound**2 * c / share``.
+
+        A field's ``share`` is its part of the release's privacy loss
+        (``shares``; default ``c / m``, every coordinate alike, which gives
+        ``z**2 * bound**2 * m``). Either way ``sum_f c_f b_f**2 / var_f = 1 / z**2``.
 
         Returns
         -------
@@ -150,10 +162,16 @@ class Sensitivity:
         """
         z = check_noise_multiplier(noise_multiplier)
         b = np.asarray(self.bounds, dtype=np.float64)
-        return z * z * b * b * float(self.n_coords)
+        if self.shares is None:
+            return z * z * b * b * float(self.n_coords)
+        c = np.asarray(self.coords, dtype=np.float64)
+        return z * z * b * b * c / np.asarray(self.shares, dtype=np.float64)
 
     def as_dict(self) -> dict:
-        return {"fields": list(self.fields), "coords": list(self.coords), "bounds": list(self.bounds)}
+        out = {"fields": list(self.fields), "coords": list(self.coords), "bounds": list(self.bounds)}
+        if self.shares is not None:
+            out["shares"] = list(self.shares)
+        return out
 
 
 def skellam_rdp(
@@ -204,8 +222,9 @@ class PrivacyAccountant:
     ----------
     releases_ : int
         Releases spent so far.
-    ledger_ : list of (float, int)
-        ``(noise_multiplier, count)`` in order, runs of the same multiplier merged.
+    ledger_ : list of (float, int, Sensitivity or None)
+        ``(noise_multiplier, count, sensitivity)`` in order (None: the accountant's
+        own sensitivity), runs of the same multiplier and sensitivity merged.
     """
 
     def __init__(
@@ -238,51 +257,60 @@ class PrivacyAccountant:
 
     # -- the one place that calls dp_accounting ---------------------------
     def _epsilon_of_ledger(self, ledger: Sequence[tuple]) -> float:
-        ledger = [(z, c) for z, c in ledger if c > 0]
+        ledger = [entry for entry in ledger if entry[1] > 0]
         if not ledger:
             return 0.0
         delta = float(self.delta)
         if self.mechanism == SKELLAM:
-            sensitivity = self.sensitivity
-            if sensitivity is None:
-                raise ValueError("the skellam mechanism needs a Sensitivity, got None")
             rdp = np.zeros(len(SKELLAM_ORDERS))
-            for z, count in ledger:
+            for z, count, sens in ledger:
+                sensitivity = sens if sens is not None else self.sensitivity
+                if sensitivity is None:
+                    raise ValueError("the skellam mechanism needs a Sensitivity, got None")
                 rdp += count * skellam_rdp(z, sensitivity, SKELLAM_ORDERS)
             return float(rdp_privacy_accountant.compute_epsilon(SKELLAM_ORDERS, rdp, delta)[0])
         event = dp_accounting.ComposedDpEvent(
-            [dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), c) for z, c in ledger]
+            [dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), c) for z, c, _ in ledger]
         )
         acc = dp_accounting.rdp.RdpAccountant() if self.accounting == RDP else dp_accounting.pld.PLDAccountant()
         acc.compose(event)
         return float(acc.get_epsilon(delta))
 
     @staticmethod
-    def _extend(ledger: Sequence[tuple], noise_multiplier: float, count: int) -> list:
+    def _extend(ledger: Sequence[tuple], noise_multiplier: float, count: int, sensitivity=None) -> list:
         out = list(ledger)
         if count == 0:
             return out
-        if out and out[-1][0] == noise_multiplier:
-            out[-1] = (noise_multiplier, out[-1][1] + count)
+        if out and out[-1][0] == noise_multiplier and out[-1][2] == sensitivity:
+            out[-1] = (noise_multiplier, out[-1][1] + count, sensitivity)
         else:
-            out.append((noise_multiplier, count))
+            out.append((noise_multiplier, count, sensitivity))
         return out
 
     # -- public -------------------------------------------------------------
-    def spend(self, noise_multiplier: float, count: int = 1) -> None:
-        """Record ``count`` releases, each with noise multiplier ``noise_multiplier``."""
+    def spend(self, noise_multiplier: float, count: int = 1, *, sensitivity: Sensitivity | None = None) -> None:
+        """Record ``count`` releases, each with noise multiplier ``noise_multiplier``.
+
+        ``sensitivity``: of these releases, when it is not the accountant's own
+        (e.g. the noisy bin counts and label totals of a training beside its
+        leaf sums).
+        """
         z, count = check_noise_multiplier(noise_multiplier), check_count(count)
-        self.ledger_ = self._extend(self.ledger_, z, count)
+        self.ledger_ = self._extend(self.ledger_, z, count, sensitivity)
         self.releases_ += count
 
     def epsilon(self) -> float:
         """Epsilon at :attr:`delta` of every release spent so far (0.0 before any)."""
         return self._epsilon_of_ledger(self.ledger_)
 
-    def epsilon_of(self, noise_multiplier: float, count: int = 1) -> float:
+    def epsilon_of(self, noise_multiplier: float, count: int = 1, *, sensitivity: Sensitivity | None = None) -> float:
         """Epsilon of ``count`` such releases alone (e.g. one round's), at :attr:`delta`."""
         z, count = check_noise_multiplier(noise_multiplier), check_count(count)
-        return self._epsilon_of_ledger([(z, count)])
+        return self._epsilon_of_ledger([(z, count, sensitivity)])
+
+    def epsilon_of_ledger(self, ledger: Sequence[tuple]) -> float:
+        """Epsilon of a ledger of ``(noise_multiplier, count, sensitivity or None)`` alone (calibration)."""
+        return self._epsilon_of_ledger([(check_noise_multiplier(z), check_count(c), s) for z, c, s in ledger])
 
     def would_exceed(self, budget: float, noise_multiplier: float, count: int = 1) -> bool:
         """Whether spending ``count`` more releases would take epsilon above ``budget``.
@@ -293,3 +321,18 @@ class PrivacyAccountant:
         budget = check_epsilon(budget)
         z, count = check_noise_multiplier(noise_multiplier), check_count(count)
         return self._epsilon_of_ledger(self._extend(self.ledger_, z, count)) > budget
+
+    def state(self) -> dict:
+        """The ledger as JSON-able data (a checkpoint: a resumed training continues the same accountant)."""
+        return {
+            "releases": self.releases_,
+            "ledger": [[z, c, None if s is None else s.as_dict()] for z, c, s in self.ledger_],
+        }
+
+    def restore(self, state: dict) -> None:
+        """Continue from :meth:`state`: the releases spent before a resume stay spent."""
+        self.ledger_ = [
+            (float(z), int(c), None if s is None else Sensitivity(**{k: tuple(v) for k, v in s.items()}))
+            for z, c, s in state["ledger"]
+        ]
+        self.releases_ = int(state["releases"])

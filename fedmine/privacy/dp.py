@@ -271,6 +271,7 @@ def calibrate(
     mechanism: str = SKELLAM,
     accounting: str = RDP,
     rtol: float = 1e-4,
+    extra: tuple = (),
 ) -> float:
     """Smallest noise multiplier with which ``releases`` releases cost at most ``epsilon``.
 
@@ -291,6 +292,10 @@ def calibrate(
         As for :class:`PrivacyAccountant`.
     rtol : float
         Relative width of the final bracket.
+    extra : sequence of (factor, count, Sensitivity)
+        Other releases of the same training, ``count`` each with noise
+        multiplier ``factor * z`` and their own sensitivity (the noisy bins
+        and label totals beside the leaf sums); the budget covers them all.
 
     Returns
     -------
@@ -305,7 +310,8 @@ def calibrate(
     acc = PrivacyAccountant(delta, mechanism=mechanism, sensitivity=sensitivity, accounting=accounting)
 
     def fits(z: float) -> bool:
-        return acc.epsilon_of(z, releases) <= epsilon
+        ledger = [(z, releases, None)] + [(factor * z, count, sens) for factor, count, sens in extra]
+        return acc.epsilon_of_ledger(ledger) <= epsilon
 
     hi = 1.0
     while not fits(hi):

@@ -53,7 +53,7 @@ def test_gaussian_rdp_composes_different_noise():
     spends = [(1.0, 3), (2.0, 5), (2.0, 2), (0.7, 1)]
     for z, c in spends:
         acc.spend(z, c)
-    assert acc.ledger_ == [(1.0, 3), (2.0, 7), (0.7, 1)]
+    assert acc.ledger_ == [(1.0, 3, None), (2.0, 7, None), (0.7, 1, None)]
     assert acc.epsilon() == pytest.approx(rdp_gaussian_epsilon(spends), rel=1e-12)
 
 
