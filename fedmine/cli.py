@@ -1,4 +1,4 @@
-"""The ``fedmine`` command: run, predict, explain, demo, ui, schedule.
+"""The ``fedmine`` command: run, predict, explain, tune, demo, ui, schedule.
 
 Every command validates its input before anything starts, and every error a
 user can cause is one line on stderr with exit code 2 (see
@@ -271,6 +271,70 @@ def explain(
     remote = [o for o in result["plotted"] if cfg.organisations[o].endpoint]
     if remote:
         typer.echo(f"plots of {', '.join(remote)}: in each party server's own --output folder")
+
+
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="The federation YAML file, with a tune: section."),
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Trials to run (default: tune.trials)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write the best parameters here as YAML (fedmine run CONFIG --set @FILE)."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path (every trial)."),
+    summary_json: Path | None = typer.Option(None, "--summary-json", help="Write the search's summary as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
+) -> None:
+    """Federated hyperparameter search (Optuna TPE, pruned on the federation's validation metric)."""
+    import json
+
+    from fedmine.config import load_config
+    from fedmine.coordinator.tuning import Search
+
+    cfg = load_config(config, set_)
+    Search(str(config), cfg, list(set_)).check_space()  # a bad tune: section fails here, before any run
+    for path, option in ((out, "--out"), (summary_json, "--summary-json")):
+        if path is not None:
+            output_path(path, option)
+    _quiet_prefect(verbose)
+    from fedmine import progress
+    from fedmine.flows.tune import federated_tuning
+
+    def on_round(r: int, total: int, metrics: dict) -> None:
+        if not sys.stderr.isatty():
+            return
+        typer.echo(f"\r  round {r}/{total}", nl=False, err=True)
+
+    with progress.listening(on_round):
+        summary = federated_tuning(str(config), trials, list(set_), str(out) if out else None)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary, indent=2, default=float))
+    metric = summary["metric"]
+    keys = list(cfg.tune.space) if cfg.tune else []
+    typer.echo("")
+    typer.echo(f"{'trial':>5}  {'state':<9}{metric:>12}{'rounds':>8}{'seconds':>9}  " + "  ".join(keys))
+    for t in summary["trials"]:
+        value = f"{t['value']:.4f}" if t["value"] is not None else "-"
+        shown = "  ".join(
+            f"{t['params'][k]:.4g}" if isinstance(t["params"][k], float) else str(t["params"][k]) for k in keys
+        )
+        typer.echo(f"{t['number']:>5}  {t['state']:<9}{value:>12}{t['rounds']:>8}{t['seconds']:>9.1f}  {shown}")
+    typer.echo("")
+    best = summary["best"]
+    if best is None:
+        typer.echo("no trial completed; nothing to recommend")
+    else:
+        typer.echo(f"best: trial {best['number']}, {metric} {best['value']:.4f} (MLflow run {best['run_id']})")
+        typer.echo(f"train with it: fedmine run {config} " + " ".join(f"--set {o}" for o in summary["overrides"]))
+        if out is not None:
+            typer.echo(f"overlay written: {out}   (fedmine run {config} --set @{out})")
+    p = summary["privacy"]
+    if "epsilon_total" in p:
+        typer.echo(
+            f"privacy: each trial spent its own budget (epsilon {p['epsilon_budget_per_trial']:g}); "
+            f"{p['trials']} trials: epsilon {p['epsilon_total']:.3f} in total, delta {p['delta_total']:g} "
+            f"(basic composition)"
+        )
+    typer.echo(f"MLflow tuning run {summary['run_id']} ({len(summary['trials'])} nested trial runs)")
 
 
 def _check_model(booster, model: str, federation: str | None, cfg, config: Path) -> None:

@@ -417,6 +417,76 @@ class PrivacySpec(_Strict):
         return mode == "shared"
 
 
+#: Training keys a search may not vary: they decide each organisation's train/validation split, made once.
+UNTUNABLE = ("seed", "validation_fraction")
+
+
+class SearchDimension(_Strict):
+    """One parameter's search range: ``{low, high}`` (``log: true`` samples its logarithm) or ``{choices: [...]}``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> SearchDimension:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("give either choices: [...] or low and high (and log), not both")
+            if not self.choices:
+                raise ValueError("choices is empty; list at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs low and high (and optionally log: true), or choices: [...]")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0, got low {self.low:g}")
+        return self
+
+
+class TuneSpec(_Strict):
+    """``fedmine tune``: the search space over training parameters and how trials are judged (docs/tune.md)."""
+
+    space: dict[str, SearchDimension] = Field(
+        description="training parameter (LightGBM name or alias) -> {low, high, log} or {choices}"
+    )
+    trials: int = Field(20, ge=1, le=10000, description="trials when --trials is not given")
+    metric: str | None = Field(None, description="the federation-wide validation metric (default: the primary)")
+    pruner: Literal["median", "none"] = "median"
+    startup_trials: int = Field(2, ge=0, description="trials finished before any is pruned")
+    warmup_rounds: int = Field(5, ge=0, description="rounds of a trial before it can be pruned")
+    seed: int | None = Field(None, description="the sampler's seed (default: training.seed)")
+
+    @field_validator("space")
+    @classmethod
+    def _tunable(cls, v: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
+        spellings = TrainingSpec.spellings()
+        allowed = sorted(n for n in TrainingSpec.model_fields if n not in UNTUNABLE)
+        if not v:
+            raise ValueError("empty; declare at least one parameter, e.g. learning_rate: {low: 0.02, high: 0.3}")
+        seen: dict[str, str] = {}
+        for key, dim in v.items():
+            name = spellings.get(str(key))
+            if name is None or name in UNTUNABLE:
+                why = " (it decides the train/validation split)" if name in UNTUNABLE else ""
+                raise ValueError(
+                    f"{key}: not a training parameter that can be tuned{why}; allowed: {', '.join(allowed)}"
+                )
+            if name in seen:
+                raise ValueError(f"{seen[name]} and {key} are the same parameter ({name}); give it once")
+            seen[name] = str(key)
+            field = TrainingSpec.model_fields[name]
+            if field.annotation is int and dim.choices is None:
+                bounds = (dim.low, dim.high)
+                if not all(float(b).is_integer() for b in bounds if b is not None):
+                    raise ValueError(f"{key}: an integer parameter; low and high must be integers, got {bounds}")
+            if get_origin(field.annotation) is Literal and dim.choices is None:
+                raise ValueError(f"{key}: takes one of {', '.join(map(str, get_args(field.annotation)))}; use choices")
+        return v
+
+
 class TransportSpec(_Strict):
     """How the coordinator reaches organisations that have an ``endpoint`` (Arrow Flight, mutual TLS)."""
 
@@ -454,6 +524,7 @@ class FederationConfig(_Strict):
     transport: TransportSpec = Field(default_factory=TransportSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
+    tune: TuneSpec | None = None
 
     # Not part of the YAML: where it was read from, to resolve relative sources.
     _path: Path | None = None
@@ -544,6 +615,14 @@ class FederationConfig(_Strict):
                     f"training.strategy {', '.join(CLUSTER_STRATEGIES)}, not {strategy} "
                     f"(its rows never gather in one process for LightGBM)"
                 )
+        if self.tune is not None and self.tune.metric is not None:
+            from fedmine.metrics import METRICS
+
+            if self.tune.metric not in METRICS[self.objective]:
+                raise ValueError(
+                    f"tune.metric: {self.tune.metric!r} is not a metric of objective {self.objective}; "
+                    f"allowed: {', '.join(METRICS[self.objective])}"
+                )
         return self
 
     @property
@@ -590,6 +669,30 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         parsed = value
     return key.strip(), parsed
+
+
+def overlay_overrides(path: str | Path) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every value in a YAML overlay file (``--set @FILE``; ``fedmine tune --out``)."""
+    where = f"--set @{path}"
+    try:
+        raw = _read_yaml(Path(path).read_text(), str(path))
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}: malformed YAML") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: expected a mapping of config keys, e.g. training: {{learning_rate: 0.05}}")
+    out: list[tuple[str, Any]] = []
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out.append((prefix, node))
+
+    walk("", raw)
+    return out
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -699,7 +802,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Federat
     Parameters
     ----------
     path : the YAML file.
-    overrides : ``KEY=VALUE`` strings; KEY is a dotted path (``training.rounds``).
+    overrides : ``KEY=VALUE`` strings; KEY is a dotted path (``training.rounds``); ``@FILE`` applies every
+        value of a YAML overlay file (:func:`overlay_overrides`).
     """
     path = Path(path)
     source = str(path)
@@ -716,8 +820,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Federat
         raise ConfigError(f"{source}: the file is empty")
     if isinstance(raw, dict):
         for text in overrides or []:
-            key, value = parse_override(text)
-            _set_dotted(raw, key, value, source=source)
+            pairs = overlay_overrides(text[1:]) if text.startswith("@") else [parse_override(text)]
+            for key, value in pairs:
+                _set_dotted(raw, key, value, source=source)
     return config_from_dict(raw, source=source, path=path.resolve())
 
 

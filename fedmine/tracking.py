@@ -33,6 +33,13 @@ the federation's mean |SHAP| and the gain importance as metrics, the report
 under ``explain/``, and each in-process organisation's own plots in its
 nested run (:func:`log_explanation`).
 
+A search (``fedmine tune``) is a run tagged ``fedmine.kind=tune`` with a
+nested run per trial (``fedmine.kind=trial``): each trial's run holds what a
+training's parent run holds (rounds, checkpoints, its privacy receipt) but no
+model; the tuning run holds each trial's value (``tune/trial_value``, step =
+trial), the best trial and its overlay (``tune/best.yaml``), and the privacy
+spent over all trials.
+
 A run that fails is marked FAILED with the error as a tag. Every call goes
 through :class:`MlflowClient` with explicit run ids, so it is safe from any
 thread; only :meth:`Tracker.log_model` uses MLflow's fluent API.
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import tempfile
 import time
@@ -57,6 +65,9 @@ from mlflow.tracking import MlflowClient
 from fedmine.config import FederationConfig, resolved_dict
 from fedmine.errors import ConfigError, TrackingError
 
+# Errors are one line on stderr: no download progress bars there (MLflow draws them when tqdm is installed).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 #: Round metrics and checkpoints are written together at most this often (seconds): a round costs
 #: the store nothing in between, and a checkpoint is never ahead of the metrics it follows.
 FLUSH_SECONDS = 1.0
@@ -71,6 +82,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_EXPERIMENT = "custom_model_development"
 #: The UI's query parameter choosing its model-training view (MLflow 3's UI otherwise opens the GenAI view).
 TRAINING_VIEW = "workflowType=machine_learning"
+TUNE_KIND, TRIAL_KIND = "tune", "trial"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -268,6 +280,43 @@ class Tracker:
         self.start(tags={KIND_TAG: PROFILE_KIND})
         self.client.set_tag(self.run_id, "mlflow.runName", f"profile-{time.strftime('%Y%m%d-%H%M%S')}")
         return self.run_id
+
+    def start_tuning(self, *, tags: dict[str, str] | None = None) -> str:
+        """Start a tuning run (tagged ``fedmine.kind=tune``), the parent of its trials' runs; return its id."""
+        self.start(tags={KIND_TAG: TUNE_KIND, **(tags or {})})
+        self.client.set_tag(self.run_id, "mlflow.runName", f"tune-{time.strftime('%Y%m%d-%H%M%S')}")
+        return self.run_id
+
+    def start_trial(self, parent: str, number: int, params: dict[str, Any]) -> str:
+        """A trial's run, nested under the tuning run ``parent``: a training's records and ``tune.<key>`` params."""
+        self.start(tags={"mlflow.parentRunId": parent, KIND_TAG: TRIAL_KIND, "fedmine.trial": str(number)})
+        self.client.set_tag(self.run_id, "mlflow.runName", f"trial-{number}")
+        self.client.log_batch(self.run_id, params=[Param(f"tune.{k}", str(v)) for k, v in params.items()])
+        return self.run_id
+
+    def finish_trial(self, state: str, value: float | None, rounds: int) -> None:
+        """End a trial's run: its state (``complete``, ``pruned``) as a tag, ``tune/value`` and ``tune/rounds``."""
+        self.flush()
+        self.client.set_tag(self.run_id, "fedmine.trial.state", state)
+        figures = {"tune/rounds": float(rounds)}
+        if value is not None:
+            figures["tune/value"] = float(value)
+        self.log_metrics(figures)
+        self.finish("FINISHED")
+
+    def log_tuning(self, summary: dict[str, Any], overlay: str | None) -> None:
+        """The search on its parent run: each trial's value (step = trial), the best trial, the overlay, the table."""
+        for trial in summary["trials"]:
+            if trial["value"] is not None:
+                self._log_metrics(self.run_id, {"tune/trial_value": trial["value"]}, trial["number"])
+        best = summary.get("best")
+        if best is not None:
+            self.log_metrics({"tune/best_value": best["value"], "tune/best_trial": float(best["number"])})
+            self.client.log_batch(self.run_id, params=[Param(f"best.{k}", str(v)) for k, v in best["params"].items()])
+            self.client.set_tag(self.run_id, "fedmine.tune.best_run", best["run_id"])
+        self.client.log_dict(self.run_id, summary, "tune/trials.json")
+        if overlay is not None:
+            self.log_text(overlay, "tune/best.yaml")
 
     def previous_profile(self, artifact: str) -> tuple[str, dict[str, Any]] | None:
         """``(run id, JSON artifact)`` of the latest finished profile run of the experiment other than this one."""

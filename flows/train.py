@@ -20,7 +20,7 @@ from fedmine.config import FederationConfig, load_config
 from fedmine.errors import ConfigError, output_path
 from fedmine.flows.prepare import prepare_organisation
 from fedmine.schema.check import log_check
-from fedmine.tasks.rounds import connect_party, local_baselines, run_rounds, start_federation
+from fedmine.tasks.rounds import connect_party, local_baselines, start_federation, train_rounds
 from fedmine.tracking import Tracker, summary_json
 
 
@@ -73,12 +73,7 @@ def federated_training(
             first = coord.restore(*checkpoint)
 
         t_train = time.perf_counter()
-        rounds = cfg.training.rounds
-        r = first
-        while r <= rounds and not coord.stopped:  # a rounds task runs rounds for a couple of seconds
-            r = run_rounds(coord, tracker, r, rounds) + 1
-        with tracker.writing("logging the last rounds"):
-            tracker.flush()
+        train_rounds(coord, tracker, first, cfg.training.rounds)  # rounds tasks of a couple of seconds each
         train_seconds = time.perf_counter() - t_train
 
         with tracker.writing("logging the privacy receipt"):

@@ -62,10 +62,20 @@ def run_rounds(coord: Coordinator, tracker: Tracker, first: int, last: int) -> i
         with tracker.writing(f"logging round {r}"):
             tracker.log_round(r, result.flat(), result.org_metrics)
             tracker.save_checkpoint(*coord.checkpoint())
-        progress.report(r, last, result.global_metrics)
+        if progress.report(r, last, result.global_metrics):
+            coord.stopped = True  # a listener asked to stop here (a pruned tuning trial)
         if r >= last or coord.stopped or time.monotonic() - t0 >= ROUNDS_TASK_SECONDS:
             return r
         r += 1
+
+
+def train_rounds(coord: Coordinator, tracker: Tracker, first: int, last: int) -> None:
+    """Rounds ``first`` to ``last`` in :func:`run_rounds` tasks until the training stops; the last written."""
+    r = first
+    while r <= last and not coord.stopped:
+        r = run_rounds(coord, tracker, r, last) + 1
+    with tracker.writing("logging the last rounds"):
+        tracker.flush()
 
 
 @task(name="local-baselines", cache_policy=NO_CACHE, retries=1)

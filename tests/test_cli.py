@@ -51,6 +51,7 @@ def call_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
         "demo",
         "predict",
         "explain",
+        "tune",
         "ui",
         "schedule",
         "profile",
@@ -574,3 +575,88 @@ def test_explain_refuses_an_unknown_org_and_a_missing_model(demo_config, monkeyp
     assert code == 2 and err.strip() == f"error: --org shop: not in {demo_config}; allowed: bank, retailer, telecom"
     code, _, err = call_main(monkeypatch, capsys, "explain", demo_config, "--model", "nope.txt")
     assert code == 2 and err.startswith("error: --model nope.txt: not a file, a run id or a model URI")
+
+
+TUNE = """
+tune:
+  metric: binary_logloss
+  seed: 6
+  startup_trials: 1
+  warmup_rounds: 1
+  space:
+    learning_rate: {choices: [0.3, 0.0001]}
+"""
+
+
+def test_tune_runs_nested_trials_prunes_a_lagging_one_and_writes_an_overlay_run_accepts(
+    trained, store, tmp_path, monkeypatch, capsys
+):
+    from mlflow.tracking import MlflowClient
+
+    from fedmine.config import load_config
+
+    config = trained["config"].parent / "tune.yaml"  # beside the demo's data: its sources are relative
+    config.write_text(trained["config"].read_text() + TUNE)
+    best, summary = tmp_path / "best.yaml", tmp_path / "tune.json"
+    args = ["tune", config, "--trials", "3", "--set", "training.rounds=6", "--out", best, "--summary-json", summary]
+    code, out, err = call_main(monkeypatch, capsys, *args)
+    assert code == 0, err
+    result = json.loads(summary.read_text())
+    trials = result["trials"]
+    # TPE's draws with seed 6: 0.3, 0.3, 0.0001; the last lags the median log loss and is pruned after round 2
+    assert [t["params"]["learning_rate"] for t in trials] == [0.3, 0.3, 0.0001]
+    assert [(t["state"], t["rounds"]) for t in trials] == [("complete", 6), ("complete", 6), ("pruned", 2)]
+    assert trials[0]["value"] == trials[1]["value"] < trials[2]["value"]
+    assert result["best"]["number"] == 0 and result["overrides"] == ["training.learning_rate=0.3"]
+    assert "train with it: fedmine run" in out and "--set training.learning_rate=0.3" in out
+
+    client = MlflowClient(store)
+    parent = client.get_run(result["run_id"])
+    assert parent.data.tags["fedmine.kind"] == "tune" and parent.info.status == "FINISHED"
+    assert parent.data.params["best.learning_rate"] == "0.3"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", order_by=["start_time"]
+    )
+    assert [c.data.tags["fedmine.trial.state"] for c in children] == ["complete", "complete", "pruned"]
+    assert [c.info.run_id for c in children] == [t["run_id"] for t in trials]
+    pruned = children[2]
+    assert pruned.data.params["training.learning_rate"] == "0.0001" and pruned.data.metrics["tune/rounds"] == 2
+    assert len(client.get_metric_history(pruned.info.run_id, "eval/binary_logloss")) == 2
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "tune/trial_value")] == [0, 1, 2]
+
+    cfg = load_config(config, [f"@{best}"])  # the overlay, as `fedmine run CONFIG --set @best.yaml` reads it
+    assert cfg.training.learning_rate == 0.3 and cfg.training.rounds == 40
+    assert load_config(config, result["overrides"]).training.learning_rate == 0.3
+
+
+def test_tune_under_dp_spends_the_budget_per_trial_and_states_the_total(trained, store, tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    config = trained["config"].parent / "tune-dp.yaml"
+    config.write_text(
+        trained["config"].read_text() + TUNE.replace("warmup_rounds: 1", "warmup_rounds: 1\n  pruner: none")
+    )
+    summary = tmp_path / "tune.json"
+    dp = ["--set", "training.strategy=histogram", "--set", "privacy.epsilon=4", "--set", "training.rounds=2"]
+    code, out, err = call_main(monkeypatch, capsys, "tune", config, "--trials", "2", *dp, "--summary-json", summary)
+    assert code == 0, err
+    result = json.loads(summary.read_text())
+    spent = result["privacy"]["epsilon_per_trial"]
+    assert len(spent) == 2 and all(0 < e <= 4 for e in spent)
+    assert result["privacy"]["epsilon_total"] == pytest.approx(sum(spent))
+    client = MlflowClient(store)
+    for t, e in zip(result["trials"], spent):
+        receipt = json.loads(
+            Path(client.download_artifacts(t["run_id"], "privacy_receipt.json", str(tmp_path))).read_text()
+        )
+        assert receipt["receipt"]["epsilon_total"] == pytest.approx(e) and receipt["receipt"]["mechanism"] != "none"
+    parent = json.loads(
+        Path(client.download_artifacts(result["run_id"], "privacy_receipt.json", str(tmp_path))).read_text()
+    )
+    assert parent["receipt"]["epsilon_total"] == pytest.approx(sum(spent))
+    assert f"2 trials: epsilon {sum(spent):.3f} in total" in out
+
+
+def test_tune_refuses_a_config_without_tune_section(demo_config, monkeypatch, capsys):
+    code, _, err = call_main(monkeypatch, capsys, "tune", demo_config, "--trials", "2")
+    assert code == 2 and err.strip().startswith(f"error: {demo_config}: no tune section; declare tune.space")

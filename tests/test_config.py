@@ -364,3 +364,78 @@ def test_more_categories_than_max_bin(cfg_file):
         r"\(each category takes one bin\); merge categories to at most 255$",
     ):
         load_config(cfg_file, [f"features.region={{type: category, categories: {vocabulary}}}"])
+
+
+@pytest.mark.parametrize(
+    ("tune", "message"),
+    [
+        (
+            "{space: {learning_rat: {low: 0.1, high: 0.2}}}",
+            r"tune.space: learning_rat: not a training parameter that can be tuned; allowed: bagging_fraction, ",
+        ),
+        (
+            "{space: {seed: {choices: [1, 2]}}}",
+            r"tune.space: seed: not a training parameter that can be tuned \(it decides the train/validation split\)",
+        ),
+        (
+            "{space: {learning_rate: {low: 0.3, high: 0.2}}}",
+            r"tune.space.learning_rate: low \(0.3\) must be below high \(0.2\)$",
+        ),
+        (
+            "{space: {learning_rate: {low: 0, high: 1, log: true}}}",
+            r"tune.space.learning_rate: log: true needs low > 0, got low 0$",
+        ),
+        (
+            "{space: {learning_rate: {low: 0.1}}}",
+            r"tune.space.learning_rate: needs low and high \(and optionally log: true\), or choices",
+        ),
+        ("{space: {learning_rate: {choices: []}}}", r"tune.space.learning_rate: choices is empty"),
+        ("{space: {learning_rate: {choices: [0.1], low: 0.1}}}", r"give either choices: \[...\] or low and high"),
+        (
+            "{space: {learning_rate: {low: 0.1, high: 0.2, step: 3}}}",
+            r"tune.space.learning_rate.step: unknown key; allowed: low, high, log, choices$",
+        ),
+        (
+            "{space: {num_leaves: {low: 3.5, high: 9}}}",
+            r"tune.space: num_leaves: an integer parameter; low and high must be integers",
+        ),
+        (
+            "{space: {strategy: {low: 1, high: 2}}}",
+            r"tune.space: strategy: takes one of histogram, bagging, cyclic, local; use choices$",
+        ),
+        (
+            "{space: {rounds: {low: 2, high: 5}, num_boost_round: {low: 2, high: 5}}}",
+            r"rounds and num_boost_round are the same parameter \(num_boost_round\); give it once",
+        ),
+        ("{space: {}}", r"tune.space: empty; declare at least one parameter"),
+        (
+            "{metric: rmse, space: {learning_rate: {low: 0.1, high: 0.2}}}",
+            r"tune.metric: 'rmse' is not a metric of objective binary; allowed: auc, binary_logloss, binary_error$",
+        ),
+        (
+            "{pruner: hyperband, space: {learning_rate: {low: 0.1, high: 0.2}}}",
+            r"tune.pruner: 'hyperband' is not allowed; allowed: median, none$",
+        ),
+        (
+            "{trials: 0, space: {learning_rate: {low: 0.1, high: 0.2}}}",
+            r"tune.trials: input should be greater than or equal to 1",
+        ),
+    ],
+)
+def test_bad_tune_sections_fail_with_one_line_naming_the_key(cfg_file, tune, message):
+    cfg_file.write_text(ISSUE_EXAMPLE + f"tune: {tune}\n")
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(cfg_file)
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{cfg_file}: ")
+
+
+def test_an_overlay_file_applies_every_value_it_holds(cfg_file, tmp_path):
+    overlay = tmp_path / "best.yaml"
+    overlay.write_text("# from fedmine tune\ntraining:\n  learning_rate: 0.0625\n  num_leaves: 19\n")
+    cfg = load_config(cfg_file, [f"@{overlay}", "training.rounds=12"])
+    assert (cfg.training.learning_rate, cfg.training.num_leaves, cfg.training.rounds) == (0.0625, 19, 12)
+    with pytest.raises(ConfigError, match=r"^--set @.*nope.yaml: cannot read it: No such file or directory$"):
+        load_config(cfg_file, [f"@{tmp_path / 'nope.yaml'}"])
+    overlay.write_text("- 1\n")
+    with pytest.raises(ConfigError, match=r"--set @.*best.yaml: expected a mapping of config keys"):
+        load_config(cfg_file, [f"@{overlay}"])
