@@ -59,7 +59,7 @@ def federated_training(
             for org, spec in cfg.organisations.items()
         ]
         parties = [f.result() for f in futures]
-        coord = start_federation(cfg, parties)
+        coord = start_federation(cfg, parties, None if checkpoint is None else checkpoint[0])
         reports = {name: d.get("report") or {} for name, d in coord.descriptions.items()}
         log_check(tracker, cfg, reports)
         for notice in coord.notices:

@@ -29,10 +29,10 @@ def connect_party(cfg: FederationConfig, org: str):
 
 
 @task(name="start-federation", cache_policy=NO_CACHE)
-def start_federation(cfg: FederationConfig, parties: list[Party]) -> Coordinator:
-    """Describe the parties, agree the base score, start every party."""
+def start_federation(cfg: FederationConfig, parties: list[Party], resume: dict | None = None) -> Coordinator:
+    """Describe the parties, agree the base score, start every party (``resume``: a checkpoint's state)."""
     coord = Coordinator(cfg, parties)
-    coord.start()
+    coord.start(resume=resume)
     return coord
 
 

@@ -60,6 +60,7 @@ class RoundContext:
     n_rows: int = 0  # the federation's training rows (summed label_totals)
     n_valid: int = 0  # and validation rows
     user_params: frozenset = frozenset()  # training parameters the config sets (DP defaults fill the others)
+    resume: dict | None = None  # the strategy state of the checkpoint a resumed run starts from
     step: int = 0
     stats: dict[str, float] = field(default_factory=dict)  # what the last round measured, by MLflow name
     stopped: bool = False  # the strategy grows no further round
@@ -315,9 +316,13 @@ class HistogramStrategy(Strategy):
             bin_variance=bin_variance,
         )
         self.accountant = PrivacyAccountant(p.delta, mechanism="skellam", sensitivity=sens)
+        saved = (ctx.resume or {}).get("leaf")
+        if saved is not None:  # a resumed run: its own bins (no second release) and structure generator
+            self.trainer.use_leaf_state(saved)
         self.trainer.start()
-        self.accountant.spend(factor * z, 1, sensitivity=bins)
         self.extra_releases.append(("bins", factor * z, 1, bins))
+        if saved is None:
+            self.accountant.spend(factor * z, 1, sensitivity=bins)
         self.trainer.set_noise(z, seed=None)
 
     def run_round(self, ctx: RoundContext) -> None:
@@ -361,18 +366,32 @@ class HistogramStrategy(Strategy):
         return len(self.trainer.trees_)
 
     def checkpoint(self, ctx: RoundContext) -> tuple[dict[str, Any], dict[str, Any]]:
-        return self.trainer.checkpoint()
+        """The engine's loop; under DP also the accountant's ledger (and the leaf method's bins and generator)."""
+        state, arrays = self.trainer.checkpoint()
+        if self.accountant is not None:
+            state["accountant"] = self.accountant.state()
+        if self.dp_method == "leaf":
+            state["leaf"] = self.trainer.leaf_state()
+        return state, arrays
 
     def restore(self, ctx: RoundContext, state: dict[str, Any], arrays: dict[str, Any]) -> None:
-        """Continue the engine's loop: the parties replay the trees; the accountant re-counts the releases.
+        """Continue the engine's loop: the parties replay the trees; the accountant continues its ledger.
 
         Without noise the resumed model is the same bits as an uninterrupted
-        one; with differential privacy the rounds after the resume draw fresh
-        noise (the budget still holds: the releases so far are accounted).
+        one. With differential privacy the accountant is the run's own (every
+        release before the resume stays spent, the budget covers the whole
+        run) and the rounds after the resume draw fresh noise from each
+        party's own entropy: no noise is drawn twice, so no two releases can
+        be differenced to cancel it. The leaf method resumes with the run's
+        own bins (started with them: no second bin release) and the same
+        generator of tree structures.
         """
         self.trainer.restore(state, arrays)
-        if self.accountant is not None and self.trainer.releases_:
-            self.accountant.spend(self.noise_multiplier, self.trainer.releases_)
+        if self.accountant is not None:
+            if "accountant" in state:
+                self.accountant.restore(state["accountant"])
+            elif self.trainer.releases_:  # a checkpoint written before the ledger was kept
+                self.accountant.spend(self.noise_multiplier, self.trainer.releases_)
         ctx.stopped = self.trainer.done
 
     def receipt(self, *, secure_aggregation: bool, n_parties: int):

@@ -148,13 +148,18 @@ class Coordinator:
     def bytes_received(self) -> int:
         return sum(link.bytes_received for link in self._all_links)
 
-    def start(self) -> None:
+    def start(self, *, resume: dict[str, Any] | None = None) -> None:
         """Begin the training at every party, agree the base score from summed label totals, start the parties.
 
         Row counts and label sums are summed over the organisations (masked
         under secure aggregation); each organisation's own counts are asked
         for (``row_counts``, disclosed) only by the tree strategies, which
         weigh organisations by them, and under ``organisation_metrics: shared``.
+
+        ``resume``: the checkpoint state (:meth:`checkpoint`) a resumed run
+        continues, given before anything is released so that a DP run reuses
+        what it released before (its bins) instead of releasing it again;
+        :meth:`restore` follows.
         """
         for link in self.links:
             link.call("begin_training", self.training_id)
@@ -196,6 +201,7 @@ class Coordinator:
             n_rows=self.n_rows,
             n_valid=self.n_valid,
             user_params=frozenset(self.cfg.training.model_fields_set),
+            resume=None if resume is None else resume.get("strategy_state"),
         )
         self.strategy.start(self._ctx)
 

@@ -183,7 +183,10 @@ class Trainer:
         self._mask = binning._as_mask(self.categorical, n_features)
         self._names = canonical_feature_names(n_features, self.feature_names)
         agree = getattr(party, "agree_bins", None)
-        if agree is not None:  # vertical: each feature binned by its owner alone, with the same rule
+        given = getattr(self, "_given_mapper", None)  # a resumed DP run: its own bins, no second release
+        if given is not None:
+            self._mapper = given
+        elif agree is not None:  # vertical: each feature binned by its owner alone, with the same rule
             self._mapper = agree(self.ranges, categorical=self._mask, max_bin=params.max_bin, n_grid=self.n_grid)
         else:
             ranges = self._agreed_ranges(n_features)

@@ -55,7 +55,7 @@ WIDE_RANGE = 1000.0
 MAX_LEAF_VALUE = 4.0
 
 #: Defaults of the leaf method when ``privacy.epsilon`` is set (stated in the receipt); the config overrides them.
-DEFAULTS = {"max_depth": 3, "max_bin": 32, "learning_rate": 0.5, "lambda_l2": 50.0}
+DEFAULTS = {"max_depth": 3, "max_bin": 32, "learning_rate": 0.4, "lambda_l2": 100.0}
 
 
 def random_tree(rng: np.random.Generator, mapper: BinMapper, *, depth: int, features: np.ndarray) -> Tree:
@@ -180,6 +180,39 @@ class LeafTrainer(Trainer):
                 "privacy.dp_method leaf: features "
                 f"{ranges_missing(self.ranges, names=self.feature_names)} need declared min and max (features.<name>)"
             )
+
+    def leaf_state(self) -> dict:
+        """JSON-able: the bins and the structure generator (a checkpoint; a resume reuses both)."""
+        m = self._mapper
+        return {
+            "bins": {
+                "edges": m.edges.tolist(),
+                "n_bins": m.n_bins.tolist(),
+                "categorical": m.categorical.astype(int).tolist(),
+                "max_bin": int(m.max_bin),
+                "feature_min": m.feature_min.tolist(),
+                "feature_max": m.feature_max.tolist(),
+            },
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def use_leaf_state(self, state: dict) -> None:
+        """Start with a checkpoint's bins (no bin release) and continue its structure generator."""
+        b = state["bins"]
+        self._given_mapper = BinMapper(
+            edges=np.asarray(b["edges"], dtype=np.float64),
+            n_bins=np.asarray(b["n_bins"], dtype=np.int32),
+            categorical=np.asarray(b["categorical"], dtype=bool),
+            max_bin=int(b["max_bin"]),
+            feature_min=np.asarray(b["feature_min"], dtype=np.float64),
+            feature_max=np.asarray(b["feature_max"], dtype=np.float64),
+        )
+        self._rng_state = state["rng"]
+
+    def restore(self, state: dict, arrays: dict) -> None:
+        super().restore(state, arrays)
+        if getattr(self, "_rng_state", None) is not None:
+            self._rng.bit_generator.state = self._rng_state
 
     def _grids(self, ranges: np.ndarray) -> np.ndarray:
         """A coarse public grid: uniform over narrow ranges, asinh-spaced over wide ones (amounts, balances)."""

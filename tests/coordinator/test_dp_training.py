@@ -78,3 +78,72 @@ def test_training_stops_before_the_budget_is_exceeded(monkeypatch):
     assert any("privacy budget: stopped before round" in n for n in coord.notices)
     assert coord.receipt().epsilon_total <= 1.0
     assert lgb.Booster(model_str=coord.model_text()).num_trees() == len(results) - 1
+
+
+def leaf_parties(cfg, X, y, parts):
+    from fedmine.party.organisation import Party, TrainValidRows
+    from fedmine.party.policy import PartyPolicy
+
+    return [
+        Party(
+            o,
+            TrainValidRows(X[i], y[i], X[i][:40], y[i][:40]),
+            objective="binary",
+            num_class=1,
+            feature_names=list(cfg.features),
+            categorical=[3],
+            policy=PartyPolicy.from_config(cfg, o),
+        )
+        for o, i in zip(cfg.organisations, parts)
+    ]
+
+
+def test_a_resumed_dp_run_continues_its_accountant_and_bins_and_draws_fresh_noise():
+    """Checkpoint after 2 of 4 rounds, resume in a new coordinator with restarted parties, beside the run going on."""
+    import json
+
+    from tests.privacy.test_leaf import declared_cfg
+
+    X, y = make_rows("binary", n=3000, seed=4)
+    parts = partition(y, 3, "iid")
+    cfg = declared_cfg(X, 4, 1.0)
+    first = Coordinator(cfg, leaf_parties(cfg, X, y, parts))
+    first.start()
+    for r in (1, 2):
+        first.run_round(r)
+    state, arrays = first.checkpoint()
+    state = json.loads(json.dumps(state))  # what the MLflow checkpoint keeps
+    resumed = Coordinator(cfg, leaf_parties(cfg, X, y, parts))
+    resumed.start(resume=state)
+    assert resumed.restore(state, arrays) == 3
+    for r in (3, 4):
+        first.run_round(r)  # the run as it would have gone on
+        resumed.run_round(r)
+
+    acc = resumed.strategy.accountant
+    assert (
+        acc.ledger_ == first.strategy.accountant.ledger_
+    )  # one bin release and 4 leaf releases: no second bin release
+    assert resumed.receipt().epsilon_total == pytest.approx(first.receipt().epsilon_total, rel=1e-12)
+    assert resumed.receipt().epsilon_total <= 1.0
+    a, b = first.strategy.trainer._mapper, resumed.strategy.trainer._mapper
+    assert np.array_equal(a.edges, b.edges) and np.array_equal(a.n_bins, b.n_bins)  # the run's own bins
+    t_first, t_resumed = first.strategy.trainer.trees_, resumed.strategy.trainer.trees_
+    for k in (0, 1):
+        assert t_first[k].equal(t_resumed[k])  # replayed as they were
+    for k in (2, 3):  # the same structures (the generator continued), other noisy values (fresh noise)
+        assert np.array_equal(t_first[k].nodes["feature"], t_resumed[k].nodes["feature"])
+        assert np.array_equal(t_first[k].nodes["bin_threshold"], t_resumed[k].nodes["bin_threshold"])
+        assert not np.array_equal(t_first[k].nodes["value"], t_resumed[k].nodes["value"])
+    assert lgb.Booster(model_str=resumed.model_text()).num_trees() == 4
+
+
+def test_a_resumed_histogram_dp_run_continues_the_same_ledger():
+    coord, _, X, y = train(4.0, rounds=4)
+    state, arrays = coord.checkpoint()
+    cfg = coord.cfg
+    resumed = Coordinator(cfg, parties_for(cfg, X, y, partition(y, 3, "iid")))
+    resumed.start(resume=state)
+    resumed.restore(state, arrays)
+    assert resumed.strategy.accountant.ledger_ == coord.strategy.accountant.ledger_
+    assert resumed.receipt().epsilon_total == coord.receipt().epsilon_total
