@@ -434,17 +434,23 @@ def party_serve(
 
     party = prepare_organisation(cfg, org)
     party.output_dir = output.resolve()
-    serve(
-        cfg,
-        org,
-        party,
-        host=address[0],
-        port=address[1],
-        allow_insecure=allow_insecure,
-        ready=lambda server: typer.echo(
-            f"party {org}: {party.row_counts()['n_rows']} training rows, serving on {server.endpoint}", err=False
-        ),
-    )
+    if hasattr(party, "dashboard_link"):  # an organisation on its Dask cluster
+        where = f"{len(party.partitions_.plans)} partitions on Dask {party.client.scheduler.address}"
+        typer.echo(f"party {org}: {where}, dashboard {party.dashboard_link}")
+    try:
+        serve(
+            cfg,
+            org,
+            party,
+            host=address[0],
+            port=address[1],
+            allow_insecure=allow_insecure,
+            ready=lambda server: typer.echo(
+                f"party {org}: {party.row_counts()['n_rows']} training rows, serving on {server.endpoint}", err=False
+            ),
+        )
+    finally:
+        getattr(party, "close", lambda: None)()  # a LocalCluster started for the party stops with it
 
 
 @certs_app.command("init")

@@ -10,7 +10,14 @@ from prefect import flow
 
 from fedmine.config import FederationConfig
 from fedmine.party.organisation import Party
-from fedmine.tasks.data import harmonise_frame, load_source, make_cluster_party, make_party
+from fedmine.tasks.data import (
+    harmonise_frame,
+    load_partition,
+    load_source,
+    make_cluster_party,
+    make_party,
+    plan_partitions,
+)
 
 
 @flow(name="prepare-organisation", flow_run_name="prepare-{org}", validate_parameters=False)
@@ -21,7 +28,35 @@ def prepare_organisation(cfg: FederationConfig, org: str) -> Party:
     partitions on its Dask cluster's workers instead.
     """
     if cfg.organisations[org].compute is not None:
-        return make_cluster_party(cfg, org)
+        return prepare_on_cluster(cfg, org)
     raw = load_source(cfg, org)
     canonical = harmonise_frame(raw, cfg, org)
     return make_party(canonical, cfg, org)
+
+
+def prepare_on_cluster(cfg: FederationConfig, org: str) -> Party:
+    """An organisation with ``compute:``: its partitions planned, each loaded by a task on its own Dask cluster.
+
+    The partition tasks run in a subflow whose task runner is the cluster's
+    (prefect-dask), so the Prefect UI shows one task per partition; the party
+    holds the partitions afterwards (in the workers' memory).
+    """
+    from prefect_dask import DaskTaskRunner
+
+    from fedmine.party.cluster import ClusterParty
+
+    state, cluster = plan_partitions(cfg, org)
+    try:
+        runner = DaskTaskRunner(address=state.client.scheduler.address)
+        infos = load_partitions.with_options(task_runner=runner)(state.actors(), org)
+    except BaseException:
+        ClusterParty.stop(state, cluster)
+        raise
+    return make_cluster_party(cfg, org, state, cluster, infos)
+
+
+@flow(name="load-partitions", flow_run_name="load-{org}-partitions", validate_parameters=False)
+def load_partitions(actors: list, org: str) -> list[dict]:
+    """Every partition of ``org`` loaded by its own task, on the cluster the flow's task runner names."""
+    futures = [load_partition.submit(actor, org, i) for i, actor in enumerate(actors)]
+    return [f.result() for f in futures]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -44,22 +46,47 @@ def make_party(data: HarmonisedFrame, cfg: FederationConfig, org: str) -> Party:
     return Party.for_organisation(cfg, org, data)
 
 
-@task(name="make-cluster-party", cache_policy=NO_CACHE)
-def make_cluster_party(cfg: FederationConfig, org: str) -> Party:
-    """The organisation's rows read, harmonised and split in partitions on its Dask cluster; its party."""
+@task(name="plan-partitions", cache_policy=NO_CACHE)
+def plan_partitions(cfg: FederationConfig, org: str) -> tuple[Any, Any]:
+    """The organisation's partitions planned from its source's metadata, its Dask cluster reached, an actor each.
+
+    Returns the party's :class:`~fedmine.party.partitions.PartitionedState`
+    (its actors placed on the workers, nothing read yet) and the LocalCluster
+    started for it (None for a scheduler's address).
+    """
     from prefect import get_run_logger
 
     from fedmine.party.cluster import ClusterParty
 
-    party = ClusterParty.for_organisation(cfg, org)
+    state, cluster = ClusterParty.plan(cfg, org)
+    try:
+        state.place()
+    except BaseException:
+        ClusterParty.stop(state, cluster)
+        raise
     get_run_logger().info(
-        "organisation %s: %d partitions on %s; Dask dashboard %s",
+        "organisation %s: %d partitions on %s (scheduler %s); Dask dashboard %s",
         org,
-        len(party.partitions_.plans),
+        len(state.plans),
         cfg.organisations[org].compute.dask,  # type: ignore[union-attr]
-        party.dashboard_link,
+        state.client.scheduler.address,
+        state.client.dashboard_link,
     )
-    return party
+    return state, cluster
+
+
+@task(name="load-partition", cache_policy=NO_CACHE, task_run_name="load-{org}-partition-{index}")
+def load_partition(actor: Any, org: str, index: int) -> dict[str, Any]:
+    """One partition read, harmonised and split on the worker holding it (this task runs on the cluster)."""
+    return actor.load().result()
+
+
+@task(name="make-cluster-party", cache_policy=NO_CACHE)
+def make_cluster_party(cfg: FederationConfig, org: str, state: Any, cluster: Any, infos: list) -> Party:
+    """The organisation's party over its loaded partitions (it enforces the organisation's policy)."""
+    from fedmine.party.cluster import ClusterParty
+
+    return ClusterParty.from_partitions(cfg, org, state, infos, cluster=cluster)
 
 
 def _worth_retrying(state) -> bool:

@@ -111,6 +111,7 @@ class ClusterParty(Party):
         self.fingerprint_ = state.digest()
         self._n_train = sum(info["n_train"] for info in infos)
         self._label_sums_ = np.sum([info["label_sums"] for info in infos], axis=0)
+        self._sum_vector = np.sum([info["label_sum_vector"] for info in infos], axis=0)  # exact: int64 parts add
 
     @classmethod
     def for_organisation(  # type: ignore[override]
@@ -119,7 +120,28 @@ class ClusterParty(Party):
         """``org``'s party over its source read in partitions on its cluster (``organisations.<org>.compute``).
 
         ``client``: a Dask client to use instead of the config's cluster (the
-        caller keeps it).
+        caller keeps it). :meth:`plan`, the partitions' load, then
+        :meth:`from_partitions`; the Prefect flow runs the same steps with each
+        partition's load a task on the cluster.
+        """
+        state, cluster = cls.plan(cfg, org, client=client)
+        try:
+            infos = state.load()
+        except BaseException:
+            cls.stop(state, cluster)
+            raise
+        return cls.from_partitions(cfg, org, state, infos, cluster=cluster, enforce_policy=enforce_policy)
+
+    @staticmethod
+    def plan(cfg: Any, org: str, *, client: Any = None) -> tuple[PartitionedState, Any]:
+        """The organisation's partitions, planned (nothing read), and its cluster reached (or started).
+
+        Returns
+        -------
+        state : PartitionedState
+            Not loaded yet: ``state.load()``, or :meth:`PartitionedState.place`
+            and each actor's ``load()``, then :meth:`PartitionedState.loaded`.
+        cluster : the LocalCluster started here, or None.
         """
         spec = cfg.organisations[org]
         compute = spec.compute
@@ -156,18 +178,39 @@ class ClusterParty(Party):
             client.dashboard_link,
         )
         try:
-            state = PartitionedState(client, plans, org=org)
-            infos = state.load()
+            return PartitionedState(client, plans, org=org), cluster
         except BaseException:
             if cluster is not None:
                 client.close()
                 cluster.close()
             raise
+
+    @staticmethod
+    def stop(state: PartitionedState, cluster: Any) -> None:
+        """Let a planned organisation's partitions go and stop the LocalCluster started for it (if any)."""
+        state.close()
+        if cluster is not None:
+            state.client.close()
+            cluster.close()
+
+    @classmethod
+    def from_partitions(
+        cls,
+        cfg: Any,
+        org: str,
+        state: PartitionedState,
+        infos: list[dict[str, Any]],
+        *,
+        cluster: Any = None,
+        enforce_policy: bool = True,
+    ) -> ClusterParty:
+        """The party over loaded partitions (``infos``: what each partition's load answered, in order)."""
+        state.loaded(infos)
         return cls(
             org,
             state,
             infos,
-            client=client,
+            client=state.client,
             cluster=cluster,
             objective=cfg.objective,
             num_class=cfg.num_class,
@@ -183,11 +226,8 @@ class ClusterParty(Party):
 
     def close(self) -> None:
         """Let the partitions go; stop the LocalCluster if this party started it."""
-        self.partitions_.close()
-        if self.cluster is not None:
-            self.client.close()
-            self.cluster.close()
-            self.cluster = None
+        self.stop(self.partitions_, self.cluster)
+        self.cluster = None
 
     def begin_training(self, training_id: str) -> None:
         """A new training: the partitions back to their first stage (their rows kept), no keys, no noise."""
@@ -208,9 +248,7 @@ class ClusterParty(Party):
         return self._label_sums_
 
     def _label_sum_vector(self) -> np.ndarray:
-        from fedmine import metrics
-
-        return metrics.exact_sum_vector(self._label_sums_)  # the partitions' sums, added once more
+        return self._sum_vector  # the partitions' exact label sums, added: the single process's to the bit
 
     def _cluster_only(self, name: str) -> PartyError:
         return self._refuse(

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fedmine import connectors, protocol
+from fedmine import connectors, metrics, protocol
 from fedmine.errors import DataError, FedmineError, PartyError
 from fedmine.gbdt.state import EngineState
 from fedmine.party.organisation import TrainValidRows, fingerprint, global_row_ids
@@ -92,6 +93,8 @@ class PartitionState:
     def __init__(self, plan: PartitionPlan) -> None:
         self.plan = plan
         self.state_: EngineState | None = None
+        self.seconds_: dict[str, float] = {}  # engine call -> seconds spent in it here
+        self.calls_: dict[str, int] = {}
 
     def load(self) -> dict[str, Any]:
         """Read, harmonise and split the partition's rows, a batch at a time, into its engine state.
@@ -143,6 +146,7 @@ class PartitionState:
             "n_train": int(X_train.shape[0]),
             "n_valid": n_valid,
             "label_sums": label_sums(y_train, cfg.objective, cfg.num_class),
+            "label_sum_vector": metrics.exact_sum_vector(y_train),
             "y_valid": y_valid,
             "report": merge_reports(reports),
             "digest": fingerprint(rows),
@@ -155,7 +159,16 @@ class PartitionState:
 
     def call(self, name: str, args: tuple, kwargs: dict) -> Any:
         """One engine call of the protocol table on this partition's rows."""
-        return getattr(self.state_, name)(*args, **kwargs)
+        t0 = time.perf_counter()
+        answer = getattr(self.state_, name)(*args, **kwargs)
+        self.seconds_[name] = self.seconds_.get(name, 0.0) + time.perf_counter() - t0
+        self.calls_[name] = self.calls_.get(name, 0) + 1
+        return answer
+
+    def stats(self) -> dict[str, Any]:
+        """Rows held here and, per engine call, how often it came and the seconds it took (benchmarks, docs)."""
+        n = 0 if self.state_ is None else int(self.state_.X.shape[0])
+        return {"rows": n, "calls": dict(self.calls_), "seconds": dict(self.seconds_)}
 
     def run(self, journal: list[tuple[str, tuple, dict]]) -> None:
         """Replay calls in order (a partition rebuilt after its worker was lost)."""
@@ -221,34 +234,30 @@ class PartitionedState:
         self.n_rows = 0
 
     # --- the partitions -------------------------------------------------
-    def _place(self, i: int, worker: str | None = None) -> Any:
-        """A new actor for partition ``i`` (on ``worker`` if given, else where the scheduler puts it)."""
-        kwargs: dict[str, Any] = {
-            "actor": True,
-            "pure": False,
-            "key": f"fedmine-{self.org}-partition-{i}-{os.urandom(4).hex()}",
-        }
-        if worker is not None:
-            kwargs["workers"] = [worker]
-        return self.client.submit(PartitionState, self.plans[i], **kwargs).result()
-
-    def load(self) -> list[dict[str, Any]]:
-        """Build every partition on the workers, spread over them in turn; what each partition's load said."""
+    def place(self) -> list[Any]:
+        """An actor for every partition, spread over the workers in turn (nothing read yet); the actors."""
         workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
         if not workers:
             raise PartyError(f"party {self.org}: its Dask cluster has no workers")
-        futures = [
-            self.client.submit(
-                PartitionState, plan, actor=True, pure=False, workers=[workers[i % len(workers)]],
-                key=f"fedmine-{self.org}-partition-{i}-{os.urandom(4).hex()}",
-            )
-            for i, plan in enumerate(self.plans)
-        ]  # fmt: skip
+        futures = [self._submit(i, workers[i % len(workers)]) for i in range(len(self.plans))]
         self._actors = [f.result() for f in futures]
-        infos = [f.result() for f in [a.load() for a in self._actors]]
+        return list(self._actors)
+
+    def _submit(self, i: int, worker: str | None = None) -> Any:
+        kwargs: dict[str, Any] = {"workers": [worker]} if worker is not None else {}
+        key = f"fedmine-{self.org}-partition-{i}-{os.urandom(4).hex()}"
+        return self.client.submit(PartitionState, self.plans[i], actor=True, pure=False, key=key, **kwargs)
+
+    def loaded(self, infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Record what the partitions' loads answered (their digests, their rows); ``infos`` back."""
         self._digests = [info["digest"] for info in infos]
         self.n_rows = sum(info["n_train"] for info in infos)
         return infos
+
+    def load(self) -> list[dict[str, Any]]:
+        """Build every partition on the workers (:meth:`place`, then each partition's load); what each load said."""
+        actors = self.place()
+        return self.loaded([f.result() for f in [a.load() for a in actors]])
 
     def digest(self) -> str:
         """A digest of the organisation's rows: of its partitions' digests, in order."""
@@ -265,7 +274,7 @@ class PartitionedState:
         """Partitions ``lost`` read again from the source on live workers, checked, the journal replayed."""
         for attempt in range(2):
             try:
-                actors = {i: self._place(i) for i in lost}
+                actors = {i: f.result() for i, f in {i: self._submit(i) for i in lost}.items()}
                 infos = {i: a.load() for i, a in actors.items()}
                 for i, future in infos.items():
                     digest = future.result()["digest"]
@@ -326,6 +335,14 @@ class PartitionedState:
             raise ProtocolError(f"{name} is not accepted in stage {self.stage_!r}; it needs one of {list(entry.needs)}")
         if entry.leads_to is not None:
             self.stage_ = entry.leads_to
+
+    def actors(self) -> list[Any]:
+        """The partitions' actors, in order (after :meth:`place`)."""
+        return list(self._actors)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Each partition's :meth:`PartitionState.stats`, in order."""
+        return self._ask("stats")
 
     def workers(self) -> list[int]:
         """The process id of the worker holding each partition."""

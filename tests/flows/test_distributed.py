@@ -31,8 +31,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_party(config: Path, org: str, env: dict, overrides: list[str] = ()) -> subprocess.Popen:
-    """An organisation's party server; ``overrides`` are its own --set (its policy follows its config)."""
+def start_party(
+    config: Path, org: str, env: dict, overrides: list[str] = (), seen: list | None = None
+) -> subprocess.Popen:
+    """An organisation's party server; ``overrides`` are its own --set (its policy follows its config).
+
+    ``seen`` collects what the server printed until it served.
+    """
     extra = [arg for item in overrides for arg in ("--set", item)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedmine.cli", "party", "serve", str(config), "--org", org, *extra],
@@ -43,7 +48,7 @@ def start_party(config: Path, org: str, env: dict, overrides: list[str] = ()) ->
         start_new_session=True,
     )
     deadline = time.time() + 120
-    lines = []
+    lines = [] if seen is None else seen
     while time.time() < deadline:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:
