@@ -121,29 +121,46 @@ def run(
 
 @app.command()
 def demo(
-    folder: Path = typer.Option(Path("fedmine-demo"), "--dir", help="Where to write the demo data and config."),
+    folder: Path | None = typer.Option(
+        None, "--dir", help="Where to write the demo data and config (fedmine-demo, or fedmine-vertical-demo)."
+    ),
+    vertical: bool = typer.Option(
+        False, "--vertical", help="Organisations that share customers, not columns (the bank holds the label)."
+    ),
     summary_json: Path | None = typer.Option(None, "--summary-json", help="Write the run summary as JSON here."),
     tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri", help="MLflow store."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
     compare: bool = typer.Option(
-        True, "--compare/--no-compare", help="Also train with bagging and print the strategies side by side."
+        True,
+        "--compare/--no-compare",
+        help="Also train with bagging and print the strategies side by side (horizontal demo).",
     ),
 ) -> None:
     """Write a bank, a retailer and a telecom operator's data and train them together."""
-    from fedmine.demo import write_demo
+    from fedmine.demo import write_demo, write_vertical_demo
 
+    folder = folder or Path("fedmine-vertical-demo" if vertical else "fedmine-demo")
     uri = tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     if summary_json is not None:
         output_path(summary_json, "--summary-json")
     output_path(folder, "--dir", folder=True)
-    config = write_demo(folder, tracking_uri=uri)
-    typer.echo(f"demo data and config written to {folder}/ (bank.csv, retailer.parquet, telecom.db, federation.yaml)")
+    if vertical:
+        config = write_vertical_demo(folder, tracking_uri=uri)
+        typer.echo(
+            f"vertical demo data and config written to {folder}/ (bank.csv with the label, retailer.csv, "
+            f"telecom.csv: partly the same customers, different columns; federation.yaml)"
+        )
+    else:
+        config = write_demo(folder, tracking_uri=uri)
+        typer.echo(
+            f"demo data and config written to {folder}/ (bank.csv, retailer.parquet, telecom.db, federation.yaml)"
+        )
     summary = _train(config, set_, summary_json, verbose)
     _print_summary(summary)
-    if compare:
+    if compare and not vertical:  # vertical federation has one strategy; its table compares the label holder alone
         from fedmine import report
 
         # The same federation trained by averaging whole trees: what the lossless strategy buys.

@@ -168,6 +168,21 @@ class ComputeSpec(_Strict):
         return self
 
 
+class IdSpec(_Strict):
+    """The shared customer key of one organisation (vertical federation) and how its values are normalised."""
+
+    column: str = Field(description="the source column holding the id")
+    trim: bool = Field(True, description="remove surrounding whitespace before hashing")
+    case: Literal["keep", "lower", "upper"] = Field("lower", description="fold case before hashing")
+
+    @field_validator("column")
+    @classmethod
+    def _column_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the id column is empty; name the source column of the shared customer key")
+        return v
+
+
 class OrganisationSpec(_Strict):
     """One organisation: where its rows are and how they map onto the canonical schema.
 
@@ -195,6 +210,14 @@ class OrganisationSpec(_Strict):
     )
     industry: str | None = None
     compute: ComputeSpec | None = Field(None, description="hold the rows as partitions on a Dask cluster")
+    id: IdSpec | None = Field(None, description="vertical: the shared customer key (a column name or {column, ...})")
+    features: list[str] | None = Field(None, description="vertical: the canonical features this organisation holds")
+    holds_label: bool = Field(False, description="vertical: this organisation holds the label (exactly one does)")
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_shorthand(cls, v: Any) -> Any:
+        return {"column": v} if isinstance(v, str) else v
 
     @field_validator("endpoint")
     @classmethod
@@ -487,6 +510,17 @@ class TuneSpec(_Strict):
         return v
 
 
+class VerticalSpec(_Strict):
+    """Vertical federation (``partition: vertical``): organisations share customers, not columns (docs/vertical.md)."""
+
+    salt: str = Field("", description="text prepended to every id before hashing; the same in every organisation")
+    min_shared_rows: int = Field(100, ge=1, description="refuse to train on fewer shared customers")
+    publish_thresholds: bool = Field(
+        False, description="this organisation lets its split thresholds into one LightGBM model (all must agree)"
+    )
+    key_bits: int = Field(2048, ge=2048, le=8192, description="Paillier modulus bits of the label holder's key")
+
+
 class TransportSpec(_Strict):
     """How the coordinator reaches organisations that have an ``endpoint`` (Arrow Flight, mutual TLS)."""
 
@@ -515,6 +549,9 @@ class FederationConfig(_Strict):
 
     name: str
     objective: Literal["binary", "multiclass", "regression", "poisson", "tweedie"] = "binary"
+    partition: Literal["horizontal", "vertical"] = Field(
+        "horizontal", description="horizontal: organisations share columns; vertical: they share customers"
+    )
     label: str
     classes: list[Any] | None = None
     features: dict[str, FeatureSpec]
@@ -525,6 +562,7 @@ class FederationConfig(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
     tune: TuneSpec | None = None
+    vertical: VerticalSpec = Field(default_factory=VerticalSpec)
 
     # Not part of the YAML: where it was read from, to resolve relative sources.
     _path: Path | None = None
@@ -555,6 +593,8 @@ class FederationConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationConfig:
+        if self.partition == "vertical" and "strategy" not in self.training.model_fields_set:
+            self.training.strategy = "histogram"  # the only strategy of vertical federation: its default there
         if self.label in self.features:
             raise ValueError(f"label {self.label!r} is also listed under features; the label is not a feature")
         if self.objective == "multiclass" and (not self.classes or len(self.classes) < 3):
@@ -623,12 +663,96 @@ class FederationConfig(_Strict):
                     f"tune.metric: {self.tune.metric!r} is not a metric of objective {self.objective}; "
                     f"allowed: {', '.join(METRICS[self.objective])}"
                 )
+        if self.partition == "vertical":
+            self._check_vertical()
+        else:
+            for org, spec in self.organisations.items():
+                for key in ("id", "features", "holds_label"):
+                    if getattr(spec, key) not in (None, False):
+                        raise ValueError(
+                            f"organisations.{org}.{key}: only with partition: vertical (partition is horizontal)"
+                        )
         return self
+
+    def _check_vertical(self) -> None:
+        """Every organisation has an id column; every feature one holder; exactly one label holder."""
+        training = self.training
+        if training.strategy != "histogram":
+            raise ValueError(
+                f"training.strategy: {training.strategy!r} is not allowed with partition: vertical; allowed: histogram"
+            )
+        if self.privacy.epsilon is not None:
+            raise ValueError("privacy.epsilon: differential privacy is not offered with partition: vertical")
+        if self.privacy.secure_aggregation:
+            raise ValueError(
+                "privacy.secure_aggregation: vertical federation sums nothing across organisations "
+                "(owners' histograms are encrypted under the label holder's key); leave it unset"
+            )
+        owner: dict[str, str] = {}
+        for org, spec in self.organisations.items():
+            if spec.compute is not None:
+                raise ValueError(f"organisations.{org}.compute: not offered with partition: vertical")
+            if spec.id is None:
+                raise ValueError(
+                    f"organisations.{org}.id: required with partition: vertical (the column of the shared customer key)"
+                )
+            if spec.features is None:
+                raise ValueError(
+                    f"organisations.{org}.features: required with partition: vertical "
+                    f"(the canonical features it holds; allowed: {', '.join(self.features)})"
+                )
+            for name in spec.features:
+                if name not in self.features:
+                    raise ValueError(
+                        f"organisations.{org}.features: {name!r} is not a canonical feature; "
+                        f"allowed: {', '.join(self.features)}"
+                    )
+                if name in owner:
+                    raise ValueError(
+                        f"features.{name}: claimed by organisations {owner[name]} and {org}; "
+                        f"every feature belongs to exactly one organisation"
+                    )
+                owner[name] = org
+        missing = [name for name in self.features if name not in owner]
+        if missing:
+            raise ValueError(
+                f"features.{missing[0]}: held by no organisation; list it under one organisation's features"
+            )
+        holders = [org for org, spec in self.organisations.items() if spec.holds_label]
+        if not holders:
+            raise ValueError(
+                f"no organisation holds the label {self.label!r}; set holds_label: true on exactly one organisation"
+            )
+        if len(holders) > 1:
+            raise ValueError(
+                f"organisations {' and '.join(holders)} both set holds_label: true; "
+                f"exactly one organisation holds the label {self.label!r}"
+            )
+        if len(self.organisations) < 2:
+            raise ValueError("partition: vertical needs at least 2 organisations")
+
+    @property
+    def label_holder(self) -> str | None:
+        """The organisation holding the label (vertical federation), else None."""
+        return next((org for org, spec in self.organisations.items() if spec.holds_label), None)
+
+    def feature_holder(self) -> dict[str, str]:
+        """Canonical feature -> the organisation holding it (vertical federation)."""
+        return {name: org for org, spec in self.organisations.items() for name in spec.features or []}
+
+    def organisation_view(self, org: str) -> FederationConfig:
+        """The canonical schema as one vertical organisation maps it: its own features only."""
+        own = set(self.organisations[org].features or [])
+        view = self.model_copy(update={"features": {n: f for n, f in self.features.items() if n in own}})
+        view._path = self._path
+        return view
 
     @property
     def secure_aggregation(self) -> bool:
         """Whether parties mask their messages (default: on under the histogram strategy with 2+ organisations)."""
         on = self.privacy.secure_aggregation
+        if self.partition == "vertical":
+            return False
         if on is None:
             return self.training.strategy == "histogram" and len(self.organisations) >= 2
         return on

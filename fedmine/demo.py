@@ -221,3 +221,153 @@ def write_demo(folder: str | Path, *, tracking_uri: str, seed: int = 7, scale: f
         + yaml.safe_dump(demo_config(tracking_uri), sort_keys=False)
     )
     return path
+
+
+# -- the vertical demo: the same customers, different columns -------------------------------------------
+
+
+def make_vertical_frames(seed: int = 11, *, n: int = 2400) -> dict[str, pd.DataFrame]:
+    """A bank, a retailer and a telecom operator that share some customers and hold different columns.
+
+    The bank holds the label (``default``) and account features, the retailer
+    purchase behaviour, the telecom usage; who defaults depends on all three.
+    Each names its customers its own way (``C00042``, `` c00042 ``), which the
+    id normalisation (trim, case) reconciles. The bank knows 80% of the
+    customers, the retailer 75%, the telecom 70%, partly overlapping.
+    """
+    rng = np.random.default_rng(seed)
+    balance = rng.lognormal(np.log(3000), 1.0, n)
+    utilisation = np.clip(rng.beta(2, 4, n), 0, 1)
+    account_years = np.clip(rng.exponential(6, n), 0, 40)
+    missed = rng.poisson(0.3 + 0.8 * utilisation, n)
+    spend = rng.lognormal(np.log(400), 0.6, n)
+    online = np.clip(rng.beta(2, 2, n), 0, 1)
+    basket = np.clip(rng.normal(45, 15, n), 5, None)
+    returns = np.clip(rng.beta(1.2, 8, n), 0, 1)
+    data_gb = rng.lognormal(np.log(8), 0.8, n)
+    late_bills = rng.poisson(0.2 + 2.0 * returns, n)
+    contract = rng.choice(3, size=n, p=[0.35, 0.5, 0.15])
+    tenure = np.clip(rng.exponential(30, n), 1, 200)
+    logit = (
+        -2.2
+        + 2.5 * (utilisation - 0.3)
+        + 0.5 * missed
+        - 0.3 * np.log(balance / 3000)
+        - 0.04 * account_years
+        + 0.9 * (spend > 900)
+        + 3.0 * (returns - 0.12)
+        + 0.6 * late_bills
+        + np.array([0.7, 0.0, -0.6])[contract]
+        - 0.006 * tenure
+    )
+    default = rng.random(n) < 1 / (1 + np.exp(-1.6 * logit))
+    ids = np.array([f"C{i:05d}" for i in range(n)])
+
+    def pick(p):
+        return np.sort(rng.choice(n, size=int(p * n), replace=False))
+
+    b, r, t = pick(0.8), pick(0.75), pick(0.7)
+    bank = pd.DataFrame(
+        {
+            "customer_id": ids[b],
+            "balance": balance[b].round(2),
+            "credit_utilisation": utilisation[b].round(4),
+            "account_years": account_years[b].round(1),
+            "missed_payments": missed[b],
+            "default": np.where(default[b], "yes", "no"),
+        }
+    )
+    retail = pd.DataFrame(
+        {
+            "shopper": [f" {i.lower()} " for i in ids[r]],
+            "monthly_spend": spend[r].round(2),
+            "online_share_pct": (online[r] * 100).round(1),
+            "basket_eur": basket[r].round(2),
+            "return_rate": returns[r].round(4),
+        }
+    )
+    retail.loc[rng.random(len(retail)) < 0.05, "basket_eur"] = np.nan
+    telco = pd.DataFrame(
+        {
+            "msisdn_owner": ids[t],
+            "data_gb": data_gb[t].round(2),
+            "late_bills": late_bills[t],
+            "plan": np.array(["prepaid", "postpaid", "business"])[contract[t]],
+            "tenure_months": tenure[t].round(0),
+        }
+    )
+    return {"bank": bank.sample(frac=1.0, random_state=1), "retailer": retail, "telecom": telco}
+
+
+def vertical_demo_config(tracking_uri: str) -> dict:
+    """The config of the vertical demo: who holds which feature, the id columns, the label holder."""
+    return {
+        "name": "shared-customers",
+        "partition": "vertical",
+        "objective": "binary",
+        "label": "default",
+        "features": {
+            "balance": {"type": "float", "unit": "currency"},
+            "credit_utilisation": {"type": "float", "min": 0, "max": 1},
+            "account_years": {"type": "float", "unit": "years"},
+            "missed_payments": {"type": "int"},
+            "monthly_spend": {"type": "float", "unit": "currency"},
+            "online_share": {"type": "float", "min": 0, "max": 1},
+            "basket": {"type": "float", "unit": "currency"},
+            "return_rate": {"type": "float", "min": 0, "max": 1},
+            "data_gb": {"type": "float"},
+            "late_bills": {"type": "int"},
+            "plan": {"type": "category", "categories": ["prepaid", "postpaid", "business"]},
+            "tenure_months": {"type": "float"},
+        },
+        "organisations": {
+            "bank": {
+                "industry": "banking",
+                "source": "data/bank.csv",
+                "id": {"column": "customer_id"},
+                "holds_label": True,
+                "features": ["balance", "credit_utilisation", "account_years", "missed_payments"],
+                "values": {"default": {"yes": 1, "no": 0}},
+            },
+            "retailer": {
+                "industry": "retail",
+                "source": "data/retailer.csv",
+                "id": {"column": "shopper", "trim": True, "case": "lower"},
+                "features": ["monthly_spend", "online_share", "basket", "return_rate"],
+                "rename": {"online_share_pct": "online_share", "basket_eur": "basket"},
+                "scale": {"online_share": 0.01},
+            },
+            "telecom": {
+                "industry": "telecommunications",
+                "source": "data/telecom.csv",
+                "id": "msisdn_owner",
+                "features": ["data_gb", "late_bills", "plan", "tenure_months"],
+            },
+        },
+        "vertical": {"salt": "shared-customers-demo", "min_shared_rows": 100, "publish_thresholds": True},
+        "training": {
+            "rounds": 20,
+            "learning_rate": 0.15,
+            "num_leaves": 15,
+            "max_bin": 32,
+            "min_data_in_leaf": 20,
+            "validation_fraction": 0.3,
+            "seed": 7,
+        },
+        "tracking": {"uri": tracking_uri},
+    }
+
+
+def write_vertical_demo(folder: str | Path, *, tracking_uri: str, seed: int = 11, n: int = 2400) -> Path:
+    """Write the vertical demo's three CSV sources under ``folder/data`` and ``folder/federation.yaml``."""
+    folder = Path(folder)
+    data = folder / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, frame in make_vertical_frames(seed, n=n).items():
+        frame.to_csv(data / f"{name}.csv", index=False)
+    path = folder / "federation.yaml"
+    path.write_text(
+        "# The vertical demo: three organisations share customers, not columns; the bank holds the label.\n"
+        + yaml.safe_dump(vertical_demo_config(tracking_uri), sort_keys=False)
+    )
+    return path

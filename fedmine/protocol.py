@@ -207,6 +207,67 @@ _TABLE: tuple[Call, ...] = (
     Call("shap_plots", ORGANISATION, (ANY,), None,
          "model: str, order: int64 (n_features,), features: [{name, type, categories}], outputs: [str]",
          "none", "none", NO_ANSWER, "write this organisation's SHAP summary and dependence plots where its rows are"),
+    # -- vertical federation: private set intersection (every organisation) ----------------------------------
+    Call("psi_blind", ORGANISATION, (ANY,), None, "",
+         "uint8 (n, 32): this organisation's hashed ids blinded under its own fresh key, in a random order",
+         "each", DISCLOSED, "blind its ids (the coordinator learns how many it has)", ("blinded_ids",)),
+    Call("psi_reblind", ORGANISATION, (ANY,), None, "points: uint8 (n, 32)",
+         "uint8 (n, 32): the points blinded again under this organisation's key, same order",
+         "each", DISCLOSED, "apply its key to another organisation's blinded ids", ("blinded_ids",)),
+    Call("psi_align", ORGANISATION, (ANY,), None,
+         "own: uint8 (n, 32) its ids under every key, others: [uint8 (m, 32)] every other set, sorted",
+         "int: shared rows", "each", DISCLOSED,
+         "keep its rows shared with every other organisation, in the common order; answer how many",
+         ("shared_rows",)),
+    # -- vertical federation: the label holder's conversation (carried by the coordinator) ------------------
+    Call("vertical_begin", ORGANISATION, (ANY,), None,
+         "params: {str: value}, ranges: float64 (n_features, 2) | None",
+         "{requests: [[organisation, call, args, kwargs]]} | {result}", "each", DISCLOSED,
+         "label holder: a key pair, the joined bins (owners asked for bin counts), the initial score",
+         ("requests",)),
+    Call("vertical_round", ORGANISATION, (ANY,), None, "",
+         "{requests} | {result: {metrics, alone, done, trees}}", "each", DISCLOSED,
+         "label holder: grow one round; validation metrics of the model and of its own columns alone",
+         ("requests", "metrics", "alone", "done", "trees")),
+    Call("vertical_resume", ORGANISATION, (ANY,), None, "answers: [answer]",
+         "{requests} | {result}", "each", DISCLOSED, "label holder: the owners' answers to its last requests",
+         ("requests", "result")),
+    Call("vertical_model", ORGANISATION, (ANY,), None, "publish: bool",
+         "{requests} | {result: {text: str | None, trees: int}}", "each", DISCLOSED,
+         "label holder: the model; with publish, owners' thresholds filled in: LightGBM model text",
+         ("requests", "text", "trees")),
+    Call("vertical_predict", ORGANISATION, (ANY,), None, "ids: [str]",
+         "{requests} | {result: float64 (n, n_trees_per_round): raw scores}", "each", DISCLOSED,
+         "label holder: raw scores of the given customers, each split's test answered by its owner",
+         ("requests", "raw_scores")),
+    # -- vertical federation: a feature owner's answers to the label holder (through the coordinator) ---------
+    Call("owner_bins", ORGANISATION, (ANY,), None,
+         "ranges: float64 (n_own, 2) | None, categorical: bool (n_own,), max_bin: int, n_grid: int",
+         "int32 (n_own,): bins per feature", "each", DISCLOSED, "bin its own features alone; how many bins each",
+         ("n_bins",)),
+    Call("owner_gradients", ORGANISATION, (ANY,), None,
+         "public: bytes, rows: [uint8 (n, bytes)] Paillier ciphertexts per tree", "none", "none", NO_ANSWER,
+         "keep the round's encrypted gradients and hessians"),
+    Call("owner_histograms", ORGANISATION, (ANY,), None, "trees: int64 (m,), node_rows: [int32]",
+         "[uint8 (k, bytes)]: packed encrypted histograms, one per node", "each", DISCLOSED,
+         "encrypted gradient histograms of its features over each node's rows", ("ciphertexts",)),
+    Call("owner_split", ORGANISATION, (ANY,), None,
+         "rows: int32, feature, bin_threshold: int, default_left: bool, cat_bitset: uint32 (8,) | None",
+         "uint8 bits: which rows go left", "each", DISCLOSED, "apply a split on its feature to a node's rows",
+         ("rows_left",)),
+    Call("owner_decisions", ORGANISATION, (ANY,), None,
+         "nodes: int64 (m, 3), bitsets: [uint32 (8,) | None], rows: int64 | None, valid: bool",
+         "uint8 (m, bits): go-left per split and row", "each", DISCLOSED,
+         "the go-left test of splits on its features for training or validation rows", ("go_left",)),
+    Call("owner_predict", ORGANISATION, (ANY,), None,
+         "ids: [str], nodes: int64 (m, 3), bitsets: [uint32 (8,) | None]",
+         "{found: uint8 bits (n,), bits: uint8 (m, bits)}", "each", DISCLOSED,
+         "the go-left test of splits on its features for customers named by id (prediction)",
+         ("found", "go_left")),
+    Call("owner_thresholds", ORGANISATION, (ANY,), None, "features: int64 (m,), bin_thresholds: int64 (m,)",
+         "{thresholds: float64 (m,), feature_infos: [str]}", "each", DISCLOSED,
+         "the raw thresholds of its splits, only if its config sets vertical.publish_thresholds",
+         ("thresholds", "feature_infos")),
     # -- histogram strategy: the engine's calls ----------------------------------------------------------
     Call("feature_ranges", ENGINE, (ANY,), None, "", "float64 (n_features, 2): min, max",
          "range", DISCLOSED, "min and max per feature (features without declared ranges)", ("min", "max")),
@@ -268,6 +329,14 @@ def call(name: str) -> Call:
 def names(side: str | None = None) -> tuple[str, ...]:
     """Call names in table order (those of one ``side`` if given)."""
     return tuple(c.name for c in CALLS.values() if side is None or c.side == side)
+
+
+#: The calls a vertical label holder may ask the coordinator to carry to a feature owner.
+OWNER_CALLS = frozenset(
+    ("owner_bins", "owner_gradients", "owner_histograms", "owner_split", "owner_decisions", "owner_thresholds")
+)
+#: The calls a vertical label holder may ask the coordinator to carry while it predicts.
+PREDICT_CALLS = frozenset(("owner_predict",))
 
 
 def summed() -> frozenset[str]:

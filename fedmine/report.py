@@ -100,6 +100,7 @@ def summarise(
         "experiment_id": experiment_id,
         "name": cfg.name,
         "strategy": cfg.training.strategy,
+        "partition": cfg.partition,
         "objective": cfg.objective,
         "rounds": coord.last_round,
         "primary_metric": metrics.primary(cfg.objective),
@@ -184,6 +185,8 @@ def gain_table(summary: dict[str, Any]) -> str:
     if g is not None:
         lines.append(f"{'federation':<16}{summary['rows']:>8}{'':>22}{g:>22.4f}")
     lines += [f"note: {org}: {note}" for org, note in notes(summary)]
+    if summary.get("partition") == "vertical":
+        lines.append(VERTICAL_NOTE)
     return "\n".join(lines)
 
 
@@ -204,6 +207,13 @@ def strategy_table(runs: dict[str, dict[str, Any]]) -> str:
     n = sum(o["rows"] for o in first["organisations"].values())
     lines.append(f"{'federation':<16}{n:>8}{'':>14}" + "".join(f"{c:>14.4f}" for c in fed))
     return "\n".join(lines)
+
+
+#: What the gain table compares in vertical federation.
+VERTICAL_NOTE = (
+    "note: vertical federation: local-only is the label holder alone (its own columns, the same shared customers); "
+    "federated is the model over every organisation's columns"
+)
 
 
 def notes(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -294,6 +304,8 @@ def write_report(coord: Coordinator, baselines: dict, summary: dict, model_text:
         md.append(f"| {org} | {n} | {local:.4f} | {fed:.4f} | {gain:+.4f} |")
     if notes(summary):
         md += [""] + [f"Note: {org}: {note}" for org, note in notes(summary)]
+    if summary.get("partition") == "vertical":
+        md += ["", VERTICAL_NOTE[0].upper() + VERTICAL_NOTE[1:]]
     md += [
         "",
         f"Federation-wide {key}: {summary['global'].get(key, float('nan')):.4f}",

@@ -16,6 +16,7 @@ from fedmine.tasks.data import (
     load_source,
     make_cluster_party,
     make_party,
+    make_vertical_party,
     plan_partitions,
 )
 
@@ -30,6 +31,8 @@ def prepare_organisation(cfg: FederationConfig, org: str) -> Party:
     if cfg.organisations[org].compute is not None:
         return prepare_on_cluster(cfg, org)
     raw = load_source(cfg, org)
+    if cfg.partition == "vertical":  # its ids and its own columns; the rows are aligned later, privately
+        return make_vertical_party(raw, cfg, org)
     canonical = harmonise_frame(raw, cfg, org)
     return make_party(canonical, cfg, org)
 

@@ -20,7 +20,14 @@ from fedmine.config import FederationConfig, load_config
 from fedmine.errors import ConfigError, output_path
 from fedmine.flows.prepare import prepare_organisation
 from fedmine.schema.check import log_check
-from fedmine.tasks.rounds import connect_party, local_baselines, start_federation, train_rounds
+from fedmine.tasks.rounds import (
+    connect_party,
+    intersect,
+    local_baselines,
+    start_federation,
+    start_vertical,
+    train_rounds,
+)
 from fedmine.tracking import Tracker, summary_json
 
 
@@ -59,18 +66,27 @@ def federated_training(
             for org, spec in cfg.organisations.items()
         ]
         parties = [f.result() for f in futures]
-        coord = start_federation(cfg, parties, None if checkpoint is None else checkpoint[0])
-        reports = {name: d.get("report") or {} for name, d in coord.descriptions.items()}
-        log_check(tracker, cfg, reports)
-        for notice in coord.notices:
-            get_run_logger().warning(notice)
         first = 1
-        if checkpoint is None:
-            for name, d in coord.descriptions.items():
-                rows = d["n_rows"] + d["n_valid"] if "n_rows" in d else None  # None: organisation_metrics: own
-                tracker.start_organisation(name, rows=rows, report=reports[name])
+        if cfg.partition == "vertical":
+            if checkpoint is not None:
+                raise ConfigError("--resume: a vertical training is not resumed; run it again")
+            coord = intersect(cfg, parties)  # its own step: the shared customers, before any round
+            with tracker.writing("logging the intersection"):
+                tracker.log_metrics(coord.intersection_metrics(), step=0)
+            coord = start_vertical(coord)
+            tracker.start_organisation(coord.lead, rows=coord.shared_rows, report={})
         else:
-            first = coord.restore(*checkpoint)
+            coord = start_federation(cfg, parties, None if checkpoint is None else checkpoint[0])
+            reports = {name: d.get("report") or {} for name, d in coord.descriptions.items()}
+            log_check(tracker, cfg, reports)
+            for notice in coord.notices:
+                get_run_logger().warning(notice)
+            if checkpoint is None:
+                for name, d in coord.descriptions.items():
+                    rows = d["n_rows"] + d["n_valid"] if "n_rows" in d else None  # None: organisation_metrics: own
+                    tracker.start_organisation(name, rows=rows, report=reports[name])
+            else:
+                first = coord.restore(*checkpoint)
 
         t_train = time.perf_counter()
         train_rounds(coord, tracker, first, cfg.training.rounds)  # rounds tasks of a couple of seconds each

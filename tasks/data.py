@@ -89,6 +89,14 @@ def make_cluster_party(cfg: FederationConfig, org: str, state: Any, cluster: Any
     return ClusterParty.from_partitions(cfg, org, state, infos, cluster=cluster)
 
 
+@task(name="make-vertical-party", cache_policy=NO_CACHE)
+def make_vertical_party(frame: pd.DataFrame, cfg: FederationConfig, org: str) -> Party:
+    """Vertical federation: the organisation's ids read and normalised, its own features harmonised, in a party."""
+    from fedmine.party.vertical import vertical_party
+
+    return vertical_party(cfg, org, frame)
+
+
 def _worth_retrying(state) -> bool:
     """A source that could not be reached is tried again; bad input (a missing file, a bad scheme) is not."""
     from fedmine.errors import ConnectorError, FedmineError

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from fedmine import progress
 from fedmine.config import FederationConfig
 from fedmine.coordinator.training import Coordinator
+from fedmine.coordinator.vertical import VerticalCoordinator
 from fedmine.party.organisation import Party
 from fedmine.tracking import Tracker
 
@@ -36,13 +37,28 @@ def start_federation(cfg: FederationConfig, parties: list[Party], resume: dict |
     return coord
 
 
+@task(name="private-set-intersection", cache_policy=NO_CACHE)
+def intersect(cfg: FederationConfig, parties: list[Party]) -> VerticalCoordinator:
+    """Vertical federation: the organisations find their shared customers; the coordinator learns how many."""
+    coord = VerticalCoordinator(cfg, parties)
+    coord.intersect()
+    return coord
+
+
+@task(name="start-vertical", cache_policy=NO_CACHE)
+def start_vertical(coord: VerticalCoordinator) -> VerticalCoordinator:
+    """The label holder's key pair, the joined bins (each owner bins its own features) and the initial score."""
+    coord.start()
+    return coord
+
+
 #: A rounds task runs rounds until this many seconds have passed (then the next task goes on): Prefect's
 #: cost is paid per task, not per round, and the Prefect UI still shows the training's progress.
 ROUNDS_TASK_SECONDS = 2.0
 
 
 @task(name="rounds", cache_policy=NO_CACHE, task_run_name="rounds-from-{first}")
-def run_rounds(coord: Coordinator, tracker: Tracker, first: int, last: int) -> int:
+def run_rounds(coord: Coordinator | VerticalCoordinator, tracker: Tracker, first: int, last: int) -> int:
     """Boosting rounds ``first``, ``first + 1``, ... over the parties, each an MLflow step; the last one run.
 
     Each round grows the model (the coordinator's strategy), evaluates it, and
@@ -79,6 +95,6 @@ def train_rounds(coord: Coordinator, tracker: Tracker, first: int, last: int) ->
 
 
 @task(name="local-baselines", cache_policy=NO_CACHE, retries=1)
-def local_baselines(coord: Coordinator) -> dict:
+def local_baselines(coord: Coordinator | VerticalCoordinator) -> dict:
     """Each organisation alone, same parameters: the baseline the federation must beat."""
     return coord.local_baselines()

@@ -31,6 +31,15 @@ from fedmine.gbdt.dtypes import X_DTYPE
 from fedmine.gbdt.partition import goes_left
 from fedmine.protocol import ProtocolError
 
+#: Below this many shared rows the homomorphic work stays in the party's process: a pool of worker
+#: processes costs seconds to start and load each round's ciphertexts, more than small nodes need.
+POOL_MIN_ROWS = 20_000
+
+
+def workers_for(n_rows: int) -> int | None:
+    """Worker processes for the homomorphic work over ``n_rows`` shared rows (None: every core)."""
+    return 1 if n_rows < POOL_MIN_ROWS else None
+
 
 def default_cipher() -> Any:
     """The additively homomorphic scheme of the product path (:mod:`fedmine.privacy.paillier`)."""
@@ -50,10 +59,11 @@ def compact_bins(bins: np.ndarray, n_bins: np.ndarray, nan_bin: int) -> np.ndarr
     Returns
     -------
     codes : ndarray of shape (n_rows, n_features), uint8 (uint16 when a feature has 255 bins and a NaN cell)
+        Column-major (Fortran order): each feature's codes are contiguous.
     """
     dtype = np.uint8 if int(np.max(n_bins, initial=0)) < 255 else np.uint16
     codes = np.where(bins == nan_bin, np.asarray(n_bins)[:, None], bins).astype(dtype)
-    return np.ascontiguousarray(codes.T)
+    return codes.T
 
 
 def pack_mask(mask: np.ndarray) -> np.ndarray:
@@ -94,6 +104,7 @@ class FeatureOwner:
         self.mapper_: binning.BinMapper | None = None
         self._rows: list[Any] = []
         self._public: Any = None
+        self._public_bytes = b""
 
     def _need_bins(self, call: str) -> binning.BinMapper:
         if self.mapper_ is None:
@@ -131,7 +142,9 @@ class FeatureOwner:
         """Keep the round's encrypted gradients and hessians, one array per tree of the round."""
         self._need_bins("owner_gradients")
         c = self.cipher
-        self._public = c.HomomorphicPublic.from_bytes(bytes(public))
+        if public != self._public_bytes:  # one key per training: its tables are built once
+            self._public = c.HomomorphicPublic.from_bytes(bytes(public))
+            self._public_bytes = bytes(public)
         self._rows = [c.EncryptedRows.from_array(self._public, np.asarray(a)) for a in rows]
 
     def histograms(self, trees, node_rows: list[np.ndarray]) -> list[np.ndarray]:
@@ -156,7 +169,9 @@ class FeatureOwner:
             rows = np.asarray(rows, dtype=np.int64).ravel()
             if rows.size and not 0 <= rows.min() <= rows.max() < n:
                 raise PartyError(f"party {self.name}: owner_histograms: rows outside its {n} shared rows")
-            packed = self.cipher.encrypted_histograms(self._public, self._rows[int(k)], self._codes, rows, self._cells)
+            packed = self.cipher.encrypted_histograms(
+                self._public, self._rows[int(k)], self._codes, rows, self._cells, workers=workers_for(n)
+            )
             out.append(packed.to_array())
         return out
 

@@ -28,6 +28,7 @@ them, :mod:`fedmine.party.relay`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +44,7 @@ from fedmine.gbdt.partition import add_leaf_values, goes_left
 from fedmine.gbdt.predictor import leaves_from_decisions
 from fedmine.gbdt.rows import NODE_STRIDE, LocalRows, split_node_id
 from fedmine.gbdt.state import EngineState
-from fedmine.party.feature_owner import default_cipher, unpack_mask
+from fedmine.party.feature_owner import default_cipher, unpack_mask, workers_for
 
 Ask = Callable[[list], list]
 
@@ -94,6 +95,7 @@ class VerticalRows(EngineState):
         keys: Any,
         cipher: Any,
         ask: Ask = _no_owners,
+        row_ids=None,
     ) -> None:
         self.own = np.asarray(own, dtype=np.int64)
         self.owners = {o: np.asarray(idx, dtype=np.int64) for o, idx in owners.items()}
@@ -107,7 +109,7 @@ class VerticalRows(EngineState):
         if self.X_valid_own is not None:
             full_valid = np.full((self.X_valid_own.shape[0], n_features), np.nan)
             full_valid[:, self.own] = self.X_valid_own
-        super().__init__(full, y, X_valid=full_valid, y_valid=y_valid)
+        super().__init__(full, y, row_ids=row_ids, X_valid=full_valid, y_valid=y_valid)
         self.holder = np.full(n_features, "", dtype=object)  # "" = the label holder
         self.local = np.zeros(n_features, dtype=np.int64)  # position in the holder's own features
         self.local[self.own] = np.arange(self.own.size)
@@ -178,18 +180,19 @@ class VerticalRows(EngineState):
         if not self.owners:
             return
         assert self._g is not None and self._h is not None  # set by start_trees
-        c, public = self.cipher, self.keys.public
+        c, public = self.cipher, self.keys.public  # the keys encrypt fastest (CRT); the public key travels
         h_all = self._h >> count_bits if count_bits else self._h
         rows = []
         for k in range(self._g.shape[0]):
             g, h = np.ascontiguousarray(self._g[k]), np.ascontiguousarray(h_all[k])
             enc = c.encrypt_rows(
-                public,
+                self.keys,
                 g,
                 h,
                 grad_bound=int(np.abs(g).max(initial=0)),
                 hess_bound=int(h.max(initial=0)),
                 max_rows=int(g.shape[0]),
+                workers=workers_for(int(g.shape[0])),
             )
             rows.append(enc.to_array())
         key = public.to_bytes()
@@ -327,6 +330,8 @@ class LabelHolder:
     objective, num_class : the federation's.
     cipher : the homomorphic scheme (default: Paillier).
     key_bits : modulus bits of its key.
+    row_ids : ndarray of shape (n_rows,), uint64, optional
+        Bagging ids of the training rows (the same at every organisation).
     """
 
     def __init__(
@@ -345,8 +350,10 @@ class LabelHolder:
         num_class: int,
         cipher: Any = None,
         key_bits: int = DEFAULT_KEY_BITS,
+        row_ids=None,
     ) -> None:
         self.name = name
+        self.row_ids = row_ids
         self.objective, self.num_class = objective, num_class
         self.feature_names = list(feature_names)
         self.categorical = list(categorical)
@@ -373,13 +380,15 @@ class LabelHolder:
             keys=keys,
             cipher=self.cipher,
             ask=ask,
+            row_ids=self.row_ids,
         )
+        self.model_: Model | None = None
         self.trainer_ = Trainer(
             self.rows_, params, categorical=self.categorical, feature_names=self.feature_names, ranges=ranges
         )
         self.trainer_.start()
         own_cat = [i for i, f in enumerate(self.own) if int(f) in set(self.categorical)]
-        alone = EngineState(X_own, y, X_valid=X_valid_own, y_valid=y_valid)
+        alone = EngineState(X_own, y, row_ids=self.row_ids, X_valid=X_valid_own, y_valid=y_valid)
         self.alone_ = Trainer(
             alone,
             params,
@@ -415,7 +424,9 @@ class LabelHolder:
         """The vertical model: owners' thresholds NaN (they keep them) unless ``publish`` asks the owners for them."""
         if self.trainer_ is None:
             raise PartyError(f"party {self.name}: no vertical model before vertical_begin")
-        model = self.trainer_.finish()
+        if self.model_ is None:
+            self.model_ = self.trainer_.finish()
+        model = copy.deepcopy(self.model_)
         if not publish or not self.owners:
             return model
         assert ask is not None
@@ -445,3 +456,56 @@ class LabelHolder:
                 infos[int(f)] = str(info)
         model.feature_infos = infos
         return model
+
+    def predict(self, ask: Ask, ids: list, lookup: Callable) -> np.ndarray:
+        """Raw scores of customers named by id, shape (n, n_trees_per_round).
+
+        ``lookup(ids)`` gives its own feature rows of them (NaN where it does not
+        know a customer) ; each owner answers the tests of its splits for the
+        same ids from its own rows (missing where it does not know one, so the
+        split's default direction applies).
+        """
+        if self.model_ is None:
+            raise PartyError(f"party {self.name}: no model to predict with: train first")
+        model = self.model_
+        X_own, _ = lookup(ids)
+        n = len(ids)
+        bins = binning.bin_columns(np.asarray(X_own, dtype=X_DTYPE).reshape(n, -1), self.rows_._own_mapper)
+        holder, local, nan = self.rows_.holder, self.rows_.local, self.rows_.max_bin
+        decisions: list[dict[int, np.ndarray]] = [{} for _ in model.trees]
+        asked: dict[str, list[tuple[int, int]]] = {}
+        for t, tree in enumerate(model.trees):
+            nd = tree.nodes
+            for j in np.flatnonzero(nd["is_leaf"] == 0):
+                f = int(nd["feature"][j])
+                if holder[f]:
+                    asked.setdefault(holder[f], []).append((t, int(j)))
+                else:
+                    decisions[t][int(j)] = goes_left(
+                        bins[local[f]], nd["bin_threshold"][j], nd["default_left"][j], _bits(tree, j), nan
+                    )
+        names = list(asked)
+        requests = []
+        for o in names:
+            spec = np.array(
+                [
+                    [
+                        local[model.trees[t].nodes["feature"][j]],
+                        model.trees[t].nodes["bin_threshold"][j],
+                        model.trees[t].nodes["default_left"][j],
+                    ]
+                    for t, j in asked[o]
+                ],
+                dtype=np.int64,
+            ).reshape(-1, 3)
+            requests.append(
+                (o, "owner_predict", [list(ids), spec, [_bits(model.trees[t], j) for t, j in asked[o]]], {})
+            )
+        for o, answer in zip(names, ask(requests) if requests else []):
+            for (t, j), row in zip(asked[o], unpack_mask(answer["bits"], n)):
+                decisions[t][j] = row
+        k = model.n_trees_per_round
+        raw = np.repeat(np.asarray(model.init_scores, dtype=np.float64)[:, None], n, axis=1)
+        for t, tree in enumerate(model.trees):
+            raw[t % k] += tree.nodes["value"][leaves_from_decisions(tree, decisions[t], n)]
+        return raw.T

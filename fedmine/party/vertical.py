@@ -1,0 +1,365 @@
+"""An organisation's party in vertical federation: its ids, its columns, its role.
+
+This module owns :class:`VerticalParty`, the :class:`~fedmine.party.organisation.Party`
+of an organisation that shares customers (not columns) with the others, and
+:func:`vertical_party`, which makes it from the organisation's raw frame. It
+answers the vertical calls of the protocol table:
+
+* the private set intersection (``psi_blind``, ``psi_reblind``, ``psi_align``,
+  :mod:`fedmine.privacy.psi`): it learns which of its rows are shared with
+  every other organisation, in the common order, and nothing about the
+  others' ids outside the intersection;
+* as the label holder (:class:`~fedmine.party.label_holder.LabelHolder`):
+  ``vertical_begin``, ``vertical_round``, ``vertical_model`` and
+  ``vertical_predict``, each a conversation (:class:`~fedmine.party.relay.Relay`)
+  in which the coordinator carries its requests to the owners
+  (``vertical_resume`` brings their answers);
+* as a feature owner (:class:`~fedmine.party.feature_owner.FeatureOwner`): the
+  ``owner_*`` calls.
+
+After the intersection both sides split the shared rows into training and
+validation rows the same way, from a hash of each id (so every organisation
+agrees without talking, and the split does not depend on anyone's row order);
+row ids for bagging are a hash of the id too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedmine.errors import DataError, PartyError
+from fedmine.party.feature_owner import FeatureOwner, pack_mask
+from fedmine.party.label_holder import DEFAULT_KEY_BITS, LabelHolder
+from fedmine.party.organisation import Party, TrainValidRows
+from fedmine.party.policy import PartyPolicy
+from fedmine.party.relay import Relay
+from fedmine.protocol import ProtocolError
+
+
+def _digest64(label: bytes, ids: list[bytes]) -> np.ndarray:
+    """The first 8 bytes of ``sha256(label + id)`` per id, as uint64."""
+    return np.array([int.from_bytes(hashlib.sha256(label + i).digest()[:8], "little") for i in ids], dtype=np.uint64)
+
+
+def row_ids(ids: list[bytes]) -> np.ndarray:
+    """Bagging ids of shared rows: a hash of the normalised id, the same at every organisation."""
+    return _digest64(b"fedmine/vertical/row\x00", ids)
+
+
+def validation_rows(ids: list[bytes], *, fraction: float, seed: int) -> np.ndarray:
+    """Which shared rows are validation rows: those whose seeded hash of the id ranks first.
+
+    Every organisation ranks its shared ids the same way, so all pick the same
+    customers; ``round(n * fraction)`` of them (at least one when fraction > 0).
+    """
+    n = len(ids)
+    n_valid = round(n * fraction)
+    if fraction > 0 and n_valid == 0 and n > 1:
+        n_valid = 1
+    rank = np.argsort(_digest64(f"fedmine/vertical/valid/{int(seed)}\x00".encode(), ids), kind="stable")
+    out = np.zeros(n, dtype=bool)
+    out[rank[:n_valid]] = True
+    return out
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def read_ids(frame: pd.DataFrame, cfg: Any, org: str) -> tuple[list[bytes], np.ndarray]:
+    """The normalised ids of an organisation's rows and which rows have one.
+
+    Raises
+    ------
+    DataError
+        The id column is absent, every id is missing, or an id repeats (with
+        the count and an example).
+    """
+    from fedmine.privacy.psi import normalise_ids
+
+    spec = cfg.organisations[org].id
+    source = cfg.organisations[org].source or "its source"
+    if spec.column not in frame.columns:
+        shown = ", ".join(map(str, list(frame.columns)[:12]))
+        raise DataError(
+            f"organisation {org}: {source} has no id column {spec.column!r} (organisations.{org}.id); columns: {shown}"
+        )
+    values = frame[spec.column].tolist()
+    present = np.array([not _missing(v) for v in values], dtype=bool)
+    if not present.any():
+        raise DataError(f"organisation {org}: id column {spec.column!r} has no value in its {len(values)} rows")
+    kept = [v for v, p in zip(values, present) if p]
+    ids = normalise_ids(kept, trim=spec.trim, case=spec.case, salt=cfg.vertical.salt)
+    seen: dict[bytes, int] = {}
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+    dups = {i: c for i, c in seen.items() if c > 1}
+    if dups:
+        example = next(iter(dups)).decode("utf-8", "replace")[len(cfg.vertical.salt) :]
+        extra = sum(dups.values()) - len(dups)
+        raise DataError(
+            f"organisation {org}: id column {spec.column!r} has {extra} duplicate id(s) "
+            f"(for example {example!r}); each customer must appear once"
+        )
+    return ids, present
+
+
+def harmonise_own(frame: pd.DataFrame, cfg: Any, org: str):
+    """The organisation's own canonical features (and the label, if it holds it), mapped as in horizontal."""
+    from fedmine.schema import harmonise
+    from fedmine.schema.harmonise import _label_source
+
+    view = cfg.organisation_view(org)
+    if not cfg.organisations[org].holds_label:
+        source = _label_source(cfg, org)
+        if source not in frame.columns:
+            frame = frame.copy()
+            frame[source] = cfg.classes[0] if cfg.classes else 0  # a placeholder the owner never uses
+    return harmonise(frame, view, org)
+
+
+class VerticalParty(Party):
+    """One organisation of a vertical federation (see the module docstring).
+
+    Parameters
+    ----------
+    name : the organisation's name.
+    ids : list of n bytes
+        Its normalised ids (:func:`fedmine.privacy.psi.normalise_ids`), one per row.
+    X : ndarray of shape (n, n_own)
+        Its canonical features, in the canonical order.
+    y : ndarray of shape (n,)
+        The label (the label holder), zeros elsewhere.
+    cfg : the federation config as this organisation has it (its own policy comes from it).
+    report : the harmonisation report.
+    policy : its policy (None: stages only).
+    cipher : the homomorphic scheme (default Paillier; tests of growth may pass another).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ids: list[bytes],
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        cfg: Any,
+        report: dict[str, Any] | None = None,
+        policy: PartyPolicy | None = None,
+        cipher: Any = None,
+    ) -> None:
+        names = list(cfg.features)
+        held = set(cfg.organisations[name].features or [])
+        own = [f for f in names if f in held]  # harmonised columns come in the canonical order
+        super().__init__(
+            name,
+            TrainValidRows(np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64), X[:0], y[:0]),
+            objective=cfg.objective,
+            num_class=cfg.num_class,
+            feature_names=own,
+            categorical=[i for i, f in enumerate(own) if cfg.features[f].type == "category"],
+            report=report,
+            policy=policy,
+        )
+        self.ids = list(ids)
+        self._all = (np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64))
+        self.holds_label = bool(cfg.organisations[name].holds_label)
+        self.all_features = names
+        self.own = np.array([names.index(f) for f in own], dtype=np.int64)
+        holder = cfg.feature_holder()
+        self.owners = {
+            o: np.array([i for i, f in enumerate(names) if holder[f] == o], dtype=np.int64)
+            for o in cfg.organisations
+            if o != name
+        }
+        self.categorical_all = [i for i, f in enumerate(names) if cfg.features[f].type == "category"]
+        self.seed = int(cfg.training.seed)
+        self.validation_fraction = float(cfg.training.validation_fraction)
+        self.publish_thresholds = bool(cfg.vertical.publish_thresholds)
+        self.key_bits = int(cfg.vertical.key_bits)
+        self.cipher = cipher
+        self._id_spec = cfg.organisations[name].id
+        self._salt = cfg.vertical.salt
+        self.relay = Relay(name)
+        self.role_: LabelHolder | FeatureOwner | None = None
+        self._psi_key: Any = None
+        self._order: np.ndarray | None = None
+
+    # -- the intersection ----------------------------------------------------
+    def begin_training(self, training_id: str) -> None:
+        super().begin_training(training_id)
+        self.relay.abandon()
+        self.role_ = None
+        self._psi_key = self._order = None
+
+    def psi_blind(self) -> np.ndarray:
+        """Its ids blinded under a fresh key, in a random order (it keeps the order; no one else learns its rows')."""
+        from fedmine.privacy.psi import PsiKey
+
+        self._psi_key = PsiKey.generate()
+        self._order = np.random.default_rng().permutation(len(self.ids))
+        return self._psi_key.blind([self.ids[i] for i in self._order])
+
+    def psi_reblind(self, points: np.ndarray) -> np.ndarray:
+        if self._psi_key is None:
+            raise ProtocolError("psi_reblind needs this training's key: psi_blind first")
+        return self._psi_key.reblind(np.asarray(points, dtype=np.uint8))
+
+    def psi_align(self, own: np.ndarray, others: list[np.ndarray]) -> int:
+        """Keep the rows shared with every other organisation, in the common order; split them; take its role."""
+        from fedmine.privacy.psi import shared_positions
+
+        if self._order is None:
+            raise ProtocolError("psi_align needs this training's blinded ids: psi_blind first")
+        own = np.asarray(own, dtype=np.uint8)
+        if own.shape[0] != self._order.shape[0]:
+            raise PartyError(f"party {self.name}: psi_align: {own.shape[0]} points for its {self._order.shape[0]} ids")
+        rows = self._order[shared_positions(own, [np.asarray(o, dtype=np.uint8) for o in others])]
+        self._psi_key = None  # used once
+        self.shared_ = rows
+        shared_ids = [self.ids[i] for i in rows]
+        valid = validation_rows(shared_ids, fraction=self.validation_fraction, seed=self.seed)
+        X, y = self._all
+        Xs, ys = X[rows], y[rows]
+        self._data = TrainValidRows(Xs[~valid], ys[~valid], Xs[valid], ys[valid])
+        self.row_ids_ = row_ids([i for i, v in zip(shared_ids, valid) if not v])
+        d = self._data
+        if self.holds_label:
+            self.role_ = LabelHolder(
+                self.name,
+                d.X_train,
+                d.y_train,
+                d.X_valid,
+                d.y_valid,
+                own=self.own,
+                owners=self.owners,
+                feature_names=self.all_features,
+                categorical=self.categorical_all,
+                objective=self.objective,
+                num_class=self.num_class,
+                cipher=self.cipher,
+                key_bits=self.key_bits,
+                row_ids=self.row_ids_,
+            )
+        else:
+            self.role_ = FeatureOwner(
+                self.name, d.X_train, d.X_valid, publish_thresholds=self.publish_thresholds, cipher=self.cipher
+            )
+        return int(rows.shape[0])
+
+    def _lead(self, call: str) -> LabelHolder:
+        if not isinstance(self.role_, LabelHolder):
+            raise self._refuse(call, "this organisation is not the label holder, or the intersection is not done")
+        return self.role_
+
+    def _owner(self, call: str) -> FeatureOwner:
+        if not isinstance(self.role_, FeatureOwner):
+            raise self._refuse(
+                call, "this organisation holds no features for a label holder, or the intersection is not done"
+            )
+        return self.role_
+
+    # -- the label holder's conversations ------------------------------------
+    def vertical_begin(self, params: dict[str, Any], ranges: Any = None) -> dict[str, Any]:
+        lead = self._lead("vertical_begin")
+        return self.relay.start(lambda ask: lead.begin(ask, params, ranges=ranges))
+
+    def vertical_round(self) -> dict[str, Any]:
+        lead = self._lead("vertical_round")
+        return self.relay.start(lead.round)
+
+    def vertical_resume(self, answers: list) -> dict[str, Any]:
+        return self.relay.resume(answers)
+
+    def vertical_model(self, publish: bool) -> dict[str, Any]:
+        """The model; published (every owner's thresholds filled in) only if this organisation's config agrees too."""
+        from fedmine.gbdt import to_lightgbm_text
+
+        lead = self._lead("vertical_model")
+        if publish and not self.publish_thresholds:
+            raise self._refuse(
+                "vertical_model", "this organisation's config does not set vertical.publish_thresholds: true"
+            )
+
+        def work(ask):
+            model = lead.model(ask, publish=publish)
+            text = to_lightgbm_text(model, self.all_features) if publish and model.trees else None
+            return {"text": text, "trees": len(model.trees)}
+
+        return self.relay.start(work)
+
+    def vertical_predict(self, ids: list[Any]) -> dict[str, Any]:
+        """Raw scores of customers named by id; every split's test answered by its feature's holder."""
+        lead = self._lead("vertical_predict")
+        return self.relay.start(lambda ask: lead.predict(ask, list(ids), self._lookup))
+
+    def _lookup(self, ids: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Its feature rows of the customers named by id (NaN rows for those it does not know); which it knows."""
+        from fedmine.privacy.psi import normalise_ids
+
+        spec = self._id_spec
+        wanted = normalise_ids(["" if _missing(i) else i for i in ids], trim=spec.trim, case=spec.case, salt=self._salt)
+        index = {i: r for r, i in enumerate(self.ids)}
+        rows = np.array([index.get(i, -1) for i in wanted], dtype=np.int64)
+        X = np.full((len(ids), self._all[0].shape[1]), np.nan)
+        found = rows >= 0
+        X[found] = self._all[0][rows[found]]
+        return X, found
+
+    # -- a feature owner's answers -------------------------------------------
+    def owner_bins(self, ranges, categorical, *, max_bin: int, n_grid: int) -> np.ndarray:
+        return self._owner("owner_bins").bins(ranges, categorical, max_bin=max_bin, n_grid=n_grid)
+
+    def owner_gradients(self, public: bytes, rows: list) -> None:
+        self._owner("owner_gradients").gradients(public, rows)
+
+    def owner_histograms(self, trees, node_rows: list) -> list:
+        return self._owner("owner_histograms").histograms(trees, node_rows)
+
+    def owner_split(self, rows, feature, bin_threshold, default_left, cat_bitset) -> np.ndarray:
+        return self._owner("owner_split").split(rows, feature, bin_threshold, default_left, cat_bitset)
+
+    def owner_decisions(self, nodes, bitsets, rows, *, valid: bool) -> np.ndarray:
+        return self._owner("owner_decisions").decisions(nodes, bitsets, rows, valid=valid)
+
+    def owner_thresholds(self, features, bin_thresholds) -> dict[str, Any]:
+        return self._owner("owner_thresholds").thresholds(features, bin_thresholds)
+
+    def owner_predict(self, ids: list[Any], nodes, bitsets) -> dict[str, Any]:
+        owner = self._owner("owner_predict")
+        X, found = self._lookup(ids)
+        return {"found": pack_mask(found), "bits": owner.decide_raw(X, nodes, bitsets)}
+
+    def describe(self) -> dict[str, Any]:
+        """Feature names, report, fingerprint, its number of ids; after the intersection its shared row counts
+        (the coordinator knows the intersection's size) and, at the label holder, its label sums."""
+        out = super().describe()
+        out["n_ids"] = len(self.ids)
+        out["holds_label"] = self.holds_label
+        if self.role_ is not None:
+            out["n_rows"], out["n_valid"] = len(self._data.y_train), len(self._data.y_valid)
+            if self.holds_label:
+                out["label_sums"] = self._label_sums()
+        return out
+
+
+def vertical_party(cfg: Any, org: str, frame: pd.DataFrame, *, enforce_policy: bool = True, cipher: Any = None):
+    """``org``'s vertical party from its raw frame: ids read and normalised, its own features harmonised."""
+    ids, present = read_ids(frame, cfg, org)
+    data = harmonise_own(frame, cfg, org)
+    X, y = data.X[present], data.y[present]
+    report = dict(data.report)
+    report["rows_without_id"] = int((~present).sum())
+    policy = PartyPolicy.from_config(cfg, org) if enforce_policy else None
+    return VerticalParty(org, ids, X, y, cfg=cfg, report=report, policy=policy, cipher=cipher)
+
+
+__all__ = ["DEFAULT_KEY_BITS", "VerticalParty", "vertical_party"]
