@@ -74,7 +74,7 @@ def load(name: str, task: str = "binary"):
         with gzip.open(os.path.join(DATA, "uci_bank_full.csv.gz")) as fh:
             df = pd.read_csv(fh, sep=";")
         y = (df.pop("y") == "yes").to_numpy(dtype=float)
-        cats = {c: sorted(df[c].unique().tolist()) for c in df.columns if df[c].dtype == object}
+        cats = {c: sorted(df[c].unique().tolist()) for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])}
         for c, vocab in cats.items():
             df[c] = df[c].map({v: i for i, v in enumerate(vocab)})
     features = {}
@@ -196,6 +196,7 @@ def main(argv=None):
                 rows.append(
                     (name, task, eps, key, float(np.mean(vals)), vals, max(spent), zs[0], float(np.mean(walls)))
                 )
+                print(f"  {name} {task} epsilon {eps:g}: {key} {np.round(vals, 4).tolist()}", flush=True)
     anchor_note = ", ".join(f"{k} {a:.3f} at eps 1 / {b:.3f} non-private" for k, (a, b) in ANCHORS.items())
     print(
         f"parties={args.parties} rounds={args.rounds} method={args.method} seeds={args.seeds} delta=1e-6, "
