@@ -300,10 +300,18 @@ class HistogramStrategy(Strategy):
         # the leaf sensitivity needs the fixed-point scales, which need the row total: known before any release
         sens = _leaf_sensitivity(params, dp, ctx.n_rows)
         bins = leaf.bin_sensitivity(len(ctx.feature_names))
-        factor = leaf.bin_factor(rounds)
-        z = calibrate(p.epsilon, p.delta, rounds, sens, extra=((factor, 1, bins),))
+        counted = params.get("objective") in leaf.COUNTED_LABELS
+        label_share = leaf.LABEL_SHARE if counted else 0.0
+        rest = 1.0 - leaf.BIN_SHARE - label_share
+        factor = leaf.bin_factor(rounds, leaf.BIN_SHARE, leaf_share=rest)
+        extra = [(factor, 1, bins)]
+        if counted:
+            label_factor = leaf.bin_factor(rounds, label_share, leaf_share=rest)
+            extra.append((label_factor, 1, leaf.label_sensitivity()))
+        z = calibrate(p.epsilon, p.delta, rounds, sens, extra=tuple(extra))
         self.noise_multiplier = z
         bin_variance = float(bins.variances(factor * z)[0])
+        label_variance = float(leaf.label_sensitivity().variances(label_factor * z)[0]) if counted else None
         self.trainer = leaf.LeafTrainer(
             self.group,
             params,
@@ -314,6 +322,7 @@ class HistogramStrategy(Strategy):
             evaluate=False,
             seed=int(params.get("seed", 0)),
             bin_variance=bin_variance,
+            label_variance=label_variance,
         )
         self.accountant = PrivacyAccountant(p.delta, mechanism="skellam", sensitivity=sens)
         saved = (ctx.resume or {}).get("leaf")
@@ -321,8 +330,11 @@ class HistogramStrategy(Strategy):
             self.trainer.use_leaf_state(saved)
         self.trainer.start()
         self.extra_releases.append(("bins", factor * z, 1, bins))
-        if saved is None:
-            self.accountant.spend(factor * z, 1, sensitivity=bins)
+        if counted:
+            self.extra_releases.append(("label_stats", label_factor * z, 1, leaf.label_sensitivity()))
+        if saved is None:  # a resumed run reuses its bins and initial counts: nothing released again
+            for _, zk, count, sk in self.extra_releases:
+                self.accountant.spend(zk, count, sensitivity=sk)
         self.trainer.set_noise(z, seed=None)
 
     def run_round(self, ctx: RoundContext) -> None:
@@ -421,9 +433,9 @@ class HistogramStrategy(Strategy):
             params[f"release.{k}.budget_share"] = cost[k] / total
             params[f"release.{k}.epsilon_alone"] = self.accountant.epsilon_of(z, c, sensitivity=sens) if c else 0.0
         covers = ", ".join(f"{k} ({c})" for k, _, c, _ in kinds)
-        return dataclasses.replace(
-            receipt, parameters=params, covers=f"{covers}; not noised: label totals, label statistics, validation sums"
-        )
+        noised = {k for k, *_ in kinds}
+        plain = ["label totals"] + ([] if "label_stats" in noised else ["label statistics"]) + ["validation sums"]
+        return dataclasses.replace(receipt, parameters=params, covers=f"{covers}; not noised: {', '.join(plain)}")
 
     def truncate(self, ctx: RoundContext, n_trees: int) -> None:
         """Keep the first ``n_trees`` trees: the coordinator's early stopping, or a round grown again."""

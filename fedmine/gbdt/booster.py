@@ -196,7 +196,7 @@ class Trainer:
                 counts, grids, max_bin=params.max_bin, categorical=self._mask, ranges=ranges
             )
         party.set_bins(self._mapper)
-        init = obj.init_scores(party.label_stats(params), self._n_total)
+        init = obj.init_scores(self._label_stats(), self._n_total)
         if not np.all(np.isfinite(init)):
             raise DataError(
                 f"objective {params.objective!r} needs labels with a positive mean, got initial score {init}"
@@ -216,6 +216,10 @@ class Trainer:
         self._started = True
         if self._noise_request is not None:
             self.set_noise(*self._noise_request[:2], n_parties=self._noise_request[2])
+
+    def _label_stats(self) -> np.ndarray:
+        """The parties' summed label statistics for the initial score (a DP trainer asks for noisy ones)."""
+        return self.party.label_stats(self.params)
 
     def _grids(self, ranges: np.ndarray) -> np.ndarray:
         """The shared fine grid over the agreed ranges (a DP trainer uses a coarser one)."""

@@ -188,11 +188,20 @@ class EngineState(LocalRows):
         if self.y_valid is not None:
             self.scores_valid_ = np.repeat(init[:, None], self.y_valid.shape[0], axis=1)
 
-    def label_stats(self, params) -> np.ndarray:
-        """Summable statistics of the labels for the initial score (checks the labels)."""
+    def label_stats(self, params, *, variance: float | None = None, n_parties: int = 1) -> np.ndarray:
+        """Summable statistics of the labels for the initial score (checks the labels).
+
+        ``variance`` (DP, class counts only): plus this party's Skellam share of that noise.
+        """
         obj = _objective(params)
         obj.check_labels(self.y)
-        return obj.label_stats(self.y)
+        stats = obj.label_stats(self.y)
+        if variance is None:
+            return stats
+        from fedmine.privacy.dp import add_noise_share
+
+        v = check_variances([variance] * 3)[:1]
+        return add_noise_share(stats[..., None], v, n_parties=int(n_parties))[..., 0]
 
     def _apply_trees(self, trees) -> None:
         """Add the last round's trees to the scores (partition for in-bag rows)."""

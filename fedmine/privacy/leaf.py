@@ -47,6 +47,10 @@ from fedmine.privacy.accountant import Sensitivity
 HESS_SHARE = 0.15
 #: Share of the budget spent on the noisy bin counts (DP quantiles of every feature).
 BIN_SHARE = 0.1
+#: Share of the budget spent on the noisy class counts of the initial score (binary, multiclass).
+LABEL_SHARE = 0.02
+#: Objectives whose label statistics are class counts (noised under the leaf method).
+COUNTED_LABELS = ("binary", "multiclass")
 #: Cells of the coarse grid the DP quantiles are read from (fewer cells, less accumulated noise).
 DP_GRID_SIZE = 128
 #: Ranges wider than this many units get an asinh-spaced grid (:func:`dp_grids`).
@@ -137,13 +141,20 @@ def bin_sensitivity(n_features: int) -> Sensitivity:
     return Sensitivity(fields=("count",), coords=(int(n_features),), bounds=(1,))
 
 
-def bin_factor(rounds: int, share: float = BIN_SHARE) -> float:
-    """Noise multiplier of the bin release relative to a leaf release's, so that it costs ``share`` of the budget.
+def label_sensitivity() -> Sensitivity:
+    """What one row changes in the class counts: one count, by 1."""
+    return Sensitivity(fields=("count",), coords=(1,), bounds=(1,))
+
+
+def bin_factor(rounds: int, share: float = BIN_SHARE, *, leaf_share: float | None = None) -> float:
+    """Noise multiplier of a one-off release relative to a leaf release's, so that it costs ``share`` of the budget.
 
     Under Gaussian RDP a release at ``c * z`` costs ``1 / c**2`` releases at ``z``;
-    ``rounds`` leaf releases and one bin release at ``c = sqrt((1 - share) / (share * rounds))``.
+    ``rounds`` leaf releases (``leaf_share`` of the budget, default ``1 - share``)
+    and one release at ``c = sqrt(leaf_share / (share * rounds))``.
     """
-    return math.sqrt((1.0 - share) / (share * max(int(rounds), 1)))
+    rest = 1.0 - share if leaf_share is None else leaf_share
+    return math.sqrt(rest / (share * max(int(rounds), 1)))
 
 
 class LeafTrainer(Trainer):
@@ -164,11 +175,21 @@ class LeafTrainer(Trainer):
         Of one leaf release (after :meth:`start`).
     """
 
-    def __init__(self, party, params, *, seed: int | None = 0, bin_variance: float | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        party,
+        params,
+        *,
+        seed: int | None = 0,
+        bin_variance: float | None = None,
+        label_variance: float | None = None,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("n_grid", DP_GRID_SIZE)
         super().__init__(party, params, **kwargs)
         self._rng = np.random.default_rng(seed)
         self.bin_variance = bin_variance
+        self.label_variance = label_variance
         if self.dp is None:
             raise ConfigError("privacy.dp_method leaf needs privacy.epsilon")
         if self.params.max_depth < 1:
@@ -194,6 +215,7 @@ class LeafTrainer(Trainer):
                 "feature_max": m.feature_max.tolist(),
             },
             "rng": self._rng.bit_generator.state,
+            "label_stats": self.label_stats_.tolist(),
         }
 
     def use_leaf_state(self, state: dict) -> None:
@@ -208,11 +230,26 @@ class LeafTrainer(Trainer):
             feature_max=np.asarray(b["feature_max"], dtype=np.float64),
         )
         self._rng_state = state["rng"]
+        self._given_label_stats = np.asarray(state["label_stats"], dtype=np.int64)
 
     def restore(self, state: dict, arrays: dict) -> None:
         super().restore(state, arrays)
         if getattr(self, "_rng_state", None) is not None:
             self._rng.bit_generator.state = self._rng_state
+
+    def _label_stats(self) -> np.ndarray:
+        """Noisy class counts (binary, multiclass) under ``label_variance``; a resumed run's own initial counts."""
+        given = getattr(self, "_given_label_stats", None)
+        if given is not None:
+            return given
+        if self.label_variance is None or self.params.objective not in COUNTED_LABELS:
+            stats = super()._label_stats()
+        else:
+            n_parties = len(self.party.parties) if hasattr(self.party, "parties") else 1
+            stats = self.party.label_stats(self.params, variance=float(self.label_variance), n_parties=n_parties)
+            stats = np.maximum(np.asarray(stats, dtype=np.int64), 1)
+        self.label_stats_ = np.asarray(stats, dtype=np.int64)
+        return self.label_stats_
 
     def _grids(self, ranges: np.ndarray) -> np.ndarray:
         """A coarse public grid: uniform over narrow ranges, asinh-spaced over wide ones (amounts, balances)."""

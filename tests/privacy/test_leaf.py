@@ -122,11 +122,14 @@ def test_leaf_training_spends_exactly_its_budget_on_bins_and_leaves_and_says_so(
     assert receipt["param.release.bins.count"] == 1
     assert receipt["param.release.bins.budget_share"] == pytest.approx(leaf.BIN_SHARE, rel=1e-6)
     assert receipt["param.default.max_depth"] == leaf.DEFAULTS["max_depth"]
-    assert "bins (1), leaf_sums (8)" in receipt["covers"]
-    # a direct computation: the bins' release and 8 leaf releases, composed by dp_accounting
+    assert receipt["param.release.label_stats.budget_share"] == pytest.approx(leaf.LABEL_SHARE, rel=1e-6)
+    assert "bins (1), label_stats (1), leaf_sums (8); not noised: label totals, validation sums" == receipt["covers"]
+    # a direct computation: the bins', the class counts' and 8 leaf releases, composed by dp_accounting
     bins_z = receipt["param.release.bins.noise_multiplier"]
+    label_z = receipt["param.release.label_stats.noise_multiplier"]
     curve = 8 * skellam_rdp(strategy.noise_multiplier, strategy.trainer.sensitivity, SKELLAM_ORDERS)
     curve = curve + skellam_rdp(bins_z, leaf.bin_sensitivity(X.shape[1]), SKELLAM_ORDERS)
+    curve = curve + skellam_rdp(label_z, leaf.label_sensitivity(), SKELLAM_ORDERS)
     direct, _ = rdp_privacy_accountant.compute_epsilon(SKELLAM_ORDERS, curve, 1e-6)
     assert receipt["epsilon_total"] == pytest.approx(direct, rel=1e-9) and direct <= 1.0
     assert receipt["epsilon_total"] > 0.99  # calibrated to the budget, not below it
