@@ -123,7 +123,7 @@ def test_leaf_training_spends_exactly_its_budget_on_bins_and_leaves_and_says_so(
     assert receipt["param.release.bins.budget_share"] == pytest.approx(leaf.BIN_SHARE, rel=1e-6)
     assert receipt["param.default.max_depth"] == leaf.DEFAULTS["max_depth"]
     assert receipt["param.release.label_stats.budget_share"] == pytest.approx(leaf.LABEL_SHARE, rel=1e-6)
-    assert "bins (1), label_stats (1), leaf_sums (8); not noised: label totals, validation sums" == receipt["covers"]
+    assert receipt["covers"] == "bins (1), label_stats (1), leaf_sums (8); not noised: label totals, validation sums"
     # a direct computation: the bins', the class counts' and 8 leaf releases, composed by dp_accounting
     bins_z = receipt["param.release.bins.noise_multiplier"]
     label_z = receipt["param.release.label_stats.noise_multiplier"]
