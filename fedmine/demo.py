@@ -194,6 +194,16 @@ def demo_config(tracking_uri: str) -> dict:
             "validation_fraction": 0.3,
             "seed": 7,
         },
+        "tune": {  # fedmine tune's search space (docs/tune.md)
+            "trials": 10,
+            "startup_trials": 2,
+            "warmup_rounds": 10,
+            "space": {
+                "learning_rate": {"low": 0.02, "high": 0.3, "log": True},
+                "num_leaves": {"low": 4, "high": 31},
+                "min_data_in_leaf": {"low": 5, "high": 50},
+            },
+        },
         "tracking": {"uri": tracking_uri},
     }
 

@@ -577,15 +577,26 @@ def test_explain_refuses_an_unknown_org_and_a_missing_model(demo_config, monkeyp
     assert code == 2 and err.startswith("error: --model nope.txt: not a file, a run id or a model URI")
 
 
-TUNE = """
-tune:
-  metric: binary_logloss
-  seed: 6
-  startup_trials: 1
-  warmup_rounds: 1
-  space:
-    learning_rate: {choices: [0.3, 0.0001]}
-"""
+TUNE = {
+    "metric": "binary_logloss",
+    "seed": 6,
+    "startup_trials": 1,
+    "warmup_rounds": 1,
+    "space": {"learning_rate": {"choices": [0.3, 0.0001]}},
+}
+
+
+def with_tune(demo: Path, name: str, tune: dict | None) -> Path:
+    """The demo config with another tune: section (or none), beside the demo's data: its sources are relative."""
+    import yaml
+
+    raw = yaml.safe_load(demo.read_text())
+    raw.pop("tune", None)
+    if tune is not None:
+        raw["tune"] = tune
+    path = demo.parent / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def test_tune_runs_nested_trials_prunes_a_lagging_one_and_writes_an_overlay_run_accepts(
@@ -595,8 +606,7 @@ def test_tune_runs_nested_trials_prunes_a_lagging_one_and_writes_an_overlay_run_
 
     from fedmine.config import load_config
 
-    config = trained["config"].parent / "tune.yaml"  # beside the demo's data: its sources are relative
-    config.write_text(trained["config"].read_text() + TUNE)
+    config = with_tune(trained["config"], "tune.yaml", TUNE)
     best, summary = tmp_path / "best.yaml", tmp_path / "tune.json"
     args = ["tune", config, "--trials", "3", "--set", "training.rounds=6", "--out", best, "--summary-json", summary]
     code, out, err = call_main(monkeypatch, capsys, *args)
@@ -632,10 +642,7 @@ def test_tune_runs_nested_trials_prunes_a_lagging_one_and_writes_an_overlay_run_
 def test_tune_under_dp_spends_the_budget_per_trial_and_states_the_total(trained, store, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    config = trained["config"].parent / "tune-dp.yaml"
-    config.write_text(
-        trained["config"].read_text() + TUNE.replace("warmup_rounds: 1", "warmup_rounds: 1\n  pruner: none")
-    )
+    config = with_tune(trained["config"], "tune-dp.yaml", {**TUNE, "pruner": "none"})
     summary = tmp_path / "tune.json"
     dp = ["--set", "training.strategy=histogram", "--set", "privacy.epsilon=4", "--set", "training.rounds=2"]
     code, out, err = call_main(monkeypatch, capsys, "tune", config, "--trials", "2", *dp, "--summary-json", summary)
@@ -658,5 +665,6 @@ def test_tune_under_dp_spends_the_budget_per_trial_and_states_the_total(trained,
 
 
 def test_tune_refuses_a_config_without_tune_section(demo_config, monkeypatch, capsys):
-    code, _, err = call_main(monkeypatch, capsys, "tune", demo_config, "--trials", "2")
-    assert code == 2 and err.strip().startswith(f"error: {demo_config}: no tune section; declare tune.space")
+    config = with_tune(demo_config, "no-tune.yaml", None)
+    code, _, err = call_main(monkeypatch, capsys, "tune", config, "--trials", "2")
+    assert code == 2 and err.strip().startswith(f"error: {config}: no tune section; declare tune.space")
