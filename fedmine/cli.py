@@ -185,35 +185,46 @@ def demo(
 @app.command()
 def predict(
     config: Path = typer.Argument(..., help="The federation YAML file (for the organisation's mapping)."),
-    model: str = typer.Option(
-        ..., "--model", help="A model file, an MLflow run id, or a model URI (models:/NAME/VERSION)."
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="A model file, an MLflow run id, or a model URI (models:/NAME/VERSION); "
+        "not with partition: vertical (the label holder's party holds the model).",
     ),
-    org: str = typer.Option(..., "--org", help="The organisation whose mapping the input follows."),
+    org: str = typer.Option(
+        ..., "--org", help="The organisation whose mapping (vertical: id column) the input follows."
+    ),
     input: str = typer.Option(..., "--input", help="New rows: a path or URI, as in the config's sources."),
     output: Path = typer.Option(..., "--output", help="CSV to write: the input's rows with a prediction column."),
 ) -> None:
-    """Score new rows of one organisation with a trained model."""
-    import lightgbm as lgb
+    """Score new rows of one organisation with a trained model (vertical: customers by id, over the party servers)."""
     import numpy as np
 
     from fedmine import connectors, metrics
     from fedmine.config import load_config
-    from fedmine.schema import harmonise_features
-    from fedmine.tracking import load_model_text, model_federation
 
     cfg = load_config(config)
     if org not in cfg.organisations:
         raise ConfigError(f"--org {org}: not in {config}; allowed: {', '.join(cfg.organisations)}")
     spec = cfg.organisations[org]
     output_path(output, "--output")
-    booster = lgb.Booster(model_str=load_model_text(model, cfg.tracking.uri))
-    _check_model(booster, model, model_federation(model, cfg.tracking.uri), cfg, config)
-    frame = connectors.load(input, spec.read, org=org)
-    X = harmonise_features(frame, cfg, org)
-    raw = booster.predict(X, raw_score=True)
+    if cfg.partition == "vertical":
+        frame, raw = _predict_vertical(cfg, org, input, model)
+    else:
+        import lightgbm as lgb
+
+        from fedmine.schema import harmonise_features
+        from fedmine.tracking import load_model_text, model_federation
+
+        if model is None:
+            raise ConfigError("--model: required (a model file, an MLflow run id, or models:/NAME/VERSION)")
+        booster = lgb.Booster(model_str=load_model_text(model, cfg.tracking.uri))
+        _check_model(booster, model, model_federation(model, cfg.tracking.uri), cfg, config)
+        frame = connectors.load(input, spec.read, org=org)
+        raw = booster.predict(harmonise_features(frame, cfg, org), raw_score=True)
     out = frame.copy()
     if cfg.objective == "multiclass":
-        raw = raw.reshape(len(X), cfg.num_class)
+        raw = raw.reshape(len(frame), cfg.num_class)
         proba = metrics.transform(raw, "multiclass")
         out["prediction"] = np.asarray(cfg.classes, dtype=object)[proba.argmax(axis=1)]
         for i, c in enumerate(cfg.classes):
@@ -352,6 +363,35 @@ def tune(
             f"(basic composition)"
         )
     typer.echo(f"MLflow tuning run {summary['run_id']} ({len(summary['trials'])} nested trial runs)")
+
+
+def _predict_vertical(cfg, org: str, input: str, model: str | None):
+    """The input's rows and their raw scores from the label holder's party, every owner answering its splits."""
+    import numpy as np
+
+    from fedmine import connectors
+    from fedmine.coordinator.client import connect
+    from fedmine.coordinator.vertical import VerticalCoordinator
+
+    if model is not None:
+        raise ConfigError(
+            "--model: not with partition: vertical; the label holder's party server holds the model "
+            "(a published model text predicts with LightGBM on the joined columns)"
+        )
+    missing = [o for o, s in cfg.organisations.items() if not s.endpoint]
+    if missing:
+        raise ConfigError(
+            f"organisations.{missing[0]}.endpoint: not set; fedmine predict on a vertical model runs over the "
+            f"organisations' party servers (fedmine party serve), each answering its splits for the ids"
+        )
+    spec = cfg.organisations[org]
+    frame = connectors.load(input, spec.read, org=org)
+    column = spec.id.column  # type: ignore[union-attr]  # every vertical organisation has an id (config)
+    if column not in frame.columns:
+        raise ConfigError(f"--input {input}: no id column {column!r} (organisations.{org}.id)")
+    coord = VerticalCoordinator(cfg, [connect(cfg, o) for o in cfg.organisations])
+    raw = np.asarray(coord.predict_raw(frame[column].tolist()))
+    return frame, raw[:, 0] if cfg.num_class == 1 else raw
 
 
 def _check_model(booster, model: str, federation: str | None, cfg, config: Path) -> None:

@@ -61,3 +61,27 @@ def test_vertical_demo_end_to_end_and_an_intersection_too_small(tmp_path):
         if r.info.run_id != run.info.run_id and not r.data.tags.get("mlflow.parentRunId")
     ]
     assert failed.info.status == "FAILED"
+
+
+def test_vertical_predict_runs_over_the_party_servers_only(tmp_path, monkeypatch, capsys):
+    from fedmine.demo import write_vertical_demo
+    from tests.test_cli import call_main
+
+    config = write_vertical_demo(tmp_path / "demo", tracking_uri=f"sqlite:///{tmp_path}/m.db", n=300)
+    args = (
+        "predict",
+        config,
+        "--org",
+        "bank",
+        "--input",
+        tmp_path / "demo/data/bank.csv",
+        "--output",
+        tmp_path / "o.csv",
+    )
+    code, _, err = call_main(monkeypatch, capsys, *args)
+    assert code == 2 and err.strip().splitlines() == [
+        "error: organisations.bank.endpoint: not set; fedmine predict on a vertical model runs over the "
+        "organisations' party servers (fedmine party serve), each answering its splits for the ids"
+    ]
+    code, _, err = call_main(monkeypatch, capsys, *args, "--model", "model.txt")
+    assert code == 2 and err.strip().startswith("error: --model: not with partition: vertical")

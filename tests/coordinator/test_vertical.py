@@ -103,6 +103,11 @@ def test_predict_over_the_parties_scores_as_the_published_model(frames):
     raw = coord.predict_raw(ids)
     X = np.vstack([joined[list(cfg.features)].to_numpy()[:50], np.full((1, len(cfg.features)), np.nan)])
     assert np.allclose(raw[:, 0], booster.predict(X, raw_score=True), rtol=0, atol=1e-12)
+    contrib = booster.predict(X, pred_contrib=True)  # the published model explains itself as any LightGBM model
+    assert contrib.shape == (51, len(cfg.features) + 1)
+    assert np.allclose(contrib.sum(axis=1), raw[:, 0], atol=1e-9)
+    owned = [i for i, f in enumerate(cfg.features) if cfg.feature_holder()[f] != "bank"]
+    assert np.abs(contrib[:, owned]).sum() > 0
 
 
 def test_an_intersection_below_the_minimum_is_refused(frames):
