@@ -11,6 +11,7 @@ from tests.test_cli import fedmine
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_vertical_demo_end_to_end_and_an_intersection_too_small(tmp_path):
     """Prefect, MLflow, Paillier: the gain table of the label holder alone against the vertical model."""
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"

@@ -26,6 +26,7 @@ def pki(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_vertical_over_flight_equals_in_process(pki):
     raw = vertical_demo_config("sqlite:///unused.db")
     raw["training"].update(rounds=2, num_leaves=4, max_bin=16)
