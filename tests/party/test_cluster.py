@@ -186,3 +186,20 @@ def test_a_partition_that_cannot_be_rebuilt_fails_the_party_in_one_line(tmp_path
     ) as info:
         train(cfg, [cluster, single_process(cfg, "shop")])
     assert "\n" not in str(info.value) and "file not found" in str(info.value)
+
+
+def test_dp_noise_is_one_share_on_the_sum_the_single_process_draws(tmp_path, dask_cluster):
+    from fedmine.gbdt import DPConfig
+    from fedmine.gbdt.booster import train as train_engine
+    from fedmine.gbdt.state import EngineGroup
+
+    cfg = federation(tmp_path, ["bank"], cluster_orgs={"bank"}, rounds=3)
+    params = cfg.training.engine_params(cfg.objective, cfg.num_class, "auc")
+    models = []
+    for party in (ClusterParty.for_organisation(cfg, "bank", client=dask_cluster), single_process(cfg, "bank")):
+        group = EngineGroup([party.engine_state()], n_threads=1)
+        model = train_engine(group, params, categorical=[3, 4], dp=DPConfig(), noise_multiplier=2.0, noise_seed=11)
+        models.append(model)
+    assert len(models[0].trees) == 3
+    for a, b in zip(*(m.trees for m in models)):
+        assert np.array_equal(a.nodes, b.nodes)  # the same noise, drawn once from the same rows' stream
