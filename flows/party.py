@@ -27,14 +27,21 @@ def party_server(
     party = prepare_organisation(cfg, org)
     logger = get_run_logger()
     stop = threading.Event()
-    if stop_after_seconds:
-        threading.Timer(stop_after_seconds, stop.set).start()
-    serve(
-        cfg,
-        org,
-        party,
-        host=address[0],
-        port=address[1],
-        stop=stop,
-        ready=lambda server: logger.info("party %s serving on %s", org, server.endpoint),
-    )
+    # a daemon timer, cancelled when serving ends: a run cancelled from Prefect exits at once, not at the window's end
+    timer = threading.Timer(stop_after_seconds, stop.set) if stop_after_seconds else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        serve(
+            cfg,
+            org,
+            party,
+            host=address[0],
+            port=address[1],
+            stop=stop,
+            ready=lambda server: logger.info("party %s serving on %s", org, server.endpoint),
+        )
+    finally:
+        if timer is not None:
+            timer.cancel()
