@@ -467,7 +467,9 @@ def party_serve(
     allow_insecure: bool = typer.Option(False, "--allow-insecure", help="Plain gRPC, for local tests only."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key by dotted path (this party's policy)."),
     output: Path = typer.Option(
-        Path("fedmine-party"), "--output", help="This organisation's own files (explanation plots in explain/)."
+        Path("fedmine-party"),
+        "--output",
+        help="This organisation's own files (explanation plots in explain/, made when asked for).",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
 ) -> None:
@@ -485,7 +487,8 @@ def party_serve(
     if cfg.organisations[org].source is None:
         raise ConfigError(f"organisations.{org}.source: not set in {config}; the party server reads its data from it")
     address = listen_address(cfg, org, host, port)
-    output_path(output, "--output", folder=True)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output}: not a folder")
     _quiet_prefect(verbose)
     from fedmine.flows.prepare import prepare_organisation
 

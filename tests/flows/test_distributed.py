@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from fedmine.transport.certs import init_ca, issue
 
@@ -32,13 +33,13 @@ def free_port() -> int:
 
 
 def start_party(
-    config: Path, org: str, env: dict, overrides: list[str] = (), seen: list | None = None
+    config: Path, org: str, env: dict, overrides: list[str] = (), seen: list | None = None, extra: list[str] = ()
 ) -> subprocess.Popen:
     """An organisation's party server; ``overrides`` are its own --set (its policy follows its config).
 
-    ``seen`` collects what the server printed until it served.
+    ``seen`` collects what the server printed until it served; ``extra`` are more options of party serve.
     """
-    extra = [arg for item in overrides for arg in ("--set", item)]
+    extra = [*(arg for item in overrides for arg in ("--set", item)), *extra]
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedmine.cli", "party", "serve", str(config), "--org", org, *extra],
         env=env,
@@ -93,13 +94,36 @@ def federation(prefect_harness, demo_config, tmp_path_factory):
 
 
 def test_flight_mtls_equals_simulation(federation, demo_config, tmp_path):
+    """The same model over Flight as in process; then fedmine explain over the same servers keeps each
+    organisation's plots in its server's own --output folder (nothing of them reaches the coordinator)."""
+    from fedmine.flows.explain import federated_explanation
     from fedmine.flows.train import federated_training
 
-    procs = [start_party(federation["config"], org, federation["env"]) for org in ORGS]
+    outputs = {org: tmp_path / f"party-{org}" for org in ORGS}
+    procs = [
+        start_party(federation["config"], org, federation["env"], extra=["--output", str(outputs[org])]) for org in ORGS
+    ]
+    store = f"tracking.uri=sqlite:///{tmp_path}/r/m.db"
     try:
-        remote = federated_training(str(federation["config"]), [*TRAINING, f"tracking.uri=sqlite:///{tmp_path}/r/m.db"])
+        remote = federated_training(str(federation["config"]), [*TRAINING, store])
+        explained = federated_explanation(str(federation["config"]), remote["model_file"], ["bank", "telecom"], [store])
     finally:
         stop(procs)
+    assert explained["secure_aggregation"] and explained["organisations"] == list(ORGS)
+    assert explained["rows"] == sum(o["rows"] for o in remote["organisations"].values())
+    for org in ("bank", "telecom"):
+        files = {p.name for p in (outputs[org] / "explain").iterdir()}
+        assert {"summary.png", "dependence_debt_ratio.png", "mean_abs_shap.csv"} <= files
+    assert not outputs["retailer"].exists()  # asked for no plots: nothing written, not even its folder
+    client = MlflowClient(store.split("=", 1)[1])
+    run = client.get_run(explained["run_id"])
+    assert client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'") == []
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "explain")} == {
+        "explain/report.md",
+        "explain/report.html",
+        "explain/importance.png",
+        "explain/explanation.json",
+    }
     local = federated_training(str(demo_config), [*TRAINING, f"tracking.uri=sqlite:///{tmp_path}/l/m.db"])
     assert remote["privacy"]["secure_aggregation"] is True
     assert Path(remote["model_file"]).read_text() == Path(local["model_file"]).read_text()
