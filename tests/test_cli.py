@@ -443,6 +443,7 @@ def mlflow_ui(trained, store):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the MLflow UI's first start and page loads are slow on a loaded machine
 def test_ui_serves_run_and_round_history(trained, mlflow_ui):
     """`fedmine ui` on loopback: the run, its per-round metric history and the nested runs over HTTP."""
     base = mlflow_ui
@@ -473,6 +474,7 @@ SCREENSHOT_ENV = "FEDMINE_SCREENSHOT"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the MLflow UI's first start and page loads are slow on a loaded machine
 def test_ui_run_page_in_chromium(trained, mlflow_ui, tmp_path):
     """The training run's page in headless Chromium: the model-training view, the validation charts first
     (one point per round), the nested organisation runs; a screenshot of the charts."""

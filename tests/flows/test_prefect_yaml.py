@@ -259,6 +259,7 @@ def _flow_runs(api: str) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the server, workers and party servers start in its first test's setup
 def test_training_deployment_over_party_servers_on_each_organisations_pool(deployed, tmp_path):
     """Each party-server run on its organisation's pool, its data prepared inside it; the training on the
     coordinator's pool ends with the model `fedmine run` trains on the same federation in one process."""
@@ -309,6 +310,7 @@ def test_training_deployment_over_party_servers_on_each_organisations_pool(deplo
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the server, workers and party servers start in its first test's setup
 def test_profile_deployment_profiles_endpoint_only_organisations_over_their_party_servers(deployed, tmp_path):
     """The profile on the coordinator's pool reaches every organisation at its party server (the coordinator's
     config has endpoints only, its folder no data): the protocol's profile calls, aggregates back."""
