@@ -150,14 +150,29 @@ def locate(source: str, *, base_dir: str | os.PathLike[str] | None = None, files
             raise SourceError("a file:// URI needs an absolute path: file:///abs/path")
         return Location(kind, suffix, unquote(rest.split("?", 1)[0]), None)
 
-    try:
-        fs, path = pyarrow.fs.FileSystem.from_uri(source)
-    except (ValueError, TypeError, NotImplementedError, OSError) as exc:
-        raise SourceError(
-            f"unsupported scheme '{scheme}' ({one_line(exc)}); "
-            f"supported: {', '.join(SUPPORTED)} or a pyarrow filesystem URI"
-        ) from exc
+    fs, path = filesystem_of(source, scheme)
     return Location(kind, suffix, path, fs)
+
+
+def filesystem_of(source: str, scheme: str | None) -> tuple[Any, str]:
+    """``(filesystem, path)`` of a URI: pyarrow's own filesystems first, then any fsspec protocol.
+
+    An fsspec filesystem (``memory://``, ``abfs://``, ``gcs://`` with its
+    package installed, ...) is wrapped as a pyarrow filesystem.
+    """
+    try:
+        return pyarrow.fs.FileSystem.from_uri(source)
+    except (ValueError, TypeError, NotImplementedError, OSError) as exc:
+        import fsspec.core
+
+        try:
+            fs, path = fsspec.core.url_to_fs(source.split("?", 1)[0])
+        except (ValueError, ImportError, OSError):
+            raise SourceError(
+                f"unsupported scheme '{scheme}' ({one_line(exc)}); "
+                f"supported: {', '.join(SUPPORTED)}, a pyarrow or an fsspec filesystem URI"
+            ) from exc
+        return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path
 
 
 def _folder(source: str, scheme: str | None, *, base_dir: Any, filesystem: Any) -> Location | None:
@@ -169,9 +184,9 @@ def _folder(source: str, scheme: str | None, *, base_dir: Any, filesystem: Any) 
             path = Path(base_dir).expanduser() / path
         return Location("parquet", "", str(path.absolute()), None) if path.is_dir() else None
     try:
-        fs, path = (filesystem, source) if filesystem is not None else pyarrow.fs.FileSystem.from_uri(source)
+        fs, path = (filesystem, source) if filesystem is not None else filesystem_of(source, scheme)
         is_dir = fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
-    except (ValueError, TypeError, NotImplementedError, OSError):
+    except (SourceError, ValueError, TypeError, NotImplementedError, OSError):
         return None
     return Location("parquet", "", path, fs) if is_dir else None
 

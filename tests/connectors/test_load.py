@@ -95,7 +95,7 @@ def test_unsupported_source_lists_what_is_supported(source, what):
 def test_unknown_filesystem_scheme_lists_what_is_supported():
     with pytest.raises(
         ConnectorError,
-        match=r"unsupported scheme 'nosuchfs' \(.*\); supported: .* or a pyarrow filesystem URI$",
+        match=r"unsupported scheme 'nosuchfs' \(.*\); supported: .*, a pyarrow or an fsspec filesystem URI$",
     ):
         load("nosuchfs://bucket/bank.parquet")
 

@@ -101,3 +101,16 @@ def test_sql_key_ranges_read_the_rows_load_reads(tmp_path):
         ConnectorError, match=r"partition_key id must be unique and never NULL \(it orders the rows\): 1 of 1001 rows"
     ):
         plan(source, read)
+
+
+def test_a_dataset_on_an_fsspec_filesystem(hive):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for path in sorted(hive.rglob("*.parquet")):
+        memory.pipe(f"/lake/{path.relative_to(hive).as_posix()}", path.read_bytes())
+    whole = load("memory://lake")
+    pandas.testing.assert_frame_equal(whole, load(str(hive)))
+    parts = plan("memory://lake", partition_rows=150)
+    got = pandas.concat([f for p in parts for f in read_partition(p, source="memory://lake")], ignore_index=True)
+    pandas.testing.assert_frame_equal(got, whole)
