@@ -137,8 +137,12 @@ def bench_tree(args) -> None:
     print(f"  LightGBM on the joined table: {lgb_tree:.4f} s per tree wall, {lgb_cpu:.4f} s CPU")
     print(
         f"  per tree: fedmine vertical {tree:.2f} s, LightGBM {lgb_tree:.4f} s, ratio {tree / lgb_tree:,.0f}x (wall); "
-        f"CPU {tree_cpu:.2f} s against {lgb_cpu:.4f} s, ratio {tree_cpu / max(lgb_cpu, 1e-9):,.0f}x; "
-        f"about {tree_cpu / 2:.1f} s per tree on 2 idle cores if the work spreads over both"
+        + (
+            f"CPU {tree_cpu:.2f} s against {lgb_cpu:.4f} s, ratio {tree_cpu / max(lgb_cpu, 1e-9):,.0f}x; "
+            f"about {tree_cpu / 2:.1f} s per tree on 2 idle cores if the work spread over both"
+            if args.in_process
+            else "CPU not comparable: the worker pools' CPU is not counted (use --in-process)"
+        )
     )
     print(
         f"  100 trees, extrapolated from {args.trees}: fedmine vertical {100 * tree + t_begin:.0f} s "
