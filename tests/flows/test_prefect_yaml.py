@@ -242,8 +242,9 @@ def deployed(tmp_path_factory):
             "timings": timings,
             "simulation_run": simulation,
         }
-        # the party servers' window ends early: their runs are cancelled and the workers end the processes
-        _prefect_all([["flow-run", "cancel", run_id] for run_id in parties.values()], env=env)
+        running = [r for r in parties.values() if _api(api, f"/flow_runs/{r}")["state_type"] == "RUNNING"]
+        if running:  # a test stopped before cancelling them
+            _prefect_all([["flow-run", "cancel", run_id] for run_id in running], env=env)
     finally:
         _stop(procs)
         _stop([server])
@@ -354,3 +355,22 @@ def test_profile_deployment_profiles_endpoint_only_organisations_over_their_part
         assert f"psi/{org}/income" in profile_run.data.metrics
     deployed["timings"]["profile deployment (--watch)"] = watched
     print(deployed["timings"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_party_servers_end_when_their_runs_are_cancelled(deployed):
+    """`prefect flow-run cancel` ends a party server's window early: the run ends CANCELLED, its port closes."""
+    env, api = deployed["env"], deployed["api"]
+    _prefect_all([["flow-run", "cancel", run_id] for run_id in deployed["parties"].values()], env=env)
+    deadline = time.time() + 120
+    while True:
+        states = {org: _api(api, f"/flow_runs/{r}")["state_type"] for org, r in deployed["parties"].items()}
+        if set(states.values()) == {"CANCELLED"} or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert states == dict.fromkeys(ORGS, "CANCELLED")
+    for endpoint in deployed["endpoints"].values():
+        host, port = endpoint.rsplit("/", 1)[1].split(":")
+        with socket.socket() as sock:
+            assert sock.connect_ex((host, int(port))) != 0, endpoint
