@@ -100,3 +100,18 @@ def test_bad_vertical_config_is_one_line_naming_the_key(write, change, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config(write(change))
     assert "\n" not in str(info.value)
+
+
+def test_every_vertical_key_is_documented():
+    from pathlib import Path
+
+    from fedmine.config import IdSpec, VerticalSpec
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    section = text[text.index("## vertical") :]
+    for name in VerticalSpec.model_fields:
+        assert f"`{name}`" in section, name
+    organisations = text[text.index("## organisations.NAME") : text.index("## profile")]
+    for name in ("id", "features", "holds_label", *IdSpec.model_fields):
+        assert f"`{name}`" in organisations, name
+    assert "`partition`" in text[: text.index("## features.NAME")]
