@@ -235,7 +235,36 @@ class HomomorphicPublic:
         return (1 + mpz(m) * self.n) % self.n2 * noise % self.n2
 
 
-class HomomorphicKeys:
+class _Pooled:
+    """A persistent pool of spawned worker processes, made on first use and kept while ``workers`` stays the same.
+
+    Subclasses set ``_pool`` and ``_finalizer`` to None in their constructor.
+    """
+
+    _pool: tuple[int, Executor] | None
+    _finalizer: weakref.finalize | None
+
+    def _pool_of(self, workers: int, initializer, initargs: tuple) -> Executor:
+        if self._pool is not None and self._pool[0] == workers:
+            return self._pool[1]
+        self.close()
+        executor = ProcessPoolExecutor(
+            max_workers=workers, mp_context=mp.get_context("spawn"), initializer=initializer, initargs=initargs
+        )
+        self._pool = (workers, executor)
+        self._finalizer = weakref.finalize(self, executor.shutdown, wait=False, cancel_futures=True)
+        return executor
+
+    def close(self) -> None:
+        """Stop the worker pool, if any, and wait for its processes to exit."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if self._pool is not None:
+            self._pool[1].shutdown(wait=True, cancel_futures=True)
+        self._pool = self._finalizer = None
+
+
+class HomomorphicKeys(_Pooled):
     """The label holder's Paillier key pair. Private: only :attr:`public` leaves the organisation.
 
     Attributes
@@ -344,26 +373,7 @@ class HomomorphicKeys:
 
     def pool(self, workers: int) -> Executor:
         """A pool of ``workers`` processes that hold these keys' tables (made on first use, kept for the next tree)."""
-        if self._pool is not None and self._pool[0] == workers:
-            return self._pool[1]
-        self.close()
-        executor = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=mp.get_context("spawn"),
-            initializer=_holder_init,
-            initargs=(self.__getstate__(),),
-        )
-        self._pool = (workers, executor)
-        self._finalizer = weakref.finalize(self, executor.shutdown, wait=False, cancel_futures=True)
-        return executor
-
-    def close(self) -> None:
-        """Stop the worker pool, if any, and wait for its processes to exit."""
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        if self._pool is not None:
-            self._pool[1].shutdown(wait=True, cancel_futures=True)
-        self._pool = self._finalizer = None
+        return self._pool_of(workers, _holder_init, (self.__getstate__(),))
 
     def decrypt(self, c: int) -> mpz:
         """The plaintext ``0 <= m < n`` of one ciphertext (Chinese remainder theorem)."""
@@ -482,7 +492,7 @@ def _ciphertexts(public: HomomorphicPublic, body: np.ndarray, what: str) -> list
     return out
 
 
-class EncryptedRows:
+class EncryptedRows(_Pooled):
     """One tree's row ciphertexts ``E(v_i)`` and their :class:`Layout`, as received by an owner.
 
     Holds the ciphertexts as numbers (:attr:`ciphertexts`) and, once an owner
@@ -532,26 +542,7 @@ class EncryptedRows:
 
     def pool(self, workers: int) -> Executor:
         """A pool of ``workers`` processes that have loaded these ciphertexts (made on first use)."""
-        if self._pool is not None and self._pool[0] == workers:
-            return self._pool[1]
-        self.close()
-        executor = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=mp.get_context("spawn"),
-            initializer=_owner_init,
-            initargs=(self.public.__getstate__(), self.to_array()),
-        )
-        self._pool = (workers, executor)
-        self._finalizer = weakref.finalize(self, executor.shutdown, wait=False, cancel_futures=True)
-        return executor
-
-    def close(self) -> None:
-        """Stop the worker pool, if any, and wait for its processes to exit."""
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        if self._pool is not None:
-            self._pool[1].shutdown(wait=True, cancel_futures=True)
-        self._pool = self._finalizer = None
+        return self._pool_of(workers, _owner_init, (self.public.__getstate__(), self.to_array()))
 
 
 class PackedHistograms:
