@@ -494,9 +494,8 @@ def party_serve(
 
     party = prepare_organisation(cfg, org)
     party.output_dir = output.resolve()
-    if hasattr(party, "dashboard_link"):  # an organisation on its Dask cluster
-        where = f"{len(party.partitions_.plans)} partitions on Dask {party.client.scheduler.address}"
-        typer.echo(f"party {org}: {where}, dashboard {party.dashboard_link}")
+    if (where := party.where()) is not None:
+        typer.echo(f"party {org}: {where}")
     try:
         serve(
             cfg,

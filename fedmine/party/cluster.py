@@ -224,6 +224,11 @@ class ClusterParty(Party):
         """The Dask dashboard of the organisation's cluster."""
         return str(self.client.dashboard_link)
 
+    def where(self) -> str:
+        """The partitions, the scheduler and its dashboard."""
+        where = f"{len(self.partitions_.plans)} partitions on Dask {self.client.scheduler.address}"
+        return f"{where}, dashboard {self.dashboard_link}"
+
     def close(self) -> None:
         """Let the partitions go; stop the LocalCluster if this party started it."""
         self.stop(self.partitions_, self.cluster)

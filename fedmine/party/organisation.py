@@ -369,6 +369,10 @@ class Party:
         )
 
     # -- organisation calls (protocol table, side "organisation") ------------
+    def where(self) -> str | None:
+        """Where the organisation's rows are held, for the operator's console (``None``: in this process)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Feature names, the harmonisation report and a digest of the rows (no counts: :meth:`label_totals`)."""
         if self._train_count() == 0:
