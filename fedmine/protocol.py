@@ -240,6 +240,13 @@ _TABLE: tuple[Call, ...] = (
          "{requests} | {result: float64 (n, n_trees_per_round): raw scores}", "each", DISCLOSED,
          "label holder: raw scores of the given customers, each split's test answered by its owner",
          ("requests", "raw_scores")),
+    Call("vertical_rejoin", ORGANISATION, (ANY,), None,
+         "training_id: str, rounds: int, params: {str: value}, ranges: float64 (n_features, 2) | None",
+         "{requests} | {result: {shared_rows: int, rounds: int; label holder: metrics, alone, done, trees}}",
+         "each", DISCLOSED,
+         "take up a training after a restart or a resume from the party's own disk: its shared rows, its bins; "
+         "the label holder a fresh key, the joined bins and its loop, trees and scores of that round",
+         ("requests", "shared_rows", "rounds", "metrics", "alone", "done", "trees")),
     # -- vertical federation: a feature owner's answers to the label holder (through the coordinator) ---------
     Call("owner_bins", ORGANISATION, (ANY,), None,
          "ranges: float64 (n_own, 2) | None, categorical: bool (n_own,), max_bin: int, n_grid: int",

@@ -236,7 +236,7 @@ class Tracker:
         self._checkpoints = len(parts)
         return state, arrays
 
-    def save_checkpoint(self, state: dict[str, Any], arrays: dict[str, Any]) -> None:
+    def save_checkpoint(self, state: dict[str, Any], arrays: dict[str, Any], *, now: bool = False) -> None:
         """The coordinator's state after a round; written with the round metrics at most every :data:`FLUSH_SECONDS`.
 
         Only arrays not saved before (a round's new trees) are written, as
@@ -245,11 +245,11 @@ class Tracker:
         saved never changes: trees are only ever added, or dropped from the end
         (``state`` says how many count). The round metrics are written first,
         so a checkpoint is never ahead of them: a resume grows (and logs) again
-        only rounds after it.
+        only rounds after it. ``now``: written at once, with the metrics held back.
         """
         self._pending_state = state
         self._pending_arrays.update({k: v for k, v in arrays.items() if k not in self._saved_arrays})
-        if time.monotonic() - self._flushed >= FLUSH_SECONDS:
+        if now or time.monotonic() - self._flushed >= FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:

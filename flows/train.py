@@ -17,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from fedmine import report
 from fedmine.config import FederationConfig, load_config
+from fedmine.coordinator.vertical import check_resume
 from fedmine.errors import ConfigError, output_path
 from fedmine.flows.prepare import prepare_organisation
 from fedmine.schema.check import log_check
@@ -24,6 +25,7 @@ from fedmine.tasks.rounds import (
     connect_party,
     intersect,
     local_baselines,
+    resume_vertical,
     start_federation,
     start_vertical,
     train_rounds,
@@ -60,6 +62,8 @@ def federated_training(
         tracker.start(tags={"fedmine.config": str(Path(config).resolve())})
     parties: list[Any] = []
     try:
+        if checkpoint is not None:
+            check_resume(cfg, checkpoint[0])  # the same partition and organisations, before any party is asked
         # each organisation: prepared here (a source) or reached at its party server (an endpoint)
         futures = [
             connect_party.submit(cfg, org) if spec.endpoint else _prepare.submit(cfg, org)
@@ -68,13 +72,15 @@ def federated_training(
         parties = [f.result() for f in futures]
         first = 1
         if cfg.partition == "vertical":
-            if checkpoint is not None:
-                raise ConfigError("--resume: a vertical training is not resumed; run it again")
-            coord = intersect(cfg, parties)  # its own step: the shared customers, before any round
-            with tracker.writing("logging the intersection"):
-                tracker.log_metrics(coord.intersection_metrics(), step=0)
-            coord = start_vertical(coord)
-            tracker.start_organisation(coord.lead, rows=coord.shared_rows, report={})
+            if checkpoint is not None:  # every organisation takes it up from its own disk, no new intersection
+                coord = resume_vertical(cfg, parties, checkpoint[0])
+                first = coord.last_round + 1
+            else:
+                coord = intersect(cfg, parties)  # its own step: the shared customers, before any round
+                with tracker.writing("logging the intersection"):
+                    tracker.log_metrics(coord.intersection_metrics(), step=0)
+                coord = start_vertical(coord)
+                tracker.start_organisation(coord.lead, rows=coord.shared_rows, report={})
         else:
             coord = start_federation(cfg, parties, None if checkpoint is None else checkpoint[0])
             reports = {name: d.get("report") or {} for name, d in coord.descriptions.items()}

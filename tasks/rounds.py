@@ -45,6 +45,14 @@ def intersect(cfg: FederationConfig, parties: list[Party]) -> VerticalCoordinato
     return coord
 
 
+@task(name="resume-vertical", cache_policy=NO_CACHE)
+def resume_vertical(cfg: FederationConfig, parties: list[Party], state: dict) -> VerticalCoordinator:
+    """A vertical training taken up from a checkpoint: every organisation reads its own saved state back."""
+    coord = VerticalCoordinator(cfg, parties)
+    coord.resume(state)
+    return coord
+
+
 @task(name="start-vertical", cache_policy=NO_CACHE)
 def start_vertical(coord: VerticalCoordinator) -> VerticalCoordinator:
     """The label holder's key pair, the joined bins (each owner bins its own features) and the initial score."""
@@ -77,7 +85,8 @@ def run_rounds(coord: Coordinator | VerticalCoordinator, tracker: Tracker, first
         result = coord.run_round(r)
         with tracker.writing(f"logging round {r}"):
             tracker.log_round(r, result.flat(), result.org_metrics)
-            tracker.save_checkpoint(*coord.checkpoint())
+            # vertical: written with every round, so the label holder's saved rounds always include it
+            tracker.save_checkpoint(*coord.checkpoint(), now=isinstance(coord, VerticalCoordinator))
         if progress.report(r, last, result.global_metrics):
             coord.stopped = True  # a listener asked to stop here (a pruned tuning trial)
         if r >= last or coord.stopped or time.monotonic() - t0 >= ROUNDS_TASK_SECONDS:

@@ -70,6 +70,40 @@ def declared_ranges(cfg: FederationConfig) -> np.ndarray:
     return out
 
 
+def wait_for_party(link: Link, *, seconds: float) -> bool:
+    """Wait up to ``seconds`` for a party that failed to answer ``describe`` again (it restarted); True if it did.
+
+    The link is marked as working again when it answers.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            link.party.call("describe")
+            break
+        except PartyError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1.0)
+    link.failed = False
+    return True
+
+
+def same_rows(org: str, before: str | None, description: dict[str, Any]) -> None:
+    """The organisation still holds the rows it started the training with (by their fingerprint).
+
+    Raises
+    ------
+    DataError
+        The fingerprint differs: one line naming the organisation and both digests.
+    """
+    now = description.get("fingerprint")
+    if before != now:
+        raise DataError(
+            f"organisation {org}: source changed since the training started "
+            f"(rows fingerprint {str(before)[:12]} then, {str(now)[:12]} now)"
+        )
+
+
 @dataclass
 class RoundResult:
     """What one round produced: metrics (global and per organisation), seconds, bytes."""
@@ -325,16 +359,8 @@ class Coordinator:
         """
         if not self.cfg.organisations[failed.name].endpoint or not self.strategy.can_recover:
             return False
-        deadline = time.monotonic() + self.cfg.transport.rejoin_seconds
-        while True:
-            try:
-                failed.party.call("describe")
-                break
-            except PartyError:
-                if time.monotonic() > deadline:
-                    return False
-                time.sleep(1.0)
-        failed.failed = False
+        if not wait_for_party(failed, seconds=self.cfg.transport.rejoin_seconds):
+            return False
         self._same_rows(failed.name, failed.call("describe"))
         failed.call("begin_training", self.training_id)
         self.notices.append(f"party {failed.name} failed in round {ctx.round_id} ({exc}) and rejoined")
@@ -344,15 +370,7 @@ class Coordinator:
 
     def _same_rows(self, org: str, description: dict[str, Any], *, was: str | None = None) -> None:
         """The organisation still holds the rows it started the training with (by their fingerprint)."""
-        from fedmine.errors import DataError
-
-        before = was if was is not None else self.descriptions[org].get("fingerprint")
-        now = description.get("fingerprint")
-        if before != now:
-            raise DataError(
-                f"organisation {org}: source changed since the training started "
-                f"(rows fingerprint {str(before)[:12]} then, {str(now)[:12]} now)"
-            )
+        same_rows(org, was if was is not None else self.descriptions[org].get("fingerprint"), description)
 
     def _drop(self, failed: Link, ctx: RoundContext, exc: Exception) -> None:
         """Leave ``failed`` out: fewer parties, fresh masks among the rest (privacy.on_party_failure: continue)."""

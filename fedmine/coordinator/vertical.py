@@ -15,6 +15,14 @@ not columns (``partition: vertical``); the label holder grows the trees
   it brings back. What it sees on the way is listed in docs/privacy.md:
   ciphertexts, bin counts, node row sets and which rows go left.
 
+A party at an endpoint that fails during the rounds and comes back (it was
+restarted with the same command) is taken up again as in horizontal (its
+rows' fingerprint checked, ``transport.rejoin_seconds``): ``vertical_rejoin``
+has it read its own saved state (its shared rows and bins; the label holder
+its loop, trees and scores), and the round is grown again from its start.
+:meth:`resume` does the same for every organisation when a coordinator that
+stopped is resumed (``fedmine run --resume``).
+
 It offers what the flow, the tracker and the report use of the horizontal
 :class:`~fedmine.coordinator.training.Coordinator`: ``descriptions``,
 ``history`` of :class:`~fedmine.coordinator.training.RoundResult`,
@@ -34,8 +42,43 @@ import numpy as np
 from fedmine import metrics, protocol
 from fedmine.config import FederationConfig
 from fedmine.coordinator.link import Link
-from fedmine.coordinator.training import RoundResult, declared_ranges
+from fedmine.coordinator.training import RoundResult, declared_ranges, same_rows, wait_for_party
 from fedmine.errors import ConfigError, DataError, PartyError
+
+#: Times a round may be taken up again after parties failed and came back, before the training fails.
+MAX_REJOINS_PER_ROUND = 5
+
+
+def check_resume(cfg: FederationConfig, state: dict[str, Any]) -> None:
+    """A checkpoint fits the config it is resumed with: the same partition, organisations and label holder.
+
+    Raises
+    ------
+    ConfigError
+        One line saying what the run trained with and what the config says.
+    """
+    was = state.get("partition", "horizontal")
+    if was != cfg.partition:
+        raise ConfigError(
+            f"--resume: the run trained with partition: {was}, the config says partition: {cfg.partition}"
+        )
+    if cfg.partition != "vertical":
+        return
+    orgs = list(state.get("organisations") or [])
+    if sorted(orgs) != sorted(cfg.organisations):
+        raise ConfigError(
+            f"--resume: the run trained organisations {', '.join(orgs)}; the config has {', '.join(cfg.organisations)}"
+        )
+    if state.get("label_holder") != cfg.label_holder:
+        raise ConfigError(
+            f"--resume: the run's label holder was {state.get('label_holder')}; the config says {cfg.label_holder}"
+        )
+    local = [o for o, spec in cfg.organisations.items() if not spec.endpoint]
+    if local:
+        raise ConfigError(
+            f"--resume: a vertical training resumes over the organisations' party servers, which keep its state on "
+            f"their own disk; organisations.{local[0]}.endpoint is not set"
+        )
 
 
 def sorted_points(points: np.ndarray) -> np.ndarray:
@@ -67,6 +110,7 @@ class VerticalCoordinator:
         self.last_round = 0
         self.shared_rows = 0
         self.id_counts: dict[str, int] = {}
+        self.fingerprints: dict[str, str | None] = {}  # each organisation's rows, when the training started
         self.psi_seconds = 0.0
         self._alone: dict[str, float] = {}
         self._trees = 0
@@ -102,7 +146,9 @@ class VerticalCoordinator:
         for name in names:
             link = self.links[name]
             link.call("begin_training", self.training_id)
-            self.id_counts[name] = int(link.call("describe")["n_ids"])
+            d = link.call("describe")
+            self.id_counts[name] = int(d["n_ids"])
+            self.fingerprints[name] = d.get("fingerprint")
         blinded = dict(zip(names, self._each(lambda o: self.links[o].call("psi_blind"), names)))
 
         def full(o: str) -> np.ndarray:
@@ -172,8 +218,96 @@ class VerticalCoordinator:
         d = self.links[self.lead].call("describe")
         self.descriptions = {self.lead: d}
         self.n_rows, self.n_valid = int(d["n_rows"]), int(d["n_valid"])
-        params = self.cfg.training.engine_params(self.objective, self.cfg.num_class, metrics.primary(self.objective))
-        self._converse("vertical_begin", params, declared_ranges(self.cfg))
+        self._converse("vertical_begin", self._params(), declared_ranges(self.cfg))
+
+    def _params(self) -> dict[str, Any]:
+        return self.cfg.training.engine_params(self.objective, self.cfg.num_class, metrics.primary(self.objective))
+
+    # -- parties that restarted, a coordinator that resumes ------------------
+    def _with_rejoin(self, round_id: int, work):
+        """``work()``; a party at an endpoint that fails meanwhile and comes back is taken up, and work runs again."""
+        back: list[str] = []
+        for attempt in range(MAX_REJOINS_PER_ROUND + 1):
+            try:
+                if back:
+                    self._take_up(back, self.last_round)
+                    back = []
+                return work()
+            except PartyError as exc:
+                failed = [link for link in self.links.values() if link.failed]
+                if (
+                    not failed
+                    or attempt == MAX_REJOINS_PER_ROUND
+                    or any(not self.cfg.organisations[link.name].endpoint for link in failed)
+                ):
+                    raise
+                for link in failed:
+                    if not wait_for_party(link, seconds=self.cfg.transport.rejoin_seconds):
+                        raise
+                    same_rows(link.name, self.fingerprints.get(link.name), link.call("describe"))
+                    self.notices.append(f"party {link.name} failed in round {round_id} ({exc}) and rejoined")
+                back = sorted(set(back) | {link.name for link in failed})
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _take_up(self, names: list[str], rounds: int) -> dict[str, Any] | None:
+        """Organisations ``names`` take the training up again after ``rounds`` rounds from their own disks.
+
+        Owners first (they answer the label holder's bin requests); the label
+        holder's answer (its progress) if it is among them.
+        """
+        args = (self.training_id, int(rounds), self._params(), declared_ranges(self.cfg))
+        for name in [n for n in names if n != self.lead]:
+            shared = int(self.links[name].call("vertical_rejoin", *args)["result"]["shared_rows"])
+            if self.shared_rows and shared != self.shared_rows:
+                raise PartyError(
+                    f"party {name}: rejoined with {shared} shared rows; the training has {self.shared_rows}"
+                )
+        if self.lead not in names:
+            return None
+        result = self._converse("vertical_rejoin", *args)
+        if self.shared_rows and int(result["shared_rows"]) != self.shared_rows:
+            raise PartyError(
+                f"party {self.lead}: rejoined with {result['shared_rows']} shared rows; "
+                f"the training has {self.shared_rows}"
+            )
+        self._trees, self._alone = int(result["trees"]), dict(result["alone"])
+        self.stopped, self._model_done = bool(result["done"]), False
+        return result
+
+    def resume(self, state: dict[str, Any]) -> int:
+        """Continue the training of a checkpoint (:meth:`checkpoint`) over the same party servers; the next round.
+
+        Every organisation takes the training up from its own disk (no new
+        intersection); its rows must be those it started with.
+        """
+        check_resume(self.cfg, state)
+        self.training_id = str(state["training_id"])
+        self.shared_rows = int(state["shared_rows"])
+        self.last_round = int(state["round"])
+        was = state.get("fingerprints") or {}
+        for name, link in self.links.items():
+            d = link.call("describe")
+            same_rows(name, was.get(name), d)
+            self.fingerprints[name] = d.get("fingerprint")
+            self.id_counts[name] = int(d["n_ids"])
+        result = self._take_up(list(self.links), self.last_round)
+        assert result is not None  # the label holder is among the links
+        d = self.links[self.lead].call("describe")
+        self.descriptions = {self.lead: d}
+        self.n_rows, self.n_valid = int(d["n_rows"]), int(d["n_valid"])
+        self.history.append(  # the round the checkpoint recorded, as the label holder restored it
+            RoundResult(
+                round_id=self.last_round,
+                global_metrics=dict(result["metrics"]),
+                org_metrics={self.lead: dict(result["metrics"])},
+                seconds=0.0,
+                bytes_sent=0,
+                bytes_received=0,
+                trees=self._trees,
+                stopped=self.stopped,
+            )
+        )
+        return self.last_round + 1
 
     def run_round(self, round_id: int) -> RoundResult:
         """One round grown by the label holder; the vertical model's and the label holder's own validation metrics."""
@@ -182,7 +316,7 @@ class VerticalCoordinator:
         t0 = time.perf_counter()
         sent0, recv0 = self.bytes_sent(), self.bytes_received()
         org_sent0 = {o: link.bytes_sent for o, link in self.links.items()}
-        result = self._converse("vertical_round")
+        result = self._with_rejoin(round_id, lambda: self._converse("vertical_round"))
         self._trees = int(result["trees"])
         self._alone = dict(result["alone"])
         self.stopped = bool(result["done"])
@@ -250,5 +384,19 @@ class VerticalCoordinator:
         return PrivacyReceipt(secure_aggregation=False, n_parties=len(self.links), parameters=learned)
 
     def checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The coordinator holds no model in vertical federation: its state is the round reached."""
-        return {"round": self.last_round, "partition": "vertical", "training_id": self.training_id}, {}
+        """The coordinator holds no model in vertical federation: its state is the round reached and who trained.
+
+        The label holder keeps the loop, trees and scores of every round on its
+        own disk (the last two), so :meth:`resume` takes it up from the round
+        recorded here.
+        """
+        return {
+            "round": self.last_round,
+            "partition": "vertical",
+            "training_id": self.training_id,
+            "organisations": list(self.links),
+            "label_holder": self.lead,
+            "shared_rows": int(self.shared_rows),
+            "fingerprints": dict(self.fingerprints),
+            "stopped": self.stopped,
+        }, {}

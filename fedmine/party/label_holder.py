@@ -45,6 +45,7 @@ from fedmine.gbdt.predictor import leaves_from_decisions
 from fedmine.gbdt.rows import NODE_STRIDE, LocalRows, split_node_id
 from fedmine.gbdt.state import EngineState
 from fedmine.party.feature_owner import default_cipher, unpack_mask, workers_for
+from fedmine.protocol import READY
 
 Ask = Callable[[list], list]
 
@@ -120,6 +121,7 @@ class VerticalRows(EngineState):
         self.cipher = cipher
         self.ask = ask
         self._pending: list[tuple] = []  # owners' splits, sent with the next request
+        self._kept_scores = False  # scores restored from disk: the next replay walks no tree
 
     # -- bins -------------------------------------------------------------
     def agree_bins(self, ranges, *, categorical, max_bin: int, n_grid: int) -> binning.BinMapper:
@@ -168,7 +170,32 @@ class VerticalRows(EngineState):
 
     def replay(self, rounds) -> np.ndarray:
         self._flush()
+        if self._kept_scores:  # a rejoin: the scores come from the label holder's disk, no tree is walked again
+            self._kept_scores = False
+            self._enter("replay")
+            return self._gradients()
         return super().replay(rounds)
+
+    def keep_scores(self, scores: np.ndarray, scores_valid: np.ndarray | None) -> None:
+        """Scores saved after a past round (shape (n_trees, n_rows) and (n_trees, n_valid)); the next
+        :meth:`replay` keeps them instead of walking the trees (whose owners' tests would be asked again)."""
+        self.scores_ = np.array(scores, dtype=np.float64)
+        if scores_valid is not None:
+            self.scores_valid_ = np.array(scores_valid, dtype=np.float64)
+        self._kept_scores = True
+
+    def rewind(self, scores: np.ndarray, scores_valid: np.ndarray | None) -> np.ndarray:
+        """Back to the start of a round that did not finish (an owner failed in it): its scores, fresh gradients.
+
+        Returns the gradient bounds, those the round started with.
+        """
+        self._pending = []
+        self.partitions_ = []
+        self.scores_ = scores
+        if scores_valid is not None:
+            self.scores_valid_ = scores_valid
+        self.stage_ = READY
+        return super().begin_round(0, None)
 
     def finish(self, trees) -> None:
         self._flush()
@@ -364,6 +391,8 @@ class LabelHolder:
         self.key_bits = int(key_bits)
         self.trainer_: Trainer | None = None
         self.alone_: Trainer | None = None
+        self._open: tuple | None = None  # the scores a round started from, until it finishes
+        self.rounds_ = 0
 
     def begin(self, ask: Ask, params, *, ranges=None) -> None:
         """A fresh key pair, the joined bins and initial score; the same for its own columns alone."""
@@ -397,22 +426,62 @@ class LabelHolder:
             ranges=None if ranges is None else np.asarray(ranges, dtype=np.float64).reshape(-1, 2)[self.own],
         )
         self.alone_.start()
+        self.rounds_ = 0  # rounds asked for (one coordinator round each, grown or not once done)
+        self._open = None
 
     def round(self, ask: Ask) -> dict[str, Any]:
         """One round of the vertical model (and of its own columns alone); validation metrics of both."""
         if self.trainer_ is None or self.alone_ is None:
             raise PartyError(f"party {self.name}: vertical_round before vertical_begin")
-        self.rows_.ask = ask
+        rows = self.rows_
+        rows.ask = ask
+        if self._open is not None:  # the last round did not finish (an owner failed): grow it again from its start
+            rows.rewind(*self._open)
         if not self.trainer_.done:
-            self.trainer_.step()
+            self._open = (rows.scores_.copy(), getattr(rows, "scores_valid_", None))
+            if self._open[1] is not None:
+                self._open = (self._open[0], self._open[1].copy())
+            self.trainer_.step()  # on failure the trainer forgets the round; the scores are rewound next time
+            self._open = None
         if not self.alone_.done:
             self.alone_.step()
+        self.rounds_ += 1
+        return self.progress()
+
+    def progress(self) -> dict[str, Any]:
+        """Validation metrics of the model and of its own columns alone, whether it is done, its trees."""
+        assert self.trainer_ is not None and self.alone_ is not None
         return {
             "metrics": self._metrics(self.rows_),
             "alone": self._metrics(self.alone_.party),
             "done": bool(self.trainer_.done),
             "trees": len(self.trainer_.trees_),
         }
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Its state after a round (for its own disk): both loops with their trees, the vertical scores.
+
+        The scores are kept so that a restore walks no tree again (the owners'
+        tests of every training row would be asked for once more).
+        """
+        assert self.trainer_ is not None and self.alone_ is not None
+        return {
+            "trainer": list(self.trainer_.checkpoint()),
+            "alone": list(self.alone_.checkpoint()),
+            "scores": self.rows_.scores_,
+            "scores_valid": getattr(self.rows_, "scores_valid_", None),
+            "rounds": self.rounds_,
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from :meth:`checkpoint` after :meth:`begin`: the same loops, trees and scores."""
+        assert self.trainer_ is not None and self.alone_ is not None
+        self.rows_.keep_scores(saved["scores"], saved["scores_valid"])
+        self.trainer_.restore(*saved["trainer"])
+        self.alone_.restore(*saved["alone"])
+        self.rows_._kept_scores = False
+        self.rounds_ = int(saved["rounds"])
+        self._open = None
 
     def _metrics(self, state: EngineState) -> dict[str, float]:
         y = state.y_valid

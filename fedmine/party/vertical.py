@@ -21,11 +21,22 @@ After the intersection both sides split the shared rows into training and
 validation rows the same way, from a hash of each id (so every organisation
 agrees without talking, and the split does not depend on anyone's row order);
 row ids for bagging are a hash of the id too.
+
+A party served with an ``--output`` folder keeps what it needs to take a
+training up again in ``<output>/vertical/<training id>/`` on its own disk
+(:class:`PartyState`): its shared rows (the intersection's result, positions
+into its own rows), a feature owner the arguments of its binning, the label
+holder the loop's state, trees and scores after each round (the last two).
+``vertical_rejoin`` reads them back after the party restarted or the
+coordinator resumed: nothing crosses that did not cross before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +75,71 @@ def validation_rows(ids: list[bytes], *, fraction: float, seed: int) -> np.ndarr
     out = np.zeros(n, dtype=bool)
     out[rank[:n_valid]] = True
     return out
+
+
+def rows_fingerprint(ids: list[bytes], X: np.ndarray, y: np.ndarray) -> str:
+    """A digest of an organisation's normalised ids, features and label (never the rows themselves).
+
+    The coordinator compares it when a party rejoins or a training resumes:
+    a changed id, value or row count changes it.
+    """
+    h = hashlib.sha256(b"fedmine vertical rows v1")
+    h.update(str(len(ids)).encode())
+    for i in ids:
+        h.update(len(i).to_bytes(4, "little") + i)
+    for a in (X, y):
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:32]
+
+
+#: A training id names a folder of the party's disk: hex digits only (the coordinator's are uuid4 hex).
+_TRAINING_ID = re.compile(r"[0-9a-f]{8,64}")
+
+#: Round states the label holder keeps on disk: the coordinator records every round before it asks for
+#: the next, so its last checkpoint is one of these.
+KEEP_ROUNDS = 2
+
+
+class PartyState:
+    """What a vertical party keeps on its own disk to take a training up again (one folder per training).
+
+    Parameters
+    ----------
+    folder : ``<output>/vertical/<training id>``.
+
+    Files (the wire codec, written whole or not at all): ``rows`` (training
+    id, fingerprint, shared row positions), ``bins`` (a feature owner's
+    binning arguments), ``round-NNNNN`` (the label holder after round N).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def save(self, name: str, value: Any) -> None:
+        from fedmine.transport import wire
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{name}.tmp"
+        tmp.write_bytes(wire.encode(value))
+        os.replace(tmp, self.folder / name)
+
+    def load(self, name: str) -> Any:
+        """The value saved as ``name``, or None."""
+        from fedmine.transport import wire
+
+        path = self.folder / name
+        if not path.is_file():
+            return None
+        return wire.decode(path.read_bytes(), max_bytes=max(path.stat().st_size, 1 << 20) + 1024)
+
+    def save_round(self, n: int, value: Any) -> None:
+        """The label holder's state after round ``n``; rounds before ``n - KEEP_ROUNDS + 1`` are removed."""
+        self.save(f"round-{n:05d}", value)
+        for old in self.folder.glob("round-*"):
+            if old.name[6:].isdigit() and int(old.name[6:]) <= n - KEEP_ROUNDS:
+                old.unlink(missing_ok=True)
 
 
 def _missing(value: Any) -> bool:
@@ -171,6 +247,7 @@ class VerticalParty(Party):
         )
         self.ids = list(ids)
         self._all = (np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64))
+        self.fingerprint_ = rows_fingerprint(self.ids, *self._all)
         self.holds_label = bool(cfg.organisations[name].holds_label)
         self.all_features = names
         self.own = np.array([names.index(f) for f in own], dtype=np.int64)
@@ -224,7 +301,15 @@ class VerticalParty(Party):
             raise PartyError(f"party {self.name}: psi_align: {own.shape[0]} points for its {self._order.shape[0]} ids")
         rows = self._order[shared_positions(own, [np.asarray(o, dtype=np.uint8) for o in others])]
         self._psi_key = None  # used once
-        self.shared_ = rows
+        self._take_rows(rows)
+        state = self._state()
+        if state is not None:
+            state.save("rows", {"training_id": self._training_id, "fingerprint": self.fingerprint_, "rows": rows})
+        return int(rows.shape[0])
+
+    def _take_rows(self, rows: np.ndarray) -> None:
+        """Its shared rows, in the common order: training and validation rows, and its role over them."""
+        self.shared_ = rows = np.asarray(rows, dtype=np.int64)
         shared_ids = [self.ids[i] for i in rows]
         valid = validation_rows(shared_ids, fraction=self.validation_fraction, seed=self.seed)
         X, y = self._all
@@ -253,7 +338,70 @@ class VerticalParty(Party):
             self.role_ = FeatureOwner(
                 self.name, d.X_train, d.X_valid, publish_thresholds=self.publish_thresholds, cipher=self.cipher
             )
-        return int(rows.shape[0])
+
+    # -- taking a training up again ------------------------------------------
+    def _state(self) -> PartyState | None:
+        """This training's folder on the party's own disk (None: a party without an output folder keeps nothing)."""
+        if self.output_dir is None or self._training_id is None:
+            return None
+        if not _TRAINING_ID.fullmatch(self._training_id):
+            raise self._refuse("vertical", f"training id {self._training_id[:40]!r} is not a folder name (hex digits)")
+        return PartyState(Path(self.output_dir) / "vertical" / self._training_id)
+
+    def vertical_rejoin(self, training_id: str, rounds: int, params: dict[str, Any], ranges: Any = None):
+        """Take up training ``training_id`` after ``rounds`` rounds from what this party saved on its disk.
+
+        Every organisation gets its shared rows back (the intersection is not
+        run again); a feature owner bins its features again with the arguments
+        it was given; the label holder (a conversation: the owners are asked
+        for their bin counts) makes a fresh key, agrees the bins and restores
+        its loop, trees and scores of round ``rounds``.
+
+        Raises
+        ------
+        PartyError
+            The party keeps no state (no output folder), has none of this
+            training, or none of that round.
+        DataError
+            Its rows changed since the training started.
+        """
+        self.begin_training(training_id)
+        state = self._state()
+        where = "no --output folder" if state is None else str(state.folder)
+        saved = None if state is None else state.load("rows")
+        if saved is None or saved.get("training_id") != str(training_id):
+            raise PartyError(
+                f"party {self.name}: vertical_rejoin: no saved state of training {training_id} ({where}); "
+                f"run the training again"
+            )
+        if saved["fingerprint"] != self.fingerprint_:
+            raise DataError(
+                f"organisation {self.name}: source changed since the training started "
+                f"(rows fingerprint {str(saved['fingerprint'])[:12]} then, {self.fingerprint_[:12]} now)"
+            )
+        assert state is not None
+        self._take_rows(saved["rows"])
+        rounds = int(rounds)
+        if isinstance(self.role_, FeatureOwner):
+            bins = state.load("bins")
+            if bins is not None:
+                self.role_.bins(bins["ranges"], bins["categorical"], max_bin=bins["max_bin"], n_grid=bins["n_grid"])
+            return {"result": {"shared_rows": int(self.shared_.shape[0]), "rounds": rounds}}
+        lead = self._lead("vertical_rejoin")
+        kept = state.load(f"round-{rounds:05d}") if rounds > 0 else None
+        if rounds > 0 and kept is None:
+            raise PartyError(
+                f"party {self.name}: vertical_rejoin: no saved state of round {rounds} in {where}; "
+                f"run the training again"
+            )
+
+        def work(ask):
+            lead.begin(ask, params, ranges=ranges)
+            if kept is not None:
+                lead.restore(kept)
+            return {"shared_rows": int(self.shared_.shape[0]), "rounds": rounds, **lead.progress()}
+
+        return self.relay.start(work)
 
     def _lead(self, call: str) -> LabelHolder:
         if not isinstance(self.role_, LabelHolder):
@@ -274,7 +422,15 @@ class VerticalParty(Party):
 
     def vertical_round(self) -> dict[str, Any]:
         lead = self._lead("vertical_round")
-        return self.relay.start(lead.round)
+        state = self._state()
+
+        def work(ask):
+            result = lead.round(ask)
+            if state is not None:  # before the answer: the round the coordinator records is on disk
+                state.save_round(lead.rounds_, lead.checkpoint())
+            return result
+
+        return self.relay.start(work)
 
     def vertical_resume(self, answers: list) -> dict[str, Any]:
         return self.relay.resume(answers)
@@ -316,7 +472,11 @@ class VerticalParty(Party):
 
     # -- a feature owner's answers -------------------------------------------
     def owner_bins(self, ranges, categorical, *, max_bin: int, n_grid: int) -> np.ndarray:
-        return self._owner("owner_bins").bins(ranges, categorical, max_bin=max_bin, n_grid=n_grid)
+        n_bins = self._owner("owner_bins").bins(ranges, categorical, max_bin=max_bin, n_grid=n_grid)
+        state = self._state()
+        if state is not None:  # to bin again the same way after a restart
+            state.save("bins", {"ranges": ranges, "categorical": categorical, "max_bin": max_bin, "n_grid": n_grid})
+        return n_bins
 
     def owner_gradients(self, public: bytes, rows: list) -> None:
         self._owner("owner_gradients").gradients(public, rows)

@@ -1,0 +1,191 @@
+"""Vertical federation: a party that restarts rejoins, a coordinator that stopped resumes, the same model.
+
+A party restart is a party whose process state is gone: the test swaps in a
+fresh party made from the same frame and folder (what ``fedmine party serve``
+does when it is started again with the same command) at the moment a call
+fails. The parties are in process with a plain cipher; the same over Flight
+with Paillier and real processes is in tests/flows/test_distributed_vertical.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedmine.config import config_from_dict
+from fedmine.coordinator.vertical import VerticalCoordinator, check_resume
+from fedmine.demo import make_vertical_frames, vertical_demo_config
+from fedmine.errors import ConfigError, DataError, PartyError
+from fedmine.party.vertical import vertical_party
+from tests.support import plain_cipher
+
+ORGS = ("bank", "retailer", "telecom")
+ROUNDS = 4
+
+
+def _cfg(**training):
+    raw = vertical_demo_config("sqlite:///unused.db")
+    raw["training"].update(rounds=ROUNDS, num_leaves=6, max_bin=16, bagging_fraction=0.8, bagging_freq=1, **training)
+    for i, org in enumerate(ORGS):  # endpoints make the coordinator wait for a failed party (nothing listens there)
+        raw["organisations"][org]["endpoint"] = f"grpc+tls://127.0.0.1:{47000 + i}"
+    raw["transport"] = {"rejoin_seconds": 5}
+    return config_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return make_vertical_frames(7, n=600)
+
+
+def _party(cfg, org, frame, folder):
+    party = vertical_party(cfg, org, frame, cipher=plain_cipher)
+    party.output_dir = folder / org
+    return party
+
+
+class Restarting:
+    """A party whose process is killed at the ``at``-th call ``call`` and started again (state lost, disk kept)."""
+
+    def __init__(self, make, *, call: str, at: int) -> None:
+        self.make, self.trigger, self.at = make, call, at
+        self.inner = make()
+        self.name = self.inner.name
+        self.seen = 0
+        self.restarts = 0
+
+    def call(self, name, *args, **kwargs):
+        if name == self.trigger:
+            self.seen += 1
+            if self.seen == self.at:
+                self.inner = self.make()  # a new process: its rows prepared again, nothing else
+                self.restarts += 1
+                raise PartyError(f"party {self.name}: {name} failed: connection reset")
+        return self.inner.call(name, *args, **kwargs)
+
+
+def _train(coord, first=1):
+    for r in range(first, ROUNDS + 1):
+        coord.run_round(r)
+        if coord.stopped:
+            break
+    return coord.model_text()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(frames, tmp_path_factory):
+    cfg = _cfg()
+    folder = tmp_path_factory.mktemp("whole")
+    coord = VerticalCoordinator(cfg, [_party(cfg, o, frames[o], folder) for o in ORGS])
+    coord.start()
+    text = _train(coord)
+    assert text is not None and "Tree=3" in text  # the demo publishes its thresholds: one LightGBM model
+    return {"scores": _scores(coord), "text": text, "metrics": coord.history[-1].global_metrics}
+
+
+def _scores(coord):
+    return coord.predict_raw([f"C{i:05d}" for i in range(0, 600, 7)]).tolist()
+
+
+@pytest.mark.parametrize(
+    ("org", "call", "at"),
+    [("retailer", "owner_histograms", 9), ("bank", "vertical_resume", 12), ("telecom", "owner_split", 3)],
+    ids=["owner-mid-round", "label-holder-mid-round", "owner-early"],
+)
+def test_a_restarted_party_rejoins_and_the_model_is_unchanged(frames, uninterrupted, tmp_path, org, call, at):
+    cfg = _cfg()
+    parties = [_party(cfg, o, frames[o], tmp_path) for o in ORGS]
+    flaky = Restarting(lambda: _party(cfg, org, frames[org], tmp_path), call=call, at=at)
+    parties[ORGS.index(org)] = flaky
+    coord = VerticalCoordinator(cfg, parties)
+    coord.start()
+    _train(coord)
+    assert flaky.restarts == 1
+    assert any(f"party {org} failed in round" in n and "rejoined" in n for n in coord.notices)
+    assert coord.model_text() == uninterrupted["text"]
+    assert _scores(coord) == uninterrupted["scores"]
+    assert coord.history[-1].global_metrics == uninterrupted["metrics"]
+
+
+def test_a_resumed_coordinator_ends_with_the_same_model(frames, uninterrupted, tmp_path):
+    cfg = _cfg()
+    first = VerticalCoordinator(cfg, [_party(cfg, o, frames[o], tmp_path) for o in ORGS])
+    first.start()
+    first.run_round(1)
+    first.run_round(2)
+    state, arrays = first.checkpoint()
+    assert arrays == {} and state["round"] == 2
+    first.run_round(3)  # grown at the label holder, never recorded: the resume grows it again
+    # a new coordinator, and new party processes: all they had is on their own disks
+    again = VerticalCoordinator(cfg, [_party(cfg, o, frames[o], tmp_path) for o in ORGS])
+    assert again.resume(state) == 3
+    assert again.history[-1].round_id == 2 and again.shared_rows == first.shared_rows
+    assert _train(again, first=3) == uninterrupted["text"]
+
+
+def test_a_party_whose_rows_changed_is_refused(frames, tmp_path):
+    cfg = _cfg()
+    coord = VerticalCoordinator(cfg, [_party(cfg, o, frames[o], tmp_path) for o in ORGS])
+    coord.start()
+    coord.run_round(1)
+    state, _ = coord.checkpoint()
+    changed = frames["retailer"].copy()
+    changed.loc[changed.index[0], "basket_eur"] = 999.0
+    parties = [_party(cfg, o, changed if o == "retailer" else frames[o], tmp_path) for o in ORGS]
+    with pytest.raises(DataError, match=r"^organisation retailer: source changed since the training started \(rows"):
+        VerticalCoordinator(cfg, parties).resume(state)
+    # and the party checks on its own (a coordinator that does not)
+    party = _party(cfg, "retailer", changed, tmp_path)
+    with pytest.raises(DataError, match=r"^organisation retailer: source changed since the training started"):
+        party.call("vertical_rejoin", state["training_id"], 1, {}, None)
+
+
+def test_a_party_without_its_saved_state_says_so(frames, tmp_path):
+    cfg = _cfg()
+    party = _party(cfg, "retailer", frames["retailer"], tmp_path)
+    with pytest.raises(PartyError, match=r"^party retailer: vertical_rejoin: no saved state of training 0123abcd \("):
+        party.call("vertical_rejoin", "0123abcd", 1, {}, None)
+    party.output_dir = None
+    with pytest.raises(PartyError, match=r"no saved state of training 0123abcd \(no --output folder\)"):
+        party.call("vertical_rejoin", "0123abcd", 1, {}, None)
+    with pytest.raises(PartyError, match="is not a folder name"):
+        _party(cfg, "retailer", frames["retailer"], tmp_path).call("vertical_rejoin", "../../etc", 1, {}, None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: {**s, "partition": "horizontal"}, r"the run trained with partition: horizontal, the config says"),
+        (lambda s: {**s, "organisations": ["bank", "retailer"]}, r"the run trained organisations bank, retailer; the"),
+        (lambda s: {**s, "label_holder": "telecom"}, r"the run's label holder was telecom; the config says bank"),
+    ],
+    ids=["partition", "organisations", "label-holder"],
+)
+def test_a_resume_whose_config_changed_is_refused(change, message):
+    cfg = _cfg()
+    state = {"partition": "vertical", "organisations": list(ORGS), "label_holder": "bank", "round": 1}
+    check_resume(cfg, state)
+    with pytest.raises(ConfigError, match=f"^--resume: {message}"):
+        check_resume(cfg, change(state))
+
+
+def test_a_vertical_resume_needs_party_servers():
+    raw = vertical_demo_config("sqlite:///unused.db")
+    cfg = config_from_dict(raw)
+    state = {"partition": "vertical", "organisations": list(ORGS), "label_holder": "bank"}
+    with pytest.raises(ConfigError, match=r"organisations\.bank\.endpoint is not set$"):
+        check_resume(cfg, state)
+
+
+def test_the_label_holder_keeps_its_last_two_rounds(frames, tmp_path):
+    cfg = _cfg()
+    coord = VerticalCoordinator(cfg, [_party(cfg, o, frames[o], tmp_path) for o in ORGS])
+    coord.start()
+    for r in (1, 2, 3):
+        coord.run_round(r)
+    folder = tmp_path / "bank" / "vertical" / coord.training_id
+    assert sorted(p.name for p in folder.iterdir()) == ["round-00002", "round-00003", "rows"]
+    assert sorted(p.name for p in (tmp_path / "retailer" / "vertical" / coord.training_id).iterdir()) == [
+        "bins",
+        "rows",
+    ]
+    assert np.isfinite(coord.history[-1].global_metrics["auc"])
