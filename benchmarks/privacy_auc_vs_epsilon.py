@@ -102,7 +102,7 @@ def train(data, parties, rounds, epsilon, *, method="leaf", seed=0, nonprivate_p
     if math.isfinite(epsilon):
         privacy.update(epsilon=epsilon, dp_method=method)
         if objective == "regression":
-            privacy["gradient_bound"] = 1.0
+            privacy.update(gradient_bound=1.0, label_min=-2.5, label_max=2.5)  # the centred log limit: |label| <= 2.3
     else:
         training.update(nonprivate_params or {"num_leaves": 31, "learning_rate": 0.1, "lookahead": 0})
     extra = {"classes": ["graduate", "university", "high_school", "other"]} if objective == "multiclass" else {}

@@ -432,6 +432,19 @@ class PrivacySpec(_Strict):
         description="each organisation's metrics of the global model: sent to the coordinator (shared) or "
         "kept and logged by the organisation (own); default: own when epsilon is set, else shared",
     )
+    label_min: float | None = Field(
+        None, description="the label's declared lower bound (DP: regression, poisson, tweedie; labels clipped to it)"
+    )
+    label_max: float | None = Field(
+        None, description="the label's declared upper bound (DP: regression, poisson, tweedie; labels clipped to it)"
+    )
+
+    @property
+    def label_range(self) -> tuple[float, float] | None:
+        """``(label_min, label_max)`` when both are declared, else None."""
+        if self.label_min is None or self.label_max is None:
+            return None
+        return (float(self.label_min), float(self.label_max))
 
     @property
     def shares_organisation_metrics(self) -> bool:
@@ -643,6 +656,8 @@ class FederationConfig(_Strict):
                 f"privacy.hessian_bound: required with privacy.epsilon and objective {self.objective} "
                 f"(hessians are clipped to it)"
             )
+        if privacy.epsilon is not None and self.partition == "horizontal":
+            self._check_dp()
         if self.secure_aggregation and len(self.organisations) < privacy.min_parties:
             raise ValueError(
                 f"privacy.min_parties is {privacy.min_parties} but organisations lists {len(self.organisations)}"
@@ -673,6 +688,40 @@ class FederationConfig(_Strict):
                             f"organisations.{org}.{key}: only with partition: vertical (partition is horizontal)"
                         )
         return self
+
+    def _check_dp(self) -> None:
+        """Under ``privacy.epsilon`` nothing leaves an organisation un-noised: what that needs declared."""
+        privacy = self.privacy
+        if self.objective in ("regression", "poisson", "tweedie"):
+            if privacy.label_min is None or privacy.label_max is None:
+                raise ValueError(
+                    f"privacy.label_min and privacy.label_max: required with privacy.epsilon and objective "
+                    f"{self.objective} (labels are clipped to them so the noisy label sum bounds each row)"
+                )
+            if not privacy.label_min < privacy.label_max:
+                raise ValueError(
+                    f"privacy.label_min ({privacy.label_min:g}) must be below privacy.label_max ({privacy.label_max:g})"
+                )
+        undeclared = [
+            name
+            for name, f in self.features.items()
+            if f.type not in ("category", "bool") and (f.min is None or f.max is None)
+        ]
+        if undeclared:
+            raise ValueError(
+                f"features.{undeclared[0]}.min and .max: required with privacy.epsilon (bins come from declared "
+                f"ranges, never from the rows); undeclared: {', '.join(undeclared)}"
+            )
+        if privacy.organisation_metrics == "shared":
+            raise ValueError(
+                "privacy.organisation_metrics: shared is not allowed with privacy.epsilon "
+                "(each organisation's exact metrics would leave it un-noised); use own"
+            )
+        if self.training.early_stopping_rounds:
+            raise ValueError(
+                "training.early_stopping_rounds: not allowed with privacy.epsilon (validation sums are not "
+                "released under differential privacy); set it to 0 or drop privacy.epsilon"
+            )
 
     def _check_vertical(self) -> None:
         """Every organisation has an id column; every feature one holder; exactly one label holder."""

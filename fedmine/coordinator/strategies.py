@@ -24,7 +24,6 @@ only decide who trains on what and how the trees combine.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +60,7 @@ class RoundContext:
     n_valid: int = 0  # and validation rows
     user_params: frozenset = frozenset()  # training parameters the config sets (DP defaults fill the others)
     resume: dict | None = None  # the strategy state of the checkpoint a resumed run starts from
+    label_stats: Any = None  # DP: the engine's label statistics from the noisy label totals (no second release)
     step: int = 0
     stats: dict[str, float] = field(default_factory=dict)  # what the last round measured, by MLflow name
     stopped: bool = False  # the strategy grows no further round
@@ -101,6 +101,12 @@ class Strategy:
 
     def drop(self, ctx: RoundContext, link: Link) -> None:
         """Forget a party that failed (its trees stay in the model)."""
+
+    def plan_privacy(self, cfg: Any, *, n_parties: int) -> dict[str, Any]:
+        """Under ``privacy.epsilon``: plan the training's releases; the noise request of its label totals."""
+        from fedmine.errors import ConfigError
+
+        raise ConfigError(f"privacy.epsilon: not accounted for the {self.name} strategy (allowed with: histogram)")
 
     def start(self, ctx: RoundContext) -> None:
         """Once, after the parties have started."""
@@ -146,45 +152,24 @@ class Strategy:
 
 
 def dp_method(ctx: RoundContext) -> str:
-    """``privacy.dp_method`` resolved: leaf when every feature declares its range (the leaf method needs it)."""
+    """``privacy.dp_method`` resolved (default ``leaf``); every feature must declare its range under epsilon."""
+    check_declared(ctx.declared_ranges, ctx.feature_names)
+    return getattr(ctx.privacy, "dp_method", None) or "leaf"
+
+
+def check_declared(ranges: Any, names: list[str]) -> None:
+    """Under ``privacy.epsilon`` bins come from declared ranges: a ConfigError naming the features without one."""
     import numpy as np
 
-    method = getattr(ctx.privacy, "dp_method", None)
-    declared = ctx.declared_ranges is not None and bool(np.isfinite(np.asarray(ctx.declared_ranges)).all())
-    if method is None:
-        method = "leaf" if declared else "histogram"
-        if not declared:
-            ctx.notices.append(
-                "privacy.dp_method: histogram, because some features declare no min and max; declare them "
-                "for the leaf method (noise on leaf sums only, far more accurate at the same epsilon)"
-            )
-    return method
+    from fedmine.errors import ConfigError
 
-
-def _leaf_sensitivity(engine_params: dict[str, Any], dp: Any, n_rows: int):
-    """The leaf release's sensitivity from the objective's bounds and the DP scales for ``n_rows`` rows."""
-    from fedmine.gbdt.objectives import make_objective
-    from fedmine.gbdt.params import make_params
-    from fedmine.privacy import leaf
-    from fedmine.privacy.dp import dp_scale
-    from fedmine.privacy.noise import dp_bounds
-
-    params = make_params(engine_params)
-    obj = make_objective(
-        params.objective,
-        num_class=params.num_class,
-        poisson_max_delta_step=params.poisson_max_delta_step,
-        tweedie_variance_power=params.tweedie_variance_power,
-    )
-    g, h = dp_bounds(dp, obj)
-    rb = dp.row_bits
-    return leaf.leaf_sensitivity(
-        obj.n_trees,
-        grad_bound=g,
-        hess_bound=h,
-        grad_scale=dp_scale(g, n_total=n_rows, row_bits=rb),
-        hess_scale=dp_scale(h, n_total=n_rows, row_bits=rb),
-    )
+    r = np.full((len(names), 2), np.nan) if ranges is None else np.asarray(ranges, dtype=np.float64)
+    undeclared = [n for n, ok in zip(names, np.isfinite(r).all(axis=1)) if not ok]
+    if undeclared:
+        raise ConfigError(
+            f"features.{undeclared[0]}.min and .max: required with privacy.epsilon (bins come from declared "
+            f"ranges, never from the rows); undeclared: {', '.join(undeclared)}"
+        )
 
 
 class FederationGroup(EngineGroup):
@@ -193,9 +178,17 @@ class FederationGroup(EngineGroup):
     No organisation's own counts are asked for: the engine needs only the totals.
     """
 
-    def __init__(self, parties: list[Any], *, totals: dict[str, int], n_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        parties: list[Any],
+        *,
+        totals: dict[str, int],
+        n_threads: int | None = None,
+        label_stats: Any = None,
+    ) -> None:
         super().__init__(parties, n_threads=n_threads)
         self.totals = dict(totals)
+        self._label_stats = label_stats
 
     @classmethod
     def of(cls, links: list[Link], *, objective: str, n_threads: int | None = None) -> FederationGroup:
@@ -211,6 +204,14 @@ class FederationGroup(EngineGroup):
 
     def describe(self) -> dict:
         return dict(self.totals)
+
+    def label_stats(self, params: Any, **noise: Any) -> Any:
+        """The engine's label statistics; under DP those of the noisy label totals (post-processing, no release)."""
+        import numpy as np
+
+        if self._label_stats is not None:
+            return np.array(self._label_stats, dtype=np.int64)
+        return EngineGroup.__getattr__(self, "label_stats")(params, **noise)
 
 
 class HistogramStrategy(Strategy):
@@ -238,26 +239,55 @@ class HistogramStrategy(Strategy):
         link.call("start", ctx.ensemble.base_score)
         self.trainer.recover()
 
-    def start(self, ctx: RoundContext) -> None:
+    budget: Any = None  # the DP budget (fedmine.privacy.budget.Budget), planned before any release
+
+    def plan_privacy(self, cfg: Any, *, n_parties: int) -> dict[str, Any]:
+        """Under ``privacy.epsilon``: plan every release of the training (one calibration) before any is made.
+
+        Returns the noise request of the first release, ``label_totals``
+        (its keyword arguments). The rest of the plan is used by :meth:`start`.
+        """
+        from fedmine import metrics
+        from fedmine.coordinator.training import declared_ranges
         from fedmine.gbdt import DPConfig
+        from fedmine.privacy import budget
+        from fedmine.privacy.dp import COUNTED_LABELS
+
+        privacy = cfg.privacy
+        names = list(cfg.features)
+        check_declared(declared_ranges(cfg), names)
+        self._dp = DPConfig(grad_bound=privacy.gradient_bound, hess_bound=privacy.hessian_bound)
+        self.budget = budget.plan(
+            privacy,
+            method=privacy.dp_method or budget.LEAF,
+            engine_params=cfg.training.engine_params(cfg.objective, cfg.num_class, metrics.primary(cfg.objective)),
+            user_params=frozenset(cfg.training.model_fields_set),
+            n_features=len(names),
+            dp=self._dp,
+        )
+        real = cfg.objective not in COUNTED_LABELS
+        return {
+            "variances": self.budget.variances("label_totals"),
+            "n_parties": int(n_parties),
+            "label_range": privacy.label_range if real else None,
+        }
+
+    def start(self, ctx: RoundContext) -> None:
         from fedmine.gbdt.booster import Trainer
 
         privacy = ctx.privacy
         self.epsilon = privacy.epsilon if privacy is not None else None
-        self.dp_method = dp_method(ctx) if self.epsilon is not None else None
-        dp = None
-        if self.epsilon is not None:
-            dp = DPConfig(grad_bound=privacy.gradient_bound, hess_bound=privacy.hessian_bound)
         self.group = FederationGroup(
             [EngineProxy(link) for link in ctx.links],
             totals={"n_rows": ctx.n_rows, "n_valid": ctx.n_valid, "n_features": len(ctx.feature_names)},
             n_threads=len(ctx.links),
+            label_stats=ctx.label_stats,
         )
         self._model = None
         self.accountant = None
-        self.extra_releases: list[tuple[str, float, int, Any]] = []  # (kind, z, count, sensitivity) beside the rounds
-        if self.dp_method == "leaf":
-            self._start_leaf(ctx, dp)
+        self.dp_method = None
+        if self.epsilon is not None:
+            self._start_dp(ctx)
             return
         self.trainer = Trainer(
             self.group,
@@ -265,77 +295,55 @@ class HistogramStrategy(Strategy):
             categorical=ctx.categorical,
             feature_names=ctx.feature_names,
             ranges=ctx.declared_ranges,
-            dp=dp,
             evaluate=False,
         )
         self.trainer.start()
-        if dp is not None:
-            self._start_dp(ctx)
 
     def _start_dp(self, ctx: RoundContext) -> None:
-        """Calibrate Skellam noise so that every round's histogram releases fit the budget; start the accountant.
+        """Start under the planned budget: the label totals are spent, then the bins (leaf), then every round.
 
-        Each party draws its share from its own entropy (no seed from the
-        coordinator, which could otherwise subtract the noise).
+        Each party draws its noise shares from its own entropy (no seed from
+        the coordinator, which could otherwise subtract the noise). A resumed
+        run reuses its bins and label totals (nothing released again) and
+        continues its accountant (:meth:`restore`).
         """
-        from fedmine.privacy.accountant import PrivacyAccountant
-        from fedmine.privacy.dp import calibrate
-
-        t, p = self.trainer, ctx.privacy
-        releases = ctx.engine_params["num_boost_round"] * t.max_releases_per_round
-        self.noise_multiplier = calibrate(p.epsilon, p.delta, releases, t.sensitivity)
-        self.accountant = PrivacyAccountant(p.delta, mechanism="skellam", sensitivity=t.sensitivity)
-        t.set_noise(self.noise_multiplier, seed=None)
-
-    def _start_leaf(self, ctx: RoundContext, dp: Any) -> None:
-        """The leaf method: one calibration for the bins' noisy counts and every round's leaf sums; then start."""
         from fedmine.privacy import leaf
         from fedmine.privacy.accountant import PrivacyAccountant
-        from fedmine.privacy.dp import calibrate
+        from fedmine.privacy.budget import LEAF, DeclaredBinsTrainer
 
-        p, params = ctx.privacy, dict(ctx.engine_params)
-        self.dp_defaults = {k: v for k, v in leaf.DEFAULTS.items() if k not in ctx.user_params}
-        params.update(self.dp_defaults)
-        rounds = int(params["num_boost_round"])
-        # the leaf sensitivity needs the fixed-point scales, which need the row total: known before any release
-        sens = _leaf_sensitivity(params, dp, ctx.n_rows)
-        bins = leaf.bin_sensitivity(len(ctx.feature_names))
-        counted = params.get("objective") in leaf.COUNTED_LABELS
-        label_share = leaf.LABEL_SHARE if counted else 0.0
-        rest = 1.0 - leaf.BIN_SHARE - label_share
-        factor = leaf.bin_factor(rounds, leaf.BIN_SHARE, leaf_share=rest)
-        extra = [(factor, 1, bins)]
-        if counted:
-            label_factor = leaf.bin_factor(rounds, label_share, leaf_share=rest)
-            extra.append((label_factor, 1, leaf.label_sensitivity()))
-        z = calibrate(p.epsilon, p.delta, rounds, sens, extra=tuple(extra))
-        self.noise_multiplier = z
-        bin_variance = float(bins.variances(factor * z)[0])
-        label_variance = float(leaf.label_sensitivity().variances(label_factor * z)[0]) if counted else None
-        self.trainer = leaf.LeafTrainer(
-            self.group,
-            params,
+        if self.budget is None:
+            raise RuntimeError("plan_privacy must come before start under privacy.epsilon")
+        b, p = self.budget, ctx.privacy
+        self.dp_method, self.dp_defaults = b.method, dict(b.dp_defaults)
+        self.noise_multiplier = b.noise_multiplier
+        common = dict(
             categorical=ctx.categorical,
             feature_names=ctx.feature_names,
             ranges=ctx.declared_ranges,
-            dp=dp,
+            dp=self._dp,
             evaluate=False,
-            seed=int(params.get("seed", 0)),
-            bin_variance=bin_variance,
-            label_variance=label_variance,
         )
-        self.accountant = PrivacyAccountant(p.delta, mechanism="skellam", sensitivity=sens)
         saved = (ctx.resume or {}).get("leaf")
-        if saved is not None:  # a resumed run: its own bins (no second release) and structure generator
-            self.trainer.use_leaf_state(saved)
+        if b.method == LEAF:
+            self.trainer = leaf.LeafTrainer(
+                self.group,
+                b.params,
+                seed=int(b.params.get("seed", 0)),
+                bin_variance=float(b.variances("bins")[0]),
+                **common,
+            )
+            if saved is not None:  # a resumed run: its own bins (no second release) and structure generator
+                self.trainer.use_leaf_state(saved)
+        else:
+            self.trainer = DeclaredBinsTrainer(self.group, b.params, **common)
         self.trainer.start()
-        self.extra_releases.append(("bins", factor * z, 1, bins))
-        if counted:
-            self.extra_releases.append(("label_stats", label_factor * z, 1, leaf.label_sensitivity()))
-        if saved is None:  # a resumed run reuses its bins and initial counts: nothing released again
-            for _, zk, count, sk in self.extra_releases:
-                self.accountant.spend(zk, count, sensitivity=sk)
-        self.trainer.set_noise(z, seed=None)
+        if self.trainer.sensitivity != b.main.sensitivity:
+            raise RuntimeError(f"the trainer's sensitivity {self.trainer.sensitivity} is not the budget's")
+        self.accountant = PrivacyAccountant(p.delta, mechanism="skellam", sensitivity=b.main.sensitivity)
+        if ctx.resume is None:  # a resumed run's accountant comes from its checkpoint (restore)
+            for r in b.releases[:-1]:
+                self.accountant.spend(b.noise(r.kind), r.count, sensitivity=r.sensitivity)
+        self.trainer.set_noise(b.noise_multiplier, seed=None)
 
     def run_round(self, ctx: RoundContext) -> None:
         src = self.group.source
@@ -407,35 +415,19 @@ class HistogramStrategy(Strategy):
         ctx.stopped = self.trainer.done
 
     def receipt(self, *, secure_aggregation: bool, n_parties: int):
-        """The privacy receipt with the accountant's figures (None without differential privacy)."""
+        """The privacy receipt with the accountant's figures, every kind of release listed (None without DP)."""
         from fedmine.privacy.receipt import PrivacyReceipt
 
         if self.accountant is None:
             return None
-        receipt = PrivacyReceipt.from_accountant(
+        receipt = PrivacyReceipt.from_budget(
+            self.budget,
             self.accountant,
             secure_aggregation=secure_aggregation,
             n_parties=n_parties,
-            noise_multiplier=self.noise_multiplier,
             releases_per_round=self.trainer.max_releases_per_round,
         )
-        kind = "leaf_sums" if self.dp_method == "leaf" else "histograms"
-        rounds_spent = self.accountant.releases_ - sum(c for _, _, c, _ in self.extra_releases)
-        kinds = [(k, z, c, sens) for k, z, c, sens in self.extra_releases]
-        kinds.append((kind, self.noise_multiplier, rounds_spent, None))
-        params = dict(receipt.parameters, dp_method=self.dp_method)
-        params.update({f"default.{k}": v for k, v in getattr(self, "dp_defaults", {}).items()})
-        cost = {k: c / (z * z) for k, z, c, _ in kinds}  # Gaussian RDP: a release at z costs 1 / z**2
-        total = sum(cost.values()) or 1.0
-        for k, z, c, sens in kinds:
-            params[f"release.{k}.count"] = int(c)
-            params[f"release.{k}.noise_multiplier"] = float(z)
-            params[f"release.{k}.budget_share"] = cost[k] / total
-            params[f"release.{k}.epsilon_alone"] = self.accountant.epsilon_of(z, c, sensitivity=sens) if c else 0.0
-        covers = ", ".join(f"{k} ({c})" for k, _, c, _ in kinds)
-        noised = {k for k, *_ in kinds}
-        plain = ["label totals"] + ([] if "label_stats" in noised else ["label statistics"]) + ["validation sums"]
-        return dataclasses.replace(receipt, parameters=params, covers=f"{covers}; not noised: {', '.join(plain)}")
+        return receipt
 
     def truncate(self, ctx: RoundContext, n_trees: int) -> None:
         """Keep the first ``n_trees`` trees: the coordinator's early stopping, or a round grown again."""

@@ -203,8 +203,12 @@ class Coordinator:
             self.descriptions[link.name] = dict(d)
         if self.cfg.secure_aggregation:
             self._secure_setup()
-        totals = protocol.merge("label_totals", [link.call("label_totals") for link in self.links])
-        rows, self.n_valid, sums = label_totals_values(self.objective, totals)
+        label_stats = None
+        if self.dp:
+            rows, self.n_valid, sums, label_stats = self._dp_label_totals(resume)
+        else:
+            totals = protocol.merge("label_totals", [link.call("label_totals") for link in self.links])
+            rows, self.n_valid, sums = label_totals_values(self.objective, totals)
         self.n_rows = rows
         base = base_score(self.objective, sums, rows)
         self.ensemble = Ensemble.for_config(self.cfg, base)
@@ -236,8 +240,38 @@ class Coordinator:
             n_valid=self.n_valid,
             user_params=frozenset(self.cfg.training.model_fields_set),
             resume=None if resume is None else resume.get("strategy_state"),
+            label_stats=label_stats,
         )
         self.strategy.start(self._ctx)
+
+    @property
+    def dp(self) -> bool:
+        """Whether the training is differentially private (``privacy.epsilon``)."""
+        return self.cfg.privacy.epsilon is not None
+
+    def _dp_label_totals(self, resume: dict[str, Any] | None) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """Under DP: plan the budget, then the noisy label totals (a resumed run's own: not released again).
+
+        Returns ``(n_rows, n_valid, label sums, the engine's label statistics)``,
+        all post-processing of the one noisy release.
+        """
+        from fedmine.gbdt.quantize import exact_sum_parts
+        from fedmine.privacy.dp import COUNTED_LABELS, decode_label_totals
+
+        request = self.strategy.plan_privacy(self.cfg, n_parties=len(self.links))
+        saved = (resume or {}).get("label_totals")
+        if saved is not None:
+            totals = np.asarray(saved, dtype=np.int64)
+        else:
+            answers = [link.call("label_totals", **request) for link in self.links]
+            totals = np.asarray(protocol.merge("label_totals", answers), dtype=np.int64)
+        self.label_totals_ = totals
+        rows, n_valid, sums = decode_label_totals(totals, self.objective, label_range=request["label_range"])
+        if self.objective in COUNTED_LABELS:
+            stats = sums.astype(np.int64)
+        else:
+            stats = exact_sum_parts(sums)  # the engine's layout of a real label's sum
+        return rows, n_valid, sums, stats
 
     def _secure_setup(self) -> None:
         """Key agreement through the coordinator: it relays public keys bound to names, never secrets."""
@@ -274,7 +308,16 @@ class Coordinator:
         return self.shares_metrics or self.strategy.name != "histogram"
 
     def evaluate(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-        """Federation-wide metrics from the summed (masked) validation sums; each organisation's own if shared."""
+        """Federation-wide metrics from the summed (masked) validation sums; each organisation's own if shared.
+
+        Under ``privacy.epsilon`` no validation sums are released: each
+        organisation logs its own metrics (``log_metrics``) and the
+        coordinator has none.
+        """
+        if self.dp:
+            for link in self.links:
+                link.call("log_metrics")
+            return {}, {}
         total = protocol.merge("evaluate", [link.call("evaluate") for link in self.links])
         own = {link.name: link.call("own_metrics") for link in self.links} if self.shares_metrics else {}
         return metrics.from_sum_vector(total, self.objective), own
@@ -425,6 +468,7 @@ class Coordinator:
             "dropped": self.dropped,
             "fingerprints": {name: d.get("fingerprint") for name, d in self.descriptions.items()},
             "strategy_state": state,
+            **({"label_totals": self.label_totals_.tolist()} if self.dp else {}),
         }, arrays
 
     def restore(self, state: dict[str, Any], arrays: dict[str, Any]) -> int:

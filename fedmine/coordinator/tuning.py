@@ -71,6 +71,11 @@ class Search:
                 f"{self.config}: no tune section; declare tune.space, e.g. "
                 "tune: {space: {learning_rate: {low: 0.02, high: 0.3, log: true}}}"
             )
+        if self.cfg.privacy.epsilon is not None:
+            raise ConfigError(
+                f"{self.config}: privacy.epsilon: fedmine tune judges trials on the federation's validation "
+                "metrics, which are not released under differential privacy; tune without privacy.epsilon"
+            )
         spec = self.cfg.tune
         self.metric = spec.metric or metrics.primary(self.cfg.objective)
         self.higher_is_better = metrics.higher_is_better(self.metric)

@@ -40,7 +40,7 @@ from fedmine.gbdt.predictor import tree_values_binned
 from fedmine.gbdt.quantize import quantize
 from fedmine.gbdt.rows import LocalRows, SumOfSources
 from fedmine.gbdt.sampling import bag_rows
-from fedmine.privacy.noise import add_noise_to_cells, check_variances, noise_cells, noise_rng
+from fedmine.privacy.noise import add_noise_to_cells, check_variances, noise_cells, noise_share
 from fedmine.protocol import CREATED, ProtocolError
 
 
@@ -336,13 +336,9 @@ class EngineState(LocalRows):
             parties with equal row ids apart).
         """
         self._enter("set_noise")
-        if variances is None:
-            self._noise = None
-            return
-        v = check_variances(variances)
-        if isinstance(n_parties, bool) or not isinstance(n_parties, (int, np.integer)) or n_parties < 1:
-            raise ValueError(f"n_parties must be an integer >= 1, got {n_parties!r}")
-        self._noise = (v, int(n_parties), noise_rng(seed, party_index, self.row_ids))
+        self._noise = noise_share(
+            variances, n_parties=n_parties, seed=seed, party_index=party_index, row_ids=self.row_ids
+        )
 
     def apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id) -> None:
         self._enter("apply_split")

@@ -6,7 +6,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightgbm as lgb
 import numpy as np
@@ -263,6 +263,8 @@ class Party:
                 "this organisation's config requires secure aggregation and no key exchange "
                 "has happened in this training",
             )
+        if policy.epsilon is not None:
+            self._check_dp(entry, args, kwargs)
         if name in ("histograms", "split_histograms"):
             if policy.epsilon is not None and getattr(self.engine_state(), "_noise", None) is None:
                 raise self._refuse(
@@ -292,19 +294,9 @@ class Party:
             if not _same_bins(mapper, self._mapper):
                 raise self._refuse(name, "bins are set once per training; these differ from the training's bins")
         elif name == "set_noise":
-            variances = args[0] if args else kwargs.get("variances")
             if kwargs.get("seed") is not None:
                 raise self._refuse(name, "noise is drawn from this party's own randomness; a seed is not accepted")
-            if policy.epsilon is not None and variances is None:
-                raise self._refuse(
-                    name,
-                    f"this organisation's config sets privacy.epsilon={policy.epsilon:g}; noise cannot be switched off",
-                )
-            if variances is not None and not np.all(np.asarray(variances, dtype=np.float64) > 0):
-                raise self._refuse(name, f"noise variances must be positive, got {np.asarray(variances).tolist()}")
-            n_parties = kwargs.get("n_parties", 1)
-            if not 1 <= int(n_parties) <= len(policy.peers):
-                raise self._refuse(name, f"n_parties={n_parties}: the federation has {len(policy.peers)} organisations")
+            self._check_noise(name, args[0] if args else kwargs.get("variances"), kwargs.get("n_parties", 1))
         elif name == "secure_restart":
             remaining = list(args[0] if args else kwargs["remaining"])
             if len(set(remaining) & policy.peers) < policy.min_parties or not set(remaining) <= policy.peers:
@@ -328,6 +320,64 @@ class Party:
             cap = policy.local_rounds if name == "train_local" else policy.rounds
             if not 1 <= rounds <= cap:
                 raise self._refuse(name, f"{rounds} rounds; this organisation's config allows 1 to {cap}")
+
+    def _check_noise(self, name: str, variances: Any, n_parties: Any) -> None:
+        """A noise request: on under the config's epsilon, positive variances, shared by 1 to K parties."""
+        policy = self.policy
+        if policy.epsilon is not None and variances is None:
+            raise self._refuse(
+                name,
+                f"this organisation's config sets privacy.epsilon={policy.epsilon:g}; noise cannot be switched off",
+            )
+        if variances is not None and not np.all(np.asarray(variances, dtype=np.float64) > 0):
+            raise self._refuse(name, f"noise variances must be positive, got {np.asarray(variances).tolist()}")
+        if not 1 <= int(n_parties) <= len(policy.peers):
+            raise self._refuse(name, f"n_parties={n_parties}: the federation has {len(policy.peers)} organisations")
+
+    #: Calls whose answers are exact statistics of the rows: none leaves under privacy.epsilon.
+    _EXACT_UNDER_DP: ClassVar[dict[str, str]] = {
+        "feature_ranges": "feature ranges are exact (declare features.<name>.min and .max)",
+        "evaluate": "validation sums are exact (each organisation logs its own metrics: log_metrics)",
+        "metric_stats": "validation statistics are exact",
+        "own_metrics": "its metrics are exact and stay with it",
+        "local_baseline": "its local-only metrics are exact and stay with it",
+        "row_counts": "its row counts are exact and stay with it",
+    }
+
+    def _check_dp(self, entry: protocol.Call, args: tuple, kwargs: dict) -> None:
+        """Under the config's ``privacy.epsilon`` every release carries this party's noise share, or is refused."""
+        policy, name = self.policy, entry.name
+        epsilon = f"this organisation's config sets privacy.epsilon={policy.epsilon:g}"
+        if name in self._EXACT_UNDER_DP:
+            raise self._refuse(name, f"{epsilon}; {self._EXACT_UNDER_DP[name]}")
+        if name == "label_totals":
+            variances = args[0] if args else kwargs.get("variances")
+            if variances is None:
+                raise self._refuse(name, f"{epsilon}; no label totals leave without their noise share (variances)")
+            self._check_noise(name, variances, args[1] if len(args) > 1 else kwargs.get("n_parties", 1))
+            if self.objective not in ("binary", "multiclass"):
+                sent = args[2] if len(args) > 2 else kwargs.get("label_range")
+                own = policy.label_range
+                if own is None or sent is None or tuple(float(v) for v in sent) != own:
+                    raise self._refuse(
+                        name,
+                        f"{epsilon}; the label range must be its config's privacy.label_min and "
+                        f"privacy.label_max ({own}), got {sent}",
+                    )
+        elif name in ("grid_counts", "label_stats"):
+            variance = kwargs.get("variance")
+            if variance is None:
+                raise self._refuse(name, f"{epsilon}; no {name} leave without their noise share (variance)")
+            self._check_noise(name, [variance], kwargs.get("n_parties", 1))
+        elif name == "configure":
+            g, h = kwargs.get("grad_clip"), kwargs.get("hess_clip")
+            G, H = policy.clip_bounds
+            if g is None or h is None or not (0 < float(g) <= G and 0 < float(h) <= H):
+                raise self._refuse(
+                    name,
+                    f"{epsilon}; gradients and hessians are clipped to at most its bounds ({G:g}, {H:g}), "
+                    f"got grad_clip={g}, hess_clip={h}",
+                )
 
     def begin_training(self, training_id: str) -> None:
         """A new training (or a resumed one): fresh engine state, no keys, no noise, the model followed from scratch."""
@@ -377,10 +427,14 @@ class Party:
         """Feature names, the harmonisation report and a digest of the rows (no counts: :meth:`label_totals`)."""
         if self._train_count() == 0:
             raise DataError(f"organisation {self.name}: no training rows after the validation split")
+        report = self.report if self.policy is None else shared_report(self.report)
+        if self.policy is not None and self.policy.epsilon is not None:  # counts and rates: not noised, kept here
+            _log.info("organisation %s: harmonisation report (kept under privacy.epsilon): %s", self.name, report)
+            report = {}
         return {
             "n_features": len(self.feature_names),
             "features": list(self.feature_names),
-            "report": self.report if self.policy is None else shared_report(self.report),
+            "report": report,
             "fingerprint": self.fingerprint_,
         }
 
@@ -397,20 +451,36 @@ class Party:
             return np.bincount(y.astype(np.int64), minlength=self.num_class).astype(np.float64)
         return np.array([float(y.sum())])
 
-    def label_totals(self) -> np.ndarray:
+    def label_totals(self, variances=None, n_parties: int = 1, label_range=None) -> np.ndarray:
         """Summable row counts and label sums: int64 ``[n_rows, n_valid, label part]``.
 
         The label part is the class counts (binary: the positives; multiclass:
         one per class) or, for real-valued labels, the label sum's
         :func:`fedmine.metrics.exact_sum_vector`; the coordinator's
         :func:`~fedmine.coordinator.training.label_totals_values` reads the summed vector.
+
+        Differential privacy: with ``label_range`` a real label's part is the
+        fixed-point sum of the labels clipped to it
+        (:func:`fedmine.privacy.dp.label_part`); with ``variances`` (rows,
+        label: of the summed noise, :func:`~fedmine.privacy.dp.label_totals_sensitivity`)
+        the party adds its Skellam share to every entry.
         """
         head = np.array([self._train_count(), len(self._data.y_valid)], dtype=np.int64)
-        if self.objective in ("binary", "multiclass"):
-            part = self._label_sums().astype(np.int64)
-        else:
-            part = self._label_sum_vector()
-        return np.concatenate([head, part])
+        if variances is None and label_range is None:
+            if self.objective in ("binary", "multiclass"):
+                part = self._label_sums().astype(np.int64)
+            else:
+                part = self._label_sum_vector()
+            return np.concatenate([head, part])
+        from fedmine.privacy import dp
+
+        y = self._data.y_train
+        part = dp.label_part(y, self.objective, num_class=self.num_class, label_range=label_range)
+        plain = np.concatenate([head, part])
+        if variances is None:
+            return plain
+        entry = dp.label_totals_variances(variances, len(part))
+        return plain + dp.skellam_noise(plain.shape, entry, n_parties=int(n_parties))
 
     def row_counts(self) -> dict[str, Any]:
         """This organisation's own row counts and label sums (disclosed: tree strategies, shared metrics)."""
@@ -529,15 +599,27 @@ class Party:
         if len(y) == 0:
             return metrics.sum_vector(y, np.zeros(self._shape(0)), self.objective)
         if self.policy is not None and not self.policy.shares_metrics:
-            own = metrics.exact(y, raw, self.objective)
-            self.own_history_.append(own)
-            _log.info(
-                "organisation %s: validation metrics of the global model after evaluation %d: %s",
-                self.name,
-                len(self.own_history_),
-                ", ".join(f"{k}={v:.6g}" for k, v in own.items()),
-            )
+            self.log_metrics()
         return metrics.sum_vector(y, raw, self.objective)
+
+    def log_metrics(self) -> None:
+        """Compute this organisation's exact validation metrics of the model it follows and log them here.
+
+        Nothing is answered: under ``privacy.epsilon`` (no validation sums
+        leave the party) this is how each organisation still sees its figures
+        (:attr:`own_history_`, the ``fedmine.party`` log).
+        """
+        y = self._data.y_valid
+        if len(y) == 0:
+            return
+        own = metrics.exact(y, self._current_valid_raw(), self.objective)
+        self.own_history_.append(own)
+        _log.info(
+            "organisation %s: validation metrics of the global model after evaluation %d: %s",
+            self.name,
+            len(self.own_history_),
+            ", ".join(f"{k}={v:.6g}" for k, v in own.items()),
+        )
 
     def own_metrics(self) -> dict[str, float]:
         """This party's exact metrics of the current model (organisation_metrics: shared)."""

@@ -38,7 +38,7 @@ from fedmine import connectors, metrics, protocol
 from fedmine.errors import DataError, FedmineError, PartyError
 from fedmine.gbdt.state import EngineState
 from fedmine.party.organisation import TrainValidRows, fingerprint, global_row_ids
-from fedmine.privacy.noise import add_noise_to_cells, check_variances, noise_cells, noise_rng
+from fedmine.privacy.noise import add_noise_to_cells, noise_cells, noise_share
 from fedmine.protocol import CREATED, ProtocolError
 from fedmine.schema import harmonise
 
@@ -424,13 +424,8 @@ class PartitionedState:
     def set_noise(self, variances: Any, *, n_parties: int, seed: int | None = None, party_index: int = 0) -> None:
         """This party's noise share, added once to the summed histograms (as :meth:`EngineState.set_noise`)."""
         self._enter("set_noise")
-        if variances is None:
-            self._noise = None
-            return
-        v = check_variances(variances)
-        if isinstance(n_parties, bool) or not isinstance(n_parties, (int, np.integer)) or n_parties < 1:
-            raise ValueError(f"n_parties must be an integer >= 1, got {n_parties!r}")
-        self._noise = (v, int(n_parties), noise_rng(seed, party_index, global_row_ids(self.org, self.n_rows)))
+        row_ids = global_row_ids(self.org, self.n_rows)
+        self._noise = noise_share(variances, n_parties=n_parties, seed=seed, party_index=party_index, row_ids=row_ids)
 
     @property
     def scores_valid_(self) -> np.ndarray | None:

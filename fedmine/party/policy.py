@@ -10,7 +10,10 @@ trusted for nothing the party can check:
   key exchange, and the peers must be exactly the config's organisations;
 - differential-privacy noise comes from the party's own randomness (a seed
   sent by the coordinator is refused) and cannot be switched off when the
-  config sets ``privacy.epsilon``;
+  config sets ``privacy.epsilon``; under it nothing leaves un-noised: label
+  totals and statistics, grid counts, histograms and leaf sums carry the
+  party's noise share, gradients are clipped to the config's bounds, and
+  feature ranges, validation sums, metrics and row counts are refused;
 - local LightGBM training uses the parameters of the config's ``training``
   section (an allow-list without sockets or files), with the config's rounds
   as a cap and a time limit;
@@ -58,6 +61,9 @@ class PartyPolicy:
     declared : bool mask of features whose range the schema declares.
     shares_metrics : answers ``own_metrics`` and ``local_baseline`` (``privacy.organisation_metrics: shared``).
     shares_rows : answers ``row_counts`` (shared metrics, or a tree strategy).
+    label_range : ``(privacy.label_min, privacy.label_max)`` (DP: real labels are clipped to it), or None.
+    clip_bounds : under epsilon, the largest gradient and hessian clips it accepts (``privacy.gradient_bound``,
+        ``privacy.hessian_bound`` or the objective's own bounds), else None.
     """
 
     organisation: str
@@ -71,6 +77,8 @@ class PartyPolicy:
     declared: np.ndarray = field(hash=False, compare=False)
     shares_metrics: bool = True
     shares_rows: bool = True
+    label_range: tuple[float, float] | None = None
+    clip_bounds: tuple[float, float] | None = None
     max_nodes_per_request: int = MAX_NODES_PER_REQUEST
     max_answer_bytes: int = MAX_ANSWER_BYTES
     train_seconds: float = TRAIN_SECONDS
@@ -86,6 +94,15 @@ class PartyPolicy:
             dtype=bool,
         )
         t = cfg.training
+        clips = None
+        if cfg.privacy.epsilon is not None:
+            from fedmine.gbdt.objectives import make_objective
+            from fedmine.privacy.noise import DPConfig, dp_bounds
+
+            obj = make_objective(cfg.objective, num_class=cfg.num_class)
+            clips = dp_bounds(
+                DPConfig(grad_bound=cfg.privacy.gradient_bound, hess_bound=cfg.privacy.hessian_bound), obj
+            )
         return cls(
             organisation=org,
             peers=frozenset(cfg.organisations),
@@ -98,4 +115,6 @@ class PartyPolicy:
             declared=declared,
             shares_metrics=cfg.privacy.shares_organisation_metrics,
             shares_rows=cfg.privacy.shares_organisation_metrics or t.strategy != "histogram",
+            label_range=cfg.privacy.label_range,
+            clip_bounds=clips,
         )

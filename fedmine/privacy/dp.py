@@ -188,6 +188,125 @@ def histogram_sensitivity(
 
 
 # ---------------------------------------------------------------------------
+# label totals: the row counts and label sums of a DP training
+# ---------------------------------------------------------------------------
+
+#: Share of the budget spent on the noisy label totals (row counts and label sums: the initial score).
+LABEL_TOTALS_SHARE = 0.02
+
+#: Objectives whose label part is class counts (the others sum a real label, clipped to its declared range).
+COUNTED_LABELS = ("binary", "multiclass")
+
+LABEL_TOTALS_FIELDS = ("rows", "label")
+
+
+def label_bound(label_range) -> float:
+    """``max(|min|, |max|)`` of a declared label range ``(min, max)``: one row's largest |label| after clipping."""
+    try:
+        lo, hi = (float(v) for v in label_range)
+    except (TypeError, ValueError):
+        raise ConfigError(f"privacy.label_min and privacy.label_max must be two numbers, got {label_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ConfigError(f"privacy.label_min ({lo:g}) must be below privacy.label_max ({hi:g}), both finite")
+    return max(abs(lo), abs(hi), 2.0**-20)
+
+
+def label_scale(label_range, *, row_bits: int = DEFAULT_ROW_BITS) -> float:
+    """Fixed-point scale of a real label under DP: the largest power of two ``s`` with ``bound * s <= 2**row_bits``."""
+    return dp_scale(label_bound(label_range), n_total=1, row_bits=row_bits)
+
+
+def label_part(y, objective: str, *, num_class: int, label_range=None) -> np.ndarray:
+    """A party's label part of its DP label totals, int64: class counts, or the fixed-point sum of clipped labels.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n_rows,), the training labels (class codes for binary and multiclass)
+    objective : str
+    num_class : int, classes of a multiclass label
+    label_range : (min, max), required for real labels (``privacy.label_min``, ``privacy.label_max``)
+
+    Returns
+    -------
+    part : ndarray of int64, shape (1,) (binary: positives; real labels: ``sum(rint(clip(y) * s))``) or (num_class,)
+    """
+    y = np.asarray(y, dtype=np.float64)
+    if objective == "multiclass":
+        return np.bincount(y.astype(np.int64), minlength=num_class).astype(np.int64)
+    if objective == "binary":
+        return np.array([np.count_nonzero(y == 1)], dtype=np.int64)
+    if label_range is None:
+        raise ConfigError(
+            f"objective {objective!r} under privacy.epsilon needs a declared label range "
+            "(privacy.label_min and privacy.label_max)"
+        )
+    lo, hi = (float(v) for v in label_range)
+    s = label_scale((lo, hi))
+    return np.array([int(np.rint(np.clip(y, lo, hi) * s).sum())], dtype=np.int64)
+
+
+def label_totals_sensitivity(objective: str, *, label_range=None, row_bits: int = DEFAULT_ROW_BITS) -> Sensitivity:
+    """What one row changes in the DP label totals ``[n_rows, n_valid, label part]``.
+
+    A training row adds 1 to ``n_rows`` and at most one class count by 1 (or
+    the fixed-point label sum by ``ceil(bound * s)``); a validation row adds
+    1 to ``n_valid`` alone. Fields ``rows`` (one of the two counts) and
+    ``label`` (one coordinate).
+    """
+    if objective in COUNTED_LABELS:
+        label = 1
+    else:
+        if label_range is None:
+            raise ConfigError(
+                f"objective {objective!r} under privacy.epsilon needs a declared label range "
+                "(privacy.label_min and privacy.label_max)"
+            )
+        label = max(math.ceil(label_bound(label_range) * label_scale(label_range, row_bits=row_bits)), 1)
+    return Sensitivity(fields=LABEL_TOTALS_FIELDS, coords=(1, 1), bounds=(1, label))
+
+
+def label_totals_variances(field_variances, n_label: int) -> np.ndarray:
+    """Per-entry variances of the label totals ``[n_rows, n_valid, label part (n_label)]`` from the two fields'."""
+    v = np.asarray(field_variances, dtype=np.float64)
+    if v.shape != (2,) or not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise ValueError(f"label totals variances must be 2 positive numbers (rows, label), got {field_variances!r}")
+    return np.concatenate([np.full(2, v[0]), np.full(int(n_label), v[1])])
+
+
+def decode_label_totals(totals, objective: str, *, label_range=None) -> tuple[int, int, np.ndarray]:
+    """``(n_rows, n_valid, label sums)`` from summed noisy label totals (post-processing: clamped to what can be).
+
+    Counts are at least 1 (rows, class counts) and a real label's sum lies
+    in ``[min * n_rows, max * n_rows]``.
+    """
+    t = np.asarray(totals, dtype=np.int64)
+    n_rows, n_valid = max(int(t[0]), 1), max(int(t[1]), 0)
+    if objective in COUNTED_LABELS:
+        sums = np.clip(t[2:], 1, n_rows).astype(np.float64)
+        return n_rows, n_valid, sums
+    lo, hi = (float(v) for v in label_range)
+    total = float(t[2]) / label_scale((lo, hi))
+    return n_rows, n_valid, np.array([min(max(total, lo * n_rows), hi * n_rows)])
+
+
+# ---------------------------------------------------------------------------
+# the budget of a training: one calibration over every kind of release
+# ---------------------------------------------------------------------------
+
+
+def one_off_factor(share: float, *, repeated: int, repeated_share: float) -> float:
+    """Noise multiplier of a one-off release relative to a repeated release's, for ``share`` of the budget.
+
+    Under Gaussian RDP a release at ``c * z`` costs ``1 / c**2`` releases at
+    ``z``; ``repeated`` releases take ``repeated_share`` of the budget, so a
+    one-off release at ``c = sqrt(repeated_share / (share * repeated))`` takes ``share``.
+    """
+    if not 0.0 < share < 1.0 or not 0.0 < repeated_share <= 1.0:
+        raise ValueError(f"budget shares must be in (0, 1), got {share!r} and {repeated_share!r}")
+    return math.sqrt(repeated_share / (share * max(int(repeated), 1)))
+
+
+# ---------------------------------------------------------------------------
 # noise
 # ---------------------------------------------------------------------------
 
@@ -333,9 +452,11 @@ def calibrate(
 
 
 __all__ = [
+    "COUNTED_LABELS",
     "DEFAULT_ROW_BITS",
     "GAUSSIAN",
     "HISTOGRAM_FIELDS",
+    "LABEL_TOTALS_SHARE",
     "MAX_SKELLAM_VARIANCE",
     "SKELLAM",
     "Sensitivity",
@@ -343,7 +464,14 @@ __all__ = [
     "calibrate",
     "clip_gradients",
     "clip_hessians",
+    "decode_label_totals",
     "dp_scale",
     "histogram_sensitivity",
+    "label_bound",
+    "label_part",
+    "label_scale",
+    "label_totals_sensitivity",
+    "label_totals_variances",
+    "one_off_factor",
     "skellam_noise",
 ]

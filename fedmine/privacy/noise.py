@@ -191,6 +191,37 @@ def check_variances(variances) -> np.ndarray:
     return v
 
 
+def noise_share(variances, *, n_parties, seed, party_index: int, row_ids: np.ndarray):
+    """A party's noise request checked once: ``(variances, n_parties, generator)``, or None (no noise).
+
+    The one implementation behind every ``set_noise`` (an engine state, an
+    organisation's partitions): they differ only in the row ids that seed a
+    reproducible generator (:func:`noise_rng`).
+
+    Parameters
+    ----------
+    variances : array-like of shape (3,) or None
+        Variance of the summed noise per histogram field (grad, hess, count); None: no noise.
+    n_parties : int >= 1
+        Parties adding a share.
+    seed : int or None
+        None: fresh operating-system entropy; an integer: :func:`noise_rng`'s reproducible generator.
+    party_index : int
+    row_ids : ndarray of shape (n_rows,)
+        The party's global row ids.
+
+    Returns
+    -------
+    (ndarray of shape (3,), int, numpy Generator) or None
+    """
+    if variances is None:
+        return None
+    v = check_variances(variances)
+    if isinstance(n_parties, bool) or not isinstance(n_parties, (int, np.integer)) or n_parties < 1:
+        raise ValueError(f"n_parties must be an integer >= 1, got {n_parties!r}")
+    return v, int(n_parties), noise_rng(seed, party_index, row_ids)
+
+
 def add_noise_to_cells(
     hist: np.ndarray, cells: np.ndarray, variances: np.ndarray, *, n_parties: int, rng: np.random.Generator
 ) -> np.ndarray:

@@ -8,13 +8,19 @@ JSON-able values) and never needs to know how the numbers were computed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 #: What the epsilon covers; anything else a training sends is not accounted.
 COVERS_HISTOGRAMS = "histogram releases"
 NO_DP = "none"
+
+#: What a DP training's receipt says besides its releases: what the coordinator learns outside them.
+OUTSIDE_EPSILON = (
+    "validation sums: not released (each organisation logs its own metrics); disclosed, no statistic "
+    "of the rows: feature names, public keys, the clip bounds and a digest of the rows (describe.fingerprint)"
+)
 
 
 def disclosed_calls() -> list[str]:
@@ -135,6 +141,43 @@ class PrivacyReceipt:
             delta=float(accountant.delta),
             releases=accountant.releases_,
         )
+
+    @classmethod
+    def from_budget(
+        cls, budget, accountant, *, secure_aggregation: bool, n_parties: int, releases_per_round: int
+    ) -> PrivacyReceipt:
+        """Receipt of a DP training planned by a :class:`~fedmine.privacy.budget.Budget`: every kind of release.
+
+        Per kind (read from the accountant's ledger, so they add up to its
+        releases): ``release.<kind>.count``, ``noise_multiplier``,
+        ``budget_share`` (its part of the privacy loss, Gaussian RDP: a release
+        at ``z`` costs ``1 / z**2``) and ``epsilon_alone``; ``covers`` names
+        every kind with its count and share, then what the coordinator learns
+        outside them (:data:`OUTSIDE_EPSILON`).
+        """
+        receipt = cls.from_accountant(
+            accountant,
+            secure_aggregation=secure_aggregation,
+            n_parties=n_parties,
+            noise_multiplier=budget.noise_multiplier,
+            releases_per_round=releases_per_round,
+        )
+        counts = budget.counts(accountant.ledger_)
+        params = dict(receipt.parameters, dp_method=budget.method)
+        params.update({f"default.{k}": v for k, v in budget.dp_defaults.items()})
+        cost = {r.kind: counts[r.kind] / budget.noise(r.kind) ** 2 for r in budget.releases}
+        total = sum(cost.values()) or 1.0
+        for r in budget.releases:
+            z, c = budget.noise(r.kind), counts[r.kind]
+            params[f"release.{r.kind}.count"] = int(c)
+            params[f"release.{r.kind}.noise_multiplier"] = float(z)
+            params[f"release.{r.kind}.budget_share"] = cost[r.kind] / total
+            params[f"release.{r.kind}.epsilon_alone"] = (
+                accountant.epsilon_of(z, c, sensitivity=r.sensitivity) if c else 0.0
+            )
+        kinds = ", ".join(f"{r.kind} ({counts[r.kind]}, {cost[r.kind] / total:.1%})" for r in budget.releases)
+        covers = f"every release of the rows to the coordinator, noised: {kinds}; {OUTSIDE_EPSILON}"
+        return replace(receipt, parameters=params, covers=covers)
 
 
 def _number(value) -> float | None:

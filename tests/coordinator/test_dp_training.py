@@ -11,15 +11,22 @@ from dp_accounting import rdp
 
 from fedmine.coordinator.training import Coordinator
 from fedmine.privacy.accountant import skellam_rdp
+from fedmine.privacy.dp import label_totals_sensitivity
 from tests.coordinator.test_histogram_strategy import ORGS, cfg_for, make_rows, partition
 from tests.coordinator.test_secure_training import parties_for
 
 
 def train(epsilon, rounds=6, **privacy):
+    """The histogram method (noise on every node histogram), bins from the declared ranges."""
     X, y = make_rows("binary", n=3000, seed=4)
     parts = partition(y, 3, "iid")
     cfg = cfg_for("binary", ORGS[:3], rounds=rounds, num_leaves=7)
+    for i, name in enumerate(cfg.features):
+        if cfg.features[name].type != "category":
+            cfg.features[name].min = float(np.floor(np.nanmin(X[:, i])))
+            cfg.features[name].max = float(np.ceil(np.nanmax(X[:, i])))
     cfg.privacy.epsilon = epsilon
+    cfg.privacy.dp_method = "histogram"
     for k, v in privacy.items():
         setattr(cfg.privacy, k, v)
     coord = Coordinator(cfg, parties_for(cfg, X, y, parts))
@@ -45,15 +52,18 @@ def test_epsilon_is_reported_every_round_and_matches_dp_accounting():
     assert eps[-1] <= 4.0
     receipt = coord.receipt().as_dict()
     assert receipt["mechanism"] == "skellam" and receipt["secure_aggregation"] is True
-    # a direct dp_accounting computation for the same mechanism and number of releases
+    # a direct dp_accounting computation for the same mechanism and releases: the label totals and the histograms
     strategy = coord.strategy
     sens = strategy.trainer.sensitivity
     releases = strategy.trainer.releases_
     orders = np.arange(2, 257)
     curve = skellam_rdp(strategy.noise_multiplier, sens, orders) * releases
+    label_z = receipt["param.release.label_totals.noise_multiplier"]
+    curve = curve + skellam_rdp(label_z, label_totals_sensitivity("binary"), orders)
     direct, _ = rdp.rdp_privacy_accountant.compute_epsilon(orders, curve, coord.cfg.privacy.delta)
     assert receipt["epsilon_total"] == pytest.approx(direct, rel=1e-9)
-    assert receipt["releases"] == releases
+    assert receipt["releases"] == releases + 1
+    assert receipt["param.release.histograms.count"] == releases and receipt["param.release.label_totals.count"] == 1
 
 
 def test_large_epsilon_close_to_no_dp_and_small_epsilon_changes_the_model():
@@ -69,10 +79,12 @@ def test_large_epsilon_close_to_no_dp_and_small_epsilon_changes_the_model():
 
 def test_training_stops_before_the_budget_is_exceeded(monkeypatch):
     """Noise calibrated for a quarter of the releases: the accountant stops training before it overspends."""
-    import fedmine.privacy.dp as dp
+    import fedmine.privacy.budget as budget
 
-    calibrate = dp.calibrate
-    monkeypatch.setattr(dp, "calibrate", lambda eps, delta, releases, sens: calibrate(eps, delta, releases // 4, sens))
+    calibrate = budget.calibrate
+    monkeypatch.setattr(
+        budget, "calibrate", lambda eps, delta, releases, sens, **kw: calibrate(eps, delta, releases // 4, sens, **kw)
+    )
     coord, results, _, _ = train(1.0, rounds=12)
     assert results[-1].stopped and len(results) < 12
     assert any("privacy budget: stopped before round" in n for n in coord.notices)

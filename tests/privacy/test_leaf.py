@@ -18,6 +18,7 @@ from fedmine.party.organisation import Party, TrainValidRows
 from fedmine.party.policy import PartyPolicy
 from fedmine.privacy import leaf
 from fedmine.privacy.accountant import SKELLAM_ORDERS, Sensitivity, skellam_rdp
+from fedmine.privacy.dp import LABEL_TOTALS_SHARE, label_totals_sensitivity
 from tests.coordinator.test_histogram_strategy import ORGS, cfg_for, make_rows, partition
 
 
@@ -122,14 +123,17 @@ def test_leaf_training_spends_exactly_its_budget_on_bins_and_leaves_and_says_so(
     assert receipt["param.release.bins.count"] == 1
     assert receipt["param.release.bins.budget_share"] == pytest.approx(leaf.BIN_SHARE, rel=1e-6)
     assert receipt["param.default.max_depth"] == leaf.DEFAULTS["max_depth"]
-    assert receipt["param.release.label_stats.budget_share"] == pytest.approx(leaf.LABEL_SHARE, rel=1e-6)
-    assert receipt["covers"] == "bins (1), label_stats (1), leaf_sums (8); not noised: label totals, validation sums"
-    # a direct computation: the bins', the class counts' and 8 leaf releases, composed by dp_accounting
+    assert receipt["param.release.label_totals.budget_share"] == pytest.approx(LABEL_TOTALS_SHARE, rel=1e-6)
+    assert receipt["covers"].startswith(
+        "every release of the rows to the coordinator, noised: label_totals (1, 2.0%), bins (1, 10.0%), "
+        "leaf_sums (8, 88.0%); validation sums: not released"
+    )
+    # a direct computation: the label totals', the bins' and 8 leaf releases, composed by dp_accounting
     bins_z = receipt["param.release.bins.noise_multiplier"]
-    label_z = receipt["param.release.label_stats.noise_multiplier"]
+    label_z = receipt["param.release.label_totals.noise_multiplier"]
     curve = 8 * skellam_rdp(strategy.noise_multiplier, strategy.trainer.sensitivity, SKELLAM_ORDERS)
     curve = curve + skellam_rdp(bins_z, leaf.bin_sensitivity(X.shape[1]), SKELLAM_ORDERS)
-    curve = curve + skellam_rdp(label_z, leaf.label_sensitivity(), SKELLAM_ORDERS)
+    curve = curve + skellam_rdp(label_z, label_totals_sensitivity("binary"), SKELLAM_ORDERS)
     direct, _ = rdp_privacy_accountant.compute_epsilon(SKELLAM_ORDERS, curve, 1e-6)
     assert receipt["epsilon_total"] == pytest.approx(direct, rel=1e-9) and direct <= 1.0
     assert receipt["epsilon_total"] > 0.99  # calibrated to the budget, not below it
@@ -170,5 +174,5 @@ def test_the_leaf_method_needs_declared_ranges():
         )
         for o, i in zip(cfg.organisations, parts)
     ]
-    with pytest.raises(ConfigError, match=r"privacy.dp_method leaf: features \['f0', 'f1', 'f2', 'f4'\] need declared"):
+    with pytest.raises(ConfigError, match=r"features.f0.min and .max: required with privacy.epsilon .*f0, f1, f2, f4"):
         Coordinator(cfg, parties).start()
