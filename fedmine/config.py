@@ -427,6 +427,11 @@ class PrivacySpec(_Strict):
         description="under epsilon: leaf (random split candidates, noise on leaf sums only, Newton leaves) or "
         "histogram (noisy histograms of every node); default leaf when every feature declares its range",
     )
+    leaf_trees: Literal["cyclic", "random"] = Field(
+        "cyclic",
+        description="trees of dp_method leaf: cyclic (one feature per round in turn, a leaf per bin) or random "
+        "(full trees of max_depth levels with random splits)",
+    )
     organisation_metrics: Literal["shared", "own"] | None = Field(
         None,
         description="each organisation's metrics of the global model: sent to the coordinator (shared) or "

@@ -24,6 +24,7 @@ only decide who trains on what and how the trees combine.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -329,6 +330,7 @@ class HistogramStrategy(Strategy):
                 self.group,
                 b.params,
                 seed=int(b.params.get("seed", 0)),
+                trees=ctx.privacy.leaf_trees,
                 bin_variance=float(b.variances("bins")[0]),
                 **common,
             )
@@ -427,6 +429,10 @@ class HistogramStrategy(Strategy):
             n_parties=n_parties,
             releases_per_round=self.trainer.max_releases_per_round,
         )
+        if self.dp_method == "leaf":
+            receipt = dataclasses.replace(
+                receipt, parameters={**receipt.parameters, "leaf_trees": self.trainer.tree_kind}
+            )
         return receipt
 
     def truncate(self, ctx: RoundContext, n_trees: int) -> None:

@@ -167,7 +167,8 @@ def plan(
 
     params, defaults = dict(engine_params), {}
     if method == LEAF:
-        defaults = {k: v for k, v in leaf.DEFAULTS.items() if k not in user_params}
+        trees = getattr(privacy, "leaf_trees", leaf.TREES[0])
+        defaults = {k: v for k, v in leaf.DEFAULTS[trees].items() if k not in user_params}
         params.update(defaults)
     elif method != HISTOGRAM:
         raise ConfigError(f"privacy.dp_method: {method!r} is not allowed; allowed: leaf, histogram")

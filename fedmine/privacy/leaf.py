@@ -2,13 +2,14 @@
 
 This module owns the ``leaf`` method: trees whose structure costs no budget,
 noise only on the leaf sums, Newton leaf values, and the training's budget
-split into its releases (Maddock et al., CCS 2022: random split candidates,
-Newton leaves from jointly noised sums, loss-derived bounds)::
+split into its releases (Maddock et al., CCS 2022: split candidates that cost
+no budget, Newton leaves from jointly noised sums, loss-derived bounds;
+Nori et al. 2021, DP-EBM: one feature per round, in a cycle)::
 
     coordinator                                    party k
     -----------                                    -------
     bins:   grid_counts(grid, variance=v_b)  <---  counts + Skellam share   (one release, DP quantiles)
-    round:  structure = random_tree(rng, bins)     (no data: free)
+    round:  structure = feature_tree(f, bins)      (no data: free; f = round mod features)
             leaf_sums(structure, scales)     <---  sum g, sum h per leaf + Skellam share
             value_j = -lr * G_j / (H_j + lambda)   (post-processing)
             begin_round(it + 1, trees)             scores += tree
@@ -21,13 +22,18 @@ of the budget than the gradient (its signal, ``n_leaf * h``, is larger), so a
 release gives the hessian :data:`HESS_SHARE` of its privacy loss
 (:class:`~fedmine.privacy.accountant.Sensitivity` ``shares``).
 
-Trees are full binary trees of ``depth`` levels; every node splits on a
-feature drawn uniformly and a bin threshold drawn uniformly among that
-feature's bins (categorical features: one category against the rest), missing
-values going left or right at random. The bins are the split candidates: DP
-quantiles from one noisy count release (:data:`BIN_SHARE` of the budget) on a
-coarse grid over the declared ranges, so no candidate looks at the rows
-beyond that release. Under DP every feature needs a declared range.
+Trees (``privacy.leaf_trees``): ``cyclic`` (the default) grows one-feature
+trees, feature ``round mod n_features`` in turn, whose ``num_leaves`` leaves
+are runs of about equal mass of that feature's bins (a categorical feature:
+one leaf per category), so the model is an additive one with interactions
+left out, and each release's noise falls on few, well-filled leaves.
+``random`` grows full binary trees of ``max_depth`` levels; every node splits
+on a feature drawn uniformly and a bin threshold drawn uniformly among that
+feature's bins (categorical features: one category against the rest),
+missing values going left or right at random. The bins are the split
+candidates: DP quantiles from one noisy count release (:data:`BIN_SHARE` of
+the budget) on a coarse grid over the declared ranges, so no candidate looks
+at the rows beyond that release. Under DP every feature needs a declared range.
 """
 
 from __future__ import annotations
@@ -58,8 +64,15 @@ WIDE_RANGE = 1000.0
 #: Largest |leaf value| before shrinkage (a leaf whose noisy hessian is tiny cannot explode).
 MAX_LEAF_VALUE = 4.0
 
-#: Defaults of the leaf method when ``privacy.epsilon`` is set (stated in the receipt); the config overrides them.
-DEFAULTS = {"max_depth": 3, "max_bin": 32, "learning_rate": 0.4, "lambda_l2": 100.0}
+#: Tree structures of the leaf method: one feature per round in a cycle, leaves its bins; or random depth-d trees.
+TREES = ("cyclic", "random")
+
+#: Defaults of the leaf method when ``privacy.epsilon`` is set, per ``privacy.leaf_trees`` (stated in the
+#: receipt); the config overrides them. One-feature trees: 8 leaves of about equal mass over 32 DP-quantile bins.
+DEFAULTS = {
+    "cyclic": {"num_leaves": 8, "max_bin": 32, "learning_rate": 0.4, "lambda_l2": 300.0},
+    "random": {"max_depth": 3, "max_bin": 32, "learning_rate": 0.4, "lambda_l2": 100.0},
+}
 
 
 def random_tree(rng: np.random.Generator, mapper: BinMapper, *, depth: int, features: np.ndarray) -> Tree:
@@ -107,6 +120,88 @@ def random_tree(rng: np.random.Generator, mapper: BinMapper, *, depth: int, feat
             rec["threshold"] = mapper.threshold(f, t)
     cats = np.stack(bitsets) if bitsets else np.zeros((0, CAT_WORDS), dtype=CAT_BITSET_DTYPE)
     return Tree(nodes, cats)
+
+
+def feature_tree(mapper: BinMapper, feature: int, *, thresholds: np.ndarray | None = None) -> Tree:
+    """A one-feature tree whose leaves are ``feature``'s bins; leaf ``j`` (left to right) has value ``j``.
+
+    Numeric features: a balanced tree over the bin thresholds ``t`` (rows with
+    bin ``<= t`` go left), so leaf ``j`` holds the bins between the ``j``-th and
+    the ``j + 1``-th threshold; missing values go right (the last leaf).
+    Categorical features: a chain, category ``c`` alone in leaf ``c``, the last
+    leaf holding the last category, missing and unseen codes. Each row is in
+    one leaf, as in any tree, so a release of its leaf sums costs what a
+    release of a random tree's costs.
+
+    Parameters
+    ----------
+    mapper : the federation's bins
+    feature : int
+        A feature with two bins or more.
+    thresholds : ndarray of int, optional
+        Numeric features: the bin thresholds to split at, each in ``[0, n_bins - 2]``
+        (default: all, one leaf per bin).
+
+    Returns
+    -------
+    Tree with ``len(thresholds)`` internal nodes (``n_bins - 1`` for categorical features) and one leaf more.
+    """
+    f, k = int(feature), int(mapper.n_bins[feature])
+    categorical = bool(mapper.categorical[f])
+    if categorical or thresholds is None:
+        cuts = np.arange(k - 1, dtype=np.int64)
+    else:
+        cuts = np.unique(np.asarray(thresholds, dtype=np.int64))
+    n_inner = int(cuts.size)
+    nodes = np.zeros(2 * n_inner + 1, dtype=NODE_DTYPE)
+    bitsets: list[np.ndarray] = []
+    counter = {"node": 0, "leaf": 0}
+
+    def make(parent: int, depth: int) -> int:
+        i = counter["node"]
+        counter["node"] += 1
+        rec = nodes[i]
+        rec["parent"], rec["depth"], rec["slot"], rec["cat_index"] = parent, depth, i, -1
+        rec["is_leaf"], rec["feature"], rec["left"], rec["right"], rec["split_order"] = 1, -1, -1, -1, -1
+        return i
+
+    def grow(i: int, lo: int, hi: int) -> None:
+        """Node ``i`` splits at the middle of ``cuts[lo:hi]`` (a chain for categorical features)."""
+        rec = nodes[i]
+        if lo >= hi:
+            rec["value"] = float(counter["leaf"])
+            counter["leaf"] += 1
+            return
+        mid = lo if categorical else (lo + hi) // 2
+        rec["is_leaf"], rec["feature"], rec["split_order"] = 0, f, i
+        if categorical:
+            code = int(cuts[mid])
+            bits = np.zeros(CAT_WORDS, dtype=CAT_BITSET_DTYPE)
+            bits[code >> 5] = np.uint32(1) << np.uint32(code & 31)
+            rec["is_categorical"], rec["cat_index"], rec["threshold"] = 1, len(bitsets), float(len(bitsets))
+            bitsets.append(bits)
+        else:
+            rec["bin_threshold"] = int(cuts[mid])
+            rec["threshold"] = mapper.threshold(f, int(cuts[mid]))
+        depth = int(rec["depth"])
+        left = make(i, depth + 1)
+        nodes[i]["left"] = left
+        grow(left, lo, mid)
+        right = make(i, depth + 1)
+        nodes[i]["right"] = right
+        grow(right, mid + 1, hi)
+
+    grow(make(-1, 0), 0, n_inner)
+    cats = np.stack(bitsets) if bitsets else np.zeros((0, CAT_WORDS), dtype=CAT_BITSET_DTYPE)
+    return Tree(nodes, cats)
+
+
+def cyclic_thresholds(n_bins: int, n_leaves: int) -> np.ndarray | None:
+    """``n_leaves - 1`` bin thresholds cutting ``n_bins`` bins into equal runs (None when every bin is a leaf)."""
+    if n_bins <= n_leaves:
+        return None
+    cuts = np.floor(np.arange(1, n_leaves) * n_bins / n_leaves).astype(np.int64) - 1
+    return np.unique(np.clip(cuts, 0, n_bins - 2))
 
 
 def newton_values(
@@ -181,6 +276,7 @@ class LeafTrainer(Trainer):
         params,
         *,
         seed: int | None = 0,
+        trees: str = "cyclic",
         bin_variance: float | None = None,
         label_variance: float | None = None,
         **kwargs,
@@ -188,11 +284,14 @@ class LeafTrainer(Trainer):
         kwargs.setdefault("n_grid", DP_GRID_SIZE)
         super().__init__(party, params, **kwargs)
         self._rng = np.random.default_rng(seed)
+        if trees not in TREES:
+            raise ConfigError(f"privacy.leaf_trees: {trees!r} is not allowed; allowed: {', '.join(TREES)}")
+        self.tree_kind = trees
         self.bin_variance = bin_variance
         self.label_variance = label_variance
         if self.dp is None:
             raise ConfigError("privacy.dp_method leaf needs privacy.epsilon")
-        if self.params.max_depth < 1:
+        if trees == "random" and self.params.max_depth < 1:
             raise ConfigError(
                 f"privacy.dp_method leaf needs a tree depth >= 1 (max_depth), got {self.params.max_depth}"
             )
@@ -278,6 +377,14 @@ class LeafTrainer(Trainer):
         if self._features.size == 0:
             raise ConfigError("privacy.dp_method leaf: no feature has two bins to split on")
 
+    def _thresholds(self, feature: int) -> np.ndarray | None:
+        """The split thresholds of a one-feature tree: ``num_leaves`` leaves of about equal mass.
+
+        The bins are DP quantiles, so equal runs of bins hold about equal rows;
+        the thresholds depend on the bins alone. None: every bin its own leaf.
+        """
+        return cyclic_thresholds(int(self._mapper.n_bins[feature]), int(self.params.num_leaves))
+
     def _variances(self, noise_multiplier: float) -> np.ndarray:
         v = self.sensitivity.variances(noise_multiplier)  # (grad, hess); the count field is not released
         return np.array([v[0], v[1], v[1]])
@@ -289,10 +396,14 @@ class LeafTrainer(Trainer):
     def _step(self) -> float | None:
         params, party, obj = self.params, self.party, self._obj
         n_trees = obj.n_trees
-        structures = [
-            random_tree(self._rng, self._mapper, depth=params.max_depth, features=self._features)
-            for _ in range(n_trees)
-        ]
+        if self.tree_kind == "cyclic":
+            f = int(self._features[self._it % self._features.size])
+            structures = [feature_tree(self._mapper, f, thresholds=self._thresholds(f))] * n_trees
+        else:
+            structures = [
+                random_tree(self._rng, self._mapper, depth=params.max_depth, features=self._features)
+                for _ in range(n_trees)
+            ]
         gs = np.full(n_trees, self._dp_scales[0])
         hs = np.full(n_trees, self._dp_scales[1])
         sums = np.asarray(party.leaf_sums(structures, gs, hs), dtype=np.float64)

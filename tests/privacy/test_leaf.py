@@ -12,7 +12,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from fedmine.coordinator.training import Coordinator
 from fedmine.errors import ConfigError
 from fedmine.gbdt.binning import bin_columns, edges_from_grid_counts, grid_counts
-from fedmine.gbdt.predictor import tree_values_binned, tree_values_binned_numpy
+from fedmine.gbdt.predictor import predict_raw, tree_values_binned, tree_values_binned_numpy
 from fedmine.metrics import auc
 from fedmine.party.organisation import Party, TrainValidRows
 from fedmine.party.policy import PartyPolicy
@@ -50,6 +50,43 @@ def test_a_random_tree_sends_every_row_to_one_leaf_and_its_leaves_are_numbered_l
         assert np.array_equal(fast, tree_values_binned_numpy(tree, bins, rows, mapper.max_bin))
         assert set(np.unique(fast)) <= set(range(8))
     assert seen_categorical
+
+
+def test_a_one_feature_tree_puts_each_row_in_the_leaf_of_its_run_of_bins():
+    X, _ = make_rows("binary", n=500, seed=1)
+    X[::17, 0] = np.nan
+    mapper = mapper_for(X, [3])
+    bins = bin_columns(X, mapper)
+    rows = np.arange(X.shape[0], dtype=np.int64)
+    k = int(mapper.n_bins[0])
+    cuts = leaf.cyclic_thresholds(k, 4)
+    assert cuts is not None and cuts.size == 3 and leaf.cyclic_thresholds(k, k) is None
+    tree = leaf.feature_tree(mapper, 0, thresholds=cuts)
+    assert tree.n_leaves == 4 and set(tree.nodes["feature"][tree.nodes["is_leaf"] == 0]) == {0}
+    got = tree_values_binned(tree, bins, rows, mapper.max_bin)
+    b = bins[0].astype(np.int64)
+    want = np.where(b == mapper.max_bin, 3, np.searchsorted(cuts, b, side="left"))  # bin <= t goes left
+    assert np.array_equal(got, want) and np.array_equal(got, tree_values_binned_numpy(tree, bins, rows, mapper.max_bin))
+    every = leaf.feature_tree(mapper, 0)  # no thresholds: one leaf per bin
+    assert np.array_equal(tree_values_binned(every, bins, rows, mapper.max_bin), np.minimum(b, k - 1))
+    cat = leaf.feature_tree(mapper, 3)
+    kc = int(mapper.n_bins[3])
+    assert cat.n_leaves == kc and cat.cat_bitsets.shape[0] == kc - 1
+    codes = bins[3].astype(np.int64)
+    assert np.array_equal(tree_values_binned(cat, bins, rows, mapper.max_bin), np.minimum(codes, kc - 1))
+
+
+def test_one_feature_trees_export_as_lightgbm_trees_that_predict_what_the_engine_predicts():
+    coord, *_ = leaf_training(1.0, rounds=6)
+    model = coord.strategy.trainer.finish()
+    X, _ = make_rows("binary", n=800, seed=9)
+    X[::13, 1] = np.nan
+    used = [int(np.unique(t.nodes["feature"][t.nodes["is_leaf"] == 0])[0]) for t in model.trees]
+    assert used == [0, 1, 2, 3, 4, 0]  # one feature per round, in turn
+    booster = lgb.Booster(model_str=coord.model_text())
+    assert booster.num_trees() == 6
+    ours = predict_raw(model.trees, X, init_scores=model.init_scores)
+    assert np.allclose(booster.predict(X, raw_score=True), np.ravel(ours), atol=1e-9)
 
 
 def test_newton_values_are_shrunk_clipped_and_finite_without_hessian():
@@ -122,7 +159,9 @@ def test_leaf_training_spends_exactly_its_budget_on_bins_and_leaves_and_says_so(
     assert receipt["param.dp_method"] == "leaf" and receipt["param.release.leaf_sums.count"] == 8
     assert receipt["param.release.bins.count"] == 1
     assert receipt["param.release.bins.budget_share"] == pytest.approx(leaf.BIN_SHARE, rel=1e-6)
-    assert receipt["param.default.max_depth"] == leaf.DEFAULTS["max_depth"]
+    assert receipt["param.leaf_trees"] == "cyclic"
+    assert receipt["param.default.lambda_l2"] == leaf.DEFAULTS["cyclic"]["lambda_l2"]
+    assert "param.default.num_leaves" not in receipt  # the config's own num_leaves (7) is kept
     assert receipt["param.release.label_totals.budget_share"] == pytest.approx(LABEL_TOTALS_SHARE, rel=1e-6)
     assert receipt["covers"].startswith(
         "every release of the rows to the coordinator, noised: label_totals (1, 2.0%), bins (1, 10.0%), "
@@ -141,9 +180,11 @@ def test_leaf_training_spends_exactly_its_budget_on_bins_and_leaves_and_says_so(
     assert booster.num_trees() == 8 and np.isfinite(booster.predict(X)).all()
 
 
-def test_leaf_training_learns_and_more_budget_learns_more():
-    loose, _, X, y = leaf_training(1e5, rounds=12)
-    tight, *_ = leaf_training(0.05, rounds=12)
+@pytest.mark.parametrize("trees", leaf.TREES)
+def test_leaf_training_learns_and_more_budget_learns_more(trees):
+    loose, _, X, y = leaf_training(1e5, rounds=12, leaf_trees=trees)
+    tight, *_ = leaf_training(0.05, rounds=12, leaf_trees=trees)
+    assert loose.receipt().as_dict()["param.leaf_trees"] == trees
     a_loose = auc(y, lgb.Booster(model_str=loose.model_text()).predict(X))
     a_tight = auc(y, lgb.Booster(model_str=tight.model_text()).predict(X))
     assert a_loose > 0.72 and a_loose > a_tight + 0.05
