@@ -364,7 +364,7 @@ class VerticalCoordinator:
 
     def receipt(self):
         """What each organisation and the coordinator learned (docs/privacy.md)."""
-        from fedmine.privacy.receipt import PrivacyReceipt
+        from fedmine.privacy.receipt import PrivacyReceipt, disclosed_fields
 
         learned = {
             "partition": "vertical",
@@ -381,7 +381,13 @@ class VerticalCoordinator:
         }
         for o in self.owners:
             learned[f"learned.{o}"] = "its shared rows; the rows of every node asked of it; the rows going left"
-        return PrivacyReceipt(secure_aggregation=False, n_parties=len(self.links), parameters=learned)
+        answered = set().union(*(link.answered for link in self.links.values()))
+        return PrivacyReceipt(
+            secure_aggregation=False,
+            n_parties=len(self.links),
+            parameters=learned,
+            disclosed=tuple(disclosed_fields(answered)),
+        )
 
     def checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The coordinator holds no model in vertical federation: its state is the round reached and who trained.

@@ -500,14 +500,12 @@ class VerticalParty(Party):
 
     def describe(self) -> dict[str, Any]:
         """Feature names, report, fingerprint, its number of ids; after the intersection its shared row counts
-        (the coordinator knows the intersection's size) and, at the label holder, its label sums."""
+        (the coordinator knows the intersection's size). The label holder's label sums stay with it."""
         out = super().describe()
         out["n_ids"] = len(self.ids)
         out["holds_label"] = self.holds_label
         if self.role_ is not None:
             out["n_rows"], out["n_valid"] = len(self._data.y_train), len(self._data.y_valid)
-            if self.holds_label:
-                out["label_sums"] = self._label_sums()
         return out
 
 

@@ -325,3 +325,65 @@ def test_under_its_epsilon_a_party_refuses_every_release_without_noise(dp_party,
     ) as caught:
         dp_party.call(name, *args, **kwargs)
     assert "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------
+# vertical federation: every disclosed field is in the table and the receipt
+# ---------------------------------------------------------------------------
+
+
+def disclosed_keys(name, answer):
+    """The fields of a disclosed answer as the table names them: a dict's keys (a conversation's ``result`` opened)."""
+    entry = protocol.call(name)
+    if not isinstance(answer, dict):
+        return [entry.discloses[0]]
+    keys = list(answer)
+    if "result" in answer and "result" not in entry.discloses:
+        result = answer["result"]
+        keys.remove("result")
+        keys += list(result) if isinstance(result, dict) else [entry.discloses[-1]]
+    return keys
+
+
+def test_a_vertical_training_discloses_only_fields_the_table_and_the_receipt_list():
+    from fedmine.config import config_from_dict
+    from fedmine.coordinator.vertical import VerticalCoordinator
+    from fedmine.demo import make_vertical_frames, vertical_demo_config
+    from fedmine.party.vertical import vertical_party
+    from tests.support import plain_cipher
+
+    raw = vertical_demo_config("sqlite:///unused.db")
+    raw["training"].update(rounds=2, num_leaves=4)
+    cfg = config_from_dict(raw)
+    frames = make_vertical_frames(5, n=400)
+    parties = [vertical_party(cfg, org, frames[org], cipher=plain_cipher) for org in cfg.organisations]
+    wire: list[tuple[str, str, object]] = []
+    for party in parties:
+
+        def recording(name, *args, _call=party.call, _org=party.name, **kwargs):
+            answer = _call(name, *args, **kwargs)
+            wire.append((_org, name, answer))
+            return answer
+
+        party.call = recording
+    coord = VerticalCoordinator(cfg, parties)
+    coord.intersect()
+    coord.start()
+    for r in (1, 2):
+        coord.run_round(r)
+    coord.model_text()
+    listed = set(coord.receipt().as_dict()["disclosed"].split(", "))
+    seen = set()
+    for org, name, answer in wire:
+        entry = protocol.call(name)
+        if entry.release != protocol.DISCLOSED:
+            assert answer is None, f"{org}: {name}"
+            continue
+        seen.add(name)
+        for f in disclosed_keys(name, answer):
+            assert f in entry.discloses, f"{org}: {name}.{f} is not in the protocol table"
+            assert f"{name}.{f}" in listed, f"{org}: {name}.{f} is not in the receipt"
+    assert {"describe", "psi_blind", "owner_histograms", "vertical_round"} <= seen
+    assert {f.split(".")[0] for f in listed} == seen
+    described = [a for _, n, a in wire if n == "describe"]
+    assert not any("label_sums" in d for d in described)  # the label holder's label sums stay with it
