@@ -439,3 +439,57 @@ def test_an_overlay_file_applies_every_value_it_holds(cfg_file, tmp_path):
     overlay.write_text("- 1\n")
     with pytest.raises(ConfigError, match=r"--set @.*best.yaml: expected a mapping of config keys"):
         load_config(cfg_file, [f"@{overlay}"])
+
+
+DP = ["training.strategy=histogram", "privacy.epsilon=1"]
+DECLARED = ["features.age.min=0", "features.age.max=120", "features.income.min=0", "features.income.max=1e7"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (DP, r"features.age.min and .max: required with privacy.epsilon .*undeclared: age, income$"),
+        (
+            [*DP, *DECLARED, "objective=regression", "privacy.gradient_bound=1"],
+            r"privacy.label_min and privacy.label_max: required with privacy.epsilon and objective regression",
+        ),
+        (
+            [
+                *DP,
+                *DECLARED,
+                "objective=regression",
+                "privacy.gradient_bound=1",
+                "privacy.label_min=3",
+                "privacy.label_max=1",
+            ],
+            r"privacy.label_min \(3\) must be below privacy.label_max \(1\)",
+        ),
+        (
+            [*DP, *DECLARED, "privacy.organisation_metrics=shared"],
+            r"privacy.organisation_metrics: shared is not allowed",
+        ),
+        (
+            [*DP, *DECLARED, "training.early_stopping_rounds=5"],
+            r"training.early_stopping_rounds: not allowed with privacy",
+        ),
+    ],
+)
+def test_under_epsilon_what_would_leave_un_noised_is_a_config_error(cfg_file, overrides, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(cfg_file, overrides)
+    assert "\n" not in str(caught.value)
+
+
+def test_under_epsilon_a_declared_schema_loads(cfg_file):
+    cfg = load_config(
+        cfg_file,
+        [
+            *DP,
+            *DECLARED,
+            "objective=regression",
+            "privacy.gradient_bound=1",
+            "privacy.label_min=0",
+            "privacy.label_max=1",
+        ],
+    )
+    assert cfg.privacy.label_range == (0.0, 1.0) and not cfg.privacy.shares_organisation_metrics
