@@ -346,7 +346,8 @@ class VerticalCoordinator:
     def model_text(self) -> str | None:
         """LightGBM model text when every organisation publishes its thresholds; None while they keep them."""
         if not self._model_done:
-            self._text = self._converse("vertical_model", bool(self.cfg.vertical.publish_thresholds))["text"]
+            publish = bool(self.cfg.vertical.publish_thresholds)
+            self._text = self._with_rejoin(self.last_round, lambda: self._converse("vertical_model", publish))["text"]
             self._model_done = True
         return self._text
 
