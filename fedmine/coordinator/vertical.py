@@ -226,12 +226,15 @@ class VerticalCoordinator:
     # -- parties that restarted, a coordinator that resumes ------------------
     def _with_rejoin(self, round_id: int, work):
         """``work()``; a party at an endpoint that fails meanwhile and comes back is taken up, and work runs again."""
-        back: list[str] = []
+        back: dict[str, str] = {}  # organisations that came back -> why they failed
         for attempt in range(MAX_REJOINS_PER_ROUND + 1):
             try:
                 if back:
-                    self._take_up(back, self.last_round)
-                    back = []
+                    self._take_up(list(back), self.last_round)
+                    self.notices += [
+                        f"party {o} failed in round {round_id} ({why}) and rejoined" for o, why in back.items()
+                    ]
+                    back = {}
                 return work()
             except PartyError as exc:
                 failed = [link for link in self.links.values() if link.failed]
@@ -245,8 +248,7 @@ class VerticalCoordinator:
                     if not wait_for_party(link, seconds=self.cfg.transport.rejoin_seconds):
                         raise
                     same_rows(link.name, self.fingerprints.get(link.name), link.call("describe"))
-                    self.notices.append(f"party {link.name} failed in round {round_id} ({exc}) and rejoined")
-                back = sorted(set(back) | {link.name for link in failed})
+                    back.setdefault(link.name, str(exc))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _take_up(self, names: list[str], rounds: int) -> dict[str, Any] | None:

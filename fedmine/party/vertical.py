@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedmine.errors import DataError, PartyError
+from fedmine.errors import ConfigError, DataError, PartyError
 from fedmine.party.feature_owner import FeatureOwner, pack_mask
 from fedmine.party.label_holder import DEFAULT_KEY_BITS, LabelHolder
 from fedmine.party.organisation import Party, TrainValidRows
@@ -359,9 +359,10 @@ class VerticalParty(Party):
 
         Raises
         ------
-        PartyError
+        ConfigError
             The party keeps no state (no output folder), has none of this
-            training, or none of that round.
+            training, or none of that round (not retried: a restart with
+            another folder does not bring it back).
         DataError
             Its rows changed since the training started.
         """
@@ -370,9 +371,9 @@ class VerticalParty(Party):
         where = "no --output folder" if state is None else str(state.folder)
         saved = None if state is None else state.load("rows")
         if saved is None or saved.get("training_id") != str(training_id):
-            raise PartyError(
+            raise ConfigError(
                 f"party {self.name}: vertical_rejoin: no saved state of training {training_id} ({where}); "
-                f"run the training again"
+                f"serve it with the --output folder it trained with, or run the training again"
             )
         if saved["fingerprint"] != self.fingerprint_:
             raise DataError(
@@ -390,9 +391,9 @@ class VerticalParty(Party):
         lead = self._lead("vertical_rejoin")
         kept = state.load(f"round-{rounds:05d}") if rounds > 0 else None
         if rounds > 0 and kept is None:
-            raise PartyError(
+            raise ConfigError(
                 f"party {self.name}: vertical_rejoin: no saved state of round {rounds} in {where}; "
-                f"run the training again"
+                f"serve it with the --output folder it trained with, or run the training again"
             )
 
         def work(ask):

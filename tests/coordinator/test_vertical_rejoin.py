@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedmine import protocol
 from fedmine.config import config_from_dict
 from fedmine.coordinator.vertical import VerticalCoordinator, check_resume
 from fedmine.demo import make_vertical_frames, vertical_demo_config
@@ -52,6 +53,7 @@ class Restarting:
         self.name = self.inner.name
         self.seen = 0
         self.restarts = 0
+        self.rejoined: list = []  # its vertical_rejoin answers
 
     def call(self, name, *args, **kwargs):
         if name == self.trigger:
@@ -60,7 +62,12 @@ class Restarting:
                 self.inner = self.make()  # a new process: its rows prepared again, nothing else
                 self.restarts += 1
                 raise PartyError(f"party {self.name}: {name} failed: connection reset")
-        return self.inner.call(name, *args, **kwargs)
+        answer = self.inner.call(name, *args, **kwargs)
+        if name in ("vertical_rejoin", "vertical_resume") and self.rejoined and "result" not in self.rejoined[-1]:
+            self.rejoined.append(answer)  # the label holder's conversation, to its result
+        elif name == "vertical_rejoin":
+            self.rejoined.append(answer)
+        return answer
 
 
 def _train(coord, first=1):
@@ -106,6 +113,13 @@ def test_a_restarted_party_rejoins_and_the_model_is_unchanged(frames, uninterrup
     assert _train(coord) == uninterrupted["text"]
     assert flaky.restarts == 1
     assert any(f"party {org} failed in round" in n and "rejoined" in n for n in coord.notices)
+    # what the rejoin disclosed is in the protocol table and in the receipt
+    entry = protocol.call("vertical_rejoin")
+    result = flaky.rejoined[-1]["result"]
+    assert {"shared_rows", "rounds"} <= set(result) <= set(entry.discloses)
+    assert result["shared_rows"] == coord.shared_rows
+    listed = coord.receipt().as_dict()["disclosed"].split(", ")
+    assert {f"vertical_rejoin.{f}" for f in entry.discloses} <= set(listed)
     assert _scores(coord) == uninterrupted["scores"]
     assert coord.history[-1].global_metrics == uninterrupted["metrics"]
 
@@ -143,13 +157,30 @@ def test_a_party_whose_rows_changed_is_refused(frames, tmp_path):
         party.call("vertical_rejoin", state["training_id"], 1, {}, None)
 
 
+def test_a_party_restarted_without_its_folder_fails_the_training_in_one_line(frames, tmp_path):
+    cfg = _cfg()
+    parties = [_party(cfg, o, frames[o], tmp_path) for o in ORGS]
+    moved = Restarting(
+        lambda: _party(cfg, "retailer", frames["retailer"], tmp_path / "elsewhere"), call="owner_histograms", at=2
+    )
+    moved.inner = parties[1]  # it trained with tmp_path/retailer, is started again with another folder
+    parties[1] = moved
+    coord = VerticalCoordinator(cfg, parties)
+    coord.start()
+    with pytest.raises(
+        ConfigError, match=r"^party retailer: vertical_rejoin: no saved state of training [0-9a-f]+ \(.*elsewhere"
+    ):
+        _train(coord)
+    assert parties[1].restarts == 1 and not coord.notices
+
+
 def test_a_party_without_its_saved_state_says_so(frames, tmp_path):
     cfg = _cfg()
     party = _party(cfg, "retailer", frames["retailer"], tmp_path)
-    with pytest.raises(PartyError, match=r"^party retailer: vertical_rejoin: no saved state of training 0123abcd \("):
+    with pytest.raises(ConfigError, match=r"^party retailer: vertical_rejoin: no saved state of training 0123abcd \("):
         party.call("vertical_rejoin", "0123abcd", 1, {}, None)
     party.output_dir = None
-    with pytest.raises(PartyError, match=r"no saved state of training 0123abcd \(no --output folder\)"):
+    with pytest.raises(ConfigError, match=r"no saved state of training 0123abcd \(no --output folder\); serve it"):
         party.call("vertical_rejoin", "0123abcd", 1, {}, None)
     with pytest.raises(PartyError, match="is not a folder name"):
         _party(cfg, "retailer", frames["retailer"], tmp_path).call("vertical_rejoin", "../../etc", 1, {}, None)
