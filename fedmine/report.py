@@ -174,6 +174,13 @@ def gain_rows(summary: dict[str, Any]) -> list[tuple[str, int, float, float, flo
     return rows
 
 
+#: The gain table's line under differential privacy, which releases no validation sums.
+DP_NOTE = (
+    "note: privacy.epsilon: no validation sums leave the organisations; each logs its own metrics "
+    "of the global model (its party's fedmine.party log)"
+)
+
+
 def gain_table(summary: dict[str, Any]) -> str:
     """The federation gain as a plain-text table (what the CLI prints)."""
     key = summary["primary_metric"]
@@ -185,6 +192,8 @@ def gain_table(summary: dict[str, Any]) -> str:
     if g is not None:
         lines.append(f"{'federation':<16}{summary['rows']:>8}{'':>22}{g:>22.4f}")
     lines += [f"note: {org}: {note}" for org, note in notes(summary)]
+    if g is None and summary.get("privacy", {}).get("mechanism", "none") != "none":
+        lines.append(DP_NOTE)
     if summary.get("partition") == "vertical":
         lines.append(VERTICAL_NOTE)
     return "\n".join(lines)

@@ -154,3 +154,10 @@ def test_an_organisation_left_out_is_reported_with_its_reason_not_a_crash(tmp_pa
     assert "clinic: left out in round" in report.gain_table(summary)
     report._plot_curves(coord, coord.local_baselines(), "auc", tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_under_dp_the_gain_table_says_the_validation_metrics_stay_with_the_organisations():
+    summary = {"objective": "binary", "primary_metric": "auc", "global": {}, "organisations": {}, "rows": 10}
+    summary["privacy"] = {"mechanism": "skellam"}
+    assert report.gain_table(summary).splitlines()[-1] == report.DP_NOTE
+    assert report.DP_NOTE not in report.gain_table({**summary, "privacy": {"mechanism": "none"}})
