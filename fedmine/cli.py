@@ -469,7 +469,8 @@ def party_serve(
     output: Path = typer.Option(
         Path("fedmine-party"),
         "--output",
-        help="This organisation's own files (explanation plots in explain/, made when asked for).",
+        help="This organisation's own files (explanation plots in explain/, made when asked for; a vertical "
+        "training's state in vertical/, to rejoin after a restart: keep it across restarts).",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
 ) -> None:

@@ -136,11 +136,17 @@ class VerticalCoordinator:
     def intersect(self) -> int:
         """Private set intersection of every organisation's ids; the number of shared customers.
 
+        A party at an endpoint that fails and comes back makes every
+        organisation run the intersection again from its start.
+
         Raises
         ------
         DataError
             No shared customer, or fewer than ``vertical.min_shared_rows``.
         """
+        return self._with_rejoin("in the intersection", self._intersect, take_up=False)
+
+    def _intersect(self) -> int:
         t0 = time.perf_counter()
         names = list(self.links)
         for name in names:
@@ -148,7 +154,8 @@ class VerticalCoordinator:
             link.call("begin_training", self.training_id)
             d = link.call("describe")
             self.id_counts[name] = int(d["n_ids"])
-            self.fingerprints[name] = d.get("fingerprint")
+            self.fingerprints.setdefault(name, d.get("fingerprint"))
+            same_rows(name, self.fingerprints[name], d)
         blinded = dict(zip(names, self._each(lambda o: self.links[o].call("psi_blind"), names)))
 
         def full(o: str) -> np.ndarray:
@@ -218,22 +225,26 @@ class VerticalCoordinator:
         d = self.links[self.lead].call("describe")
         self.descriptions = {self.lead: d}
         self.n_rows, self.n_valid = int(d["n_rows"]), int(d["n_valid"])
-        self._converse("vertical_begin", self._params(), declared_ranges(self.cfg))
+        begin = (self._params(), declared_ranges(self.cfg))
+        self._with_rejoin("at the start", lambda: self._converse("vertical_begin", *begin))
 
     def _params(self) -> dict[str, Any]:
         return self.cfg.training.engine_params(self.objective, self.cfg.num_class, metrics.primary(self.objective))
 
     # -- parties that restarted, a coordinator that resumes ------------------
-    def _with_rejoin(self, round_id: int, work):
-        """``work()``; a party at an endpoint that fails meanwhile and comes back is taken up, and work runs again."""
+    def _with_rejoin(self, when: str, work, *, take_up: bool = True):
+        """``work()``; a party at an endpoint that fails meanwhile and comes back is taken up, and work runs again.
+
+        ``when`` says where in the training (for the notice); ``take_up=False``:
+        the parties that came back are not asked to rejoin (the work starts over).
+        """
         back: dict[str, str] = {}  # organisations that came back -> why they failed
         for attempt in range(MAX_REJOINS_PER_ROUND + 1):
             try:
                 if back:
-                    self._take_up(list(back), self.last_round)
-                    self.notices += [
-                        f"party {o} failed in round {round_id} ({why}) and rejoined" for o, why in back.items()
-                    ]
+                    if take_up:
+                        self._take_up(list(back), self.last_round)
+                    self.notices += [f"party {o} failed {when} ({why}) and rejoined" for o, why in back.items()]
                     back = {}
                 return work()
             except PartyError as exc:
@@ -318,7 +329,7 @@ class VerticalCoordinator:
         t0 = time.perf_counter()
         sent0, recv0 = self.bytes_sent(), self.bytes_received()
         org_sent0 = {o: link.bytes_sent for o, link in self.links.items()}
-        result = self._with_rejoin(round_id, lambda: self._converse("vertical_round"))
+        result = self._with_rejoin(f"in round {round_id}", lambda: self._converse("vertical_round"))
         self._trees = int(result["trees"])
         self._alone = dict(result["alone"])
         self.stopped = bool(result["done"])
@@ -349,7 +360,8 @@ class VerticalCoordinator:
         """LightGBM model text when every organisation publishes its thresholds; None while they keep them."""
         if not self._model_done:
             publish = bool(self.cfg.vertical.publish_thresholds)
-            self._text = self._with_rejoin(self.last_round, lambda: self._converse("vertical_model", publish))["text"]
+            collect = lambda: self._converse("vertical_model", publish)  # noqa: E731
+            self._text = self._with_rejoin("while the model was collected", collect)["text"]
             self._model_done = True
         return self._text
 
