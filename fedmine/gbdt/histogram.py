@@ -327,6 +327,17 @@ def build_histogram_packed_ordered(
     return unpack_histogram(out2, count_bits, out)
 
 
+def build_histogram_packed_accumulate(bins, rows, og, ohc, out2, *, parallel: bool = True) -> np.ndarray:
+    """Packed accumulators only: ``out2`` (IN/OUT, shape (n_features, n_bins, 2)) += the node's packed sums."""
+    n = bins.shape[1] if rows is None else rows.shape[0]
+    serial = not parallel or n < SERIAL_ROWS
+    if rows is None:
+        (_hist_all_rows_packed_serial_kernel if serial else _hist_all_rows_packed_kernel)(bins, og, ohc, out2)
+    else:
+        (_hist_rows_packed_serial_kernel if serial else _hist_rows_packed_kernel)(bins, rows, og, ohc, out2)
+    return out2
+
+
 def pack_hess_count(h: np.ndarray, count_bits: int) -> np.ndarray:
     """``hc = h << count_bits | 1`` per row (``h`` int64, non-negative)."""
     return (h << count_bits) | 1
@@ -385,6 +396,60 @@ def reachable_cells(n_bins: np.ndarray, max_bin: int) -> np.ndarray:
     cells = np.arange(max_bin + 1)[None, :] < n_bins[:, None]
     cells[:, max_bin] = True
     return cells
+
+
+def cell_index(cells: np.ndarray) -> np.ndarray:
+    """Flat positions ``f * (max_bin + 1) + b`` of the reachable cells, in the compact order (int64)."""
+    return np.flatnonzero(np.asarray(cells, dtype=bool).ravel()).astype(np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _compact_kernel(hist, index, out):  # pragma: no cover - numba
+    # hist (n_features * n_bins, W) -> out (n_cells, W)
+    for i in range(index.shape[0]):
+        c = index[i]
+        for w in range(hist.shape[1]):
+            out[i, w] = hist[c, w]
+
+
+@numba.njit(cache=True, nogil=True)
+def _expand_kernel(compact, index, count_bits, out):  # pragma: no cover - numba
+    # compact (n_nodes, n_cells, 2 or 3) -> out (n_nodes, n_features * n_bins, 3), zeroed; 2 fields: packed
+    mask = (np.int64(1) << count_bits) - 1
+    packed = compact.shape[2] == 2
+    for j in range(compact.shape[0]):
+        for i in range(index.shape[0]):
+            c = index[i]
+            out[j, c, 0] = compact[j, i, 0]
+            if packed:
+                v = compact[j, i, 1]
+                out[j, c, 1] = v >> count_bits
+                out[j, c, 2] = v & mask
+            else:
+                out[j, c, 1] = compact[j, i, 1]
+                out[j, c, 2] = compact[j, i, 2]
+
+
+def compact_into(hist: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """One node's ``(n_features, n_bins, W)`` histogram -> ``out`` (OUT) of shape ``(n_cells, W)``.
+
+    ``index`` is :func:`cell_index` of the training's cells.
+    """
+    _compact_kernel(hist.reshape(-1, hist.shape[-1]), index, out)
+    return out
+
+
+def expand_fields(compact: np.ndarray, index: np.ndarray, shape: tuple, count_bits: int) -> np.ndarray:
+    """Compact histograms (packed or not) -> the full ``(n_nodes, n_features, n_bins, 3)`` layout, in one pass.
+
+    ``compact`` has shape ``(n_nodes, n_cells, 2)`` (:func:`pack_fields`'
+    layout, ``count_bits > 0``) or ``(n_nodes, n_cells, 3)``; ``shape`` is
+    ``(n_features, n_bins)``. Equals ``expand_histograms(unpack_fields(...))``.
+    """
+    compact = np.ascontiguousarray(compact, dtype=G_INT_DTYPE)
+    out = np.zeros((compact.shape[0], shape[0] * shape[1], HIST_FIELDS), dtype=G_INT_DTYPE)
+    _expand_kernel(compact, index, int(count_bits), out)
+    return out.reshape(compact.shape[0], shape[0], shape[1], HIST_FIELDS)
 
 
 def compact_histograms(hists: np.ndarray, cells: np.ndarray) -> np.ndarray:

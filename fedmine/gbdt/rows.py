@@ -32,7 +32,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from fedmine.gbdt.dtypes import G_INT_DTYPE, HIST_FIELDS, ROW_INDEX_DTYPE, X_BINNED_DTYPE
-from fedmine.gbdt.histogram import build_histogram_ordered, build_histogram_packed_ordered, gather
+from fedmine.gbdt.histogram import (
+    build_histogram_ordered,
+    build_histogram_packed_accumulate,
+    build_histogram_packed_ordered,
+    compact_into,
+    gather,
+)
 from fedmine.gbdt.partition import DataPartition
 
 #: Node-id stride between the trees of one round: a tree uses fewer than
@@ -132,21 +138,56 @@ class LocalRows:
         if bits:
             acc = np.zeros((self.n_features, n_bins, 2), dtype=G_INT_DTYPE)
         for j, nid in enumerate(node_ids):
-            tree, local = split_node_id(nid)
-            g, h = self._g[tree], self._h[tree]
-            if local == 0 and self._all_rows:
-                rows, og, oh = None, g, h  # the root reads every row in order
-            else:
-                rows = self.partitions_[tree].rows(local)
-                og = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
-                oh = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
-                gather(rows, g, h, og, oh)
+            rows, og, oh = self._ordered(nid)
             if bits:
                 acc[...] = 0
                 build_histogram_packed_ordered(self.bins, rows, og, oh, bits, acc, parallel=self.parallel, out=out[j])
             else:
                 build_histogram_ordered(self.bins, rows, og, oh, out[j], parallel=self.parallel)
         return out
+
+    def compact_histograms(self, node_ids: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """The nodes' histograms in the wire layout: only the cells at ``index``.
+
+        ``index`` is :func:`~fedmine.gbdt.histogram.cell_index` of the training's bins.
+
+        Returns
+        -------
+        hists : ndarray of shape (n_nodes, n_cells, 2) with packed accumulators
+            (``(grad, hess << count_bits | count)``, as :func:`~fedmine.gbdt.histogram.pack_fields`),
+            else of shape (n_nodes, n_cells, 3); int64. Each node is built in
+            one scratch histogram and copied out cell by cell: the same
+            integers as :meth:`histograms` followed by compaction (and packing).
+        """
+        node_ids = np.asarray(node_ids, dtype=np.int64).ravel()
+        if self._g is None or self._h is None:
+            raise RuntimeError("histograms() needs the gradients of a round: call set_gradients() first")
+        bits = self._count_bits
+        width = 2 if bits else HIST_FIELDS
+        out = np.empty((node_ids.shape[0], index.shape[0], width), dtype=G_INT_DTYPE)
+        acc = np.empty((self.n_features, self.max_bin + 1, width), dtype=G_INT_DTYPE)
+        for j, nid in enumerate(node_ids):
+            rows, og, oh = self._ordered(nid)
+            acc[...] = 0
+            if bits:
+                build_histogram_packed_accumulate(self.bins, rows, og, oh, acc, parallel=self.parallel)
+            else:
+                build_histogram_ordered(self.bins, rows, og, oh, acc, parallel=self.parallel)
+            compact_into(acc, index, out[j])
+        return out
+
+    def _ordered(self, nid):
+        """``(rows, ordered g, ordered h)`` of one node (rows None: the root reading every row in order)."""
+        assert self._g is not None and self._h is not None  # set_gradients() first
+        tree, local = split_node_id(nid)
+        g, h = self._g[tree], self._h[tree]
+        if local == 0 and self._all_rows:
+            return None, g, h
+        rows = self.partitions_[tree].rows(local)
+        og = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
+        oh = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
+        gather(rows, g, h, og, oh)
+        return rows, og, oh
 
     def apply_split(self, node_id, feature, bin_threshold, default_left, cat_bitset, left_id, right_id) -> None:
         tree, local = split_node_id(node_id)
@@ -220,9 +261,9 @@ class SumOfSources:
         t0 = time.perf_counter()
         answers = self.map(ask)
         t1 = time.perf_counter()
-        total = answers[0]
-        for h in answers[1:]:
-            total = total + h
+        total = answers[0] if len(answers) == 1 else np.add(answers[0], answers[1])
+        for h in answers[2:]:
+            total += h  # integers: exact, in any order (masked ones wrap mod 2**64 and cancel)
         self.party_seconds_ += t1 - t0
         self.aggregate_seconds_ += time.perf_counter() - t1
         self.bytes_to_parties_ += node_ids.nbytes * len(self.sources)

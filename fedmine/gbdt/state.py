@@ -33,7 +33,7 @@ from fedmine import protocol
 from fedmine.errors import DataError
 from fedmine.gbdt import binning
 from fedmine.gbdt.dtypes import ROW_ID_DTYPE, X_DTYPE, Y_DTYPE
-from fedmine.gbdt.histogram import expand_histograms, reachable_cells, unpack_fields
+from fedmine.gbdt.histogram import cell_index, expand_fields, reachable_cells
 from fedmine.gbdt.objectives import make_objective
 from fedmine.gbdt.partition import add_leaf_values
 from fedmine.gbdt.predictor import tree_values_binned
@@ -86,6 +86,7 @@ class EngineState(LocalRows):
         self.stage_ = CREATED
         self.clip_ = None
         self._noise = None
+        self.answer_cells_ = None
 
     def _enter(self, name: str) -> None:
         """Check the stage against the protocol table; move to the stage the call leads to."""
@@ -307,9 +308,22 @@ class EngineState(LocalRows):
             self._apply_trees(trees)
         self.partitions_ = []
 
+    def answer_compact(self, cells: np.ndarray | None) -> None:
+        """Answer ``histograms`` in the wire layout from now on (None: the full layout).
+
+        ``cells`` is :func:`~fedmine.gbdt.histogram.reachable_cells` of the
+        training's bins. Without noise, answers then have shape ``(n_nodes,
+        n_cells, 2)`` (packed accumulators) or ``(n_nodes, n_cells, 3)``, built
+        straight from the accumulators; with noise they stay in the full
+        layout (the noise goes on every cell a row can reach).
+        """
+        self.answer_cells_ = None if cells is None else cell_index(cells)
+
     def histograms(self, node_ids: np.ndarray) -> np.ndarray:
         """Node histograms of the local rows, plus this party's noise share once :meth:`set_noise` is on."""
         self._enter("histograms")
+        if self.answer_cells_ is not None and self._noise is None:
+            return LocalRows.compact_histograms(self, node_ids, self.answer_cells_)
         out = LocalRows.histograms(self, node_ids)
         if self._noise is not None:
             variances, n_parties, rng = self._noise
@@ -394,6 +408,7 @@ class EngineGroup:
     def set_bins(self, mapper):
         self.source.map(lambda p: p.set_bins(mapper, parallel=not self._concurrent))
         self._cells = reachable_cells(mapper.n_bins, mapper.max_bin)
+        self._cell_index = cell_index(self._cells)
 
     def begin_round(self, iteration, trees):
         self.source.flush()
@@ -409,9 +424,10 @@ class EngineGroup:
     def histograms(self, node_ids):
         """The summed histograms, in the full layout (parties at a Link answer the compact, packed one)."""
         total = self.source.histograms(node_ids)
-        if total.shape[-1] == 2:  # (grad, hess << count_bits | count): exact in the sum
-            total = unpack_fields(total, self._count_bits)
-        return expand_histograms(total, self._cells) if total.ndim == 3 else total
+        if total.ndim == 3:  # compact; two fields: (grad, hess << count_bits | count), exact in the sum
+            bits = self._count_bits if total.shape[-1] == 2 else 0
+            return expand_fields(total, self._cell_index, self._cells.shape, bits)
+        return total
 
     def apply_split(self, *args):
         self.source.apply_split(*args)  # queued until the next request

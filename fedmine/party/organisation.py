@@ -235,7 +235,11 @@ class Party:
             answer = getattr(self.engine_state(), name)(*args, **kwargs)
             if name == "set_bins":
                 self._mapper = args[0] if args else kwargs["mapper"]
-            elif name in ("histograms", "split_histograms"):  # each feature's own bins: smaller messages and masks
+                compact = getattr(self.engine_state(), "answer_compact", None)
+                if compact is not None:  # the engine builds the wire layout itself, from its accumulators
+                    compact(reachable_cells(self._mapper.n_bins, self._mapper.max_bin))
+            elif name in ("histograms", "split_histograms") and answer.ndim == 4:
+                # each feature's own bins: smaller messages and masks
                 mapper, bits = self._mapper, self.engine_state()._count_bits
                 answer = compact_histograms(answer, reachable_cells(mapper.n_bins, mapper.max_bin))
                 if bits:  # hess and count in one int64, as the engine accumulates them: a third fewer bytes
@@ -247,7 +251,8 @@ class Party:
             # the masks of a message are bound to the request it answers: parties sent different
             # requests mask with different streams, and their sum is noise, not anyone's data
             message = f"{name}:{self._masked}:{request_digest(name, args, kwargs)}"
-            answer = self._masker.mask(plain, message).view(np.int64).reshape(plain.shape)
+            fresh = name in ("histograms", "split_histograms") and plain is answer  # made for this answer alone
+            answer = self._masker.mask(plain, message, in_place=fresh).view(np.int64).reshape(plain.shape)
             self._masked += 1
         return answer
 

@@ -17,8 +17,9 @@ Protocol
     restart   every party   restart(remaining, epoch=e)  (a party dropped out: fresh masks)
 
 ``j > i`` compares organisation names, so each pair agrees on who adds and who
-subtracts. ``s_ij`` is a ChaCha20 keystream read as little-endian uint64, under
-the pair's key and a nonce derived from ``(epoch, message id)``; the two
+subtracts. ``s_ij`` is an AES-256-CTR keystream (NIST SP 800-38A; AES-NI
+where the processor has it) read as little-endian uint64, under the pair's key
+and an initial counter block derived from ``(epoch, message id)``; the two
 streams of a pair cancel in the sum, every other stream is uniform to anyone
 without the pair's key. A one-time pad must never be reused, hence the rules a
 :class:`Masker` enforces: a message id is used once per epoch, and a restart
@@ -47,7 +48,7 @@ from typing import ClassVar
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedmine.errors import ConfigError, FedmineError
@@ -57,20 +58,23 @@ MASKED_DTYPE = np.dtype(np.uint64)
 #: What a party masks and what the coordinator gets back.
 PLAIN_DTYPE = np.dtype(np.int64)
 
-#: Lengths fixed by the primitives: X25519 keys, the HKDF output used as a
-#: ChaCha20 key, and cryptography's ChaCha20 nonce (4-byte block counter, then
-#: a 12-byte nonce; the counter always starts at 0 here).
+#: Lengths fixed by the primitives: X25519 keys, the HKDF output used as an
+#: AES-256 key, and the CTR mode's 16-byte initial counter block (a 12-byte
+#: nonce, then a 4-byte big-endian block counter that starts at 0 here).
 PUBLIC_KEY_BYTES = 32
 KEY_BYTES = 32
 NONCE_BYTES = 16
 _COUNTER_BYTES = 4
+_BLOCK_BYTES = 16
 
-#: ChaCha20's 32-bit block counter bounds one stream to 2**32 blocks of 64 bytes.
-MAX_STREAM_ENTRIES = (2**32 * 64) // MASKED_DTYPE.itemsize
+#: The 32-bit block counter bounds one stream to 2**32 AES blocks of 16 bytes
+#: (the counter never runs into the nonce).
+MAX_STREAM_ENTRIES = (2**32 * _BLOCK_BYTES) // MASKED_DTYPE.itemsize
 
-#: Domain separation labels, versioned so a change of derivation changes every key.
-_PAIR_KEY_LABEL = b"fedmine/secure-agg/pair-key/v1"
-_NONCE_LABEL = b"fedmine/secure-agg/nonce/v1"
+#: Domain separation labels, versioned so a change of derivation changes every key
+#: (v2: the AES-256-CTR stream; v1 was ChaCha20's).
+_PAIR_KEY_LABEL = b"fedmine/secure-agg/pair-key/v2"
+_NONCE_LABEL = b"fedmine/secure-agg/nonce/v2"
 
 MessageId = int | str
 
@@ -182,7 +186,7 @@ def pairwise_seed(
 
 
 def message_nonce(message_id: MessageId, *, epoch: int = 0) -> bytes:
-    """The 16-byte ChaCha20 nonce of one message: counter 0, then 12 bytes of SHA-256.
+    """The 16-byte initial counter block of one message: 12 bytes of SHA-256, then counter 0.
 
     ``message_id`` is tagged with its type, so ``1`` and ``"1"`` differ.
     """
@@ -194,17 +198,22 @@ def message_nonce(message_id: MessageId, *, epoch: int = 0) -> bytes:
         raise SecureAggregationError(f"epoch must be an integer >= 0, got {epoch!r}")
     tagged = (b"i:" + str(message_id).encode()) if isinstance(message_id, int) else (b"s:" + message_id.encode())
     digest = hashlib.sha256(_NONCE_LABEL + _length_prefixed(str(epoch).encode(), tagged)).digest()
-    return bytes(_COUNTER_BYTES) + digest[: NONCE_BYTES - _COUNTER_BYTES]
+    return digest[: NONCE_BYTES - _COUNTER_BYTES] + bytes(_COUNTER_BYTES)
+
+
+def _encryptor(key: bytes, nonce: bytes):
+    """The AES-256-CTR keystream generator of one (key, nonce): encrypting zeros yields the stream."""
+    return Cipher(algorithms.AES(bytes(key)), modes.CTR(bytes(nonce))).encryptor()
 
 
 def mask_stream(key: bytes, nonce: bytes, n: int) -> np.ndarray:
-    """``n`` pseudo-random uint64 words: the ChaCha20 keystream read little-endian.
+    """``n`` pseudo-random uint64 words: the AES-256-CTR keystream read little-endian.
 
     Parameters
     ----------
     key : bytes of length 32
     nonce : bytes of length 16
-        cryptography's layout: 4-byte little-endian block counter, 12-byte nonce.
+        The initial counter block: 12-byte nonce, 4-byte big-endian block counter.
     n : int
         Number of words, ``0 <= n <= MAX_STREAM_ENTRIES``.
 
@@ -216,14 +225,13 @@ def mask_stream(key: bytes, nonce: bytes, n: int) -> np.ndarray:
     if len(key) != KEY_BYTES:
         raise SecureAggregationError(f"mask key must be {KEY_BYTES} bytes, got {len(key)}")
     if len(nonce) != NONCE_BYTES:
-        raise SecureAggregationError(f"ChaCha20 nonce must be {NONCE_BYTES} bytes, got {len(nonce)}")
+        raise SecureAggregationError(f"AES-CTR counter block must be {NONCE_BYTES} bytes, got {len(nonce)}")
     n = int(n)
     if not 0 <= n <= MAX_STREAM_ENTRIES:
         raise SecureAggregationError(f"stream length must be in [0, {MAX_STREAM_ENTRIES}], got {n}")
     if n == 0:
         return np.empty(0, dtype=MASKED_DTYPE)
-    encryptor = Cipher(algorithms.ChaCha20(bytes(key), bytes(nonce)), mode=None).encryptor()
-    raw = encryptor.update(bytes(n * MASKED_DTYPE.itemsize))
+    raw = _encryptor(key, nonce).update(bytes(n * MASKED_DTYPE.itemsize))
     return np.frombuffer(raw, dtype=MASKED_DTYPE.newbyteorder("<")).astype(MASKED_DTYPE, copy=False)
 
 
@@ -233,8 +241,7 @@ def _fill_stream(key: bytes, nonce: bytes, zeros: memoryview, out: np.ndarray) -
     ``zeros`` is a zero buffer of at least ``out.nbytes`` bytes, reused
     across calls; the keystream is the same words :func:`mask_stream` returns.
     """
-    encryptor = Cipher(algorithms.ChaCha20(bytes(key), bytes(nonce)), mode=None).encryptor()
-    encryptor.update_into(zeros[: out.nbytes], out.view(np.uint8).data)
+    _encryptor(key, nonce).update_into(zeros[: out.nbytes], out.view(np.uint8).data)
 
 
 # ---------------------------------------------------------------------------
@@ -314,15 +321,19 @@ class Masker:
     def __repr__(self) -> str:
         return f"Masker(name={self.name!r}, active_peers_={self.active_peers_!r}, epoch_={self.epoch_})"
 
-    def mask(self, array, message_id: MessageId) -> np.ndarray:
-        """Masked copy of ``array`` for message ``message_id``.
+    def mask(self, array, message_id: MessageId, *, in_place: bool = False) -> np.ndarray:
+        """Masked copy of ``array`` for message ``message_id`` (or ``array`` itself masked, ``in_place``).
 
         Parameters
         ----------
         array : ndarray of int64, any shape
-            The party's share of the sum (histograms, counts, ...). Not modified.
+            The party's share of the sum (histograms, counts, ...). Not
+            modified, unless ``in_place``.
         message_id : int or str
             The same at every party for the same message; used once per epoch.
+        in_place : bool
+            Mask ``array``'s own buffer (IN/OUT; it must be C-contiguous and
+            writeable) and return a uint64 view of it: no copy of the message.
 
         Returns
         -------
@@ -345,7 +356,12 @@ class Masker:
                 f"message id {message_id!r} was already masked in epoch {self.epoch_}: a mask is used once"
             )
         self._used_ids.add(message_id)
-        out = np.ascontiguousarray(array).view(MASKED_DTYPE).ravel().copy()  # OUT: becomes the masked message
+        if in_place:
+            if not (array.flags.c_contiguous and array.flags.writeable):
+                raise SecureAggregationError("in-place masking needs a C-contiguous, writeable int64 array")
+            out = array.view(MASKED_DTYPE).reshape(-1)  # IN/OUT: the party's array becomes the masked message
+        else:
+            out = np.ascontiguousarray(array).view(MASKED_DTYPE).ravel().copy()  # OUT: becomes the masked message
         n = out.shape[0]
         if n > MAX_STREAM_ENTRIES:
             raise SecureAggregationError(f"stream length must be in [0, {MAX_STREAM_ENTRIES}], got {n}")

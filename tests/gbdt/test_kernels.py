@@ -109,6 +109,40 @@ def test_histogram_kernels_match_numpy(data, mapper, packed, parallel, n_rows):
     )
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_wire_layout_kernels_match_numpy(data, mapper, packed):
+    """Compact answers built from the accumulators equal the full histograms compacted (and packed), and back."""
+    from fedmine.gbdt.rows import NODE_STRIDE, LocalRows
+
+    rng = np.random.default_rng(3)
+    bins = binning.bin_columns(data, mapper)
+    n = bins.shape[1]
+    g = rng.integers(-(2**40), 2**40, (2, n)).astype(np.int64)
+    h = rng.integers(0, 2**20, (2, n)).astype(np.int64)
+    bits = n.bit_length() if packed else 0
+    rows = LocalRows(bins, max_bin=mapper.max_bin)
+    rows.set_gradients(g, h, None, max_nodes=3, count_bits=bits)
+    rows.apply_split(NODE_STRIDE, 0, 20, True, None, NODE_STRIDE + 1, NODE_STRIDE + 2)
+    nodes = np.array([0, NODE_STRIDE + 1, NODE_STRIDE + 2])
+    cells = histogram.reachable_cells(mapper.n_bins, mapper.max_bin)
+    assert cells.sum() < cells.size  # some feature has fewer bins than max_bin: the layout drops cells
+    index = histogram.cell_index(cells)
+    full = rows.histograms(nodes)
+    want = histogram.compact_histograms(full, cells)
+    if packed:
+        want = histogram.pack_fields(want, bits)
+    got = rows.compact_histograms(nodes, index)
+    assert got.shape == (3, int(cells.sum()), 2 if packed else 3)
+    np.testing.assert_array_equal(got, want)
+    one = np.empty_like(got[0])
+    histogram.compact_into(full[1] if not packed else histogram.pack_fields(full[1], bits), index, one)
+    np.testing.assert_array_equal(one, want[1])
+    back = histogram.expand_fields(got, index, cells.shape, bits)
+    np.testing.assert_array_equal(back, full)
+    plain = histogram.unpack_fields(got, bits) if packed else got
+    np.testing.assert_array_equal(back, histogram.expand_histograms(plain, cells))
+
+
 @pytest.mark.parametrize("is_cat", [False, True])
 @pytest.mark.parametrize("default_left", [False, True])
 def test_partition_kernel_matches_numpy(data, mapper, is_cat, default_left):

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -274,18 +274,30 @@ def test_keystream_edge_lengths():
         np.testing.assert_array_equal(s, long[:n])  # a prefix of the same stream
 
 
-def test_keystream_is_chacha20_over_zeros_read_little_endian():
+def test_keystream_is_aes256_ctr_over_zeros_read_little_endian():
+    """Block i of the stream is AES-256 of the counter block plus i (computed here with ECB), little-endian words."""
     key, nonce = bytes(range(32)), message_nonce("x", epoch=4)
-    raw = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor().update(bytes(40))
-    expected = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, 40, 8)]
+    assert nonce[12:] == bytes(4)  # the 32-bit block counter starts at 0
+    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    blocks = b"".join(ecb.update(nonce[:12] + i.to_bytes(4, "big")) for i in range(3))
+    expected = [int.from_bytes(blocks[i : i + 8], "little") for i in range(0, 40, 8)]
     assert mask_stream(key, nonce, 5).tolist() == expected
-    assert nonce[:4] == bytes(4)  # the block counter starts at 0
+
+
+def test_keystream_matches_the_nist_aes256_ctr_vector():
+    """NIST SP 800-38A, F.5.5 CTR-AES256.Encrypt, block 1: keystream = ciphertext XOR plaintext."""
+    key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+    counter = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+    plain = bytes.fromhex("6bc1bee22e409f96e93d7e117393172a")
+    cipher = bytes.fromhex("601ec313775789a5b7a7f504bbf3d228")
+    stream = bytes(p ^ c for p, c in zip(plain, cipher))
+    assert mask_stream(key, counter, 2).tobytes() == stream
 
 
 def test_keystream_argument_errors():
     with pytest.raises(SecureAggregationError, match=r"mask key must be 32 bytes, got 16"):
         mask_stream(bytes(16), message_nonce(0), 1)
-    with pytest.raises(SecureAggregationError, match=r"ChaCha20 nonce must be 16 bytes, got 12"):
+    with pytest.raises(SecureAggregationError, match=r"AES-CTR counter block must be 16 bytes, got 12"):
         mask_stream(bytes(32), bytes(12), 1)
     with pytest.raises(SecureAggregationError, match=r"stream length must be in \[0, \d+\], got -1"):
         mask_stream(bytes(32), message_nonce(0), -1)
@@ -365,3 +377,24 @@ def test_stream_written_in_place_equals_mask_stream():
         out = np.empty(n, dtype=np.uint64)
         _fill_stream(key, nonce, memoryview(bytes(8 * 2000)), out)
         assert np.array_equal(out, mask_stream(key, nonce, n))
+
+
+def test_masking_in_place_equals_the_copy_and_refuses_a_view_it_cannot_write():
+    """``in_place=True`` masks the array's own buffer with the same words as the copying mask."""
+    _, maskers = federation(("alpha", "bravo", "charlie"), "in-place")
+    rng = np.random.default_rng(5)
+    x = rng.integers(-(2**40), 2**40, size=(3, 7, 2), dtype=np.int64)
+    twin = {n: Masker(n, m.keypair, m.peers, m.training_id) for n, m in maskers.items()}
+    parts = {n: x + i for i, n in enumerate(maskers)}
+    copies = {n: twin[n].mask(parts[n], "m") for n in maskers}
+    for n, m in maskers.items():
+        own = parts[n].copy()
+        masked = m.mask(own, "m", in_place=True)
+        assert masked.dtype == np.uint64 and masked.shape == x.shape
+        assert np.shares_memory(masked, own)
+        np.testing.assert_array_equal(masked, copies[n])
+    np.testing.assert_array_equal(unmask_sum(list(copies.values())), sum(parts.values()))
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(SecureAggregationError, match="in-place masking needs a C-contiguous, writeable int64 array"):
+        maskers["alpha"].mask(frozen, "n", in_place=True)
