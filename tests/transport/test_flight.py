@@ -202,6 +202,36 @@ def test_coordinator_trains_the_same_model_through_remote_parties(pki, serve):
     assert over_wire == local
 
 
+def test_a_dp_training_over_flight_sends_every_release_with_its_noise(pki, serve):
+    """Each remote party enforces its own epsilon; the noisy label totals, bins and leaf sums cross the wire."""
+    from fedmine.party.policy import PartyPolicy
+
+    features = {"a": {"min": -6, "max": 8}, "b": {"min": -6, "max": 6}, **{"c": FEATURES["c"]}}
+    cfg = config_from_dict(
+        {
+            "name": "t",
+            "label": "y",
+            "features": features,
+            "organisations": {o: {"source": f"{o}.csv"} for o in ORGS},
+            "training": {"strategy": "histogram", "rounds": 2, "num_threads": 1},
+            "privacy": {"epsilon": 2.0},
+        }
+    )
+    parties = []
+    for i, o in enumerate(ORGS):
+        party = make_party(o, seed=i + 1)
+        party.policy = PartyPolicy.from_config(cfg, o)
+        parties.append(remote(pki, o, serve(party)))
+    coord = Coordinator(cfg, parties)
+    coord.start()
+    results = [coord.run_round(r) for r in (1, 2)]
+    receipt = coord.receipt().as_dict()
+    assert [receipt[f"param.release.{k}.count"] for k in ("label_totals", "bins", "leaf_sums")] == [1, 1, 2]
+    assert all(r.global_metrics == {} for r in results) and 0 < receipt["epsilon_total"] <= 2.0
+    with pytest.raises(PartyError, match=r"party bank: evaluate refused: .*privacy.epsilon=2; validation sums"):
+        parties[0].call("evaluate")
+
+
 def test_link_wraps_a_remote_party_unchanged(pki, serve):
     link = Link(remote(pki, "bank", serve(make_party("bank"))))
     assert link.name == "bank" and link.call("label_totals")[0] == 225
