@@ -112,6 +112,8 @@ class ClusterParty(Party):
         self._n_train = sum(info["n_train"] for info in infos)
         self._label_sums_ = np.sum([info["label_sums"] for info in infos], axis=0)
         self._sum_vector = np.sum([info["label_sum_vector"] for info in infos], axis=0)  # exact: int64 parts add
+        parts = [info.get("dp_label_part") for info in infos]
+        self._dp_label_part_ = None if any(p is None for p in parts) else np.sum(parts, axis=0)  # under epsilon
 
     @classmethod
     def for_organisation(  # type: ignore[override]
@@ -254,6 +256,12 @@ class ClusterParty(Party):
 
     def _label_sum_vector(self) -> np.ndarray:
         return self._sum_vector  # the partitions' exact label sums, added: the single process's to the bit
+
+    def _dp_label_part(self, label_range: Any) -> np.ndarray:
+        """The partitions' parts of the DP label totals, added (made with the config's label range at load)."""
+        if self._dp_label_part_ is None:
+            raise self._refuse("label_totals", "its partitions were loaded without privacy.epsilon")
+        return np.asarray(self._dp_label_part_, dtype=np.int64)
 
     def _cluster_only(self, name: str) -> PartyError:
         return self._refuse(

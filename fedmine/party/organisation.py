@@ -450,6 +450,12 @@ class Party:
         """The exact sum of real-valued training labels (:func:`fedmine.metrics.exact_sum_vector`)."""
         return metrics.exact_sum_vector(self._data.y_train)
 
+    def _dp_label_part(self, label_range: Any) -> np.ndarray:
+        """The label part of the DP label totals: class counts, or the fixed-point sum of the clipped labels."""
+        from fedmine.privacy.dp import label_part
+
+        return label_part(self._data.y_train, self.objective, num_class=self.num_class, label_range=label_range)
+
     def _label_sums(self) -> np.ndarray:
         y = self._data.y_train
         if self.objective == "multiclass":
@@ -479,12 +485,10 @@ class Party:
             return np.concatenate([head, part])
         from fedmine.privacy import dp
 
-        y = self._data.y_train
-        part = dp.label_part(y, self.objective, num_class=self.num_class, label_range=label_range)
-        plain = np.concatenate([head, part])
+        plain = np.concatenate([head, self._dp_label_part(label_range)])
         if variances is None:
             return plain
-        entry = dp.label_totals_variances(variances, len(part))
+        entry = dp.label_totals_variances(variances, len(plain) - 2)
         return plain + dp.skellam_noise(plain.shape, entry, n_parties=int(n_parties))
 
     def row_counts(self) -> dict[str, Any]:

@@ -70,6 +70,15 @@ class PartitionPlan:
     first_row: int
 
 
+def dp_label_part(y: np.ndarray, cfg: Any) -> np.ndarray | None:
+    """Under ``privacy.epsilon``: the label part of the DP label totals (:func:`fedmine.privacy.dp.label_part`)."""
+    if cfg.privacy.epsilon is None:
+        return None
+    from fedmine.privacy.dp import label_part
+
+    return label_part(y, cfg.objective, num_class=cfg.num_class, label_range=cfg.privacy.label_range)
+
+
 def label_sums(y: np.ndarray, objective: str, num_class: int) -> np.ndarray:
     """What ``describe`` answers of the training labels: class counts (multiclass) or the label sum."""
     if objective == "multiclass":
@@ -103,7 +112,8 @@ class PartitionState:
         Returns
         -------
         dict
-            ``n_train``, ``n_valid``, ``label_sums``, ``y_valid`` (its
+            ``n_train``, ``n_valid``, ``label_sums``, ``dp_label_part`` (under
+            ``privacy.epsilon``: its part of the DP label totals), ``y_valid`` (its
             validation labels), ``report`` (harmonisation counts), ``digest``
             (of its rows) and ``worker`` (process id).
         """
@@ -148,6 +158,7 @@ class PartitionState:
             "n_valid": n_valid,
             "label_sums": label_sums(y_train, cfg.objective, cfg.num_class),
             "label_sum_vector": metrics.exact_sum_vector(y_train),
+            "dp_label_part": dp_label_part(y_train, cfg),
             "y_valid": y_valid,
             "report": merge_reports(reports),
             "digest": fingerprint(rows),

@@ -203,3 +203,16 @@ def test_dp_noise_is_one_share_on_the_sum_the_single_process_draws(tmp_path, das
     assert len(models[0].trees) == 3
     for a, b in zip(*(m.trees for m in models)):
         assert np.array_equal(a.nodes, b.nodes)  # the same noise, drawn once from the same rows' stream
+
+
+def test_under_epsilon_the_cluster_party_sums_its_partitions_parts_of_the_dp_label_totals(tmp_path, dask_cluster):
+    cfg = federation(tmp_path, ["bank"], cluster_orgs={"bank"}, rounds=2)
+    cfg.objective = "regression"  # the 0/1 labels as real values, clipped to the declared range
+    cfg.privacy.epsilon, cfg.privacy.gradient_bound = 1.0, 1.0
+    cfg.privacy.label_min, cfg.privacy.label_max = -1.0, 0.5
+    cluster = ClusterParty.for_organisation(cfg, "bank", client=dask_cluster)
+    alone = single_process(cfg, "bank")
+    dp = cluster.label_totals(label_range=(-1.0, 0.5))
+    assert np.array_equal(dp, alone.label_totals(label_range=(-1.0, 0.5)))
+    positives = int((alone._data.y_train == 1).sum())
+    assert dp[2] == positives * 0.5 * 2**12  # each 1 clipped to 0.5, in units of 2**-12 (|label| <= 1)
