@@ -97,6 +97,10 @@ def rows_fingerprint(ids: list[bytes], X: np.ndarray, y: np.ndarray) -> str:
 #: A training id names a folder of the party's disk: hex digits only (the coordinator's are uuid4 hex).
 _TRAINING_ID = re.compile(r"[0-9a-f]{8,64}")
 
+#: Trainings whose state a party keeps (the most recent): a server trains one at a time, and a
+#: resume continues one of the last.
+KEEP_TRAININGS = 3
+
 #: Round states the label holder keeps on disk: the coordinator records every round before it asks for
 #: the next, so its last checkpoint is one of these.
 KEEP_ROUNDS = 2
@@ -133,6 +137,15 @@ class PartyState:
         if not path.is_file():
             return None
         return wire.decode(path.read_bytes(), max_bytes=max(path.stat().st_size, 1 << 20) + 1024)
+
+    def forget_older(self) -> None:
+        """Remove the folders of trainings older than the :data:`KEEP_TRAININGS` most recent (this one included)."""
+        import shutil
+
+        others = [p for p in self.folder.parent.iterdir() if p.is_dir() and _TRAINING_ID.fullmatch(p.name)]
+        others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in [p for p in others if p != self.folder][KEEP_TRAININGS - 1 :]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def save_round(self, n: int, value: Any) -> None:
         """The label holder's state after round ``n``; rounds before ``n - KEEP_ROUNDS + 1`` are removed."""
@@ -305,6 +318,7 @@ class VerticalParty(Party):
         state = self._state()
         if state is not None:
             state.save("rows", {"training_id": self._training_id, "fingerprint": self.fingerprint_, "rows": rows})
+            state.forget_older()
         return int(rows.shape[0])
 
     def _take_rows(self, rows: np.ndarray) -> None:

@@ -237,3 +237,16 @@ def test_the_label_holder_keeps_its_last_two_rounds(frames, tmp_path):
         "rows",
     ]
     assert np.isfinite(coord.history[-1].global_metrics["auc"])
+
+
+def test_a_party_keeps_the_state_of_its_last_three_trainings(frames, tmp_path):
+    cfg = _cfg()
+    parties = [_party(cfg, o, frames[o], tmp_path) for o in ORGS]
+    ids = []
+    for _ in range(4):
+        coord = VerticalCoordinator(cfg, parties)
+        coord.intersect()
+        ids.append(coord.training_id)
+    for org in ORGS:
+        kept = {p.name for p in (tmp_path / org / "vertical").iterdir()}
+        assert kept == set(ids[1:]), org
