@@ -152,12 +152,6 @@ class Strategy:
             start += n
 
 
-def dp_method(ctx: RoundContext) -> str:
-    """``privacy.dp_method`` resolved (default ``leaf``); every feature must declare its range under epsilon."""
-    check_declared(ctx.declared_ranges, ctx.feature_names)
-    return getattr(ctx.privacy, "dp_method", None) or "leaf"
-
-
 def check_declared(ranges: Any, names: list[str]) -> None:
     """Under ``privacy.epsilon`` bins come from declared ranges: a ConfigError naming the features without one."""
     import numpy as np

@@ -133,6 +133,7 @@ def test_a_resumed_dp_run_continues_its_accountant_and_bins_and_draws_fresh_nois
         resumed.run_round(r)
 
     acc = resumed.strategy.accountant
+    assert not any({"label_totals", "grid_counts"} & link.answered for link in resumed.links)  # nothing released again
     assert (
         acc.ledger_ == first.strategy.accountant.ledger_
     )  # one bin release and 4 leaf releases: no second bin release
@@ -157,5 +158,7 @@ def test_a_resumed_histogram_dp_run_continues_the_same_ledger():
     resumed = Coordinator(cfg, parties_for(cfg, X, y, partition(y, 3, "iid")))
     resumed.start(resume=state)
     resumed.restore(state, arrays)
+    assert not any("label_totals" in link.answered for link in resumed.links)  # the run's own noisy totals
+    assert resumed.n_rows == coord.n_rows and resumed.ensemble.base_score.tolist() == coord.ensemble.base_score.tolist()
     assert resumed.strategy.accountant.ledger_ == coord.strategy.accountant.ledger_
     assert resumed.receipt().epsilon_total == coord.receipt().epsilon_total
