@@ -42,6 +42,7 @@ from fedmine.gbdt.dtypes import COUNT, GRAD, HESS, X_BINNED_DTYPE, X_DTYPE
 from fedmine.gbdt.model import Model
 from fedmine.gbdt.partition import add_leaf_values, goes_left
 from fedmine.gbdt.predictor import leaves_from_decisions
+from fedmine.gbdt.quantize import SUM_BITS
 from fedmine.gbdt.rows import NODE_STRIDE, LocalRows, split_node_id
 from fedmine.gbdt.state import EngineState
 from fedmine.party.feature_owner import default_cipher, unpack_mask, workers_for
@@ -202,28 +203,33 @@ class VerticalRows(EngineState):
         super().finish(trees)
 
     def start_trees(self, iteration: int, grad_scales, hess_scales, *, count_bits: int, max_nodes: int) -> None:
-        """The engine's fixed-point gradients, then each tree's encrypted once and sent to every owner."""
+        """The engine's fixed-point gradients, then each tree's encrypted once and sent to every owner.
+
+        The layout's bounds are a priori (:func:`layout_bounds`), so the
+        header the owners read tells them nothing about this round's
+        gradients. Once sent, the next round's randomisers are started in the
+        key's worker pool while the owners work.
+        """
         super().start_trees(iteration, grad_scales, hess_scales, count_bits=count_bits, max_nodes=max_nodes)
         if not self.owners:
             return
         assert self._g is not None and self._h is not None  # set by start_trees
         c, public = self.cipher, self.keys.public  # the keys encrypt fastest (CRT); the public key travels
         h_all = self._h >> count_bits if count_bits else self._h
+        n_trees, n = self._g.shape
+        grad_bound, hess_bound = layout_bounds(n, count_bits)
+        workers = workers_for(n)
         rows = []
-        for k in range(self._g.shape[0]):
+        for k in range(n_trees):
             g, h = np.ascontiguousarray(self._g[k]), np.ascontiguousarray(h_all[k])
             enc = c.encrypt_rows(
-                self.keys,
-                g,
-                h,
-                grad_bound=int(np.abs(g).max(initial=0)),
-                hess_bound=int(h.max(initial=0)),
-                max_rows=int(g.shape[0]),
-                workers=workers_for(int(g.shape[0])),
+                self.keys, g, h, grad_bound=grad_bound, hess_bound=hess_bound, max_rows=n, workers=workers
             )
             rows.append(enc.to_array())
         key = public.to_bytes()
         self.ask([(o, "owner_gradients", [key, rows], {}) for o in self.owners])
+        if iteration + 1 < self.params_.num_boost_round and hasattr(self.keys, "prepare"):
+            self.keys.prepare(n, workers=workers, batches=n_trees)
 
     def histograms(self, node_ids: np.ndarray) -> np.ndarray:
         """Own features' histograms from its rows, each owner's decrypted from its encrypted answer."""
@@ -332,6 +338,19 @@ class VerticalRows(EngineState):
             if self.y_valid is not None and self.y_valid.shape[0]:
                 n = self.y_valid.shape[0]
                 self.scores_valid_[k] += value[leaves_from_decisions(tree, self.decisions(tree, None, valid=True), n)]
+
+
+def layout_bounds(n_rows: int, count_bits: int) -> tuple[int, int]:
+    """A priori bounds on one row's fixed-point ``|grad|`` and ``hess``, from what every owner knows.
+
+    The engine picks each scale ``s`` with ``n_rows * bound * s < 2**62``
+    (:func:`~fedmine.gbdt.quantize.choose_scale`; the hessian's bound times
+    ``2**count_bits`` when packed), so ``|round(g s)| <= ceil(2**62 / n_rows)``
+    and ``round(h s) <= ceil(2**(62 - count_bits) / n_rows)`` whatever the
+    round's gradients are: the encrypted rows' header carries only these.
+    """
+    n = max(int(n_rows), 1)
+    return -(-(1 << SUM_BITS) // n), -(-(1 << (SUM_BITS - int(count_bits))) // n)
 
 
 def _bits(tree, j: int) -> np.ndarray | None:

@@ -28,14 +28,16 @@ One plaintext per row
     ciphertext carries all three and their sums never carry between fields.
 
 Cheap encryption by the key holder
-    ``h_s^alpha`` is computed modulo ``p^2`` and ``q^2`` (the Chinese
+    ``r = h_s^alpha`` with ``alpha`` uniform modulo ``lcm(p - 1, q - 1)``
+    (which the order of ``h_s`` divides: exactly uniform, no short-exponent
+    assumption) is computed modulo ``p^2`` and ``q^2`` (the Chinese
     remainder theorem) from fixed-base tables of ``h_s`` (a product of one
-    table entry per window of the exponent), with the exponent uniform
-    modulo the order of ``h_s`` (no short-exponent assumption): about 200
-    multiplications of 2048-bit numbers per row instead of a 2048-bit
-    exponentiation modulo ``n^2``. Primes ``p = q = 3 mod 4`` with
-    ``gcd(p - 1, q - 1) = 2``, so one parity bit ties the two halves to a
-    single ``alpha``.
+    table entry per window of ``alpha mod (p - 1)``, ``alpha mod (q - 1)``):
+    79 multiplications of 2048-bit numbers per prime at the large window
+    instead of a 2048-bit exponentiation modulo ``n^2``. The randomisers do
+    not depend on the plaintexts, so :meth:`HomomorphicKeys.prepare` makes
+    the next tree's in the worker pool while the owners work; encryption is
+    then ``E(m) = r + n (m r mod n) mod n^2``, one short product per row.
 
 Fewer additions
     An owner multiplies each row's ciphertext into one cell per *pair* of
@@ -62,25 +64,29 @@ Arrays on the wire
 
 Work spreads over ``workers`` processes (default ``os.cpu_count()``; a
 ``spawn`` pool, safe inside a multithreaded server) for trees of at least
-:data:`PARALLEL_MIN_ROWS` rows: encryption by rows (the pool lives with the
-:class:`HomomorphicKeys`, whose tables each worker builds once), an owner's
-histograms by feature groups and rows (the pool lives with the tree's
-:class:`EncryptedRows`, which each worker loads once). ``close()`` stops a pool;
-garbage collection does too.
+:data:`PARALLEL_MIN_ROWS` rows: the randomisers by chunks (the pool lives with
+the :class:`HomomorphicKeys`, whose tables each worker builds once), an owner's
+histograms by feature groups and rows and its packing by ciphertexts (the pool
+lives with the owner's :class:`HomomorphicPublic`, kept across trees; each
+tree's :class:`EncryptedRows` go to the workers as one temporary file, read
+once per worker). ``close()`` stops a pool or removes the file; garbage
+collection does too.
 Scripts that call it guard their entry point with ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import multiprocessing as mp
 import os
 import secrets
 import struct
+import tempfile
 import weakref
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +104,9 @@ EXPONENT_SLACK = 64
 SHORT_EXPONENT_MIN = 448
 #: Window of the key holder's fixed-base tables (2**w entries per window, modulo p^2 and q^2).
 PRIVATE_WINDOW = 10
+#: The window for batches of at least :data:`PARALLEL_MIN_ROWS` rows: 79 multiplications per prime instead of
+#: 103, for tables of about 190 MB per prime built in about a second (a worker builds them once per training).
+LARGE_WINDOW = 13
 #: Window of the public fixed-base table of h_s modulo n^2 (the owner's rerandomisation).
 PUBLIC_WINDOW = 8
 #: Below this many rows in a tree its work stays in the calling process (a pool costs about a second to start).
@@ -161,8 +170,42 @@ class _FixedBase:
         return acc
 
 
-class HomomorphicPublic:
-    """What owners receive: the modulus ``n`` and ``h_s``; encrypts, adds, rerandomises; never decrypts."""
+class _Pooled:
+    """A persistent pool of spawned worker processes, made on first use and kept while ``workers`` stays the same.
+
+    Subclasses set ``_pool`` and ``_finalizer`` to None in their constructor.
+    """
+
+    _pool: tuple[int, Executor] | None
+    _finalizer: weakref.finalize | None
+
+    def _pool_of(self, workers: int, initializer, initargs: tuple) -> Executor:
+        if self._pool is not None and self._pool[0] == workers:
+            return self._pool[1]
+        self.close()
+        executor = ProcessPoolExecutor(
+            max_workers=workers, mp_context=mp.get_context("spawn"), initializer=initializer, initargs=initargs
+        )
+        self._pool = (workers, executor)
+        self._finalizer = weakref.finalize(self, executor.shutdown, wait=False, cancel_futures=True)
+        return executor
+
+    def close(self) -> None:
+        """Stop the worker pool, if any, and wait for its processes to exit."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if self._pool is not None:
+            self._pool[1].shutdown(wait=True, cancel_futures=True)
+        self._pool = self._finalizer = None
+
+
+class HomomorphicPublic(_Pooled):
+    """What owners receive: the modulus ``n`` and ``h_s``; encrypts, adds, rerandomises; never decrypts.
+
+    An owner's worker pool lives with it (made on first use by
+    :meth:`EncryptedRows.pool`, kept for every tree under this key); call
+    :meth:`close` when the training is done (garbage collection does too).
+    """
 
     def __init__(self, n: int, h_s: int) -> None:
         self.n = mpz(n)
@@ -171,6 +214,8 @@ class HomomorphicPublic:
         self.bits = int(self.n.bit_length())
         self.ciphertext_bytes = 2 * (-(-self.bits // 8))
         self._rerandomiser: _FixedBase | None = None
+        self._pool: tuple[int, Executor] | None = None
+        self._finalizer: weakref.finalize | None = None
 
     def __repr__(self) -> str:
         return f"HomomorphicPublic(bits={self.bits}, fingerprint={self.fingerprint.hex()})"
@@ -228,40 +273,15 @@ class HomomorphicPublic:
             )
         return self._rerandomiser
 
+    def pool(self, workers: int) -> Executor:
+        """A pool of ``workers`` processes that hold this key's rerandomiser (made on first use, kept across trees)."""
+        return self._pool_of(workers, _owner_init, (self.__getstate__(),))
+
     def encrypt(self, m: int) -> mpz:
         """``E(m)`` for ``0 <= m < n`` with the public key alone (slower than the key holder's path)."""
         table = self.rerandomiser()
         noise = table.power(table.random_digits(1)[0].tolist())
         return (1 + mpz(m) * self.n) % self.n2 * noise % self.n2
-
-
-class _Pooled:
-    """A persistent pool of spawned worker processes, made on first use and kept while ``workers`` stays the same.
-
-    Subclasses set ``_pool`` and ``_finalizer`` to None in their constructor.
-    """
-
-    _pool: tuple[int, Executor] | None
-    _finalizer: weakref.finalize | None
-
-    def _pool_of(self, workers: int, initializer, initargs: tuple) -> Executor:
-        if self._pool is not None and self._pool[0] == workers:
-            return self._pool[1]
-        self.close()
-        executor = ProcessPoolExecutor(
-            max_workers=workers, mp_context=mp.get_context("spawn"), initializer=initializer, initargs=initargs
-        )
-        self._pool = (workers, executor)
-        self._finalizer = weakref.finalize(self, executor.shutdown, wait=False, cancel_futures=True)
-        return executor
-
-    def close(self) -> None:
-        """Stop the worker pool, if any, and wait for its processes to exit."""
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        if self._pool is not None:
-            self._pool[1].shutdown(wait=True, cancel_futures=True)
-        self._pool = self._finalizer = None
 
 
 class HomomorphicKeys(_Pooled):
@@ -286,7 +306,9 @@ class HomomorphicKeys(_Pooled):
         self._q_inv_p = gmpy2.invert(self._q, self._p)
         self._hp = gmpy2.invert(-self._q % self._p, self._p)
         self._hq = gmpy2.invert(-self._p % self._q, self._q)
-        self._tables: tuple[_FixedBase, _FixedBase] | None = None
+        self._lam = (self._p - 1) * (self._q - 1) // 2  # lcm(p - 1, q - 1): the order of h_s divides it
+        self._tables: dict[int, tuple[_FixedBase, _FixedBase]] = {}
+        self._ahead: list[tuple[int, int, list[Future]]] = []  # randomisers computed ahead, in order
         self._pool: tuple[int, Executor] | None = None
         self._finalizer: weakref.finalize | None = None
 
@@ -335,45 +357,101 @@ class HomomorphicKeys(_Pooled):
         h = (-x * x) % n
         return cls(p, q, gmpy2.powmod(h, n, n * n), short_exponent_bits=short_exponent_bits)
 
-    def tables(self) -> tuple[_FixedBase, _FixedBase]:
-        """Fixed-base tables of ``h_s`` modulo ``p^2`` and ``q^2`` (built once, about 60 MB at 2048 bits)."""
-        if self._tables is None:
-            bits = self.short_exponent_bits or int(self._p.bit_length()) + EXPONENT_SLACK
-            self._tables = (
-                _FixedBase(self.public.h_s, self._p2, exponent_bits=bits, window=PRIVATE_WINDOW),
-                _FixedBase(self.public.h_s, self._q2, exponent_bits=bits, window=PRIVATE_WINDOW),
-            )
-        return self._tables
+    def tables(self, window: int = PRIVATE_WINDOW) -> tuple[_FixedBase, _FixedBase]:
+        """Fixed-base tables of ``h_s`` modulo ``p^2`` and ``q^2`` (built once per window).
 
-    def encrypt_many(self, plaintexts: Sequence[int]) -> list[mpz]:
-        """``E(m)`` for each ``0 <= m < n``: the Chinese remainder theorem and fixed-base tables.
-
-        The exponent modulo ``p^2`` and the one modulo ``q^2`` are uniform and
-        share their lowest bit, so there is one ``alpha`` (uniform modulo the
-        order of ``h_s``) with both: the ciphertexts are distributed exactly as
-        ``(1 + m n) h_s^alpha mod n^2``. With ``short_exponent_bits`` both
-        halves use the same short ``alpha``.
+        About 60 MB at 2048 bits and the default window, 380 MB at :data:`LARGE_WINDOW`.
+        The exponents are below ``p - 1`` and ``q - 1`` (or ``short_exponent_bits``).
         """
-        tp, tq = self.tables()
-        count = len(plaintexts)
-        dp = tp.random_digits(count)
+        if window not in self._tables:
+            bits = self.short_exponent_bits or int(self._p.bit_length())
+            self._tables[window] = (
+                _FixedBase(self.public.h_s, self._p2, exponent_bits=bits, window=window),
+                _FixedBase(self.public.h_s, self._q2, exponent_bits=bits, window=window),
+            )
+        return self._tables[window]
+
+    def randomisers(self, count: int, *, window: int = PRIVATE_WINDOW) -> list[mpz]:
+        """``count`` fresh ``h_s^alpha mod n^2``: they do not depend on any plaintext, so they can be made ahead.
+
+        ``alpha`` is uniform modulo ``lcm(p - 1, q - 1)``, which the order of
+        ``h_s`` divides, so each randomiser is exactly uniform in the subgroup
+        of ``h_s``; it is computed as ``h_s^(alpha mod (p - 1))`` modulo
+        ``p^2`` and ``h_s^(alpha mod (q - 1))`` modulo ``q^2`` from the
+        fixed-base tables, joined by the Chinese remainder theorem. With
+        ``short_exponent_bits`` both halves use one short ``alpha``.
+        """
+        tp, tq = self.tables(window)
         if self.short_exponent_bits is None:
-            dq = tq.random_digits(count)
-            dq[:, 0] = (dq[:, 0] & ~np.uint16(1)) | (dp[:, 0] & 1)
+            alphas = [secrets.randbelow(int(self._lam)) for _ in range(count)]
+            pm1, qm1 = int(self._p) - 1, int(self._q) - 1
+            dp = _digits([a % pm1 for a in alphas], window, tp.windows).tolist()
+            dq = _digits([a % qm1 for a in alphas], window, tq.windows).tolist()
         else:
-            dq = dp
-        n, p2, q2, inv = self.public.n, self._p2, self._q2, self._q2_inv_p2
+            dp = dq = tp.random_digits(count).tolist()
+        p2, q2, inv = self._p2, self._q2, self._q2_inv_p2
         out = []
-        for m, row_p, row_q in zip(plaintexts, dp.tolist(), dq.tolist()):
-            g = 1 + mpz(m) * n
-            cp = g % p2 * tp.power(row_p) % p2
-            cq = g % q2 * tq.power(row_q) % q2
-            out.append(cq + q2 * ((cp - cq) * inv % p2))
+        for row_p, row_q in zip(dp, dq):
+            rp, rq = tp.power(row_p), tq.power(row_q)
+            out.append(rq + q2 * ((rp - rq) * inv % p2))
         return out
+
+    def prepare(self, count: int, *, workers: int | None = None, batches: int = 1) -> None:
+        """Start making ``batches`` x ``count`` randomisers in the worker pool, for the next :func:`encrypt_rows`.
+
+        The label holder calls it once a tree's rows are sent: the pool works
+        while the owners build their histograms, and the next tree's
+        encryption is then one multiplication per row. Below
+        :data:`PARALLEL_MIN_ROWS` rows or with one worker it does nothing.
+        """
+        k = _n_workers(workers)
+        if k < 2 or count < PARALLEL_MIN_ROWS:
+            return
+        pool = self.pool(k)
+        for _ in range(batches):
+            self._ahead.append((count, k, [pool.submit(_holder_randomisers, c) for c in _chunk_sizes(count, 4 * k)]))
+
+    def _take_randomisers(self, count: int, workers: int) -> list[mpz]:
+        """``count`` randomisers: made ahead by :meth:`prepare` if it made a batch of this size, else now."""
+        futures = None
+        while self._ahead and futures is None:
+            size, k, pending = self._ahead.pop(0)
+            if size == count and k == workers:
+                futures = pending
+            else:
+                for f in pending:
+                    f.cancel()
+        if futures is None:
+            if workers == 1 or count < PARALLEL_MIN_ROWS:
+                return self.randomisers(count, window=LARGE_WINDOW if count >= PARALLEL_MIN_ROWS else PRIVATE_WINDOW)
+            pool = self.pool(workers)
+            futures = [pool.submit(_holder_randomisers, c) for c in _chunk_sizes(count, 4 * workers)]
+        width = self.public.ciphertext_bytes
+        return [r for f in futures for r in _unpack_bytes(f.result(), width)]
+
+    def encrypt_many(self, plaintexts: Sequence[int], randomisers: Sequence[mpz] | None = None) -> list[mpz]:
+        """``E(m) = (1 + m n) r mod n^2`` for each ``0 <= m < n``, ``r`` from :meth:`randomisers` unless given.
+
+        ``(1 + m n) r = r + n (m r mod n) mod n^2``: one short product and a
+        reduction modulo ``n`` per row once ``r`` is made.
+        """
+        rs = self.randomisers(len(plaintexts)) if randomisers is None else randomisers
+        if len(rs) != len(plaintexts):
+            raise HomomorphicError(f"homomorphic rows: {len(rs)} randomisers for {len(plaintexts)} plaintexts")
+        n, n2 = self.public.n, self.public.n2
+        return [(r + n * (m * r % n)) % n2 for m, r in zip(plaintexts, rs)]
 
     def pool(self, workers: int) -> Executor:
         """A pool of ``workers`` processes that hold these keys' tables (made on first use, kept for the next tree)."""
         return self._pool_of(workers, _holder_init, (self.__getstate__(),))
+
+    def close(self) -> None:
+        """Drop randomisers made ahead and stop the worker pool."""
+        for _, _, pending in self._ahead:
+            for f in pending:
+                f.cancel()
+        self._ahead = []
+        super().close()
 
     def decrypt(self, c: int) -> mpz:
         """The plaintext ``0 <= m < n`` of one ciphertext (Chinese remainder theorem)."""
@@ -492,19 +570,21 @@ def _ciphertexts(public: HomomorphicPublic, body: np.ndarray, what: str) -> list
     return out
 
 
-class EncryptedRows(_Pooled):
+class EncryptedRows:
     """One tree's row ciphertexts ``E(v_i)`` and their :class:`Layout`, as received by an owner.
 
     Holds the ciphertexts as numbers (:attr:`ciphertexts`) and, once an owner
-    asks with ``workers > 1``, a worker pool that has loaded them; call
-    :meth:`close` (or use ``with``) when the tree is done.
+    asks with ``workers > 1``, a temporary file of them that the key's worker
+    pool (:meth:`HomomorphicPublic.pool`) reads once per worker; call
+    :meth:`close` (or use ``with``) when the tree is done (garbage collection
+    removes the file too).
     """
 
     def __init__(self, public: HomomorphicPublic, layout: Layout, ciphertexts: list[mpz]) -> None:
         self.public = public
         self.layout = layout
         self.ciphertexts = ciphertexts
-        self._pool: tuple[int, Executor] | None = None
+        self._file: str | None = None
         self._finalizer: weakref.finalize | None = None
 
     def __len__(self) -> int:
@@ -540,9 +620,21 @@ class EncryptedRows(_Pooled):
         layout.check(public.bits)
         return cls(public, layout, _ciphertexts(public, arr[1:], what))
 
-    def pool(self, workers: int) -> Executor:
-        """A pool of ``workers`` processes that have loaded these ciphertexts (made on first use)."""
-        return self._pool_of(workers, _owner_init, (self.public.__getstate__(), self.to_array()))
+    def pool(self, workers: int) -> tuple[Executor, str]:
+        """The key's pool of ``workers`` processes and the file of these ciphertexts its tasks name."""
+        if self._file is None:
+            fd, path = tempfile.mkstemp(prefix="fedmine-rows-", suffix=".bin")
+            with os.fdopen(fd, "wb") as out:
+                out.write(self.to_array().tobytes())
+            self._file = path
+            self._finalizer = weakref.finalize(self, _remove, path)
+        return self.public.pool(workers), self._file
+
+    def close(self) -> None:
+        """Remove the file the workers read (the key's pool stays for the next tree)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._file = self._finalizer = None
 
 
 class PackedHistograms:
@@ -604,20 +696,52 @@ _WORKER: dict[str, Any] = {}
 
 def _holder_init(state: dict[str, Any]) -> None:
     keys = HomomorphicKeys(state["p"], state["q"], state["h_s"], short_exponent_bits=state["short_exponent_bits"])
-    keys.tables()
+    keys.tables(LARGE_WINDOW)
     _WORKER["keys"] = keys
 
 
-def _holder_encrypt(plaintexts: list[int]) -> bytes:
+def _holder_randomisers(count: int) -> bytes:
     keys: HomomorphicKeys = _WORKER["keys"]
-    width = keys.public.ciphertext_bytes
-    return b"".join(int(c).to_bytes(width, "little") for c in keys.encrypt_many(plaintexts))
+    return _pack_bytes(keys.randomisers(count, window=LARGE_WINDOW), keys.public.ciphertext_bytes)
 
 
-def _owner_init(public_state: dict[str, int], rows: np.ndarray) -> None:
+def _chunk_sizes(count: int, parts: int) -> list[int]:
+    size = max(1, -(-count // max(1, parts)))
+    return [min(size, count - s) for s in range(0, count, size)]
+
+
+def _digits(values: Sequence[int], window: int, windows: int) -> np.ndarray:
+    """``(len(values), windows)`` base-``2**window`` digits of non-negative ints below ``2**(window * windows)``."""
+    nbytes = -(-window * windows // 8)
+    out = np.empty((len(values), windows), dtype=np.uint16)
+    weights = (1 << np.arange(window, dtype=np.uint32)).astype(np.uint32)
+    for s in range(0, len(values), 4096):
+        block = values[s : s + 4096]
+        raw = np.frombuffer(b"".join(int(v).to_bytes(nbytes, "little") for v in block), dtype=np.uint8)
+        bits = np.unpackbits(raw.reshape(len(block), nbytes), axis=1, bitorder="little")[:, : window * windows]
+        out[s : s + len(block)] = bits.reshape(len(block), windows, window).astype(np.uint32) @ weights
+    return out
+
+
+def _owner_init(public_state: dict[str, int]) -> None:
     public = HomomorphicPublic(public_state["n"], public_state["h_s"])
-    _WORKER["rows"] = EncryptedRows.from_array(public, rows)
     public.rerandomiser()
+    _WORKER["public"] = public
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _rows_of(path: str) -> EncryptedRows:
+    """The tree's rows in this worker, read from the owner's file once per tree."""
+    cached = _WORKER.get("rows")
+    if cached is None or cached[0] != path:
+        public: HomomorphicPublic = _WORKER["public"]
+        arr = np.fromfile(path, dtype=np.uint8).reshape(-1, public.ciphertext_bytes)
+        _WORKER["rows"] = cached = (path, EncryptedRows.from_array(public, arr))
+    return cached[1]
 
 
 def _pack_bytes(values: Sequence[int], width: int) -> bytes:
@@ -684,12 +808,7 @@ def encrypt_rows(
     k = _n_workers(workers)
     if keys is None:
         return EncryptedRows(pub, layout, [pub.encrypt(m) for m in plaintexts])
-    if k == 1 or len(plaintexts) < PARALLEL_MIN_ROWS:
-        return EncryptedRows(pub, layout, keys.encrypt_many(plaintexts))
-    size = -(-len(plaintexts) // (4 * k))
-    chunks = [plaintexts[s : s + size] for s in range(0, len(plaintexts), size)]
-    parts = list(keys.pool(k).map(_holder_encrypt, chunks))
-    return EncryptedRows(pub, layout, _unpack_bytes(b"".join(parts), pub.ciphertext_bytes))
+    return EncryptedRows(pub, layout, keys.encrypt_many(plaintexts, keys._take_randomisers(len(plaintexts), k)))
 
 
 # ---------------------------------------------------------------------------
@@ -747,10 +866,10 @@ def _groups(n_rows: int, n_bins: np.ndarray) -> list[list[int]]:
 
 
 def _histogram_task(
-    task: tuple[list[int], np.ndarray, list[np.ndarray], list[int]],
+    task: tuple[str, list[int], np.ndarray, list[np.ndarray], list[int]],
 ) -> list[bytes]:
-    _features, rows, columns, n_bins = task
-    enc: EncryptedRows = _WORKER["rows"]
+    path, _features, rows, columns, n_bins = task
+    enc = _rows_of(path)
     width = enc.public.ciphertext_bytes
     return [_pack_bytes(p, width) for p in _group_products(enc.ciphertexts, enc.public.n2, rows, columns, n_bins)]
 
@@ -772,14 +891,14 @@ def _pack_and_rerandomise(public: HomomorphicPublic, groups: list[list[mpz]], sl
 
 def _pack_task(task: tuple[bytes, list[int], int]) -> bytes:
     data, sizes, slot_bits = task
-    enc: EncryptedRows = _WORKER["rows"]
-    width = enc.public.ciphertext_bytes
+    public: HomomorphicPublic = _WORKER["public"]
+    width = public.ciphertext_bytes
     values = _unpack_bytes(data, width)
     groups, start = [], 0
     for size in sizes:
         groups.append(values[start : start + size])
         start += size
-    return _pack_bytes(_pack_and_rerandomise(enc.public, groups, slot_bits), width)
+    return _pack_bytes(_pack_and_rerandomise(public, groups, slot_bits), width)
 
 
 def _check_node(rows: EncryptedRows, bins: np.ndarray, node_rows: np.ndarray, n_bins: np.ndarray) -> None:
@@ -843,18 +962,19 @@ def encrypted_histograms(
     parallel = k > 1 and len(rows) >= PARALLEL_MIN_ROWS  # a tree this large repays its pool
     tasks = []
     n_parts = k if parallel and len(node_rows) >= 4 * int(np.prod(n_bins[:2])) else 1
+    path = rows.pool(k)[1] if parallel else ""
     for group in _groups(len(node_rows), n_bins):
         for part in np.array_split(node_rows, n_parts):
-            tasks.append((group, part, [bins[part, f] for f in group], [int(n_bins[f]) for f in group]))
+            tasks.append((path, group, part, [bins[part, f] for f in group], [int(n_bins[f]) for f in group]))
     per_feature: list[list[mpz]] = [[mpz(1)] * int(b) for b in n_bins]
     if parallel:
-        pool = rows.pool(k)
+        pool = public.pool(k)
         results: Any = ([_unpack_bytes(b, width) for b in r] for r in pool.map(_histogram_task, tasks))
     else:
-        results = (_group_products(rows.ciphertexts, public.n2, t[1], t[2], t[3]) for t in tasks)
+        results = (_group_products(rows.ciphertexts, public.n2, t[2], t[3], t[4]) for t in tasks)
     n2 = public.n2
     for task, products in zip(tasks, results):
-        for f, prods in zip(task[0], products):
+        for f, prods in zip(task[1], products):
             acc = per_feature[f]
             for b, value in enumerate(prods):
                 if value != 1:
@@ -863,7 +983,7 @@ def encrypted_histograms(
     slots = layout.slots(public.bits)
     groups = [flat[s : s + slots] for s in range(0, len(flat), slots)]
     if parallel and len(groups) > 1:
-        pool = rows.pool(k)
+        pool = public.pool(k)
         size = -(-len(groups) // k)
         batches = [groups[s : s + size] for s in range(0, len(groups), size)]
         pack_tasks = [

@@ -7,7 +7,7 @@ import pytest
 
 from fedmine.gbdt import to_lightgbm_text, train_pooled
 from fedmine.party.feature_owner import FeatureOwner
-from fedmine.party.label_holder import LabelHolder
+from fedmine.party.label_holder import LabelHolder, layout_bounds
 from tests.support import plain_cipher
 
 N, NV = 1200, 300
@@ -135,3 +135,17 @@ def test_thresholds_stay_with_their_owner_unless_published():
         assert np.isnan(nd["threshold"][inner & np.isin(nd["feature"], owned)]).all()
         assert np.isfinite(nd["threshold"][inner & ~np.isin(nd["feature"], owned)]).all()
     assert all(kept.feature_infos[f] == "none" for f in (0, 4, 5))
+
+
+@pytest.mark.parametrize("objective", ["binary", "multiclass", "regression"])
+def test_the_layout_owners_read_is_fixed_before_training(objective):
+    """The encrypted rows' bounds come from the row count alone: the same every round, and they hold."""
+    X, y = _data(objective, N, 0)
+    Xv, yv = _data(objective, NV, 1)
+    extra = {"num_class": 4} if objective == "multiclass" else {}
+    params = dict(PARAMS, objective=objective, num_boost_round=3, bagging_freq=0, **extra)
+    plain_cipher.LAYOUTS.clear()
+    _vertical(X, y, Xv, yv, params, LAYOUTS["2 orgs"])  # encrypt_rows asserts every row is within the bounds
+    count_bits = N.bit_length()  # each objective bounds its hessian a priori: hess << count_bits | count
+    assert set(plain_cipher.LAYOUTS) == {(*layout_bounds(N, count_bits), N)}
+    assert len(plain_cipher.LAYOUTS) == 3 * (4 if objective == "multiclass" else 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import gmpy2
 import numpy as np
 import pytest
@@ -85,7 +87,7 @@ def test_keys_are_2048_bit_and_decrypt_what_they_encrypt(keys):
 
 def test_opt_in_short_exponent_encrypts_the_same_plaintexts(keys, monkeypatch):
     short = HomomorphicKeys(keys._p, keys._q, keys.public.h_s, short_exponent_bits=448)
-    assert short.tables()[0].windows == 45 and keys.tables()[0].windows == 109
+    assert short.tables()[0].windows == 45 and keys.tables()[0].windows == 103
     cts = short.encrypt_many([0, 99, 2**1500])
     assert [int(keys.decrypt(c)) for c in cts] == [0, 99, 2**1500]
     # both halves use one short alpha: the randomness is h_s^alpha modulo n^2 for the digits drawn
@@ -181,6 +183,46 @@ def test_worker_processes_give_the_same_sums(keys, monkeypatch):
         keys, grad, hess, bins, node_rows, n_bins, grad_bound=2**20, hess_bound=2**19, max_rows=240, workers=2
     )
     assert_exact(got, plain_histograms(grad, hess, bins, node_rows, n_bins))
+
+
+def test_digits_are_the_base_2_to_the_window_digits():
+    rng = np.random.default_rng(7)
+    values = [int.from_bytes(rng.bytes(128), "little") for _ in range(5000)] + [0, 2**1024 - 1]
+    for window, windows in ((10, 103), (13, 79)):
+        got = paillier._digits(values, window, windows)
+        want = [[(v >> (window * i)) & ((1 << window) - 1) for i in range(windows)] for v in values]
+        assert got.tolist() == want
+
+
+def test_randomisers_made_ahead_and_an_owner_pool_kept_across_trees(keys, monkeypatch):
+    monkeypatch.setattr(paillier, "PARALLEL_MIN_ROWS", 50)
+    holder = HomomorphicKeys(keys._p, keys._q, keys.public.h_s)
+    public = HomomorphicPublic.from_bytes(keys.public.to_bytes())
+    try:
+        holder.prepare(240, workers=2, batches=2)
+        assert len(holder._ahead) == 2
+        pools, files = [], []
+        for seed in (8, 9):  # two trees: the first's randomisers made ahead, the second's too
+            grad, hess, bins, node_rows, n_bins = random_case(seed, 240, [8, 8, 4], node=200)
+            rows = encrypt_rows(holder, grad, hess, grad_bound=2**20, hess_bound=2**19, max_rows=240, workers=2)
+            received = EncryptedRows.from_array(public, rows.to_array())
+            packed = encrypted_histograms(public, received, bins, node_rows, n_bins, workers=2)
+            assert_exact(decrypt_histograms(keys, packed), plain_histograms(grad, hess, bins, node_rows, n_bins))
+            pools.append(public._pool[1])
+            files.append(received._file)
+            assert os.path.exists(files[-1])
+            received.close()
+            assert not os.path.exists(files[-1])
+        assert holder._ahead == [] and pools[0] is pools[1] and files[0] != files[1]
+        # a batch of another size is not what was made ahead: made then, and right
+        holder.prepare(300, workers=2)
+        rows = encrypt_rows(holder, grad, hess, grad_bound=2**20, hess_bound=2**19, max_rows=240, workers=2)
+        assert holder._ahead == []
+        v = rows.layout.encode(grad, hess)
+        assert [int(keys.decrypt(c)) for c in rows.ciphertexts] == v
+    finally:
+        holder.close()
+        public.close()
 
 
 def test_bounds_and_shapes_are_checked(keys):

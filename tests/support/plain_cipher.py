@@ -52,8 +52,13 @@ class PackedHistograms:
         return cls(np.ascontiguousarray(arr).view(np.int64).reshape(-1, 3))
 
 
+#: ``(grad_bound, hess_bound, max_rows)`` of every encryption, in order: the layout an owner would read.
+LAYOUTS: list[tuple[int, int, int]] = []
+
+
 def encrypt_rows(public, grad, hess, *, grad_bound, hess_bound, max_rows, workers=None) -> EncryptedRows:
     assert np.abs(grad).max(initial=0) <= grad_bound and hess.max(initial=0) <= hess_bound
+    LAYOUTS.append((int(grad_bound), int(hess_bound), int(max_rows)))
     return EncryptedRows(np.stack([grad, hess], axis=1).astype(np.int64))
 
 
