@@ -258,8 +258,9 @@ _TABLE: tuple[Call, ...] = (
          "int32 (n_own,): bins per feature", "each", DISCLOSED, "bin its own features alone; how many bins each",
          ("n_bins",)),
     Call("owner_gradients", ORGANISATION, (ANY,), None,
-         "public: bytes, rows: [uint8 (n, bytes)] Paillier ciphertexts per tree", "none", "none", NO_ANSWER,
-         "keep the round's encrypted gradients and hessians"),
+         "public: bytes, rows: [uint8 (n, bytes)] Paillier ciphertexts per tree, part: [tree, trees, offset, total] "
+         "| None (then rows holds one in-order chunk of a tree's array: a round larger than a message)",
+         "none", "none", NO_ANSWER, "keep the round's encrypted gradients and hessians"),
     Call("owner_histograms", ORGANISATION, (ANY,), None, "trees: int64 (m,), node_rows: [int32]",
          "[uint8 (k, bytes)]: packed encrypted histograms, one per node", "each", DISCLOSED,
          "encrypted gradient histograms of its features over each node's rows", ("ciphertexts",)),

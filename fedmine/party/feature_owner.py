@@ -105,6 +105,7 @@ class FeatureOwner:
         self._rows: list[Any] = []
         self._public: Any = None
         self._public_bytes = b""
+        self._incoming: list[tuple[np.ndarray, int]] | None = None  # a round's chunks so far, per tree
 
     def _need_bins(self, call: str) -> binning.BinMapper:
         if self.mapper_ is None:
@@ -138,14 +139,57 @@ class FeatureOwner:
         self._cells = m.n_bins.astype(np.int64) + 1  # each feature's bins and its NaN cell
         return m.n_bins.copy()
 
-    def gradients(self, public: bytes, rows: list[np.ndarray]) -> None:
-        """Keep the round's encrypted gradients and hessians, one array per tree of the round."""
+    def gradients(self, public: bytes, rows: list[np.ndarray], part=None) -> None:
+        """Keep the round's encrypted gradients and hessians, one array per tree of the round.
+
+        ``part`` None: ``rows`` holds every tree's whole array. Otherwise
+        ``part = [tree, trees, offset, total]`` and ``rows`` holds one chunk:
+        rows ``offset..`` of tree ``tree``'s array of ``total`` rows, out of
+        ``trees`` trees; chunks come in order (tree by tree, offset by
+        offset), so a round too large for one message arrives in several.
+        """
         self._need_bins("owner_gradients")
         c = self.cipher
         if public != self._public_bytes:  # one key per training: its tables are built once
             self._public = c.HomomorphicPublic.from_bytes(bytes(public))
             self._public_bytes = bytes(public)
-        self._rows = [c.EncryptedRows.from_array(self._public, np.asarray(a)) for a in rows]
+        if part is None:
+            self._incoming = None
+            self._rows = [c.EncryptedRows.from_array(self._public, np.asarray(a)) for a in rows]
+            return
+        tree, trees, offset, total = (int(x) for x in part)
+        chunk = np.asarray(rows[0]) if len(rows) == 1 else None
+        if tree == 0 and offset == 0:  # a new round
+            self._rows, self._incoming = [], []
+        got = self._incoming
+        if got is None or not got:
+            expected = (0, 0)
+        elif got[-1][1] < got[-1][0].shape[0]:
+            expected = (len(got) - 1, got[-1][1])
+        else:
+            expected = (len(got), 0)
+        if (
+            got is None
+            or chunk is None
+            or chunk.ndim != 2
+            or (tree, offset) != expected
+            or tree >= trees
+            or offset + chunk.shape[0] > total
+            or (offset and chunk.shape[1] != got[tree][0].shape[1])
+        ):
+            self._incoming = None
+            raise PartyError(
+                f"party {self.name}: owner_gradients: chunk at row {offset} of tree {tree} ({trees} trees, "
+                f"{total} rows) is out of order or malformed; a round's chunks come tree by tree, in order"
+            )
+        if offset == 0:
+            got.append((np.empty((total, chunk.shape[1]), dtype=np.uint8), 0))
+        buf, filled = got[tree]
+        buf[offset : offset + chunk.shape[0]] = chunk
+        got[tree] = (buf, filled + chunk.shape[0])
+        if len(got) == trees and got[-1][1] == total:
+            self._rows = [c.EncryptedRows.from_array(self._public, b) for b, _ in got]
+            self._incoming = None
 
     def histograms(self, trees, node_rows: list[np.ndarray]) -> list[np.ndarray]:
         """Encrypted histograms of its features over each node's rows (packed ciphertexts, one array per node).

@@ -47,11 +47,14 @@ from fedmine.gbdt.rows import NODE_STRIDE, LocalRows, split_node_id
 from fedmine.gbdt.state import EngineState
 from fedmine.party.feature_owner import default_cipher, unpack_mask, workers_for
 from fedmine.protocol import READY
+from fedmine.transport.wire import MAX_MESSAGE_BYTES
 
 Ask = Callable[[list], list]
 
 #: Paillier modulus bits of the label holder's key (2048-bit RSA-equivalent security).
 DEFAULT_KEY_BITS = 2048
+#: Bytes kept free in each message for everything beside the encrypted rows (the key, the encoding).
+MESSAGE_HEADROOM = 64 * 1024
 
 
 def _no_owners(requests: list) -> list:
@@ -77,6 +80,9 @@ class VerticalRows(EngineState):
     cipher : the homomorphic scheme.
     ask : Ask
         Carries requests to the owners.
+    message_bytes : int
+        The largest message the requests may make: a round's encrypted rows
+        for every owner go in one request when they fit, else in chunks.
 
     The owners' columns are all missing here: their bins never arrive. A
     split on an owner's feature is applied by writing the owner's answer (0:
@@ -98,8 +104,10 @@ class VerticalRows(EngineState):
         cipher: Any,
         ask: Ask = _no_owners,
         row_ids=None,
+        message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.own = np.asarray(own, dtype=np.int64)
+        self.message_bytes = int(message_bytes)
         self.owners = {o: np.asarray(idx, dtype=np.int64) for o, idx in owners.items()}
         self.X_own = np.ascontiguousarray(X_own, dtype=X_DTYPE).reshape(-1, self.own.shape[0])
         self.X_valid_own = (
@@ -226,10 +234,27 @@ class VerticalRows(EngineState):
                 self.keys, g, h, grad_bound=grad_bound, hess_bound=hess_bound, max_rows=n, workers=workers
             )
             rows.append(enc.to_array())
-        key = public.to_bytes()
-        self.ask([(o, "owner_gradients", [key, rows], {}) for o in self.owners])
+        self._send_rows(public.to_bytes(), rows)
         if iteration + 1 < self.params_.num_boost_round and hasattr(self.keys, "prepare"):
             self.keys.prepare(n, workers=workers, batches=n_trees)
+
+    def _send_rows(self, key: bytes, rows: list[np.ndarray]) -> None:
+        """The round's row arrays to every owner: in one request if they fit :attr:`message_bytes`, else in chunks.
+
+        A chunk is ``rows[tree][offset : offset + m]`` with ``part = [tree, trees, offset, total]``; every
+        owner's copy of it goes in one request batch, so ``m`` rows times the owners fit the limit.
+        """
+        owners = list(self.owners)
+        room = self.message_bytes - MESSAGE_HEADROOM
+        if sum(a.nbytes for a in rows) * len(owners) <= room:
+            self.ask([(o, "owner_gradients", [key, rows], {}) for o in owners])
+            return
+        for k, arr in enumerate(rows):
+            per = max(1, room // (len(owners) * max(1, arr.strides[0])))
+            for offset in range(0, arr.shape[0], per):
+                part = [k, len(rows), offset, arr.shape[0]]
+                chunk = [arr[offset : offset + per]]
+                self.ask([(o, "owner_gradients", [key, chunk, part], {}) for o in owners])
 
     def histograms(self, node_ids: np.ndarray) -> np.ndarray:
         """Own features' histograms from its rows, each owner's decrypted from its encrypted answer."""
@@ -378,6 +403,7 @@ class LabelHolder:
     key_bits : modulus bits of its key.
     row_ids : ndarray of shape (n_rows,), uint64, optional
         Bagging ids of the training rows (the same at every organisation).
+    message_bytes : the largest message to the coordinator (see :class:`VerticalRows`).
     """
 
     def __init__(
@@ -397,8 +423,10 @@ class LabelHolder:
         cipher: Any = None,
         key_bits: int = DEFAULT_KEY_BITS,
         row_ids=None,
+        message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.name = name
+        self.message_bytes = int(message_bytes)
         self.row_ids = row_ids
         self.objective, self.num_class = objective, num_class
         self.feature_names = list(feature_names)
@@ -429,6 +457,7 @@ class LabelHolder:
             cipher=self.cipher,
             ask=ask,
             row_ids=self.row_ids,
+            message_bytes=self.message_bytes,
         )
         self.model_: Model | None = None
         self.trainer_ = Trainer(

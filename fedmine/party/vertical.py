@@ -49,6 +49,7 @@ from fedmine.party.organisation import Party, TrainValidRows
 from fedmine.party.policy import PartyPolicy
 from fedmine.party.relay import Relay
 from fedmine.protocol import ProtocolError
+from fedmine.transport.wire import MAX_MESSAGE_BYTES
 
 
 def _digest64(label: bytes, ids: list[bytes]) -> np.ndarray:
@@ -231,6 +232,8 @@ class VerticalParty(Party):
     report : the harmonisation report.
     policy : its policy (None: stages only).
     cipher : the homomorphic scheme (default Paillier; tests of growth may pass another).
+    message_bytes : the largest message between it and the coordinator (the label holder sends a round's
+        encrypted rows in chunks below it).
     """
 
     def __init__(
@@ -244,6 +247,7 @@ class VerticalParty(Party):
         report: dict[str, Any] | None = None,
         policy: PartyPolicy | None = None,
         cipher: Any = None,
+        message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         names = list(cfg.features)
         held = set(cfg.organisations[name].features or [])
@@ -276,6 +280,7 @@ class VerticalParty(Party):
         self.publish_thresholds = bool(cfg.vertical.publish_thresholds)
         self.key_bits = int(cfg.vertical.key_bits)
         self.cipher = cipher
+        self.message_bytes = int(message_bytes)
         self._id_spec = cfg.organisations[name].id
         self._salt = cfg.vertical.salt
         self.relay = Relay(name)
@@ -347,6 +352,7 @@ class VerticalParty(Party):
                 cipher=self.cipher,
                 key_bits=self.key_bits,
                 row_ids=self.row_ids_,
+                message_bytes=self.message_bytes,
             )
         else:
             self.role_ = FeatureOwner(
@@ -493,8 +499,8 @@ class VerticalParty(Party):
             state.save("bins", {"ranges": ranges, "categorical": categorical, "max_bin": max_bin, "n_grid": n_grid})
         return n_bins
 
-    def owner_gradients(self, public: bytes, rows: list) -> None:
-        self._owner("owner_gradients").gradients(public, rows)
+    def owner_gradients(self, public: bytes, rows: list, part=None) -> None:
+        self._owner("owner_gradients").gradients(public, rows, part)
 
     def owner_histograms(self, trees, node_rows: list) -> list:
         return self._owner("owner_histograms").histograms(trees, node_rows)
@@ -524,7 +530,15 @@ class VerticalParty(Party):
         return out
 
 
-def vertical_party(cfg: Any, org: str, frame: pd.DataFrame, *, enforce_policy: bool = True, cipher: Any = None):
+def vertical_party(
+    cfg: Any,
+    org: str,
+    frame: pd.DataFrame,
+    *,
+    enforce_policy: bool = True,
+    cipher: Any = None,
+    message_bytes: int = MAX_MESSAGE_BYTES,
+):
     """``org``'s vertical party from its raw frame: ids read and normalised, its own features harmonised."""
     ids, present = read_ids(frame, cfg, org)
     data = harmonise_own(frame, cfg, org)
@@ -532,7 +546,9 @@ def vertical_party(cfg: Any, org: str, frame: pd.DataFrame, *, enforce_policy: b
     report = dict(data.report)
     report["rows_without_id"] = int((~present).sum())
     policy = PartyPolicy.from_config(cfg, org) if enforce_policy else None
-    return VerticalParty(org, ids, X, y, cfg=cfg, report=report, policy=policy, cipher=cipher)
+    return VerticalParty(
+        org, ids, X, y, cfg=cfg, report=report, policy=policy, cipher=cipher, message_bytes=message_bytes
+    )
 
 
 __all__ = ["DEFAULT_KEY_BITS", "VerticalParty", "vertical_party"]

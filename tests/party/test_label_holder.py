@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedmine.errors import PartyError
 from fedmine.gbdt import to_lightgbm_text, train_pooled
 from fedmine.party.feature_owner import FeatureOwner
-from fedmine.party.label_holder import LabelHolder, layout_bounds
+from fedmine.party.label_holder import MESSAGE_HEADROOM, LabelHolder, layout_bounds
+from fedmine.protocol import ProtocolError
 from tests.support import plain_cipher
 
 N, NV = 1200, 300
@@ -55,14 +57,16 @@ PARAMS = dict(
 )
 
 
-def _ask(owners):
+def _ask(owners, log=None):
     def ask(requests):
+        if log is not None:
+            log.extend((name, len(args)) for _, name, args, _ in requests)
         return [getattr(owners[o], CALLS[name])(*args, **kwargs) for o, name, args, kwargs in requests]
 
     return ask
 
 
-def _vertical(X, y, Xv, yv, params, layout, *, publish=True):
+def _vertical(X, y, Xv, yv, params, layout, *, publish=True, message_bytes=None, owners_out=None):
     """``layout``: feature positions per organisation; the first holds the label."""
     lead_idx, *owner_idx = (np.asarray(i) for i in layout)
     owners = {
@@ -82,8 +86,13 @@ def _vertical(X, y, Xv, yv, params, layout, *, publish=True):
         objective=params["objective"],
         num_class=params.get("num_class", 1),
         cipher=plain_cipher,
+        **({} if message_bytes is None else {"message_bytes": message_bytes}),
     )
-    ask = _ask(owners)
+    log: list = []
+    if owners_out is not None:
+        owners_out.update(owners)
+        owners_out["log"] = log
+    ask = _ask(owners, log)
     lead.begin(ask, params)
     results = []
     while True:
@@ -149,3 +158,32 @@ def test_the_layout_owners_read_is_fixed_before_training(objective):
     count_bits = N.bit_length()  # each objective bounds its hessian a priori: hess << count_bits | count
     assert set(plain_cipher.LAYOUTS) == {(*layout_bounds(N, count_bits), N)}
     assert len(plain_cipher.LAYOUTS) == 3 * (4 if objective == "multiclass" else 1)
+
+
+def test_rows_larger_than_a_message_go_in_chunks_and_give_the_same_model():
+    X, y = _data("multiclass", N, 0)
+    Xv, yv = _data("multiclass", NV, 1)
+    params = dict(PARAMS, objective="multiclass", num_class=4, num_boost_round=2)
+    whole, _ = _vertical(X, y, Xv, yv, params, LAYOUTS["3 orgs"])
+    owners: dict = {}
+    chunked, _ = _vertical(
+        X, y, Xv, yv, params, LAYOUTS["3 orgs"], message_bytes=MESSAGE_HEADROOM + 5000, owners_out=owners
+    )
+    assert to_lightgbm_text(chunked) == to_lightgbm_text(whole)
+    # 2 rounds of 4 trees, N rows of 16 plain bytes: 5000 // (2 owners x 16) = 156 rows per chunk, 8 per tree
+    assert owners["log"].count(("owner_gradients", 3)) == 2 * 4 * 8 * 2
+    assert ("owner_gradients", 2) not in owners["log"]
+    owner = owners["org1"]
+    key = b"plain"
+    arr = np.zeros((N, 16), dtype=np.uint8)
+    owner.gradients(key, [arr[:100]], [0, 2, 0, N])
+    with pytest.raises(
+        PartyError,
+        match=r"^party org1: owner_gradients: chunk at row 300 of tree 0 \(2 trees, 1200 rows\) is out of order",
+    ):
+        owner.gradients(key, [arr[300:400]], [0, 2, 300, N])
+    with pytest.raises(ProtocolError, match=r"owner_gradients first"):
+        owner.histograms(np.array([0]), [np.arange(5)])
+    owner.gradients(key, [arr[:N]], [0, 2, 0, N])
+    owner.gradients(key, [arr[:N]], [1, 2, 0, N])
+    assert len(owner._rows) == 2
