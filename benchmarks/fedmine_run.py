@@ -26,7 +26,18 @@ with 2+ organisations) into a folder, then runs, each in its own process:
 2. LightGBM on the pooled rows: read the same Parquet files with pyarrow,
    concatenate, then ``lgb.Dataset`` construction + ``lgb.train`` with the same
    parameters (``num_threads: 2``, deterministic, row- or column-wise as
-   LightGBM picks).
+   LightGBM picks);
+3. the engine alone: the same Parquet files read the same way, one
+   ``EngineState`` per organisation summed in process
+   (``fedmine.gbdt.train_partitioned``: no federation layer, no masks, no
+   MLflow), binning included, beside LightGBM's binning + training.
+
+Every command's CPU seconds (user + system, the process and its children) are
+printed beside its wall seconds, and the load average before each: the
+machine may be shared. KB per tree are the bytes both ways over the rounds;
+beside them, what the same rounds would have sent with every histogram in the
+full layout (``max_bin + 1`` bins per feature, three int64 per bin), from the
+``train/histogram_nodes`` and ``train/histogram_bytes`` metrics.
 
 Peak RSS is the largest process of each command (``/usr/bin/time -v``, else
 ``getrusage(RUSAGE_CHILDREN)`` of a wrapper). Before the measured run, a
@@ -41,6 +52,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -81,10 +93,16 @@ CASES = {
 GOALS = {  # (label, figure key, bound)
     "large": [
         ("train_seconds / LightGBM binning+training", "train_ratio", 1.0),
+        ("engine alone / LightGBM binning+training", "engine_ratio", 0.8),
         ("whole command / LightGBM read+binning+training", "wall_ratio", 2.5),
+        ("KB per tree / full layout's", "bytes_ratio", 0.5),
         ("peak RSS fedmine / LightGBM", "rss_ratio", 1.3),
     ],
-    "small": [("train_seconds", "train_seconds", 3.0), ("peak RSS fedmine / LightGBM", "rss_ratio", 1.3)],
+    "small": [
+        ("train_seconds", "train_seconds", 3.0),
+        ("KB per tree / full layout's", "bytes_ratio", 0.25),
+        ("peak RSS fedmine / LightGBM", "rss_ratio", 1.3),
+    ],
 }
 
 
@@ -199,9 +217,12 @@ def run_measured(cmd: list[str], cwd: str, tag: str) -> dict:
     )
     started = time.time()
     t0 = time.perf_counter()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(out_path, "w") as out, open(err_path, "w") as err:
         rc = subprocess.call(full, cwd=cwd, stdout=out, stderr=err, env=env)
     wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if rc != 0:
         with open(err_path) as f:
             tail = f.readlines()[-40:]
@@ -215,7 +236,7 @@ def run_measured(cmd: list[str], cwd: str, tag: str) -> dict:
             rss = int(m.group(1)) / 1024
     with open(out_path) as f:
         stdout = f.read()
-    return {"wall": wall, "rss_mb": rss, "stdout": stdout, "started": started}
+    return {"wall": wall, "cpu": cpu, "rss_mb": rss, "stdout": stdout, "started": started}
 
 
 def run_fedmine(config: str, folder: str, tag: str) -> dict:
@@ -255,7 +276,8 @@ def mlflow_phases(db: str, run_id: str, started: float, wall: float, train_secon
         sums = dict(
             con.execute(
                 "SELECT key, SUM(value) FROM metrics WHERE run_uuid = ? AND key IN ('seconds/round', "
-                "'seconds/party', 'seconds/aggregation', 'seconds/split_finding', 'train/histogram_exchanges') "
+                "'seconds/party', 'seconds/aggregation', 'seconds/split_finding', 'train/histogram_exchanges', "
+                "'train/histogram_nodes', 'train/histogram_bytes') "
                 "GROUP BY key",
                 (run_id,),
             ).fetchall()
@@ -293,24 +315,20 @@ def mlflow_phases(db: str, run_id: str, started: float, wall: float, train_secon
         "summary, report, artifacts, runs ended": span(version_ms or saved_ms, end_ms),
         "shut-down: flow end, Prefect, exit": wall - span(t0, end_ms),
     }
-    return {"phases": phases, "histogram_exchanges": sums.get("train/histogram_exchanges", nan)}
+    return {
+        "phases": phases,
+        "histogram_exchanges": sums.get("train/histogram_exchanges", nan),
+        "histogram_nodes": sums.get("train/histogram_nodes", nan),
+        "histogram_bytes": sums.get("train/histogram_bytes", nan),
+    }
 
 
-def lightgbm_child(spec_path: str) -> None:
-    """Child process: read the organisations' Parquet files, pool them, bin and train; print figures as JSON."""
-    with open(spec_path) as f:
-        spec = json.load(f)
-    t_import = time.perf_counter()
-    import lightgbm as lgb
+def read_rows(table, spec: dict):
+    """Float64 features (categories as codes, NaN when missing or unknown) and labels of a pyarrow table."""
     import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    t0 = time.perf_counter()
-    table = pa.concat_tables([pq.read_table(p) for p in spec["sources"]])
-    features = spec["features"]
     cols = []
-    for name in features:
+    for name in spec["features"]:
         col = table.column(name)
         cats = spec["categories"].get(name)
         if cats is not None:
@@ -319,9 +337,53 @@ def lightgbm_child(spec_path: str) -> None:
             cols.append(codes)
         else:
             cols.append(col.to_numpy(zero_copy_only=False).astype(np.float64))
-    X = np.column_stack(cols)
-    y = table.column(LABEL).to_numpy().astype(np.float64)
-    del table, cols
+    return np.column_stack(cols), table.column(LABEL).to_numpy().astype(np.float64)
+
+
+def engine_child(spec_path: str) -> None:
+    """Child process: the engine alone over the organisations' rows (in process, summed), binning included."""
+    with open(spec_path) as f:
+        spec = json.load(f)
+    import pyarrow.parquet as pq
+
+    from fedmine.gbdt import train_partitioned
+
+    parts = [read_rows(pq.read_table(p), spec) for p in spec["sources"]]
+    categorical = [i for i, n in enumerate(spec["features"]) if n in spec["categories"]]
+    params = dict(
+        objective="binary",
+        num_leaves=31,
+        learning_rate=0.1,
+        max_bin=255,
+        min_data_in_leaf=MIN_DATA_IN_LEAF,
+        num_boost_round=spec["rounds"],
+        seed=SEED,
+    )
+    warm = [(X[:500], y[:500]) for X, y in parts]  # numba's cache filled before the clock starts
+    train_partitioned(warm, dict(params, num_boost_round=2), categorical=categorical)
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    model = train_partitioned(parts, params, categorical=categorical)
+    print(
+        json.dumps(
+            {"training": time.perf_counter() - t0, "cpu_training": time.process_time() - c0, "trees": len(model.trees)}
+        )
+    )
+
+
+def lightgbm_child(spec_path: str) -> None:
+    """Child process: read the organisations' Parquet files, pool them, bin and train; print figures as JSON."""
+    with open(spec_path) as f:
+        spec = json.load(f)
+    t_import = time.perf_counter()
+    import lightgbm as lgb
+    import pandas  # noqa: F401  (read_rows needs it: imported before the clock starts)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    X, y = read_rows(pa.concat_tables([pq.read_table(p) for p in spec["sources"]]), spec)
+    features = spec["features"]
     read = time.perf_counter() - t0
     params = dict(
         objective="binary",
@@ -355,19 +417,24 @@ def lightgbm_child(spec_path: str) -> None:
     )
 
 
-def run_lightgbm(folder: str, sources: list[str], specs: dict, rounds: int, tag: str) -> dict:
+def run_child(kind: str, folder: str, sources: list[str], specs: dict, rounds: int) -> dict:
+    """``kind`` ("lightgbm" or "engine") in its own process over the organisations' Parquet files."""
     spec = {
         "sources": sources,
         "features": list(specs),
         "rounds": rounds,
         "categories": {n: s["categories"] for n, s in specs.items() if s["type"] == "category"},
     }
-    spec_path = os.path.join(folder, "lightgbm.json")
+    spec_path = os.path.join(folder, f"{kind}.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    res = run_measured([sys.executable, os.path.abspath(__file__), "--lightgbm-child", spec_path], folder, "lightgbm")
+    res = run_measured([sys.executable, os.path.abspath(__file__), f"--{kind}-child", spec_path], folder, kind)
     res.update(json.loads(res["stdout"].strip().splitlines()[-1]))
     return res
+
+
+def run_lightgbm(folder: str, sources: list[str], specs: dict, rounds: int, tag: str) -> dict:
+    return run_child("lightgbm", folder, sources, specs, rounds)
 
 
 # -- report --------------------------------------------------------------------
@@ -375,17 +442,30 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
-def print_case(case: str, n_rows: int, k: int, rounds: int, fed: dict, lgbm: dict, phases: dict | str) -> dict:
+def full_layout_bytes(bytes_total: float, phases: dict | str, n_features: int, max_bin: int = 255) -> float:
+    """The rounds' bytes had every histogram travelled in the full layout: (max_bin + 1) bins x 3 int64 per feature."""
+    if isinstance(phases, str):
+        return float("nan")
+    full = phases["histogram_nodes"] * n_features * (max_bin + 1) * 3 * 8
+    return bytes_total - phases["histogram_bytes"] + full
+
+
+def print_case(
+    case: str, n_rows: int, k: int, rounds: int, fed: dict, lgbm: dict, engine: dict, phases: dict | str
+) -> dict:
     s = fed["summary"]
     lgb_train = lgbm["binning"] + lgbm["training"]
     lgb_all = lgbm["read"] + lgb_train
     rows_by_org = {o: v["rows"] for o, v in s["organisations"].items()}
     bytes_total = s.get("bytes_sent", 0) + s.get("bytes_received", 0)
     n_trees = max(int(s["rounds"]), 1)
+    full = full_layout_bytes(bytes_total, phases, engine["n_features"])
     fig = {
         "train_seconds": s["train_seconds"],
         "train_ratio": ratio(s["train_seconds"], lgb_train),
+        "engine_ratio": ratio(engine["training"], lgb_train),
         "wall_ratio": ratio(fed["wall"], lgb_all),
+        "bytes_ratio": ratio(bytes_total, full),
         "rss_ratio": ratio(fed["rss_mb"], lgbm["rss_mb"]),
     }
     print(
@@ -399,8 +479,17 @@ def print_case(case: str, n_rows: int, k: int, rounds: int, fed: dict, lgbm: dic
         f"   fedmine train_seconds; LightGBM Dataset + train"
     )
     print(
+        f"{'engine alone (s)':<34}{engine['training']:>12.2f}{lgb_train:>12.2f}{fig['engine_ratio']:>8.2f}"
+        f"   train_partitioned over the {k} organisations' rows in process, binning included"
+    )
+    print(
         f"{'whole command (s)':<34}{fed['wall']:>12.2f}{lgb_all:>12.2f}{fig['wall_ratio']:>8.2f}"
         f"   fedmine run wall; LightGBM read + Dataset + train"
+    )
+    print(
+        f"{'CPU s, whole process':<34}{fed['cpu']:>12.2f}{lgbm['cpu']:>12.2f}{ratio(fed['cpu'], lgbm['cpu']):>8.2f}"
+        f"   user + system, with children (engine alone: {engine['cpu']:.2f} s in training, "
+        f"{engine['cpu_total']:.2f} s whole process)"
     )
     print(
         f"{'peak RSS (MB)':<34}{fed['rss_mb']:>12.0f}{lgbm['rss_mb']:>12.0f}{fig['rss_ratio']:>8.2f}   largest process"
@@ -409,6 +498,10 @@ def print_case(case: str, n_rows: int, k: int, rounds: int, fed: dict, lgbm: dic
     print(
         f"{'KB per tree (both ways)':<34}{bytes_total / n_trees / 1024:>12.0f}"
         f"   parties sent {s.get('bytes_sent', 0):,} B, received {s.get('bytes_received', 0):,} B"
+    )
+    print(
+        f"{'  in the full layout':<34}{full / n_trees / 1024:>12.0f}{'':>12}{fig['bytes_ratio']:>8.2f}"
+        f"   every histogram with max_bin + 1 bins per feature, 3 int64 per bin"
     )
     print(
         f"LightGBM: read {lgbm['read']:.2f} s, Dataset (binning) {lgbm['binning']:.2f} s, "
@@ -467,9 +560,13 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument("--no-warmup", action="store_true", help="count numba compilation (no warm-up run)")
     ap.add_argument("--lightgbm-child", help=argparse.SUPPRESS)
+    ap.add_argument("--engine-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.lightgbm_child:
         lightgbm_child(args.lightgbm_child)
+        return 0
+    if args.engine_child:
+        engine_child(args.engine_child)
         return 0
     for name, value in (
         ("--rows", args.rows),
@@ -511,9 +608,12 @@ def main(argv=None) -> int:
                 load = os.getloadavg()[0]
                 fed = run_fedmine(config, folder, f"fedmine-{i}")
                 lgbm = run_lightgbm(folder, sources, specs, rounds, f"lightgbm-{i}")
-                runs.append((load, fed, lgbm))
+                engine = run_child("engine", folder, sources, specs, rounds)
+                engine.update(cpu_total=engine["cpu"], cpu=engine.pop("cpu_training"), n_features=len(specs))
+                runs.append((load, fed, lgbm, engine))
             fed = min((r[1] for r in runs), key=lambda r: r["wall"])
             lgbm = min((r[2] for r in runs), key=lambda r: r["read"] + r["binning"] + r["training"])
+            engine = min((r[3] for r in runs), key=lambda r: r["training"])
             try:
                 phases = mlflow_phases(
                     os.path.join(folder, "mlflow.db"),
@@ -524,19 +624,20 @@ def main(argv=None) -> int:
                 )
             except Exception as exc:  # the timeline is extra; the figures above stand without it
                 phases = f"{type(exc).__name__}: {exc}"
-            print_case(case, n_rows, k, rounds, fed, lgbm, phases)
+            print_case(case, n_rows, k, rounds, fed, lgbm, engine, phases)
             print(
                 "runs (1-minute load average before each; the table shows the fastest fedmine run and the "
                 "fastest LightGBM run):"
                 if len(runs) > 1
                 else "run (1-minute load average before it):"
             )
-            for i, (load, f, g) in enumerate(runs):
+            for i, (load, f, g, e) in enumerate(runs):
                 print(
                     f"  {i + 1}: load {load:.2f}; fedmine train_seconds {f['summary']['train_seconds']:.2f} s, "
-                    f"wall {f['wall']:.2f} s, {f['rss_mb']:.0f} MB; LightGBM binning+training "
+                    f"wall {f['wall']:.2f} s, CPU {f['cpu']:.2f} s, {f['rss_mb']:.0f} MB; LightGBM binning+training "
                     f"{g['binning'] + g['training']:.2f} s, read+binning+training "
-                    f"{g['read'] + g['binning'] + g['training']:.2f} s, {g['rss_mb']:.0f} MB"
+                    f"{g['read'] + g['binning'] + g['training']:.2f} s, CPU {g['cpu']:.2f} s, {g['rss_mb']:.0f} MB; "
+                    f"engine alone {e['training']:.2f} s, CPU {e['cpu']:.2f} s"
                 )
             print(f"load average after the case {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:

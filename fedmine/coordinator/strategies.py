@@ -354,7 +354,7 @@ class HistogramStrategy(Strategy):
             self.trainer.stop()
             ctx.stopped = True
             return
-        before = (src.exchanges_, src.party_seconds_, src.aggregate_seconds_)
+        before = (src.exchanges_, src.party_seconds_, src.aggregate_seconds_, src.nodes_, src.bytes_to_coordinator_)
         releases0 = self.trainer.releases_
         t0 = time.perf_counter()
         self.trainer.step()
@@ -365,6 +365,8 @@ class HistogramStrategy(Strategy):
         aggregation = src.aggregate_seconds_ - before[2]
         ctx.stats = {
             "train/histogram_exchanges": float(src.exchanges_ - before[0]),
+            "train/histogram_nodes": float(src.nodes_ - before[3]),  # node answers, all parties
+            "train/histogram_bytes": float(src.bytes_to_coordinator_ - before[4]),
             "seconds/party": party,
             "seconds/aggregation": aggregation,
             "seconds/split_finding": max(total - party - aggregation, 0.0),

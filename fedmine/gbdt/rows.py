@@ -217,6 +217,8 @@ class SumOfSources:
     ----------
     exchanges_ : int
         ``histograms`` round trips (one per batch, whatever K).
+    nodes_ : int
+        Node histograms the parties sent (nodes per request times sources).
     bytes_to_coordinator_ : int
         ``nbytes`` of every histogram array the parties sent.
     bytes_to_parties_ : int
@@ -235,6 +237,7 @@ class SumOfSources:
         self._pool = ThreadPoolExecutor(self.n_threads) if self.n_threads > 1 else None
         self._pending: list[tuple[Any, ...]] = []  # apply_split arguments, queued for the next request
         self.exchanges_ = 0
+        self.nodes_ = 0
         self.bytes_to_coordinator_ = 0
         self.bytes_to_parties_ = 0
         self.party_seconds_ = 0.0
@@ -267,6 +270,7 @@ class SumOfSources:
         self.party_seconds_ += t1 - t0
         self.aggregate_seconds_ += time.perf_counter() - t1
         self.bytes_to_parties_ += node_ids.nbytes * len(self.sources)
+        self.nodes_ += node_ids.shape[0] * len(answers)
         self.bytes_to_coordinator_ += sum(h.nbytes for h in answers)
         return total
 

@@ -235,13 +235,51 @@ def mask_stream(key: bytes, nonce: bytes, n: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=MASKED_DTYPE.newbyteorder("<")).astype(MASKED_DTYPE, copy=False)
 
 
-def _fill_stream(key: bytes, nonce: bytes, zeros: memoryview, out: np.ndarray) -> None:
-    """:func:`mask_stream` written into ``out`` (uint64, little-endian host) without allocating.
+def block_cipher(key: bytes):
+    """A reusable AES-256 block encryptor of ``key`` (ECB over whole blocks): the key schedule is made once."""
+    return Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
 
-    ``zeros`` is a zero buffer of at least ``out.nbytes`` bytes, reused
-    across calls; the keystream is the same words :func:`mask_stream` returns.
+
+class CounterBlocks:
+    """Scratch for :func:`mask_stream`'s words from a reusable block encryptor, without allocating per message.
+
+    CTR mode's keystream block ``j`` is ``AES_K(T_j)`` with ``T_j`` the initial
+    counter block plus ``j`` in its last 32 bits (NIST SP 800-38A, the
+    standard incrementing function). :meth:`stream` writes the counter blocks
+    of a message's nonce and encrypts them with :func:`block_cipher`: the same
+    words as :func:`mask_stream`, with the key schedule and cipher context
+    made once per key instead of once per message and peer.
     """
-    _encryptor(key, nonce).update_into(zeros[: out.nbytes], out.view(np.uint8).data)
+
+    def __init__(self) -> None:
+        self._blocks = np.zeros((0, _BLOCK_BYTES), dtype=np.uint8)
+        self._words = np.zeros(0, dtype=MASKED_DTYPE)
+        self._start = -1
+
+    def stream(self, encryptor, nonce: bytes, n: int) -> np.ndarray:
+        """The first ``n`` keystream words of ``nonce`` under ``encryptor``'s key (uint64, little-endian host).
+
+        Returns a view of the scratch, valid until the next call.
+        """
+        n_blocks = -(-int(n) * MASKED_DTYPE.itemsize // _BLOCK_BYTES)
+        start = int.from_bytes(nonce[NONCE_BYTES - _COUNTER_BYTES :], "big")
+        if start + n_blocks > 2**32:
+            raise SecureAggregationError(f"a stream of {n} words from counter {start} would wrap the 32-bit counter")
+        if self._blocks.shape[0] < n_blocks or self._start != start:
+            size = max(n_blocks, self._blocks.shape[0])
+            self._blocks = np.zeros((size, _BLOCK_BYTES), dtype=np.uint8)
+            counters = (start + np.arange(size, dtype=np.uint64)).astype(">u4")
+            self._blocks[:, NONCE_BYTES - _COUNTER_BYTES :] = counters.view(np.uint8).reshape(size, _COUNTER_BYTES)
+            # update_into wants room for a block beyond the input
+            self._words = np.empty(2 * size + 2, dtype=MASKED_DTYPE)
+            self._start = start
+        blocks = self._blocks[:n_blocks]
+        blocks[:, : NONCE_BYTES - _COUNTER_BYTES] = np.frombuffer(nonce[: NONCE_BYTES - _COUNTER_BYTES], np.uint8)
+        size = n_blocks * _BLOCK_BYTES
+        written = encryptor.update_into(blocks.reshape(-1).data, self._words.view(np.uint8)[: size + _BLOCK_BYTES].data)
+        if written != size:  # ECB over whole blocks answers every byte at once
+            raise SecureAggregationError(f"block cipher wrote {written} of {size} keystream bytes")
+        return self._words[: int(n)]
 
 
 # ---------------------------------------------------------------------------
@@ -314,7 +352,8 @@ class Masker:
         self.active_peers_: tuple[str, ...] = tuple(sorted(others))
         self.epoch_ = 0
         self._used_ids: set = set()
-        self._scratch: tuple[memoryview, np.ndarray] | None = None
+        self._ciphers = {peer: block_cipher(key) for peer, key in self._pair_keys.items()}  # key schedules, once
+        self._scratch = CounterBlocks()
         if len(self.active_peers_) == 1:
             _two_party_warning(name, self.active_peers_[0])
 
@@ -366,12 +405,9 @@ class Masker:
         if n > MAX_STREAM_ENTRIES:
             raise SecureAggregationError(f"stream length must be in [0, {MAX_STREAM_ENTRIES}], got {n}")
         if n and sys.byteorder == "little":
-            # scratch reused across messages: a zero buffer and one stream (no allocation per peer)
-            if self._scratch is None or self._scratch[1].shape[0] < n:
-                self._scratch = (memoryview(bytes(8 * n)), np.empty(n, dtype=MASKED_DTYPE))
-            zeros, stream = self._scratch[0], self._scratch[1][:n]
+            # scratch reused across messages: counter blocks and one stream (no allocation per peer)
             for peer in self.active_peers_:
-                _fill_stream(self._pair_keys[peer], nonce, zeros, stream)
+                stream = self._scratch.stream(self._ciphers[peer], nonce, n)
                 if peer > self.name:
                     out += stream
                 else:

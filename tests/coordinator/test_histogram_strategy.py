@@ -146,6 +146,10 @@ def test_round_figures_and_early_stopping():
         result = coord.run_round(r)
         rounds = r
         assert result.stats["train/histogram_exchanges"] >= 1
+        # every party answers every node; each node's answer is smaller than its full layout
+        assert result.stats["train/histogram_nodes"] >= len(cfg.organisations)
+        full = result.stats["train/histogram_nodes"] * len(cfg.features) * (cfg.training.max_bin + 1) * 3 * 8
+        assert 0 < result.stats["train/histogram_bytes"] < full
         assert set(result.org_bytes_sent) == set(cfg.organisations) and min(result.org_bytes_sent.values()) > 0
         assert {"seconds/party", "seconds/aggregation", "seconds/split_finding"} <= set(result.stats)
         if result.stopped:

@@ -368,15 +368,17 @@ def test_two_parties_warn_and_min_parties_is_enforced():
         federation(("a", "b", "c"))
 
 
-def test_stream_written_in_place_equals_mask_stream():
-    """The masker's allocation-free keystream is the same words as mask_stream."""
-    from fedmine.privacy.secure_agg import _fill_stream, mask_stream
+def test_stream_from_counter_blocks_equals_mask_stream():
+    """The masker's keystream (counter blocks through one reusable AES encryptor) is the same words as mask_stream."""
+    from fedmine.privacy.secure_agg import CounterBlocks, block_cipher, mask_stream
 
-    key, nonce = bytes(range(32)), bytes(range(16))
-    for n in (1, 7, 8, 1001):
-        out = np.empty(n, dtype=np.uint64)
-        _fill_stream(key, nonce, memoryview(bytes(8 * 2000)), out)
-        assert np.array_equal(out, mask_stream(key, nonce, n))
+    key = bytes(range(32))
+    scratch, cipher = CounterBlocks(), block_cipher(key)
+    for nonce in (bytes(range(16)), message_nonce("m", epoch=2), bytes(12) + (2**32 - 600).to_bytes(4, "big")):
+        for n in (1, 7, 8, 1001, 5, 1199):  # growing, shrinking, odd; 1199 words end on the last counter
+            assert np.array_equal(scratch.stream(cipher, nonce, n), mask_stream(key, nonce, n))
+    with pytest.raises(SecureAggregationError, match="would wrap the 32-bit counter"):
+        scratch.stream(cipher, bytes(12) + (2**32 - 600).to_bytes(4, "big"), 601 * 2)
 
 
 def test_masking_in_place_equals_the_copy_and_refuses_a_view_it_cannot_write():
