@@ -252,7 +252,8 @@ class CounterBlocks:
     """
 
     def __init__(self) -> None:
-        self._blocks = np.zeros((0, _BLOCK_BYTES), dtype=np.uint8)
+        self._blocks = np.zeros((0, 2), dtype="<u8")  # one counter block = two little-endian words
+        self._counters = np.zeros(0, dtype="<u8")  # bytes 8..15 of each block with the nonce's part zero
         self._words = np.zeros(0, dtype=MASKED_DTYPE)
         self._start = -1
 
@@ -261,25 +262,31 @@ class CounterBlocks:
 
         Returns a view of the scratch, valid until the next call.
         """
-        n_blocks = -(-int(n) * MASKED_DTYPE.itemsize // _BLOCK_BYTES)
+        n = int(n)
+        n_blocks = -(-n * MASKED_DTYPE.itemsize // _BLOCK_BYTES)
         start = int.from_bytes(nonce[NONCE_BYTES - _COUNTER_BYTES :], "big")
         if start + n_blocks > 2**32:
             raise SecureAggregationError(f"a stream of {n} words from counter {start} would wrap the 32-bit counter")
         if self._blocks.shape[0] < n_blocks or self._start != start:
             size = max(n_blocks, self._blocks.shape[0])
-            self._blocks = np.zeros((size, _BLOCK_BYTES), dtype=np.uint8)
-            counters = (start + np.arange(size, dtype=np.uint64)).astype(">u4")
-            self._blocks[:, NONCE_BYTES - _COUNTER_BYTES :] = counters.view(np.uint8).reshape(size, _COUNTER_BYTES)
-            # update_into wants room for a block beyond the input
-            self._words = np.empty(2 * size + 2, dtype=MASKED_DTYPE)
+            be = (start + np.arange(size, dtype=np.uint64)).astype(">u4")  # the 32-bit block counter, big-endian
+            self._counters = np.zeros(size, dtype="<u8")
+            self._counters.view(np.uint8).reshape(size, 8)[:, 4:] = be.view(np.uint8).reshape(size, 4)
+            self._blocks = np.empty((size, 2), dtype="<u8")
+            self._words = np.empty(2 * size + 2, dtype=MASKED_DTYPE)  # update_into wants a block of room beyond
             self._start = start
+        head = np.frombuffer(nonce, dtype="<u8", count=1)[0]  # nonce bytes 0..7
+        tail = np.uint64(int.from_bytes(nonce[8:12], "little"))  # nonce bytes 8..11, below the counter
         blocks = self._blocks[:n_blocks]
-        blocks[:, : NONCE_BYTES - _COUNTER_BYTES] = np.frombuffer(nonce[: NONCE_BYTES - _COUNTER_BYTES], np.uint8)
+        blocks[:, 0] = head
+        np.bitwise_or(self._counters[:n_blocks], tail, out=blocks[:, 1])
         size = n_blocks * _BLOCK_BYTES
-        written = encryptor.update_into(blocks.reshape(-1).data, self._words.view(np.uint8)[: size + _BLOCK_BYTES].data)
+        written = encryptor.update_into(
+            blocks.view(np.uint8).reshape(-1).data, self._words.view(np.uint8)[: size + _BLOCK_BYTES].data
+        )
         if written != size:  # ECB over whole blocks answers every byte at once
             raise SecureAggregationError(f"block cipher wrote {written} of {size} keystream bytes")
-        return self._words[: int(n)]
+        return self._words[:n]
 
 
 # ---------------------------------------------------------------------------
