@@ -15,11 +15,13 @@ not columns (``partition: vertical``); the label holder grows the trees
   it brings back. What it sees on the way is listed in docs/privacy.md:
   ciphertexts, bin counts, node row sets and which rows go left.
 
-A party at an endpoint that fails during the rounds and comes back (it was
-restarted with the same command) is taken up again as in horizontal (its
-rows' fingerprint checked, ``transport.rejoin_seconds``): ``vertical_rejoin``
-has it read its own saved state (its shared rows and bins; the label holder
-its loop, trees and scores), and the round is grown again from its start.
+A party at an endpoint that fails and comes back (it was restarted with the
+same command) is taken up again as in horizontal (its rows' fingerprint
+checked, ``transport.rejoin_seconds``): in the intersection every
+organisation runs it again; after it, ``vertical_rejoin`` has the party read
+its own saved state (its shared rows and bins; the label holder its loop,
+trees and scores), and the interrupted call (the label holder's start, a
+round, the model) is made again from its start.
 :meth:`resume` does the same for every organisation when a coordinator that
 stopped is resumed (``fedmine run --resume``).
 
@@ -360,7 +362,10 @@ class VerticalCoordinator:
         """LightGBM model text when every organisation publishes its thresholds; None while they keep them."""
         if not self._model_done:
             publish = bool(self.cfg.vertical.publish_thresholds)
-            collect = lambda: self._converse("vertical_model", publish)  # noqa: E731
+
+            def collect() -> dict[str, Any]:
+                return self._converse("vertical_model", publish)
+
             self._text = self._with_rejoin("while the model was collected", collect)["text"]
             self._model_done = True
         return self._text
