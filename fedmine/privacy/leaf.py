@@ -24,16 +24,18 @@ release gives the hessian :data:`HESS_SHARE` of its privacy loss
 
 Trees (``privacy.leaf_trees``): ``cyclic`` (the default) grows one-feature
 trees, feature ``round mod n_features`` in turn, whose ``num_leaves`` leaves
-are runs of about equal mass of that feature's bins (a categorical feature:
-one leaf per category), so the model is an additive one with interactions
-left out, and each release's noise falls on few, well-filled leaves.
+are runs of about equal mass of that feature's bins, the masses read from the
+bin release's noisy counts (a categorical feature: one leaf per category), so
+the model is an additive one with interactions left out, and each release's
+noise falls on few, well-filled leaves.
 ``random`` grows full binary trees of ``max_depth`` levels; every node splits
 on a feature drawn uniformly and a bin threshold drawn uniformly among that
 feature's bins (categorical features: one category against the rest),
 missing values going left or right at random. The bins are the split
 candidates: DP quantiles from one noisy count release (:data:`BIN_SHARE` of
 the budget) on a coarse grid over the declared ranges, so no candidate looks
-at the rows beyond that release. Under DP every feature needs a declared range.
+at the rows beyond that release; cells whose noisy count is below
+:data:`CELL_FLOOR` standard deviations of its noise count as empty. Under DP every feature needs a declared range.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ MAX_LEAF_VALUE = 4.0
 
 #: Tree structures of the leaf method: one feature per round in a cycle, leaves its bins; or random depth-d trees.
 TREES = ("cyclic", "random")
+
+#: Grid cells whose noisy count is below this many standard deviations of its noise count as empty (post-processing:
+#: without it the noise of the empty cells between a coded feature's values draws bin edges into them).
+CELL_FLOOR = 2.0
 
 #: Defaults of the leaf method when ``privacy.epsilon`` is set, per ``privacy.leaf_trees`` (stated in the
 #: receipt); the config overrides them. One-feature trees: 8 leaves of about equal mass over 32 DP-quantile bins.
@@ -196,12 +202,29 @@ def feature_tree(mapper: BinMapper, feature: int, *, thresholds: np.ndarray | No
     return Tree(nodes, cats)
 
 
-def cyclic_thresholds(n_bins: int, n_leaves: int) -> np.ndarray | None:
-    """``n_leaves - 1`` bin thresholds cutting ``n_bins`` bins into equal runs (None when every bin is a leaf)."""
-    if n_bins <= n_leaves:
+def mass_thresholds(mass: np.ndarray, n_leaves: int) -> np.ndarray | None:
+    """Bin thresholds cutting bins of the given (noisy) masses into at most ``n_leaves`` runs of about equal mass.
+
+    Bins without mass (noise alone) join a neighbour. When at most ``n_leaves``
+    bins hold mass, each is its own run. None: every bin its own leaf.
+
+    Parameters
+    ----------
+    mass : ndarray of shape (n_bins,), float64, >= 0
+    """
+    mass = np.maximum(np.asarray(mass, dtype=np.float64), 0.0)
+    k = mass.size
+    full = np.flatnonzero(mass > 0)
+    if k <= n_leaves and full.size == k:
         return None
-    cuts = np.floor(np.arange(1, n_leaves) * n_bins / n_leaves).astype(np.int64) - 1
-    return np.unique(np.clip(cuts, 0, n_bins - 2))
+    if full.size <= 1:
+        return None
+    if full.size <= n_leaves:  # a cut after each bin with mass but the last
+        return full[:-1].astype(np.int64)
+    cum = np.cumsum(mass)[:-1]
+    targets = mass.sum() * np.arange(1, n_leaves) / n_leaves
+    cuts = np.unique([int(np.argmin(np.abs(cum - t))) for t in targets])
+    return cuts.astype(np.int64)
 
 
 def newton_values(
@@ -315,6 +338,7 @@ class LeafTrainer(Trainer):
             },
             "rng": self._rng.bit_generator.state,
             "label_stats": self.label_stats_.tolist(),
+            "bin_mass": self._masses().tolist(),
         }
 
     def use_leaf_state(self, state: dict) -> None:
@@ -330,6 +354,8 @@ class LeafTrainer(Trainer):
         )
         self._rng_state = state["rng"]
         self._given_label_stats = np.asarray(state["label_stats"], dtype=np.int64)
+        if "bin_mass" in state:
+            self._bin_mass = np.asarray(state["bin_mass"], dtype=np.float64)
 
     def restore(self, state: dict, arrays: dict) -> None:
         super().restore(state, arrays)
@@ -359,7 +385,12 @@ class LeafTrainer(Trainer):
             return super()._grid_counts(grids)
         n_parties = len(self.party.parties) if hasattr(self.party, "parties") else 1
         counts = self.party.grid_counts(grids, self._mask, variance=float(self.bin_variance), n_parties=n_parties)
-        counts = np.maximum(np.asarray(counts, dtype=np.int64), 0)
+        counts = np.asarray(counts, dtype=np.int64)
+        floor = CELL_FLOOR * math.sqrt(float(self.bin_variance))
+        numeric = ~self._mask
+        counts[numeric] = np.where(counts[numeric] < floor, 0, counts[numeric])  # cells of noise alone: empty
+        counts = np.maximum(counts, 0)
+        self._cell_counts = counts.copy()
         ranges = np.asarray(self.ranges, dtype=np.float64)
         for f in np.flatnonzero(self._mask):  # the declared vocabulary, every category a bin (noise fills any cell)
             k = int(ranges[f, 1]) + 1
@@ -378,12 +409,33 @@ class LeafTrainer(Trainer):
             raise ConfigError("privacy.dp_method leaf: no feature has two bins to split on")
 
     def _thresholds(self, feature: int) -> np.ndarray | None:
-        """The split thresholds of a one-feature tree: ``num_leaves`` leaves of about equal mass.
+        """The split thresholds of a one-feature tree: at most ``num_leaves`` leaves of about equal mass.
 
-        The bins are DP quantiles, so equal runs of bins hold about equal rows;
-        the thresholds depend on the bins alone. None: every bin its own leaf.
+        The masses are the noisy grid counts of the bin release summed per bin
+        (post-processing: no row is read again). None: every bin its own leaf.
         """
-        return cyclic_thresholds(int(self._mapper.n_bins[feature]), int(self.params.num_leaves))
+        k = int(self._mapper.n_bins[feature])
+        return mass_thresholds(self._masses()[feature, :k], int(self.params.num_leaves))
+
+    def _masses(self) -> np.ndarray:
+        """Noisy rows per bin, shape (n_features, max_bin): the released grid counts summed per bin (post-processing).
+
+        Uniform when the counts were not released under DP (nothing is known of the rows' spread).
+        """
+        mass = getattr(self, "_bin_mass", None)
+        if mass is not None:
+            return mass
+        m = self._mapper
+        mass = np.zeros((m.n_bins.size, m.max_bin), dtype=np.float64)
+        counts = getattr(self, "_cell_counts", None)
+        for f in range(m.n_bins.size):
+            k = int(m.n_bins[f])
+            if counts is None or m.lut is None or m.categorical[f]:
+                mass[f, :k] = 1.0
+            else:
+                mass[f, :k] = np.bincount(m.lut[f].astype(np.int64), weights=counts[f, :-1], minlength=k)[:k]
+        self._bin_mass = mass
+        return mass
 
     def _variances(self, noise_multiplier: float) -> np.ndarray:
         v = self.sensitivity.variances(noise_multiplier)  # (grad, hess); the count field is not released

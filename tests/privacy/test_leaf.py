@@ -59,8 +59,8 @@ def test_a_one_feature_tree_puts_each_row_in_the_leaf_of_its_run_of_bins():
     bins = bin_columns(X, mapper)
     rows = np.arange(X.shape[0], dtype=np.int64)
     k = int(mapper.n_bins[0])
-    cuts = leaf.cyclic_thresholds(k, 4)
-    assert cuts is not None and cuts.size == 3 and leaf.cyclic_thresholds(k, k) is None
+    cuts = leaf.mass_thresholds(np.ones(k), 4)
+    assert cuts is not None and cuts.size == 3 and leaf.mass_thresholds(np.ones(k), k) is None
     tree = leaf.feature_tree(mapper, 0, thresholds=cuts)
     assert tree.n_leaves == 4 and set(tree.nodes["feature"][tree.nodes["is_leaf"] == 0]) == {0}
     got = tree_values_binned(tree, bins, rows, mapper.max_bin)
@@ -74,6 +74,18 @@ def test_a_one_feature_tree_puts_each_row_in_the_leaf_of_its_run_of_bins():
     assert cat.n_leaves == kc and cat.cat_bitsets.shape[0] == kc - 1
     codes = bins[3].astype(np.int64)
     assert np.array_equal(tree_values_binned(cat, bins, rows, mapper.max_bin), np.minimum(codes, kc - 1))
+
+
+def test_runs_of_bins_have_about_equal_mass_and_bins_of_noise_alone_join_a_neighbour():
+    assert leaf.mass_thresholds(np.ones(16), 4).tolist() == [3, 7, 11]
+    assert leaf.mass_thresholds(np.array([1.0, 1, 1, 1, 4, 4, 4, 4]), 4).tolist() == [
+        3,
+        4,
+        6,
+    ]  # cumulative 4, 8, 16 nearest 5, 10, 15
+    coded = np.array([9.0, 0, 0, 19, 0, 49, 0, 0, 12, 0, 9, 2])  # a coded feature: cells between values are empty
+    assert leaf.mass_thresholds(coded, 8).tolist() == [0, 3, 5, 8, 10]  # one leaf per value, every value kept apart
+    assert leaf.mass_thresholds(np.zeros(5), 3) is None
 
 
 def test_one_feature_trees_export_as_lightgbm_trees_that_predict_what_the_engine_predicts():
