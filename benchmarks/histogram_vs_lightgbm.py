@@ -156,8 +156,8 @@ def serve_one(args):
 
     numba.set_num_threads(max(1, args.threads // 2))
     from fedmine.party.organisation import Party, TrainValidRows
+    from fedmine.party.server import run_party_server, serve_party
     from fedmine.transport.certs import server_tls
-    from fedmine.transport.flight import run_party_server, serve_party
 
     X = np.load(os.path.join(args.serve_party, "X.npy"))
     y = np.load(os.path.join(args.serve_party, "y.npy"))
@@ -179,8 +179,8 @@ def flight_parties(args, X, y, workdir):
     import socket
     import subprocess
 
+    from fedmine.coordinator.client import RemoteParty
     from fedmine.transport.certs import client_tls, init_ca, issue
-    from fedmine.transport.flight import RemoteParty
 
     certs = os.path.join(workdir, "certs")
     init_ca(certs, federation="benchmark")

@@ -52,8 +52,8 @@ NEW, FOLLOWING = "new", "following"
 CREATED, BINNED, READY, GRADIENTS, GROWING, FINISHED = "created", "binned", "ready", "gradients", "growing", "finished"
 ENGINE_STAGES = (CREATED, BINNED, READY, GRADIENTS, GROWING, FINISHED)
 
-#: What an answer reveals to the coordinator.
-SUMMED, DISCLOSED, NO_ANSWER = "summed", "disclosed", "none"
+#: What an answer reveals to the coordinator (``parts``: a batch, each part what its own entry says).
+SUMMED, DISCLOSED, NO_ANSWER, PARTS = "summed", "disclosed", "none", "parts"
 
 ORGANISATION, ENGINE = "organisation", "engine"
 
@@ -96,8 +96,12 @@ class Call:
             raise ValueError(f"call {self.name}: side must be {ORGANISATION!r} or {ENGINE!r}, got {self.side!r}")
         if self.merge not in MERGES:
             raise ValueError(f"call {self.name}: merge {self.merge!r} is not one of {sorted(MERGES)}")
-        if self.release not in (SUMMED, DISCLOSED, NO_ANSWER):
-            raise ValueError(f"call {self.name}: release must be summed, disclosed or none, got {self.release!r}")
+        if self.release not in (SUMMED, DISCLOSED, NO_ANSWER, PARTS):
+            raise ValueError(
+                f"call {self.name}: release must be summed, disclosed, none or parts, got {self.release!r}"
+            )
+        if (self.release == PARTS) != (self.merge == "parts"):
+            raise ValueError(f"call {self.name}: a batch's answer merges part by part and only it does")
         if (self.release == SUMMED) != (self.merge == "sum"):
             raise ValueError(f"call {self.name}: a summed answer merges by sum and only it does")
         if (self.release == NO_ANSWER) != (self.merge == "none"):
@@ -146,6 +150,7 @@ MERGES: dict[str, Callable[[Sequence[Any]], Any]] = {
     "range": _range,  # feature ranges
     "each": _each,  # per-organisation answers, kept apart
     "none": _none,  # calls without an answer
+    "parts": _each,  # a batch: one answer per organisation, each a list of part answers (see merge_parts)
 }
 
 # fmt: off
@@ -326,6 +331,11 @@ _TABLE: tuple[Call, ...] = (
          "none", NO_ANSWER, "DP: add a noise share to every later histograms answer"),
     Call("reset", ENGINE, (ANY,), CREATED, "", "none", "none", NO_ANSWER,
          "back to the engine's first stage (a training recovers from a failure)"),
+    # -- any calls above, in one round trip ------------------------------------------------------------------
+    Call("batch", ORGANISATION, (ANY,), None, "parts: [[call, args, kwargs]]",
+         "[answer]: one per part, in order", "parts", PARTS,
+         "several calls of this table in one round trip, in order; each part checked, masked and disclosed "
+         "as if sent alone"),
 )
 # fmt: on
 
@@ -369,6 +379,41 @@ def merge(name: str, answers: Sequence[Any]) -> Any:
     if not answers:
         raise ValueError(f"merge {name}: no answers")
     return MERGES[call(name).merge](answers)
+
+
+def check_parts(parts: Any) -> list[tuple[str, tuple, dict]]:
+    """The parts of a ``batch`` request as ``(name, args, kwargs)``, each a call of the table other than ``batch``."""
+    if type(parts) not in (list, tuple):
+        raise ProtocolError(f"batch: parts must be a list of [call, args, kwargs], got {type(parts).__name__}")
+    out = []
+    for i, part in enumerate(parts):
+        if type(part) not in (list, tuple) or len(part) != 3:
+            raise ProtocolError(f"batch: part {i} must be [call, args, kwargs]")
+        name, args, kwargs = part
+        call(name)
+        if name == "batch":
+            raise ProtocolError(f"batch: part {i} is a batch; batches do not nest")
+        if (
+            type(args) not in (list, tuple)
+            or type(kwargs) is not dict
+            or not all(type(k) is str and k.isidentifier() and not k.startswith("_") for k in kwargs)
+        ):
+            raise ProtocolError(f"batch: part {i} ({name}) needs a list of args and a dict of keyword names")
+        out.append((name, tuple(args), kwargs))
+    return out
+
+
+def merge_parts(names: Sequence[str], answers: Sequence[Sequence[Any]]) -> list[Any]:
+    """Merge the ``batch`` answers of several organisations part by part, each as its own entry says.
+
+    ``answers[i][j]`` is organisation ``i``'s answer to part ``j`` (named ``names[j]``).
+    """
+    if not answers:
+        raise ValueError("merge batch: no answers")
+    for a in answers:
+        if len(a) != len(names):
+            raise ProtocolError(f"batch: {len(a)} answers to {len(names)} parts")
+    return [merge(name, [a[j] for a in answers]) for j, name in enumerate(names)]
 
 
 def register(entry: Call) -> None:

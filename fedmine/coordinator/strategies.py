@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedmine.coordinator.ensemble import Ensemble, scale_tree
-from fedmine.coordinator.link import EngineProxy, Link
+from fedmine.coordinator.link import BatchedGroup, EngineProxy, Link
 from fedmine.gbdt.model import Tree, tree_arrays, trees_from_arrays
-from fedmine.gbdt.state import EngineGroup
 
 
 @dataclass
@@ -112,6 +111,10 @@ class Strategy:
     def start(self, ctx: RoundContext) -> None:
         """Once, after the parties have started."""
 
+    def evaluation(self, ctx: RoundContext) -> tuple[Any, dict[str, Any]] | None:
+        """(summed ``evaluate``, {organisation: ``own_metrics``}) if the round's calls brought them, else None."""
+        return None
+
     def run_round(self, ctx: RoundContext) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -167,10 +170,11 @@ def check_declared(ranges: Any, names: list[str]) -> None:
         )
 
 
-class FederationGroup(EngineGroup):
+class FederationGroup(BatchedGroup):
     """The organisations as one engine party; its row counts are the federation's summed ``label_totals``.
 
-    No organisation's own counts are asked for: the engine needs only the totals.
+    No organisation's own counts are asked for: the engine needs only the
+    totals. Calls travel batched (:class:`~fedmine.coordinator.link.BatchedGroup`).
     """
 
     def __init__(
@@ -180,13 +184,16 @@ class FederationGroup(EngineGroup):
         totals: dict[str, int],
         n_threads: int | None = None,
         label_stats: Any = None,
+        evaluate: tuple[str, ...] = (),
     ) -> None:
-        super().__init__(parties, n_threads=n_threads)
+        super().__init__(parties, n_threads=n_threads, evaluate=evaluate)
         self.totals = dict(totals)
         self._label_stats = label_stats
 
     @classmethod
-    def of(cls, links: list[Link], *, objective: str, n_threads: int | None = None) -> FederationGroup:
+    def of(
+        cls, links: list[Link], *, objective: str, n_threads: int | None = None, evaluate: tuple[str, ...] = ()
+    ) -> FederationGroup:
         """The group of ``links``, its totals from their summed ``label_totals`` (tests, tools)."""
         from fedmine import protocol
         from fedmine.coordinator.training import label_totals_values
@@ -195,7 +202,8 @@ class FederationGroup(EngineGroup):
         n_rows, n_valid, _ = label_totals_values(objective, summed)
         n_features = links[0].call("describe")["n_features"]
         totals = {"n_rows": n_rows, "n_valid": n_valid, "n_features": n_features}
-        return cls([EngineProxy(link) for link in links], totals=totals, n_threads=n_threads or len(links))
+        proxies = [EngineProxy(link) for link in links]
+        return cls(proxies, totals=totals, n_threads=n_threads or len(links), evaluate=evaluate)
 
     def describe(self) -> dict:
         return dict(self.totals)
@@ -206,7 +214,7 @@ class FederationGroup(EngineGroup):
 
         if self._label_stats is not None:
             return np.array(self._label_stats, dtype=np.int64)
-        return EngineGroup.__getattr__(self, "label_stats")(params, **noise)
+        return BatchedGroup.__getattr__(self, "label_stats")(params, **noise)
 
 
 class HistogramStrategy(Strategy):
@@ -272,11 +280,15 @@ class HistogramStrategy(Strategy):
 
         privacy = ctx.privacy
         self.epsilon = privacy.epsilon if privacy is not None else None
+        shares = privacy is not None and privacy.shares_organisation_metrics
+        # the round's evaluation rides its last round trip (under DP there are no validation sums to ask for)
+        evaluate = () if self.epsilon is not None else ("evaluate", "own_metrics") if shares else ("evaluate",)
         self.group = FederationGroup(
             [EngineProxy(link) for link in ctx.links],
             totals={"n_rows": ctx.n_rows, "n_valid": ctx.n_valid, "n_features": len(ctx.feature_names)},
             n_threads=len(ctx.links),
             label_stats=ctx.label_stats,
+            evaluate=evaluate,
         )
         self._model = None
         self.accountant = None
@@ -291,8 +303,13 @@ class HistogramStrategy(Strategy):
             feature_names=ctx.feature_names,
             ranges=ctx.declared_ranges,
             evaluate=False,
+            prefetch=True,  # the next round's first request leaves with this round's evaluation
         )
         self.trainer.start()
+
+    def evaluation(self, ctx: RoundContext) -> tuple[Any, dict[str, Any]] | None:
+        """The parties' evaluation of the model, answered with the round's last round trip."""
+        return self.group.take_evaluation()
 
     def _start_dp(self, ctx: RoundContext) -> None:
         """Start under the planned budget: the label totals are spent, then the bins (leaf), then every round.

@@ -312,14 +312,28 @@ class Coordinator:
 
         Under ``privacy.epsilon`` no validation sums are released: each
         organisation logs its own metrics (``log_metrics``) and the
-        coordinator has none.
+        coordinator has none. Otherwise the histogram strategy's last round
+        trip of a round brings them, or every organisation is asked at once.
         """
         if self.dp:
             for link in self.links:
                 link.call("log_metrics")
             return {}, {}
-        total = protocol.merge("evaluate", [link.call("evaluate") for link in self.links])
-        own = {link.name: link.call("own_metrics") for link in self.links} if self.shares_metrics else {}
+        answered = self.strategy.evaluation(self._ctx) if self._ctx is not None else None
+        if answered is not None:
+            total, own = answered
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            names = ["evaluate"] + (["own_metrics"] if self.shares_metrics else [])
+
+            def ask(link: Link) -> list[Any]:
+                return [link.call(name) for name in names]
+
+            with ThreadPoolExecutor(max(len(self.links), 1)) as pool:
+                answers = list(pool.map(ask, self.links))
+            total = protocol.merge("evaluate", [a[0] for a in answers])
+            own = {link.name: a[1] for link, a in zip(self.links, answers)} if self.shares_metrics else {}
         return metrics.from_sum_vector(total, self.objective), own
 
     def run_round(self, round_id: int) -> RoundResult:
@@ -331,6 +345,8 @@ class Coordinator:
         t0 = time.perf_counter()
         sent0, recv0 = self.bytes_sent(), self.bytes_received()
         org_sent0 = {link.name: link.bytes_sent for link in self.links}
+        calls0 = {link.name: link.calls for link in self.links}
+        trees0 = self.strategy.num_trees(self._ctx)
         ctx = self._ctx
         ctx.round_id = round_id
         ctx.stats = {}
@@ -346,6 +362,10 @@ class Coordinator:
         )
         if privacy.epsilon_total is not None:
             ctx.stats["privacy/epsilon"] = float(privacy.epsilon_total)
+        # round trips (a batch is one) of the busiest organisation, per tree the round grew
+        trips = max((link.calls - calls0.get(link.name, 0) for link in self.links), default=0)
+        ctx.stats["traffic/round_trips"] = float(trips)
+        ctx.stats["traffic/round_trips_per_tree"] = trips / max(self.strategy.num_trees(ctx) - trees0, 1)
         result = RoundResult(
             round_id=round_id,
             global_metrics=global_m,

@@ -118,6 +118,13 @@ class Trainer:
         :func:`train` needs. False: the trainer only grows rounds; its caller
         (the federation's coordinator, which owns the round loop) evaluates,
         stops early and cuts the model back with :meth:`truncate`.
+    prefetch : bool
+        True: each :meth:`step` that leaves training unfinished ends by
+        starting the next round (``start_trees``) and asking for its roots'
+        histograms, so a party that batches calls answers them in the same
+        round trip as the last round's trees (and their evaluation). The
+        trees are the same; a caller that stops after the step has asked for
+        one exchange in vain. Off under DP (every exchange is a release).
 
     Attributes
     ----------
@@ -148,9 +155,12 @@ class Trainer:
         ranges=None,
         dp=None,
         evaluate: bool = True,
+        prefetch: bool = False,
     ) -> None:
         self.party = party
         self.evaluate = evaluate
+        self.prefetch = bool(prefetch)
+        self._next: TreeGrower | None = None  # the next round, started and its roots asked for (prefetch)
         self.dp = DPConfig.make(dp)
         self.ranges = ranges
         self.params = make_params(params)
@@ -322,13 +332,15 @@ class Trainer:
             return self._step()
         except Exception:
             # the round did not happen: forget what it added (recover() then realigns the parties)
+            self._next = None
             n, h, self._it, self._best_score, self._best_round, self.releases_ = snapshot
             del self.trees_[n:]
             del self.history_[h:]
             self.done = False
             raise
 
-    def _step(self) -> float | None:
+    def _open_round(self) -> TreeGrower:
+        """Round ``self._it`` started at the parties (fixed-point scales, ``start_trees``): its grower."""
         params, party, obj, it = self.params, self.party, self._obj, self._it
         n_trees, n_features = obj.n_trees, self._mapper.n_features
         gs = np.empty(n_trees)
@@ -350,7 +362,7 @@ class Trainer:
                 for k in range(n_trees)
             ]
         )
-        grower = TreeGrower(
+        return TreeGrower(
             party,
             mapper=self._mapper,
             rules=params.rules,
@@ -363,6 +375,10 @@ class Trainer:
             lookahead=params.lookahead,
             clamp=self.dp is not None,
         )
+
+    def _step(self) -> float | None:
+        params, party, obj, it = self.params, self.party, self._obj, self._it
+        grower, self._next = self._next or self._open_round(), None
         new = grower.grow()
         self.releases_ += grower.exchanges_
         self._it = it + 1
@@ -394,6 +410,9 @@ class Trainer:
                     party.finish(None)
                 last_round = True
         self.done = last_round
+        if self.prefetch and self.dp is None and not self.done:
+            self._next = self._open_round()
+            self._next.open()
         return value
 
     def recover(self) -> None:
@@ -405,6 +424,7 @@ class Trainer:
         the others; the next :meth:`step` grows the round from the start.
         """
         party, n_trees = self.party, self._obj.n_trees
+        self._next = None
         party.reset()
         party.set_bins(self._mapper)
         if self.dp is None:
@@ -440,6 +460,7 @@ class Trainer:
     def restore(self, state: dict, arrays: dict) -> None:
         """Continue from :meth:`checkpoint` after :meth:`start`: the parties replay the trees round by round."""
         n_trees = self._obj.n_trees
+        self._next = None
         self.trees_ = trees_from_arrays(arrays, state["n_trees"])
         self._it = int(state["it"])
         self.history_ = list(state["history"])
@@ -461,6 +482,7 @@ class Trainer:
 
     def stop(self) -> None:
         """Grow no further round (a privacy budget, a caller's limit); the parties' scores stay as they are."""
+        self._next = None
         if not self.done:
             self.party.finish(None)
             self.done = True

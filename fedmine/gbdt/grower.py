@@ -165,6 +165,7 @@ class TreeGrower:
         self.clamp = bool(clamp)
         self._rules_array = rules.as_array()
         self.exchanges_ = 0
+        self._roots: np.ndarray | None = None
 
     def _receive(self, node_ids: np.ndarray) -> np.ndarray:
         """One exchange: the summed histograms of ``node_ids`` (clamped under DP, checked without noise)."""
@@ -309,11 +310,19 @@ class TreeGrower:
                 self._search(k, st, child, h)
 
     # ------------------------------------------------------------------
+    def open(self) -> None:
+        """Ask for the roots' histograms now (the round's first exchange; :meth:`grow` asks if this was not called)."""
+        n_trees = self.grad_scales.shape[0]
+        self._roots = self._receive(np.arange(n_trees, dtype=np.int64) * NODE_STRIDE)
+
     def grow(self) -> list:
         """Grow every tree of the round; returns one :class:`Tree` per tree."""
         n_trees = self.grad_scales.shape[0]
         states = [_TreeState(max_slots(self.num_leaves, self.lookahead)) for _ in range(n_trees)]
-        roots = self._receive(np.arange(n_trees, dtype=np.int64) * NODE_STRIDE)
+        if self._roots is None:
+            self.open()
+        roots, self._roots = self._roots, None
+        assert roots is not None  # asked for just above
         l1, l2 = self.rules.lambda_l1, self.rules.lambda_l2
         for k, st in enumerate(states):
             h = roots[k]

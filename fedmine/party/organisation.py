@@ -250,7 +250,8 @@ class Party:
             plain = np.ascontiguousarray(answer, dtype=np.int64)
             # the masks of a message are bound to the request it answers: parties sent different
             # requests mask with different streams, and their sum is noise, not anyone's data
-            message = f"{name}:{self._masked}:{request_digest(name, args, kwargs)}"
+            # (in a batch, to the whole batch as well: splits and trees that travel with a histograms request)
+            message = f"{name}:{self._masked}:{request_digest(name, args, kwargs)}{getattr(self, '_binding', '')}"
             fresh = name in ("histograms", "split_histograms") and plain is answer  # made for this answer alone
             answer = self._masker.mask(plain, message, in_place=fresh).view(np.int64).reshape(plain.shape)
             self._masked += 1
@@ -383,6 +384,22 @@ class Party:
                     f"{epsilon}; gradients and hessians are clipped to at most its bounds ({G:g}, {H:g}), "
                     f"got grad_clip={g}, hess_clip={h}",
                 )
+
+    def batch(self, parts: list) -> list[Any]:
+        """Answer several calls of the table in one request, in order: one round trip for all of them.
+
+        Each part goes through :meth:`call` as if sent alone (stage, policy,
+        masks bound to that part's request and to the whole batch, so parties
+        sent different splits or trees in a batch answer noise), so a batch
+        reveals nothing its parts would not. A part that fails fails the batch; the parts before
+        it have been applied.
+        """
+        checked = protocol.check_parts(parts)
+        self._binding = ":" + request_digest("batch", (parts,), {})  # every part's masks bound to the whole batch
+        try:
+            return [self.call(name, *args, **kwargs) for name, args, kwargs in checked]
+        finally:
+            self._binding = ""
 
     def begin_training(self, training_id: str) -> None:
         """A new training (or a resumed one): fresh engine state, no keys, no noise, the model followed from scratch."""

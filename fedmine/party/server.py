@@ -161,6 +161,20 @@ class PartyServer(flight.FlightServerBase):
             raise _error(
                 flight.FlightServerError, "WireError", f"party {self.name}: {name}: bad request: {exc}"
             ) from None
+        if name == "batch":  # every part must be served too
+            refused = [
+                str(part[0])[:80]
+                for part in (args[0] if args else kwargs.get("parts", [])) or []
+                if isinstance(part, (list, tuple))
+                and part
+                and (not isinstance(part[0], str) or part[0] not in self._actions)
+            ]
+            if refused:
+                raise _error(
+                    flight.FlightServerError,
+                    "PartyError",
+                    f"party {self.name}: batch part {refused[0]!r} is not served; served: {', '.join(self._actions)}",
+                )
         try:
             if name in LOCK_FREE:
                 answer = self.party.call(name, *args, **kwargs)

@@ -158,7 +158,7 @@ def test_a_worker_killed_mid_tree_is_rebuilt_from_the_source_and_the_model_is_un
     cfg = federation(tmp_path, ["bank", "shop"], cluster_orgs={"bank"}, rounds=5)
     cluster = ClusterParty.for_organisation(cfg, "bank", client=dask_cluster)
     before = cluster.partitions_.workers()
-    seen = kill_on(cluster, "split_histograms", 9)  # in round 2 or 3, between two splits of a tree
+    seen = kill_on(cluster, "histograms", 9)  # in round 2 or 3, between two splits of a tree
     text_killed, hist_killed = train(cfg, [cluster, single_process(cfg, "shop")])
     assert seen["n"] > 9
     lost = [i for i, pid in enumerate(before) if pid == before[0]]
@@ -180,7 +180,7 @@ def test_a_partition_that_cannot_be_rebuilt_fails_the_party_in_one_line(tmp_path
     cluster = ClusterParty.for_organisation(cfg, "bank", client=dask_cluster)
     part = cluster.partitions_.plans[0].part
     os.remove(part.path)  # the source lost a file since the training started
-    kill_on(cluster, "split_histograms", 3)
+    kill_on(cluster, "histograms", 3)
     with pytest.raises(
         PartyError, match=rf"^party bank: partition 0 \({part.label}\)(, partition \d+ \([^)]*\))* lost with its worker"
     ) as info:

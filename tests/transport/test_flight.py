@@ -195,11 +195,14 @@ def test_coordinator_trains_the_same_model_through_remote_parties(pki, serve):
         coord = Coordinator(cfg, parties)
         coord.start()
         results = [coord.run_round(r) for r in (1, 2)]
-        return coord.model_text(), [(r.global_metrics, r.org_metrics) for r in results]
+        trips = [(r.stats["traffic/round_trips"], r.stats["train/histogram_exchanges"]) for r in results]
+        return coord.model_text(), [(r.global_metrics, r.org_metrics) for r in results], trips
 
     local = run([make_party(o, seed=i + 1) for i, o in enumerate(ORGS)])
     over_wire = run([remote(pki, o, serve(make_party(o, seed=i + 1))) for i, o in enumerate(ORGS)])
-    assert over_wire == local
+    assert over_wire == local  # the same model, metrics and round trips (counted by the client)
+    (first, exchanges), (last, last_exchanges) = over_wire[2]
+    assert first == exchanges and last == last_exchanges + 1  # one per exchange; the final tree's call
 
 
 def test_a_dp_training_over_flight_sends_every_release_with_its_noise(pki, serve):
@@ -260,6 +263,16 @@ def test_calls_not_served_are_refused(pki, serve):
     with pytest.raises(ProtocolError, match=r"unknown call 'drop_table'; allowed: begin_training, describe, "):
         party.call("drop_table")
     assert party.describe()["n_features"] == 3  # still serving
+
+
+def test_a_batch_with_a_call_not_served_is_refused_whole(pki, serve):
+    party = make_party("bank")
+    server = serve(party, allowed_calls=("describe", "batch", "label_totals"))
+    client = remote(pki, "bank", server)
+    assert client.batch([["describe", [], {}], ["label_totals", [], {}]])[1][0] == 225
+    with pytest.raises(PartyError, match=r"party bank: batch part 'start' is not served; served: describe, batch, "):
+        client.batch([["describe", [], {}], ["start", [np.zeros(1)], {}]])
+    assert party.stage_ == "new"  # nothing of it was done
 
 
 def test_allowed_calls_must_be_in_the_protocol_table(pki):
