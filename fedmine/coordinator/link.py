@@ -170,6 +170,11 @@ class BatchedGroup(EngineGroup):
         else:
             answers = self.source.map(lambda p: p.link.call("batch", parts))
         names = [name for name, _, _ in parts]
+        src = self.source
+        for j, name in enumerate(names):
+            if name == "histograms":  # what crossed the boundary, as SumOfSources counts it
+                src.nodes_ += int(np.asarray(parts[j][1][0]).size) * len(answers)
+                src.bytes_to_coordinator_ += sum(int(np.asarray(a[j]).nbytes) for a in answers)
         if n_eval:
             links = [p.link for p in self.source.sources]
             got = dict(zip(names[-n_eval:], zip(*[a[-n_eval:] for a in answers])))
@@ -236,9 +241,8 @@ class BatchedGroup(EngineGroup):
         src = self.source
         t0 = time.perf_counter()
         total = self._send([("histograms", (node_ids,), {})])[-1]
-        src.party_seconds_ += time.perf_counter() - t0
+        src.party_seconds_ += time.perf_counter() - t0  # their compute, the transport and the sum
         src.exchanges_ += 1
-        src.bytes_to_coordinator_ += int(total.nbytes) * len(src.sources)
         src.bytes_to_parties_ += int(node_ids.nbytes) * len(src.sources)
         if total.shape[-1] == 2:  # (grad, hess << count_bits | count): exact in the sum
             total = unpack_fields(total, self._count_bits)

@@ -246,6 +246,8 @@ def test_under_epsilon_every_answer_leaving_a_party_is_noised_or_absent(objectiv
         seen: dict[str, int] = {}
         for name, answer, exact in party.wire:
             entry = protocol.call(name)
+            if entry.release == protocol.PARTS:  # a batch: each part was recorded as it was answered
+                continue
             assert name not in EXACT_CALLS, f"{party.name}: {name} left under epsilon"
             if entry.release == protocol.SUMMED:
                 a, e = np.asarray(answer), np.asarray(exact)
