@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/vertical.py [--rows 100000] [--features 10] [--bins 32] [--leaves 31] [--trees 2]
-        [--psi-ids 100000] [--key-bits 2048] [--skip-psi]
+        [--psi-ids 100000] [--key-bits 2048] [--skip-psi] [--skip-tree] [--in-process]
 
 Two organisations share ``--rows`` customers: the label holder with
 ``--features`` features and the label, one owner with ``--features`` more.
@@ -206,6 +206,7 @@ def main() -> None:
     p.add_argument("--key-bits", type=int, default=2048)
     p.add_argument("--psi-ids", type=int, default=100_000)
     p.add_argument("--skip-psi", action="store_true")
+    p.add_argument("--skip-tree", action="store_true", help="measure the intersection only")
     p.add_argument(
         "--in-process",
         action="store_true",
@@ -218,7 +219,8 @@ def main() -> None:
         feature_owner.POOL_MIN_ROWS = 1 << 62
     if not args.skip_psi:
         bench_psi(args)
-    bench_tree(args)
+    if not args.skip_tree:
+        bench_tree(args)
 
 
 if __name__ == "__main__":
