@@ -209,6 +209,9 @@ class VerticalRows(EngineState):
     def finish(self, trees) -> None:
         self._flush()
         super().finish(trees)
+        close = getattr(self.keys, "close", None)
+        if close is not None:  # the key's worker pool and any randomisers made ahead: no tree needs them now
+            close()
 
     def start_trees(self, iteration: int, grad_scales, hess_scales, *, count_bits: int, max_nodes: int) -> None:
         """The engine's fixed-point gradients, then each tree's encrypted once and sent to every owner.
