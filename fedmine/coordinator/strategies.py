@@ -281,8 +281,10 @@ class HistogramStrategy(Strategy):
         privacy = ctx.privacy
         self.epsilon = privacy.epsilon if privacy is not None else None
         shares = privacy is not None and privacy.shares_organisation_metrics
-        # the round's evaluation rides its last round trip (under DP there are no validation sums to ask for)
-        evaluate = () if self.epsilon is not None else ("evaluate", "own_metrics") if shares else ("evaluate",)
+        # the round's evaluation rides its last round trip (under DP, or without validation rows, there are no
+        # validation sums to ask for)
+        none = self.epsilon is not None or ctx.n_valid == 0
+        evaluate = () if none else ("evaluate", "own_metrics") if shares else ("evaluate",)
         self.group = FederationGroup(
             [EngineProxy(link) for link in ctx.links],
             totals={"n_rows": ctx.n_rows, "n_valid": ctx.n_valid, "n_features": len(ctx.feature_names)},

@@ -6,7 +6,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from fedmine import gbdt
+from fedmine import gbdt, metrics
 from fedmine.config import config_from_dict
 from fedmine.coordinator.training import Coordinator
 from fedmine.gbdt.booster import train
@@ -246,3 +246,15 @@ def test_the_coordinators_early_stopping_equals_the_engines_on_pooled_rows(objec
     )
     assert pooled.best_iteration == len(lgb.Booster(model_str=coord.model_text()).dump_model()["tree_info"])
     assert coord.model_text() == gbdt.to_lightgbm_text(pooled, list(cfg.features))
+
+
+def test_without_validation_rows_no_validation_sums_travel():
+    """No organisation holds validation rows: the coordinator asks for no (all-zero, 1 MB) validation sums."""
+    X, y = make_rows("binary", n=1200, seed=5)
+    parts = partition(y, 3, "iid")
+    cfg = cfg_for("binary", ORGS[:3], rounds=2)
+    coord, text = federated_text(cfg, X, y, parts)
+    assert text and coord.n_valid == 0
+    for link in coord.links:
+        assert "evaluate" not in link.answered and link.answered & {"histograms", "split_histograms"}
+        assert link.bytes_sent < 2 * metrics.sum_vector_size("binary") * 8  # two rounds of histograms, no sums
