@@ -7,6 +7,8 @@ pooled rows, so nothing here is timed.
 
 from __future__ import annotations
 
+import threading
+
 import lightgbm as lgb
 import numpy as np
 import pytest
@@ -164,3 +166,28 @@ def test_a_batch_is_checked_part_by_part():
         party.call("batch", [["describe"]])
     with pytest.raises(protocol.ProtocolError, match=r"^histograms is not accepted in stage 'created'"):
         party.call("batch", [["describe", [], {}], ["histograms", [np.zeros(1, dtype=np.int64)], {}]])
+
+
+class Meeting(Party):
+    """A party whose histograms wait until every organisation's request has arrived (a barrier, not a clock)."""
+
+    barrier: threading.Barrier
+
+    def call(self, name, *args, **kwargs):
+        if name == "histograms":
+            self.barrier.wait()  # BrokenBarrierError unless all requests are in flight together
+        return super().call(name, *args, **kwargs)
+
+
+def test_requests_to_all_organisations_are_in_flight_together():
+    X, y = make_rows("binary", n=1600, seed=4)
+    parts = partition(y, 4, "iid")
+    cfg = cfg_for("binary", ORGS[:4], rounds=2, num_leaves=5)
+    Meeting.barrier = threading.Barrier(4, timeout=30)
+    parties = [
+        Meeting(p.name, p._data, objective="binary", num_class=1, feature_names=list(cfg.features), categorical=[3])
+        for p in organisations(cfg, X, y, parts)
+    ]
+    coord, _, trips = train(cfg, parties)
+    assert not Meeting.barrier.broken and coord.model_text() == pooled(cfg, X, y, parts)[0]
+    assert len(set(trips.values())) == 1
