@@ -320,8 +320,7 @@ class Coordinator:
                 link.call("log_metrics")
             return {}, {}
         if self.n_valid == 0:  # no validation rows anywhere: the sums would be zeros (a 1 MB vector per party)
-            own = {link.name: link.call("own_metrics") for link in self.links} if self.shares_metrics else {}
-            return {}, own
+            return {}, ({link.name: {} for link in self.links} if self.shares_metrics else {})  # and no metrics
         answered = self.strategy.evaluation(self._ctx) if self._ctx is not None else None
         if answered is not None:
             total, own = answered

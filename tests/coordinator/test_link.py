@@ -63,14 +63,14 @@ def train(cfg, parties):
     return coord, results, trips
 
 
-@pytest.mark.parametrize("lookahead", [0, 2, 7])
-def test_a_tree_costs_one_round_trip_per_histogram_exchange(lookahead):
+@pytest.mark.parametrize(("lookahead", "valid"), [(0, 60), (2, 60), (7, 60), (2, 0)])
+def test_a_tree_costs_one_round_trip_per_histogram_exchange(lookahead, valid):
     X, y = make_rows("binary", n=2400, seed=5)
     parts = partition(y, 4, "skewed")
     cfg = cfg_for("binary", ORGS[:4], rounds=5, num_leaves=15, lookahead=lookahead, feature_fraction=0.8)
     assert cfg.secure_aggregation and cfg.privacy.shares_organisation_metrics  # the defaults: masks, shared metrics
-    coord, results, trips = train(cfg, organisations(cfg, X, y, parts))
-    text, exchanges = pooled(cfg, X, y, parts)
+    coord, results, trips = train(cfg, organisations(cfg, X, y, parts, valid=valid))
+    text, exchanges = pooled(cfg, X, y, parts, valid=valid)
     assert coord.model_text() == text  # the same trees, bit for bit
     # every call an organisation answered in the rounds (begin, splits, evaluation) rode with an exchange;
     # the training's last call (the final tree and its evaluation) is the one more
