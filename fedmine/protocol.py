@@ -9,8 +9,9 @@ coordinator and an organisation's party. Each :class:`Call` says
 - how answers from several organisations combine (:data:`MERGES`);
 - what its answer reveals: ``summed`` (added up over organisations, so masked
   under secure aggregation and counted by the DP accountant when noised),
-  ``disclosed`` (seen per organisation, listed in the privacy receipt) or
-  ``none`` (no answer).
+  ``disclosed`` (seen per organisation, listed in the privacy receipt),
+  ``none`` (no answer) or ``parts`` (``batch``: several calls in one round
+  trip, each part releasing what its own entry says).
 
 Everything that speaks the protocol reads this table: the organisation's
 :class:`~fedmine.party.organisation.Party` (stage checks, masking of summed
