@@ -99,12 +99,15 @@ def run_lightgbm(args, X, y, Xt, yt, out):
     )
     with RssPeak() as mem:
         t0 = time.perf_counter()
+        c0 = time.process_time()
         booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=args.rounds)
         wall = time.perf_counter() - t0
+        cpu = time.process_time() - c0
     out.put(
         dict(
             name="lightgbm",
             wall=wall,
+            cpu=cpu,
             peak=mem.extra_mb,
             auc=auc(yt, booster.predict(Xt, raw_score=True)),
             bytes_per_tree=0,
@@ -133,8 +136,10 @@ def run_engine(args, X, y, Xt, yt, out):
     data = [(X[p], y[p]) for p in parts]
     with RssPeak() as mem:
         t0 = time.perf_counter()
+        c0 = time.process_time()
         model, group = train_partitioned(data, params, return_group=True)
         wall = time.perf_counter() - t0
+        cpu = time.process_time() - c0
     raw = predict_raw(model.trees, Xt, init_scores=model.init_scores)[0]
     src = group.source
     n_trees = max(len(model.trees), 1)
@@ -142,6 +147,7 @@ def run_engine(args, X, y, Xt, yt, out):
         dict(
             name="engine",
             wall=wall,
+            cpu=cpu,
             peak=mem.extra_mb,
             auc=auc(yt, raw),
             bytes_per_tree=(src.bytes_to_coordinator_ + src.bytes_to_parties_) / n_trees,
@@ -266,6 +272,7 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool, transport: str = "inpr
             link.call("secure_peers", keys)
     with RssPeak() as mem:
         t0 = time.perf_counter()
+        c0 = time.process_time()
         group = FederationGroup.of(links, objective="binary", n_threads=args.parties)  # as the strategy batches
         trainer = Trainer(group, params, prefetch=True)
         trainer.start()
@@ -274,6 +281,7 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool, transport: str = "inpr
             trainer.step()
         model = trainer.finish()
         wall = time.perf_counter() - t0
+        cpu = time.process_time() - c0
     for proc in procs:
         proc.terminate()
         proc.wait()
@@ -284,6 +292,7 @@ def run_federation(args, X, y, Xt, yt, out, secure: bool, transport: str = "inpr
         dict(
             name=name,
             wall=wall,
+            cpu=cpu,
             peak=mem.extra_mb,
             auc=auc(yt, raw),
             bytes_per_tree=sum(link.bytes_sent + link.bytes_received for link in links) / n_trees,
@@ -357,16 +366,23 @@ def main(argv=None):
         f"rows={args.rows} features={args.features} parties={args.parties} rounds={args.rounds} "
         f"num_leaves={args.num_leaves} max_bin={args.max_bin} threads={args.threads}"
     )
-    print(f"{'':<15}{'train s':>10}{'ratio':>8}{'+peak MB':>10}{'AUC':>9}{'KB/tree':>10}{'exch/tree':>11}")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores shared: CPU s are comparable)")
+    print(
+        f"{'':<15}{'train s':>10}{'ratio':>8}{'CPU s':>8}{'ratio':>8}{'+peak MB':>10}{'AUC':>9}"
+        f"{'KB/tree':>10}{'exch/tree':>11}"
+    )
     ref = results.get("lightgbm", {}).get("wall")
+    ref_cpu = results.get("lightgbm", {}).get("cpu")
     for name, r in results.items():
         ratio = r["wall"] / ref if ref else float("nan")
+        cpu_ratio = r["cpu"] / ref_cpu if ref_cpu else float("nan")
         print(
-            f"{name:<15}{r['wall']:>10.2f}{ratio:>8.2f}{r['peak']:>10.0f}{r['auc']:>9.4f}"
-            f"{r['bytes_per_tree'] / 1024:>10.0f}{r['exchanges']:>11.1f}"
+            f"{name:<15}{r['wall']:>10.2f}{ratio:>8.2f}{r['cpu']:>8.2f}{cpu_ratio:>8.2f}{r['peak']:>10.0f}"
+            f"{r['auc']:>9.4f}{r['bytes_per_tree'] / 1024:>10.0f}{r['exchanges']:>11.1f}"
         )
     if "fedmine" in results and "fedmine+secagg" in results:
-        print(f"secure aggregation / plain: {results['fedmine+secagg']['wall'] / results['fedmine']['wall']:.2f}")
+        s, p = results["fedmine+secagg"], results["fedmine"]
+        print(f"secure aggregation / plain: {s['wall'] / p['wall']:.2f} wall, {s['cpu'] / p['cpu']:.2f} CPU")
     if "fedmine" in results and "fedmine/flight" in results:
         print(
             f"flight with mutual TLS / in-process: "
