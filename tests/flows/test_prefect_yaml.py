@@ -139,13 +139,15 @@ def _prefect_all(commands: list[list[str]], *, env: dict, timeout: float = 300) 
     return outs
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
+def _stop(procs: list[subprocess.Popen], *, grace: float = 15) -> None:
+    """SIGTERM every process group, then SIGKILL what is left after one shared grace period."""
     for p in procs:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
     for p in procs:
         try:
-            p.wait(timeout=30)
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
