@@ -61,15 +61,22 @@ def federated_training(
         checkpoint = None
         tracker.start(tags={"fedmine.config": str(Path(config).resolve())})
     parties: list[Any] = []
+    phases: dict[str, float] = {}  # wall seconds of the training's steps, logged as phase/* at the end
     try:
         if checkpoint is not None:
             check_resume(cfg, checkpoint[0])  # the same partition and organisations, before any party is asked
         # each organisation: prepared here (a source) or reached at its party server (an endpoint)
+        t_phase = time.perf_counter()
         futures = [
             connect_party.submit(cfg, org) if spec.endpoint else _prepare.submit(cfg, org)
             for org, spec in cfg.organisations.items()
         ]
         parties = [f.result() for f in futures]
+        phases["prepare"] = time.perf_counter() - t_phase
+        for party, (org, spec) in zip(parties, cfg.organisations.items()):
+            if not spec.endpoint:  # prepared here: its own steps (a party server times its own)
+                phases.update({f"{org}/{step}": s for step, s in party.prepare_seconds.items()})
+        t_phase = time.perf_counter()
         first = 1
         if cfg.partition == "vertical":
             if checkpoint is not None:  # every organisation takes it up from its own disk, no new intersection
@@ -95,17 +102,24 @@ def federated_training(
                 first = coord.restore(*checkpoint)
 
         t_train = time.perf_counter()
+        phases["start"] = t_train - t_phase
         train_rounds(coord, tracker, first, cfg.training.rounds)  # rounds tasks of a couple of seconds each
-        train_seconds = time.perf_counter() - t_train
+        train_seconds = phases["rounds"] = time.perf_counter() - t_train
 
         with tracker.writing("logging the privacy receipt"):
             tracker.log_privacy(coord.receipt().as_dict(), coord.notices, coord.dropped)
+        t_phase = time.perf_counter()
         baselines = local_baselines(coord)
         with tracker.writing("logging the local-only baselines"):
             for org, b in baselines.items():
                 tracker.log_baseline(org, b)
+        phases["baselines"] = time.perf_counter() - t_phase
+        t_phase = time.perf_counter()
         with tracker.writing("publishing the model and the report"):
             summary = report.publish(tracker, coord, baselines, train_seconds=train_seconds, started=t_start)
+        phases["publish"] = time.perf_counter() - t_phase
+        with tracker.writing("logging the phases' seconds"):
+            tracker.log_metrics({f"phase/{name}": s for name, s in phases.items()}, step=0)
         if summary_path:
             try:
                 Path(summary_path).write_text(summary_json(summary))

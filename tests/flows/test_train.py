@@ -210,6 +210,13 @@ def test_histogram_strategy_through_flow_mlflow_and_predict(
         "eval/auc",
     ):
         assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(1, 16)), key
+    # what each step of the training cost, once per run
+    phases = {k: v for k, v in client.get_run(run_id).data.metrics.items() if k.startswith("phase/")}
+    steps = {"prepare", "start", "rounds", "baselines", "publish"}
+    orgs = {f"{org}/{step}" for org in ("bank", "retailer", "telecom") for step in ("load", "harmonise")}
+    assert set(phases) == {f"phase/{k}" for k in steps | orgs}
+    assert all(v >= 0 for v in phases.values()) and phases["phase/rounds"] == summary["train_seconds"]
+    assert phases["phase/prepare"] >= max(phases[f"phase/{k}"] for k in orgs)
     model = lgb.Booster(model_file=summary["model_file"])
     assert model.num_trees() == 15
     # the privacy receipt: on by default under histogram, shown every round and as an artifact
