@@ -470,7 +470,7 @@ def party_serve(
         Path("fedmine-party"),
         "--output",
         help="This organisation's own files (explanation plots in explain/, made when asked for; a vertical "
-        "training's state in vertical/, to rejoin after a restart: keep it across restarts).",
+        "training's state in vertical/, to rejoin and to predict after a restart: keep it across restarts).",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs on the console."),
 ) -> None:

@@ -371,8 +371,11 @@ class VerticalCoordinator:
         return self._text
 
     def predict_raw(self, ids: list[Any]) -> np.ndarray:
-        """Raw scores of customers named by id, shape (n, n_trees_per_round): the label holder walks the trees."""
-        self.model_text()
+        """Raw scores of customers named by id, shape (n, n_trees_per_round): the label holder walks the trees.
+
+        Its model is the training's in its memory, else the latest finished
+        training's on its disk (a party server started again after training).
+        """
         return np.asarray(self._converse("vertical_predict", list(ids)), dtype=np.float64)
 
     # -- what the flow, the tracker and the report read ---------------------

@@ -107,6 +107,27 @@ class FeatureOwner:
         self._public_bytes = b""
         self._incoming: list[tuple[np.ndarray, int]] | None = None  # a round's chunks so far, per tree
 
+    @classmethod
+    def from_predict_state(
+        cls, name: str, kept: dict[str, Any], *, publish_thresholds: bool = False, cipher: Any = None
+    ) -> FeatureOwner:
+        """An owner that only predicts: its bins of :meth:`predict_state`, read from its disk, and no rows.
+
+        It answers ``owner_predict`` (and ``owner_thresholds`` when its config
+        publishes them) as the owner of that training did.
+        """
+        mapper = kept["mapper"]
+        if not isinstance(mapper, binning.BinMapper):
+            raise PartyError(f"party {name}: the kept predict state holds no bin mapper")
+        empty = np.empty((0, mapper.n_features))
+        owner = cls(name, empty, empty, publish_thresholds=publish_thresholds, cipher=cipher)
+        owner.mapper_ = mapper
+        return owner
+
+    def predict_state(self) -> dict[str, Any]:
+        """What predicting needs, for its own disk: its bin mapper (its table of thresholds), nothing else."""
+        return {"mapper": self._need_bins("owner_predict")}
+
     def _need_bins(self, call: str) -> binning.BinMapper:
         if self.mapper_ is None:
             raise ProtocolError(f"{call} needs the owner's bins: owner_bins first")

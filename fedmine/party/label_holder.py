@@ -29,6 +29,7 @@ them, :mod:`fedmine.party.relay`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -386,6 +387,11 @@ def _bits(tree, j: int) -> np.ndarray | None:
     return tree.cat_bitsets[int(nd["cat_index"][j])].copy() if nd["is_categorical"][j] else None
 
 
+def _training(training_id: str | None) -> dict[str, str]:
+    """The keyword naming the training whose bins an owner answers with (none: the owner's in memory)."""
+    return {} if training_id is None else {"training_id": str(training_id)}
+
+
 def _raw(scores: np.ndarray, num_class: int) -> np.ndarray:
     return scores[0] if num_class == 1 else scores.T
 
@@ -441,8 +447,54 @@ class LabelHolder:
         self.key_bits = int(key_bits)
         self.trainer_: Trainer | None = None
         self.alone_: Trainer | None = None
+        self.model_: Model | None = None
         self._open: tuple | None = None  # the scores a round started from, until it finishes
         self.rounds_ = 0
+        self._kept: dict[str, Any] | None = None  # what predicting needs besides the model (:meth:`predict_state`)
+
+    @classmethod
+    def from_predict_state(
+        cls,
+        name: str,
+        kept: dict[str, Any],
+        *,
+        own,
+        owners: dict[str, np.ndarray],
+        feature_names: list[str],
+        categorical: list[int],
+        objective: str,
+        num_class: int,
+        cipher: Any = None,
+    ) -> LabelHolder:
+        """A label holder that only predicts: the model and maps of :meth:`predict_state`, read from its disk.
+
+        It holds no rows and no key (``model`` and ``predict`` need neither).
+        """
+        X = np.empty((0, len(own)))
+        holder = cls(
+            name,
+            X,
+            np.empty(0),
+            X,
+            np.empty(0),
+            own=own,
+            owners=owners,
+            feature_names=feature_names,
+            categorical=categorical,
+            objective=objective,
+            num_class=num_class,
+            cipher=cipher,
+        )
+        fields = dict(kept["model"])
+        holder.model_ = Model(**fields)
+        holder._kept = {k: kept[k] for k in ("own_mapper", "holder", "local", "nan_bin")}
+        holder._kept["holder"] = np.array([str(h) for h in kept["holder"]], dtype=object)
+        holder._kept["local"] = np.asarray(kept["local"], dtype=np.int64)
+        if holder.model_.n_features != len(feature_names) or holder._kept["local"].shape != (len(feature_names),):
+            raise PartyError(
+                f"party {name}: the kept model has {holder.model_.n_features} features, the config {len(feature_names)}"
+            )
+        return holder
 
     def begin(self, ask: Ask, params, *, ranges=None) -> None:
         """A fresh key pair, the joined bins and initial score; the same for its own columns alone."""
@@ -462,7 +514,8 @@ class LabelHolder:
             row_ids=self.row_ids,
             message_bytes=self.message_bytes,
         )
-        self.model_: Model | None = None
+        self.model_ = None
+        self._kept = None
         self.trainer_ = Trainer(
             self.rows_, params, categorical=self.categorical, feature_names=self.feature_names, ranges=ranges
         )
@@ -486,6 +539,7 @@ class LabelHolder:
             raise PartyError(f"party {self.name}: vertical_round before vertical_begin")
         rows = self.rows_
         rows.ask = ask
+        self.model_ = None  # a model made before this round is not the training's any more
         if self._open is not None:  # the last round did not finish (an owner failed): grow it again from its start
             rows.rewind(*self._open)
         if not self.trainer_.done:
@@ -540,12 +594,17 @@ class LabelHolder:
             return {}
         return metrics.exact(y, _raw(state.scores_valid_, self.num_class), self.objective)
 
-    def model(self, ask: Ask | None = None, *, publish: bool = False) -> Model:
-        """The vertical model: owners' thresholds NaN (they keep them) unless ``publish`` asks the owners for them."""
-        if self.trainer_ is None:
-            raise PartyError(f"party {self.name}: no vertical model before vertical_begin")
+    def model(self, ask: Ask | None = None, *, publish: bool = False, training_id: str | None = None) -> Model:
+        """The vertical model: owners' thresholds NaN (they keep them) unless ``publish`` asks the owners for them.
+
+        ``training_id`` names the training the model is of, so that an owner
+        answers from that training's bins (in memory or on its disk).
+        """
         if self.model_ is None:
+            if self.trainer_ is None:
+                raise PartyError(f"party {self.name}: no vertical model before vertical_begin")
             self.model_ = self.trainer_.finish()
+        kept = self._maps()
         model = copy.deepcopy(self.model_)
         if not publish or not self.owners:
             return model
@@ -555,16 +614,15 @@ class LabelHolder:
         for t, tree in enumerate(model.trees):
             nd = tree.nodes
             for j in np.flatnonzero((nd["is_leaf"] == 0) & (nd["is_categorical"] == 0)):
-                o = self.rows_.holder[int(nd["feature"][j])]
+                o = kept["holder"][int(nd["feature"][j])]
                 if o:
                     wanted[o].append((t, int(j)))
         requests = []
         for o in names:
-            feats = [int(self.rows_.local[model.trees[t].nodes["feature"][j]]) for t, j in wanted[o]]
+            feats = [int(kept["local"][model.trees[t].nodes["feature"][j]]) for t, j in wanted[o]]
             bins = [int(model.trees[t].nodes["bin_threshold"][j]) for t, j in wanted[o]]
-            requests.append(
-                (o, "owner_thresholds", [np.array(feats, dtype=np.int64), np.array(bins, dtype=np.int64)], {})
-            )
+            args = [np.array(feats, dtype=np.int64), np.array(bins, dtype=np.int64)]
+            requests.append((o, "owner_thresholds", args, _training(training_id)))
         infos = list(model.feature_infos)
         for o, answer in zip(names, ask(requests)):
             values = np.asarray(answer["thresholds"], dtype=np.float64)
@@ -577,21 +635,54 @@ class LabelHolder:
         model.feature_infos = infos
         return model
 
-    def predict(self, ask: Ask, ids: list, lookup: Callable) -> np.ndarray:
+    def _maps(self) -> dict[str, Any]:
+        """Its own features' bins, who holds each feature and where in the holder's features, the NaN bin."""
+        if self._kept is None:
+            rows = self.rows_
+            self._kept = {
+                "own_mapper": rows._own_mapper,
+                "holder": rows.holder,
+                "local": rows.local,
+                "nan_bin": rows.max_bin,
+            }
+        return self._kept
+
+    def predict_state(self) -> dict[str, Any]:
+        """What predicting needs, for its own disk (:meth:`from_predict_state` reads it back).
+
+        The model as it holds it (owners' thresholds NaN: they keep them), its
+        own features' bin mapper, the holder of every feature (``""``: itself)
+        and its position among that holder's features, and the NaN bin.
+        Nothing of an owner's that it did not already hold.
+        """
+        if self.model_ is None:
+            raise PartyError(f"party {self.name}: no model to keep: train first")
+        kept = self._maps()
+        return {
+            "model": {f.name: getattr(self.model_, f.name) for f in dataclasses.fields(self.model_)},
+            "own_mapper": kept["own_mapper"],
+            "holder": [str(h) for h in kept["holder"]],
+            "local": np.asarray(kept["local"], dtype=np.int64),
+            "nan_bin": int(kept["nan_bin"]),
+        }
+
+    def predict(self, ask: Ask, ids: list, lookup: Callable, *, training_id: str | None = None) -> np.ndarray:
         """Raw scores of customers named by id, shape (n, n_trees_per_round).
 
         ``lookup(ids)`` gives its own feature rows of them (NaN where it does not
         know a customer) ; each owner answers the tests of its splits for the
         same ids from its own rows (missing where it does not know one, so the
-        split's default direction applies).
+        split's default direction applies), with its bins of training
+        ``training_id``.
         """
         if self.model_ is None:
             raise PartyError(f"party {self.name}: no model to predict with: train first")
         model = self.model_
+        kept = self._maps()
         X_own, _ = lookup(ids)
         n = len(ids)
-        bins = binning.bin_columns(np.asarray(X_own, dtype=X_DTYPE).reshape(n, -1), self.rows_._own_mapper)
-        holder, local, nan = self.rows_.holder, self.rows_.local, self.rows_.max_bin
+        bins = binning.bin_columns(np.asarray(X_own, dtype=X_DTYPE).reshape(n, -1), kept["own_mapper"])
+        holder, local, nan = kept["holder"], kept["local"], int(kept["nan_bin"])
         decisions: list[dict[int, np.ndarray]] = [{} for _ in model.trees]
         asked: dict[str, list[tuple[int, int]]] = {}
         for t, tree in enumerate(model.trees):
@@ -618,9 +709,8 @@ class LabelHolder:
                 ],
                 dtype=np.int64,
             ).reshape(-1, 3)
-            requests.append(
-                (o, "owner_predict", [list(ids), spec, [_bits(model.trees[t], j) for t, j in asked[o]]], {})
-            )
+            bitsets = [_bits(model.trees[t], j) for t, j in asked[o]]
+            requests.append((o, "owner_predict", [list(ids), spec, bitsets], _training(training_id)))
         for o, answer in zip(names, ask(requests) if requests else []):
             for (t, j), row in zip(asked[o], unpack_mask(answer["bits"], n)):
                 decisions[t][j] = row

@@ -29,6 +29,15 @@ into its own rows), a feature owner the arguments of its binning, the label
 holder the loop's state, trees and scores after each round (the last two).
 ``vertical_rejoin`` reads them back after the party restarted or the
 coordinator resumed: nothing crosses that did not cross before.
+
+It keeps there too what it needs to predict (``predict``): a feature owner
+its bin mapper once its bins are made, the label holder its model, its own
+bin mapper and the map of who holds each feature once the model is finished.
+A party started again with the same folder answers ``vertical_predict``
+(the label holder: the latest finished training) and ``owner_predict``,
+``owner_thresholds`` (an owner: the training the label holder names) from
+it, with the same scores as before the restart. ``vertical_model`` is the
+training's end and needs the training in memory (or rejoined).
 """
 
 from __future__ import annotations
@@ -116,7 +125,9 @@ class PartyState:
 
     Files (the wire codec, written whole or not at all): ``rows`` (training
     id, fingerprint, shared row positions), ``bins`` (a feature owner's
-    binning arguments), ``round-NNNNN`` (the label holder after round N).
+    binning arguments), ``round-NNNNN`` (the label holder after round N),
+    ``predict`` (what predicting needs: a feature owner's bin mapper, the
+    label holder's finished model and maps).
     """
 
     def __init__(self, folder: Path) -> None:
@@ -140,13 +151,16 @@ class PartyState:
         return wire.decode(path.read_bytes(), max_bytes=max(path.stat().st_size, 1 << 20) + 1024)
 
     def forget_older(self) -> None:
-        """Remove the folders of trainings older than the :data:`KEEP_TRAININGS` most recent (this one included)."""
+        """Remove the folders of trainings older than the :data:`KEEP_TRAININGS` most recent (this one included),
+        except the most recent one with a predict state (the model a restarted party predicts with)."""
         import shutil
 
         others = [p for p in self.folder.parent.iterdir() if p.is_dir() and _TRAINING_ID.fullmatch(p.name)]
         others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        kept = latest_predict_state(self.folder.parent)
         for old in [p for p in others if p != self.folder][KEEP_TRAININGS - 1 :]:
-            shutil.rmtree(old, ignore_errors=True)
+            if kept is None or old != kept.folder:
+                shutil.rmtree(old, ignore_errors=True)
 
     def save_round(self, n: int, value: Any) -> None:
         """The label holder's state after round ``n``; rounds before ``n - KEEP_ROUNDS + 1`` are removed."""
@@ -154,6 +168,16 @@ class PartyState:
         for old in self.folder.glob("round-*"):
             if old.name[6:].isdigit() and int(old.name[6:]) <= n - KEEP_ROUNDS:
                 old.unlink(missing_ok=True)
+
+
+def latest_predict_state(folder: Path) -> PartyState | None:
+    """The training under ``folder`` (``<output>/vertical``) whose predict state was written last, or None."""
+    if not folder.is_dir():
+        return None
+    kept = [p for p in folder.iterdir() if p.is_dir() and _TRAINING_ID.fullmatch(p.name) and (p / "predict").is_file()]
+    if not kept:
+        return None
+    return PartyState(max(kept, key=lambda p: ((p / "predict").stat().st_mtime_ns, p.name)))
 
 
 def _missing(value: Any) -> bool:
@@ -287,6 +311,7 @@ class VerticalParty(Party):
         self.role_: LabelHolder | FeatureOwner | None = None
         self._psi_key: Any = None
         self._order: np.ndarray | None = None
+        self._kept: tuple[str, LabelHolder | FeatureOwner] | None = None  # (training id, role) read for predicting
 
     # -- the intersection ----------------------------------------------------
     def begin_training(self, training_id: str) -> None:
@@ -294,6 +319,7 @@ class VerticalParty(Party):
         self.relay.abandon()
         self.role_ = None
         self._psi_key = self._order = None
+        self._kept = None
 
     def psi_blind(self) -> np.ndarray:
         """Its ids blinded under a fresh key, in a random order (it keeps the order; no one else learns its rows')."""
@@ -466,17 +492,101 @@ class VerticalParty(Party):
                 "vertical_model", "this organisation's config does not set vertical.publish_thresholds: true"
             )
 
+        state, training = self._state(), self._training_id
+
         def work(ask):
-            model = lead.model(ask, publish=publish)
+            model = lead.model(ask, publish=publish, training_id=training)
+            if state is not None:  # the training's end: what predicting needs, for a restart
+                state.save("predict", lead.predict_state())
             text = to_lightgbm_text(model, self.all_features) if publish and model.trees else None
             return {"text": text, "trees": len(model.trees)}
 
         return self.relay.start(work)
 
     def vertical_predict(self, ids: list[Any]) -> dict[str, Any]:
-        """Raw scores of customers named by id; every split's test answered by its feature's holder."""
-        lead = self._lead("vertical_predict")
-        return self.relay.start(lambda ask: lead.predict(ask, list(ids), self._lookup))
+        """Raw scores of customers named by id; every split's test answered by its feature's holder.
+
+        The model is this training's if it is in memory, else the latest
+        finished training's kept on the party's disk (a restarted server).
+        """
+        lead, training = self._predicting_lead()
+        return self.relay.start(lambda ask: lead.predict(ask, list(ids), self._lookup, training_id=training))
+
+    def _vertical_folder(self) -> Path | None:
+        return None if self.output_dir is None else Path(self.output_dir) / "vertical"
+
+    def _no_model(self, where: str) -> PartyError:
+        return PartyError(f"party {self.name}: no model to predict with: train first ({where})")
+
+    def _predicting_lead(self) -> tuple[LabelHolder, str | None]:
+        """The label holder with a model and the training it is of: in memory, else read from its disk."""
+        if not self.holds_label:
+            raise self._refuse("vertical_predict", "this organisation is not the label holder")
+        role = self.role_
+        if isinstance(role, LabelHolder) and (role.model_ is not None or role.trainer_ is not None):
+            if role.model_ is None:
+                role.model()  # the model of the rounds grown so far, as vertical_model makes it
+            return role, self._training_id
+        kept_training, kept_role = self._kept or ("", None)
+        if isinstance(kept_role, LabelHolder):
+            return kept_role, kept_training
+        folder = self._vertical_folder()
+        state = None if folder is None else latest_predict_state(folder)
+        if state is None:
+            raise self._no_model("no --output folder" if folder is None else f"no finished training in {folder}")
+        lead = LabelHolder.from_predict_state(
+            self.name,
+            state.load("predict"),
+            own=self.own,
+            owners=self.owners,
+            feature_names=self.all_features,
+            categorical=self.categorical_all,
+            objective=self.objective,
+            num_class=self.num_class,
+            cipher=self.cipher,
+        )
+        self._kept = (state.folder.name, lead)
+        return lead, state.folder.name
+
+    def _predicting_owner(self, call: str, training_id: str | None) -> FeatureOwner:
+        """The owner's bins of training ``training_id`` (None: the latest): in memory, else read from its disk."""
+        if self.holds_label:
+            raise self._refuse(call, "this organisation holds no features for a label holder")
+        role = self.role_
+        if (
+            isinstance(role, FeatureOwner)
+            and role.mapper_ is not None
+            and (training_id is None or str(training_id) == self._training_id)
+        ):
+            return role
+        kept_training, kept_role = self._kept or ("", None)
+        if isinstance(kept_role, FeatureOwner) and (training_id is None or kept_training == str(training_id)):
+            return kept_role
+        folder = self._vertical_folder()
+        if training_id is not None and not _TRAINING_ID.fullmatch(str(training_id)):
+            raise self._refuse(call, f"training id {str(training_id)[:40]!r} is not a folder name (hex digits)")
+        if folder is None:
+            raise self._no_model("no --output folder")
+        if training_id is None:
+            state = latest_predict_state(folder)
+            where = f"no predict state in {folder}"
+        else:
+            state = PartyState(folder / str(training_id))
+            where = f"no predict state of training {training_id} in {state.folder}"
+        kept = None if state is None else state.load("predict")
+        if kept is None:
+            raise self._no_model(where)
+        assert state is not None
+        owner = FeatureOwner.from_predict_state(
+            self.name, kept, publish_thresholds=self.publish_thresholds, cipher=self.cipher
+        )
+        if owner.mapper_ is not None and owner.mapper_.n_features != self.own.size:
+            raise PartyError(
+                f"party {self.name}: the predict state in {state.folder} has {owner.mapper_.n_features} features, "
+                f"this organisation holds {self.own.size}"
+            )
+        self._kept = (state.folder.name, owner)
+        return owner
 
     def _lookup(self, ids: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Its feature rows of the customers named by id (NaN rows for those it does not know); which it knows."""
@@ -493,10 +603,12 @@ class VerticalParty(Party):
 
     # -- a feature owner's answers -------------------------------------------
     def owner_bins(self, ranges, categorical, *, max_bin: int, n_grid: int) -> np.ndarray:
-        n_bins = self._owner("owner_bins").bins(ranges, categorical, max_bin=max_bin, n_grid=n_grid)
+        owner = self._owner("owner_bins")
+        n_bins = owner.bins(ranges, categorical, max_bin=max_bin, n_grid=n_grid)
         state = self._state()
-        if state is not None:  # to bin again the same way after a restart
+        if state is not None:  # to bin again the same way after a restart; its bins to predict with
             state.save("bins", {"ranges": ranges, "categorical": categorical, "max_bin": max_bin, "n_grid": n_grid})
+            state.save("predict", owner.predict_state())
         return n_bins
 
     def owner_gradients(self, public: bytes, rows: list, part=None) -> None:
@@ -511,11 +623,13 @@ class VerticalParty(Party):
     def owner_decisions(self, nodes, bitsets, rows, *, valid: bool) -> np.ndarray:
         return self._owner("owner_decisions").decisions(nodes, bitsets, rows, valid=valid)
 
-    def owner_thresholds(self, features, bin_thresholds) -> dict[str, Any]:
-        return self._owner("owner_thresholds").thresholds(features, bin_thresholds)
+    def owner_thresholds(self, features, bin_thresholds, training_id: str | None = None) -> dict[str, Any]:
+        return self._predicting_owner("owner_thresholds", training_id).thresholds(features, bin_thresholds)
 
-    def owner_predict(self, ids: list[Any], nodes, bitsets) -> dict[str, Any]:
-        owner = self._owner("owner_predict")
+    def owner_predict(self, ids: list[Any], nodes, bitsets, training_id: str | None = None) -> dict[str, Any]:
+        """Its go-left tests for customers named by id, with its bins of training ``training_id`` (the label
+        holder's model's; in memory, else kept on its disk)."""
+        owner = self._predicting_owner("owner_predict", training_id)
         X, found = self._lookup(ids)
         return {"found": pack_mask(found), "bits": owner.decide_raw(X, nodes, bitsets)}
 

@@ -17,7 +17,7 @@ from fedmine.config import config_from_dict
 from fedmine.coordinator.vertical import VerticalCoordinator, check_resume
 from fedmine.demo import make_vertical_frames, vertical_demo_config
 from fedmine.errors import ConfigError, DataError, PartyError
-from fedmine.party.vertical import vertical_party
+from fedmine.party.vertical import PartyState, vertical_party
 from tests.support import plain_cipher
 
 ORGS = ("bank", "retailer", "telecom")
@@ -26,7 +26,9 @@ ROUNDS = 4
 
 def _cfg(**training):
     raw = vertical_demo_config("sqlite:///unused.db")
-    raw["training"].update(rounds=ROUNDS, num_leaves=6, max_bin=16, bagging_fraction=0.8, bagging_freq=1, **training)
+    raw["training"].update(
+        {"rounds": ROUNDS, "num_leaves": 6, "max_bin": 16, "bagging_fraction": 0.8, "bagging_freq": 1, **training}
+    )
     for i, org in enumerate(ORGS):  # endpoints make the coordinator wait for a failed party (nothing listens there)
         raw["organisations"][org]["endpoint"] = f"grpc+tls://127.0.0.1:{47000 + i}"
     raw["transport"] = {"rejoin_seconds": 5}
@@ -86,7 +88,8 @@ def uninterrupted(frames, tmp_path_factory):
     coord.start()
     text = _train(coord)
     assert text is not None and "Tree=3" in text  # the demo publishes its thresholds: one LightGBM model
-    return {"scores": _scores(coord), "text": text, "metrics": coord.history[-1].global_metrics}
+    scores = _scores(coord)
+    return {"scores": scores, "text": text, "metrics": coord.history[-1].global_metrics, "folder": folder}
 
 
 def _scores(coord):
@@ -234,6 +237,7 @@ def test_the_label_holder_keeps_its_last_two_rounds(frames, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["round-00002", "round-00003", "rows"]
     assert sorted(p.name for p in (tmp_path / "retailer" / "vertical" / coord.training_id).iterdir()) == [
         "bins",
+        "predict",  # its bin mapper, to predict with after a restart
         "rows",
     ]
     assert np.isfinite(coord.history[-1].global_metrics["auc"])
@@ -250,3 +254,66 @@ def test_a_party_keeps_the_state_of_its_last_three_trainings(frames, tmp_path):
     for org in ORGS:
         kept = {p.name for p in (tmp_path / org / "vertical").iterdir()}
         assert kept == set(ids[1:]), org
+
+
+def test_restarted_party_servers_predict_from_their_disks_with_the_same_scores(frames, uninterrupted):
+    """Every party started again after training (state lost, folder kept): predict needs no new training."""
+    cfg = _cfg()
+    folder = uninterrupted["folder"]
+    (training,) = {p.name for p in (folder / "bank" / "vertical").iterdir()}
+    kept = {o: sorted(f.name for f in (folder / o / "vertical" / training).iterdir()) for o in ORGS}
+    assert {"predict", "rows"} <= set(kept["bank"])  # its model and maps, beside its rejoin state
+    assert kept["retailer"] == kept["telecom"] == ["bins", "predict", "rows"]  # an owner: its bins
+    model = PartyState(folder / "bank" / "vertical" / training).load("predict")
+    owned = [
+        np.isnan(t.nodes["threshold"][j])
+        for t in model["model"]["trees"]
+        for j in np.flatnonzero((t.nodes["is_leaf"] == 0) & (t.nodes["is_categorical"] == 0))
+        if model["holder"][int(t.nodes["feature"][j])]
+    ]
+    assert owned and all(owned)  # the owners' numeric thresholds stay with them, published or not
+    parties = [_party(cfg, o, frames[o], folder) for o in ORGS]
+    assert all(p.role_ is None for p in parties)  # nothing in memory: a fresh process
+    coord = VerticalCoordinator(cfg, parties)
+    assert _scores(coord) == uninterrupted["scores"]  # bit for bit
+    assert [p._kept[0] for p in parties] == [training] * 3  # each read that training's predict state
+    # an owner asked for bins of a training it does not keep says so, naming the folder
+    with pytest.raises(
+        PartyError,
+        match=r"^party telecom: no model to predict with: train first \(no predict state of training "
+        r"0123abcd in .*telecom/vertical/0123abcd\)$",
+    ):
+        _party(cfg, "telecom", frames["telecom"], folder).call(
+            "owner_predict", ["C00001"], np.zeros((0, 3), dtype=np.int64), [], training_id="0123abcd"
+        )
+
+
+def test_a_restarted_party_predicts_with_the_latest_finished_training_not_a_later_unfinished_one(frames, tmp_path):
+    """An owner's bins of an unfinished later training (other bins) must not answer for the finished model."""
+    cfg = _cfg()
+
+    def parties(c=cfg):
+        return [_party(c, o, frames[o], tmp_path) for o in ORGS]
+
+    coord = VerticalCoordinator(cfg, parties())
+    coord.start()
+    coord.run_round(1)  # stopped before the model was collected: the training did not finish
+    no_model = r"^party bank: no model to predict with: train first "
+    with pytest.raises(PartyError, match=no_model + r"\(no finished training in .*bank/vertical\)$"):
+        VerticalCoordinator(cfg, parties()).predict_raw(["C00001"])
+    bank = _party(cfg, "bank", frames["bank"], tmp_path)
+    bank.output_dir = None
+    with pytest.raises(PartyError, match=no_model + r"\(no --output folder\)$"):
+        bank.call("vertical_predict", ["C00001"])
+
+    finished = VerticalCoordinator(cfg, parties())
+    finished.start()
+    _train(finished)
+    scores = _scores(finished)
+    coarser = _cfg(max_bin=4)  # a later training with other bins, stopped after its first round
+    later = VerticalCoordinator(coarser, parties(coarser))
+    later.start()
+    later.run_round(1)
+    again = parties()
+    assert _scores(VerticalCoordinator(cfg, again)) == scores
+    assert [p._kept[0] for p in again] == [finished.training_id] * 3
