@@ -19,7 +19,7 @@ from fedmine import report
 from fedmine.config import FederationConfig, load_config
 from fedmine.coordinator.vertical import check_resume
 from fedmine.errors import ConfigError, output_path
-from fedmine.flows.prepare import prepare_organisation
+from fedmine.flows.prepare import preparation_seconds, prepare_organisation, prepared, submit_preparation
 from fedmine.schema.check import log_check
 from fedmine.tasks.rounds import (
     connect_party,
@@ -34,7 +34,7 @@ from fedmine.tracking import Tracker, summary_json
 
 
 @task(name="prepare", cache_policy=NO_CACHE, task_run_name="prepare-{org}")
-def _prepare(cfg: FederationConfig, org: str):
+def _prepare(cfg: FederationConfig, org: str):  # an organisation on its Dask cluster: a subflow of its own
     return prepare_organisation(cfg, org)
 
 
@@ -66,16 +66,20 @@ def federated_training(
         if checkpoint is not None:
             check_resume(cfg, checkpoint[0])  # the same partition and organisations, before any party is asked
         # each organisation: prepared here (a source) or reached at its party server (an endpoint)
-        t_phase = time.perf_counter()
-        futures = [
-            connect_party.submit(cfg, org) if spec.endpoint else _prepare.submit(cfg, org)
+        t_phase, submitted = time.perf_counter(), time.time()
+        chains = {
+            org: [connect_party.submit(cfg, org)]
+            if spec.endpoint
+            else [_prepare.submit(cfg, org)]
+            if spec.compute is not None
+            else submit_preparation(cfg, org)
             for org, spec in cfg.organisations.items()
-        ]
-        parties = [f.result() for f in futures]
+        }
+        parties = [prepared(chain) for chain in chains.values()]
         phases["prepare"] = time.perf_counter() - t_phase
-        for party, (org, spec) in zip(parties, cfg.organisations.items()):
-            if not spec.endpoint:  # prepared here: its own steps (a party server times its own)
-                phases.update({f"{org}/{step}": s for step, s in party.prepare_seconds.items()})
+        for org, chain in chains.items():
+            if len(chain) > 1:  # prepared here by its tasks (a party server times its own)
+                phases.update({f"{org}/{step}": s for step, s in preparation_seconds(chain, submitted).items()})
         t_phase = time.perf_counter()
         first = 1
         if cfg.partition == "vertical":

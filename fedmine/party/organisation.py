@@ -191,7 +191,6 @@ class Party:
         self.output_dir: Path | None = None  # where this organisation's own files go (explanation plots)
         self._shap: tuple[str, np.ndarray] | None = None  # (model digest, SHAP values of all rows)
         self.own_history_: list[dict[str, float]] = []  # organisation_metrics: own: what it logged
-        self.prepare_seconds: dict[str, float] = {}  # wall seconds of its preparation's steps (load, harmonise)
 
     @classmethod
     def for_organisation(cls, cfg: Any, org: str, data: HarmonisedFrame, *, enforce_policy: bool = True) -> Party:
