@@ -34,16 +34,15 @@ def prepare_organisation(cfg: FederationConfig, org: str) -> Party:
     return prepared(submit_preparation(cfg, org))
 
 
-def submit_preparation(cfg: FederationConfig, org: str) -> list[PrefectFuture]:
+def submit_preparation(cfg: FederationConfig, org: str, *, after: PrefectFuture | None = None) -> list[PrefectFuture]:
     """The preparation's tasks, submitted to the running flow's task runner: [load, harmonise, party].
 
-    A training prepares its organisations with these directly (each
-    organisation's chain runs beside the others'), not as one subflow each: a
-    subflow costs about a second of Prefect's own bookkeeping, more than
-    loading and mapping a small organisation. :func:`prepared` waits for the
-    party. (Not for an organisation with ``compute:``.)
+    :func:`prepared` waits for the party. Not for an organisation with
+    ``compute:``. ``after``: a future the load waits for, so that organisations
+    prepared in one process take turns.
     """
-    raw = load_source.with_options(task_run_name=f"load-source-{org}").submit(cfg, org)
+    wait = [] if after is None else [after]
+    raw = load_source.with_options(task_run_name=f"load-source-{org}").submit(cfg, org, wait_for=wait)
     if cfg.partition == "vertical":  # its ids and its own columns; the rows are aligned later, privately
         return [raw, make_vertical_party.with_options(task_run_name=f"make-vertical-party-{org}").submit(raw, cfg, org)]
     data = harmonise_frame.with_options(task_run_name=f"harmonise-{org}").submit(raw, cfg, org)
@@ -60,7 +59,7 @@ def prepared(chain: list[PrefectFuture]) -> Party:
 def preparation_seconds(futures: list[PrefectFuture], submitted: float) -> dict[str, float]:
     """Wall seconds of a finished :func:`submit_preparation` chain: ``load`` and ``harmonise`` (mapping, split, party).
 
-    ``submitted``: ``time.time()`` when the chain was submitted; each step
+    ``submitted``: ``time.time()`` when the chain could start; each step
     ends when its task's final state was set.
     """
     ends = [f.state.timestamp.timestamp() for f in futures]

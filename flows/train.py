@@ -38,6 +38,33 @@ def _prepare(cfg: FederationConfig, org: str):  # an organisation on its Dask cl
     return prepare_organisation(cfg, org)
 
 
+def _prepare_all(cfg: FederationConfig) -> tuple[list[Any], dict[str, float]]:
+    """Every organisation's party, in config order, and the seconds of each one prepared here (``<org>/<step>``).
+
+    Organisations prepared in this process take turns (their raw frames do not
+    all sit in memory at once); party servers are reached all at once. Only the
+    parties outlive this function: the futures hold the frames.
+    """
+    submitted = time.time()  # before the first task can start
+    chains: dict[str, list[Any]] = {}
+    here = None  # the last organisation prepared in this process: the next one's load waits for it
+    for org, spec in cfg.organisations.items():
+        if spec.endpoint:
+            chains[org] = [connect_party.submit(cfg, org)]
+        elif spec.compute is not None:  # on its own Dask cluster
+            chains[org] = [_prepare.submit(cfg, org)]
+        else:
+            chains[org] = submit_preparation(cfg, org, after=here)
+            here = chains[org][-1]
+    parties = [prepared(chain) for chain in chains.values()]
+    steps: dict[str, float] = {}
+    for org, chain in chains.items():
+        if len(chain) > 1:  # prepared here by its tasks (a party server times its own); after the one before
+            steps.update({f"{org}/{step}": s for step, s in preparation_seconds(chain, submitted).items()})
+            submitted = chain[-1].state.timestamp.timestamp()
+    return parties, steps
+
+
 @flow(name="federated-training", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=False)
 def federated_training(
     config: str,
@@ -66,20 +93,10 @@ def federated_training(
         if checkpoint is not None:
             check_resume(cfg, checkpoint[0])  # the same partition and organisations, before any party is asked
         # each organisation: prepared here (a source) or reached at its party server (an endpoint)
-        t_phase, submitted = time.perf_counter(), time.time()
-        chains = {
-            org: [connect_party.submit(cfg, org)]
-            if spec.endpoint
-            else [_prepare.submit(cfg, org)]
-            if spec.compute is not None
-            else submit_preparation(cfg, org)
-            for org, spec in cfg.organisations.items()
-        }
-        parties = [prepared(chain) for chain in chains.values()]
+        t_phase = time.perf_counter()
+        parties, steps = _prepare_all(cfg)
         phases["prepare"] = time.perf_counter() - t_phase
-        for org, chain in chains.items():
-            if len(chain) > 1:  # prepared here by its tasks (a party server times its own)
-                phases.update({f"{org}/{step}": s for step, s in preparation_seconds(chain, submitted).items()})
+        phases.update(steps)
         t_phase = time.perf_counter()
         first = 1
         if cfg.partition == "vertical":
