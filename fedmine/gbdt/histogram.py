@@ -301,13 +301,11 @@ def build_histogram_packed(bins, g, hc, n_bins: int, count_bits: int, rows=None)
     hist2 = np.zeros((bins.shape[0], n_bins, 2), dtype=G_INT_DTYPE)
     if rows is None:
         return build_histogram_packed_ordered(bins, None, g, hc, count_bits, hist2)
-    else:
-        rows = np.ascontiguousarray(rows, dtype=ROW_INDEX_DTYPE)
-        og = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
-        ohc = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
-        _gather_kernel(rows, g, hc, og, ohc)
-        return build_histogram_packed_ordered(bins, rows, og, ohc, count_bits, hist2)
-    return unpack_histogram(hist2, count_bits)
+    rows = np.ascontiguousarray(rows, dtype=ROW_INDEX_DTYPE)
+    og = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
+    ohc = np.empty(rows.shape[0], dtype=G_INT_DTYPE)
+    _gather_kernel(rows, g, hc, og, ohc)
+    return build_histogram_packed_ordered(bins, rows, og, ohc, count_bits, hist2)
 
 
 def build_histogram_packed_ordered(
@@ -318,12 +316,7 @@ def build_histogram_packed_ordered(
     Returns the unpacked ``(n_features, n_bins, 3)`` histogram (written into
     ``out`` if given).
     """
-    n = bins.shape[1] if rows is None else rows.shape[0]
-    serial = not parallel or n < SERIAL_ROWS
-    if rows is None:
-        (_hist_all_rows_packed_serial_kernel if serial else _hist_all_rows_packed_kernel)(bins, og, ohc, out2)
-    else:
-        (_hist_rows_packed_serial_kernel if serial else _hist_rows_packed_kernel)(bins, rows, og, ohc, out2)
+    build_histogram_packed_accumulate(bins, rows, og, ohc, out2, parallel=parallel)
     return unpack_histogram(out2, count_bits, out)
 
 
