@@ -254,13 +254,30 @@ class CounterBlocks:
     def __init__(self) -> None:
         self._blocks = np.zeros((0, 2), dtype="<u8")  # one counter block = two little-endian words
         self._counters = np.zeros(0, dtype="<u8")  # bytes 8..15 of each block with the nonce's part zero
-        self._words = np.zeros(0, dtype=MASKED_DTYPE)
+        self._words = np.zeros((0, 0), dtype=MASKED_DTYPE)  # one row per stream of a message
         self._start = -1
 
     def stream(self, encryptor, nonce: bytes, n: int) -> np.ndarray:
         """The first ``n`` keystream words of ``nonce`` under ``encryptor``'s key (uint64, little-endian host).
 
         Returns a view of the scratch, valid until the next call.
+        """
+        n_blocks = self.counter_blocks(nonce, n)
+        words = self.rows(1, n_blocks)[0]
+        self.encrypt(encryptor, n_blocks, words)
+        return words[: int(n)]
+
+    def rows(self, k: int, n_blocks: int) -> np.ndarray:
+        """Scratch for ``k`` streams of ``n_blocks`` blocks: uint64 of shape (>= k, >= 2 * n_blocks + 2), reused."""
+        need = 2 * n_blocks + 2  # update_into wants a block of room beyond
+        if self._words.shape[0] < k or self._words.shape[1] < need:
+            self._words = np.empty((max(k, self._words.shape[0]), max(need, self._words.shape[1])), MASKED_DTYPE)
+        return self._words
+
+    def counter_blocks(self, nonce: bytes, n: int) -> int:
+        """Write the counter blocks of ``nonce``'s first ``n`` words into the scratch; returns how many blocks.
+
+        The blocks depend on the nonce only: every key of a message encrypts the same ones (:meth:`encrypt`).
         """
         n = int(n)
         n_blocks = -(-n * MASKED_DTYPE.itemsize // _BLOCK_BYTES)
@@ -273,20 +290,25 @@ class CounterBlocks:
             self._counters = np.zeros(size, dtype="<u8")
             self._counters.view(np.uint8).reshape(size, 8)[:, 4:] = be.view(np.uint8).reshape(size, 4)
             self._blocks = np.empty((size, 2), dtype="<u8")
-            self._words = np.empty(2 * size + 2, dtype=MASKED_DTYPE)  # update_into wants a block of room beyond
             self._start = start
         head = np.frombuffer(nonce, dtype="<u8", count=1)[0]  # nonce bytes 0..7
         tail = np.uint64(int.from_bytes(nonce[8:12], "little"))  # nonce bytes 8..11, below the counter
         blocks = self._blocks[:n_blocks]
         blocks[:, 0] = head
         np.bitwise_or(self._counters[:n_blocks], tail, out=blocks[:, 1])
+        return n_blocks
+
+    def encrypt(self, encryptor, n_blocks: int, words: np.ndarray) -> None:
+        """``words`` (OUT, uint64, at least ``2 * n_blocks + 2`` long) = the first ``n_blocks`` blocks encrypted.
+
+        The blocks are those of the last :meth:`counter_blocks`.
+        """
         size = n_blocks * _BLOCK_BYTES
         written = encryptor.update_into(
-            blocks.view(np.uint8).reshape(-1).data, self._words.view(np.uint8)[: size + _BLOCK_BYTES].data
+            self._blocks[:n_blocks].view(np.uint8).reshape(-1).data, words.view(np.uint8)[: size + _BLOCK_BYTES].data
         )
         if written != size:  # ECB over whole blocks answers every byte at once
             raise SecureAggregationError(f"block cipher wrote {written} of {size} keystream bytes")
-        return self._words[:n]
 
 
 # ---------------------------------------------------------------------------
@@ -412,13 +434,17 @@ class Masker:
         if n > MAX_STREAM_ENTRIES:
             raise SecureAggregationError(f"stream length must be in [0, {MAX_STREAM_ENTRIES}], got {n}")
         if n and sys.byteorder == "little":
-            # scratch reused across messages: counter blocks and one stream (no allocation per peer)
+            # scratch reused across messages: the counter blocks made once (every key encrypts the same
+            # ones), then one stream per peer, added to the message
+            scratch = self._scratch
+            n_blocks = scratch.counter_blocks(nonce, n)
+            words = scratch.rows(1, n_blocks)[0]
             for peer in self.active_peers_:
-                stream = self._scratch.stream(self._ciphers[peer], nonce, n)
+                scratch.encrypt(self._ciphers[peer], n_blocks, words)
                 if peer > self.name:
-                    out += stream
+                    out += words[:n]
                 else:
-                    out -= stream
+                    out -= words[:n]
             return out.reshape(array.shape)
         for peer in self.active_peers_:
             stream = mask_stream(self._pair_keys[peer], nonce, n)
