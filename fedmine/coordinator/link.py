@@ -23,22 +23,40 @@ from fedmine.gbdt.state import EngineGroup
 
 
 def payload_bytes(value: Any) -> int:
-    """Bytes a value takes on the wire (arrays by buffer size, text as UTF-8)."""
-    if value is None:
-        return 0
-    if isinstance(value, np.ndarray):
-        return int(value.nbytes)
-    if isinstance(value, (bytes, bytearray)):
-        return len(value)
-    if isinstance(value, str):
-        return len(value.encode())
-    if isinstance(value, dict):
-        return sum(payload_bytes(k) + payload_bytes(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return sum(payload_bytes(v) for v in value)
-    if hasattr(value, "__dict__"):  # records (bin mapper, trees, parameters): their fields
-        return payload_bytes(vars(value))
-    return 8
+    """Bytes a value takes on the wire (arrays by buffer size, text as UTF-8, scalars 8).
+
+    Containers count their items (a dict its keys and values), records (bin
+    mapper, trees, parameters) their fields. One pass over an explicit stack:
+    it runs for every call, split messages of a tree included.
+    """
+    total = 0
+    stack = [value]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        v = pop()
+        t = type(v)
+        if t is int or t is float or t is bool:
+            total += 8
+        elif v is None:
+            continue
+        elif t is tuple or t is list:
+            push(v)
+        elif isinstance(v, np.ndarray):
+            total += int(v.nbytes)
+        elif isinstance(v, (bytes, bytearray)):
+            total += len(v)
+        elif isinstance(v, str):
+            total += len(v.encode())
+        elif isinstance(v, dict):
+            push(v.keys())
+            push(v.values())
+        elif isinstance(v, (list, tuple)):
+            push(v)
+        elif hasattr(v, "__dict__"):
+            stack.append(vars(v))
+        else:
+            total += 8
+    return total
 
 
 class Link:
@@ -235,7 +253,7 @@ class BatchedGroup(EngineGroup):
 
     def histograms(self, node_ids):
         """The summed histograms, in the full layout; the queue travels with the request."""
-        from fedmine.gbdt.histogram import expand_histograms, unpack_fields
+        from fedmine.gbdt.histogram import expand_fields
 
         node_ids = np.asarray(node_ids, dtype=np.int64).ravel()
         src = self.source
@@ -244,9 +262,10 @@ class BatchedGroup(EngineGroup):
         src.party_seconds_ += time.perf_counter() - t0  # their compute, the transport and the sum
         src.exchanges_ += 1
         src.bytes_to_parties_ += int(node_ids.nbytes) * len(src.sources)
-        if total.shape[-1] == 2:  # (grad, hess << count_bits | count): exact in the sum
-            total = unpack_fields(total, self._count_bits)
-        return expand_histograms(total, self._cells) if total.ndim == 3 else total
+        if total.ndim == 3:  # compact; two fields: (grad, hess << count_bits | count), exact in the sum
+            bits = self._count_bits if total.shape[-1] == 2 else 0
+            return expand_fields(total, self._cell_index, self._cells.shape, bits)
+        return total
 
     def finish(self, trees):
         """Apply the final trees: with the evaluation that follows (trees), or now (a training that stops)."""

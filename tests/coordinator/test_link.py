@@ -191,3 +191,19 @@ def test_requests_to_all_organisations_are_in_flight_together():
     coord, _, trips = train(cfg, parties)
     assert not Meeting.barrier.broken and coord.model_text() == pooled(cfg, X, y, parts)[0]
     assert len(set(trips.values())) == 1
+
+
+class _Record:
+    def __init__(self):
+        self.values = np.zeros((2, 3), dtype=np.int64)  # 48 bytes
+        self.name = "hé"  # 3 bytes of UTF-8
+
+
+def test_payload_bytes_counts_buffers_text_scalars_and_record_fields():
+    from fedmine.coordinator.link import payload_bytes
+
+    # keys count too: "a" 1, the record's fields 48 + 3 and their names 6 + 4; a split's tuple of
+    # 6 scalars 48 (None is nothing); bytes 2
+    value = [{"a": _Record()}, (1, np.int64(2), 3.0, True, None, 5, 6), bytearray(b"xy")]
+    assert payload_bytes(value) == 1 + (48 + 3 + 6 + 4) + 48 + 2
+    assert payload_bytes(None) == 0
