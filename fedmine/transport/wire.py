@@ -253,12 +253,20 @@ def _enc_str(s: str, out: list) -> None:
     out.append(raw)
 
 
+#: dtype -> (its header on the wire, the wire dtype), filled as dtypes are sent (numpy's names are slow to ask).
+_DTYPE_HEADERS: dict[np.dtype, tuple[bytes, np.dtype]] = {}
+
+
 def _enc_dtype(dtype: np.dtype, out: list) -> np.dtype:
-    name = dtype_name(dtype)
-    raw = name.encode("ascii")
-    out.append(_U8.pack(len(raw)))
-    out.append(raw)
-    return DTYPES[name]
+    known = _DTYPE_HEADERS.get(dtype)
+    if known is None:
+        name = dtype_name(dtype)
+        raw = name.encode("ascii")
+        known = (_U8.pack(len(raw)) + raw, DTYPES[name])
+        if len(_DTYPE_HEADERS) < 4 * len(DTYPES):
+            _DTYPE_HEADERS[dtype] = known
+    out.append(known[0])
+    return known[1]
 
 
 def _enc(value: Any, out: list, depth: int) -> None:
@@ -365,42 +373,55 @@ def encode(value: Any) -> bytes:
 class _Reader:
     """A cursor over a message with the limits of one :func:`decode`."""
 
+    __slots__ = ("data", "n", "pos", "values_left")
+
     def __init__(self, data: memoryview, max_values: int) -> None:
         self.data = data
+        self.n = len(data)
         self.pos = 0
         self.values_left = max_values
 
+    def truncated(self, n: int, what: str) -> WireError:
+        return WireError(f"truncated message: {what} needs {n} bytes at offset {self.pos}, {self.n - self.pos} left")
+
     def take(self, n: int, what: str) -> memoryview:
         end = self.pos + n
-        if n < 0 or end > len(self.data):
-            raise WireError(
-                f"truncated message: {what} needs {n} bytes at offset {self.pos}, {len(self.data) - self.pos} left"
-            )
+        if n < 0 or end > self.n:
+            raise self.truncated(n, what)
         out = self.data[self.pos : end]
         self.pos = end
         return out
 
     def unpack(self, s: struct.Struct, what: str):
-        return s.unpack(self.take(s.size, what))[0]
+        pos = self.pos
+        if pos + s.size > self.n:
+            raise self.truncated(s.size, what)
+        self.pos = pos + s.size
+        return s.unpack_from(self.data, pos)[0]
 
     def remaining(self) -> int:
-        return len(self.data) - self.pos
+        return self.n - self.pos
 
     def text(self, what: str) -> str:
         n = self.unpack(_U64, f"{what} length")
         raw = self.take(n, what)
         try:
-            return bytes(raw).decode("utf-8")
+            return str(raw, "utf-8")
         except UnicodeDecodeError as exc:
             raise WireError(f"{what} is not valid utf-8 at offset {self.pos - n + exc.start}") from None
 
     def dtype(self) -> tuple[str, np.dtype]:
         n = self.unpack(_U8, "dtype name length")
         raw = bytes(self.take(n, "dtype name"))
-        name = raw.decode("ascii", errors="replace")
-        if name not in DTYPES:
+        known = _DTYPES_BY_RAW.get(raw)
+        if known is None:
+            name = raw.decode("ascii", errors="replace")
             raise WireError(f"dtype {name!r} not allowed; allowed: {', '.join(DTYPES)}")
-        return name, DTYPES[name]
+        return known
+
+
+#: Wire name as it travels (ascii bytes) -> (name, dtype).
+_DTYPES_BY_RAW = {name.encode("ascii"): (name, dtype) for name, dtype in DTYPES.items()}
 
 
 def _check_bool(arr: np.ndarray) -> None:
@@ -408,39 +429,57 @@ def _check_bool(arr: np.ndarray) -> None:
         raise WireError("bool array holds bytes other than 0 and 1")
 
 
+_unpack_int = _INT64.unpack_from
+_unpack_u32 = _U32.unpack_from
+_unpack_u64 = _U64.unpack_from
+
+
 def _dec(r: _Reader, depth: int) -> Any:
+    """One value at the reader's position (the common tags read inline: requests hold many small values)."""
     if depth > MAX_DEPTH:
         raise WireError(f"message nests deeper than {MAX_DEPTH} levels")
     r.values_left -= 1
     if r.values_left < 0:
         raise WireError("message holds too many values")
-    tag = r.unpack(_U8, "tag")
+    data, pos = r.data, r.pos
+    if pos >= r.n:
+        raise r.truncated(1, "tag")
+    tag = data[pos]
+    pos += 1
+    r.pos = pos
+    if tag == T_INT:
+        if pos + 8 > r.n:
+            raise r.truncated(8, "int")
+        r.pos = pos + 8
+        return _unpack_int(data, pos)[0]
     if tag == T_NONE:
         return None
     if tag == T_TRUE:
         return True
     if tag == T_FALSE:
         return False
-    if tag == T_INT:
-        return r.unpack(_INT64, "int")
-    if tag == T_BIGINT:
-        n = r.unpack(_U16, "big int length")
-        if n > MAX_INT_BYTES:
-            raise WireError(f"big int of {n} bytes exceeds {MAX_INT_BYTES}")
-        return int.from_bytes(r.take(n, "big int"), "big", signed=True)
-    if tag == T_FLOAT:
-        return r.unpack(_F64, "float")
-    if tag == T_STR:
-        return r.text("str")
-    if tag == T_BYTES:
-        n = r.unpack(_U64, "bytes length")
-        return bytes(r.take(n, "bytes"))
     if tag in (T_LIST, T_TUPLE):
-        n = r.unpack(_U32, "list length")
-        if n > r.remaining():
-            raise WireError(f"list of {n} items cannot fit in the {r.remaining()} bytes left")
+        if pos + 4 > r.n:
+            raise r.truncated(4, "list length")
+        n = _unpack_u32(data, pos)[0]
+        r.pos = pos = pos + 4
+        if n > r.n - pos:
+            raise WireError(f"list of {n} items cannot fit in the {r.n - pos} bytes left")
         items = [_dec(r, depth + 1) for _ in range(n)]
         return items if tag == T_LIST else tuple(items)
+    if tag == T_STR:
+        if pos + 8 > r.n:
+            raise r.truncated(8, "str length")
+        n = _unpack_u64(data, pos)[0]
+        pos += 8
+        r.pos = pos
+        if pos + n > r.n:
+            raise r.truncated(n, "str")
+        r.pos = pos + n
+        try:
+            return str(data[pos : pos + n], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise WireError(f"str is not valid utf-8 at offset {pos + exc.start}") from None
     if tag == T_DICT:
         n = r.unpack(_U32, "dict length")
         if 2 * n > r.remaining():
@@ -472,6 +511,16 @@ def _dec(r: _Reader, depth: int) -> Any:
         arr = np.frombuffer(raw, dtype=dtype, count=size).reshape(shape).copy()  # aligned, writable, owned
         _check_bool(arr)
         return arr
+    if tag == T_FLOAT:
+        return r.unpack(_F64, "float")
+    if tag == T_BIGINT:
+        n = r.unpack(_U16, "big int length")
+        if n > MAX_INT_BYTES:
+            raise WireError(f"big int of {n} bytes exceeds {MAX_INT_BYTES}")
+        return int.from_bytes(r.take(n, "big int"), "big", signed=True)
+    if tag == T_BYTES:
+        n = r.unpack(_U64, "bytes length")
+        return bytes(r.take(n, "bytes"))
     if tag == T_SCALAR:
         name, dtype = r.dtype()
         raw = r.take(dtype.itemsize, "scalar")
@@ -493,7 +542,7 @@ def _dec(r: _Reader, depth: int) -> Any:
                 raise WireError(f"record {rtype}: unexpected or repeated field {fname[:60]!r}")
             fields[fname] = _dec(r, depth + 1)
         return build(fields)
-    raise WireError(f"unknown tag 0x{tag:02x} at offset {r.pos - 1}")
+    raise WireError(f"unknown tag 0x{tag:02x} at offset {pos - 1}")
 
 
 def decode(data, *, max_bytes: int = MAX_MESSAGE_BYTES, max_values: int = MAX_VALUES) -> Any:
