@@ -74,7 +74,10 @@ def read_parquet(location: Location, options: dict[str, Any] | None = None) -> p
         raise SourceError(f"cannot read as Parquet: {message}") from exc
     except OSError as exc:
         raise SourceError(f"cannot read {location.path}: {one_line(exc)}") from exc
-    return table.to_pandas()
+    frame = table.to_pandas(split_blocks=True, self_destruct=True)  # each column's Arrow buffer freed once copied
+    del table
+    pyarrow.default_memory_pool().release_unused()  # the pool keeps freed pages otherwise, for the whole run
+    return frame
 
 
 def check_options(options: dict[str, Any]) -> None:

@@ -6,8 +6,9 @@ canonical rows it never sends) leaves the subflow.
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow
-from prefect.futures import PrefectFuture
 
 from fedmine.config import FederationConfig
 from fedmine.party.organisation import Party
@@ -31,39 +32,27 @@ def prepare_organisation(cfg: FederationConfig, org: str) -> Party:
     """
     if cfg.organisations[org].compute is not None:
         return prepare_on_cluster(cfg, org)
-    return prepared(submit_preparation(cfg, org))
+    return prepare_here(cfg, org)[0]
 
 
-def submit_preparation(cfg: FederationConfig, org: str, *, after: PrefectFuture | None = None) -> list[PrefectFuture]:
-    """The preparation's tasks, submitted to the running flow's task runner: [load, harmonise, party].
+def prepare_here(cfg: FederationConfig, org: str) -> tuple[Party, dict[str, float]]:
+    """The preparation's tasks, run in turn in the calling flow: the party and the seconds of each step.
 
-    :func:`prepared` waits for the party. Not for an organisation with
-    ``compute:``. ``after``: a future the load waits for, so that organisations
-    prepared in one process take turns.
+    The steps are ``load`` and ``harmonise``; ``harmonise`` counts the mapping, the split and the party. Each frame is
+    dropped as soon as the next step has what it needs (the tasks are called,
+    not submitted: no future keeps a frame alive for the rest of the run).
+    Not for an organisation with ``compute:``.
     """
-    wait = [] if after is None else [after]
-    raw = load_source.with_options(task_run_name=f"load-source-{org}").submit(cfg, org, wait_for=wait)
+    t0 = time.perf_counter()
+    raw = load_source.with_options(task_run_name=f"load-source-{org}")(cfg, org)
+    t1 = time.perf_counter()
     if cfg.partition == "vertical":  # its ids and its own columns; the rows are aligned later, privately
-        return [raw, make_vertical_party.with_options(task_run_name=f"make-vertical-party-{org}").submit(raw, cfg, org)]
-    data = harmonise_frame.with_options(task_run_name=f"harmonise-{org}").submit(raw, cfg, org)
-    return [raw, data, make_party.with_options(task_run_name=f"make-party-{org}").submit(data, cfg, org)]
-
-
-def prepared(chain: list[PrefectFuture]) -> Party:
-    """The party at the end of a :func:`submit_preparation` chain; a failed step raises its own error."""
-    for future in chain:  # in order: a step after a failed one never runs, so its result would say only that
-        party = future.result()
-    return party
-
-
-def preparation_seconds(futures: list[PrefectFuture], submitted: float) -> dict[str, float]:
-    """Wall seconds of a finished :func:`submit_preparation` chain: ``load`` and ``harmonise`` (mapping, split, party).
-
-    ``submitted``: ``time.time()`` when the chain could start; each step
-    ends when its task's final state was set.
-    """
-    ends = [f.state.timestamp.timestamp() for f in futures]
-    return {"load": ends[0] - submitted, "harmonise": ends[-1] - ends[0]}
+        party = make_vertical_party.with_options(task_run_name=f"make-vertical-party-{org}")(raw, cfg, org)
+    else:
+        data = harmonise_frame.with_options(task_run_name=f"harmonise-{org}")(raw, cfg, org)
+        del raw
+        party = make_party.with_options(task_run_name=f"make-party-{org}")(data, cfg, org)
+    return party, {"load": t1 - t0, "harmonise": time.perf_counter() - t1}
 
 
 def prepare_on_cluster(cfg: FederationConfig, org: str) -> Party:

@@ -19,7 +19,7 @@ from fedmine import report
 from fedmine.config import FederationConfig, load_config
 from fedmine.coordinator.vertical import check_resume
 from fedmine.errors import ConfigError, output_path
-from fedmine.flows.prepare import preparation_seconds, prepare_organisation, prepared, submit_preparation
+from fedmine.flows.prepare import prepare_here, prepare_organisation
 from fedmine.schema.check import log_check
 from fedmine.tasks.rounds import (
     connect_party,
@@ -41,28 +41,24 @@ def _prepare(cfg: FederationConfig, org: str):  # an organisation on its Dask cl
 def _prepare_all(cfg: FederationConfig) -> tuple[list[Any], dict[str, float]]:
     """Every organisation's party, in config order, and the seconds of each one prepared here (``<org>/<step>``).
 
-    Organisations prepared in this process take turns (their raw frames do not
-    all sit in memory at once); party servers are reached all at once. Only the
-    parties outlive this function: the futures hold the frames.
+    Party servers and Dask clusters are reached all at once, in the task
+    runner, while the organisations prepared in this process take turns:
+    one organisation's frames at a time sit in memory.
     """
-    submitted = time.time()  # before the first task can start
-    chains: dict[str, list[Any]] = {}
-    here = None  # the last organisation prepared in this process: the next one's load waits for it
+    away = {}  # reached at a party server, or prepared on its own Dask cluster
     for org, spec in cfg.organisations.items():
         if spec.endpoint:
-            chains[org] = [connect_party.submit(cfg, org)]
-        elif spec.compute is not None:  # on its own Dask cluster
-            chains[org] = [_prepare.submit(cfg, org)]
-        else:
-            chains[org] = submit_preparation(cfg, org, after=here)
-            here = chains[org][-1]
-    parties = [prepared(chain) for chain in chains.values()]
+            away[org] = connect_party.submit(cfg, org)
+        elif spec.compute is not None:
+            away[org] = _prepare.submit(cfg, org)
+    parties: dict[str, Any] = {}
     steps: dict[str, float] = {}
-    for org, chain in chains.items():
-        if len(chain) > 1:  # prepared here by its tasks (a party server times its own); after the one before
-            steps.update({f"{org}/{step}": s for step, s in preparation_seconds(chain, submitted).items()})
-            submitted = chain[-1].state.timestamp.timestamp()
-    return parties, steps
+    for org in cfg.organisations:
+        if org not in away:
+            parties[org], seconds = prepare_here(cfg, org)
+            steps.update({f"{org}/{step}": s for step, s in seconds.items()})
+    parties.update({org: future.result() for org, future in away.items()})
+    return [parties[org] for org in cfg.organisations], steps
 
 
 @flow(name="federated-training", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=False)
