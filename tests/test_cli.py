@@ -653,3 +653,25 @@ def test_tune_refuses_a_config_without_tune_section(demo_config, monkeypatch, ca
     config = with_tune(demo_config, "no-tune.yaml", None)
     code, _, err = call_main(monkeypatch, capsys, "tune", config, "--trials", "2")
     assert code == 2 and err.strip().startswith(f"error: {config}: no tune section; declare tune.space")
+
+
+def test_loading_pauses_the_collector_and_freezes_what_loaded_once(monkeypatch):
+    """The flows' modules load with the cyclic collector paused; what they built, and at exit everything, is frozen."""
+    import atexit
+    import gc
+
+    from fedmine import cli
+
+    registered: list = []
+    monkeypatch.setattr(cli, "_loaded", False)
+    monkeypatch.setattr(atexit, "register", registered.append)
+    frozen = gc.get_freeze_count()
+    with cli._loading(verbose=False):
+        assert not gc.isenabled()
+        built = [[i] for i in range(1000)]
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= frozen + len(built)
+    assert registered == [gc.freeze]
+    with cli._loading(verbose=False):  # once per process: the second block runs with the collector on
+        assert gc.isenabled()
+    assert registered == [gc.freeze]
