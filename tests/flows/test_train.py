@@ -161,7 +161,6 @@ def test_postgresql_organisation_end_to_end(prefect_harness, demo_config, tmp_pa
     engine = sqlalchemy.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
     bank = pd.read_csv(demo_config.parent / "data" / "bank.csv", sep=";", na_values=["?"])
     bank.to_sql("bank_customers", engine, index=False, if_exists="replace")
-    engine.dispose()
 
     def edit(raw, folder):
         raw["organisations"]["bank"]["source"] = f"{postgres_url}?table=bank_customers"
@@ -170,7 +169,12 @@ def test_postgresql_organisation_end_to_end(prefect_harness, demo_config, tmp_pa
     from fedmine.flows.train import federated_training
 
     path = _broken_copy(demo_config, tmp_path, edit)
-    summary = federated_training(str(path), ["training.rounds=3"])
+    try:
+        summary = federated_training(str(path), ["training.rounds=3"])
+    finally:  # the session's database holds only the connector tests' tables otherwise (they list them)
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("DROP TABLE bank_customers"))
+        engine.dispose()
     assert summary["organisations"]["bank"]["rows"] == len(bank)
     assert MlflowClient(store).get_run(summary["run_id"]).info.status == "FINISHED"
 
