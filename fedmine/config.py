@@ -402,6 +402,13 @@ class TrainingSpec(TrainingParams, _StrategyFirst):
         return gbdt_params.engine_params(self, objective, num_class, metric)
 
 
+#: Commands whose releases ``privacy.epsilon`` does not cover: what each one sends exactly.
+OUTSIDE_BUDGET = {
+    "profile": "exact feature ranges, grid counts and quantiles of every organisation",
+    "explain": "exact sums of |SHAP| over every organisation's rows",
+}
+
+
 class PrivacySpec(_Strict):
     """Secure aggregation and differential privacy (docs/privacy.md).
 
@@ -437,6 +444,11 @@ class PrivacySpec(_Strict):
         description="each organisation's metrics of the global model: sent to the coordinator (shared) or "
         "kept and logged by the organisation (own); default: own when epsilon is set, else shared",
     )
+    outside_budget: list[Literal["profile", "explain"]] = Field(
+        default_factory=list,
+        description="under epsilon: the commands whose exact answers the organisation gives anyway, outside the "
+        "budget (profile: ranges, grid counts, quantiles; explain: sums of |SHAP|); default none",
+    )
     label_min: float | None = Field(
         None, description="the label's declared lower bound (DP: regression, poisson, tweedie; labels clipped to it)"
     )
@@ -450,6 +462,21 @@ class PrivacySpec(_Strict):
         if self.label_min is None or self.label_max is None:
             return None
         return (float(self.label_min), float(self.label_max))
+
+    def check_outside_budget(self, command: str) -> None:
+        """Under ``epsilon``, ``command`` (``profile``, ``explain``) only when ``outside_budget`` lists it.
+
+        Raises
+        ------
+        ConfigError
+            One line naming the command, what it releases and the key that allows it.
+        """
+        if self.epsilon is not None and command not in self.outside_budget:
+            raise ConfigError(
+                f"privacy.epsilon={self.epsilon:g} covers the training only: fedmine {command} releases "
+                f"{OUTSIDE_BUDGET[command]} outside the budget; to run it anyway, every organisation's config "
+                f"lists it in privacy.outside_budget (allowed: {', '.join(OUTSIDE_BUDGET)})"
+            )
 
     @property
     def shares_organisation_metrics(self) -> bool:

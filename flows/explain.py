@@ -50,6 +50,7 @@ def federated_explanation(
     data with the MLflow run id and the local plot folders.
     """
     cfg = load_config(config, overrides)
+    cfg.privacy.check_outside_budget("explain")  # before any organisation's rows are read
     plotting = list(organisations or cfg.organisations)
     for org in plotting:
         if org not in cfg.organisations:

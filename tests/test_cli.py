@@ -675,3 +675,17 @@ def test_loading_pauses_the_collector_and_freezes_what_loaded_once(monkeypatch):
     with cli._loading(verbose=False):  # once per process: the second block runs with the collector on
         assert gc.isenabled()
     assert registered == [gc.freeze]
+
+
+def test_profile_and_explain_refuse_differential_privacy_unless_outside_budget_lists_them(trained, monkeypatch, capsys):
+    """Their answers are exact: under privacy.epsilon they run only when the config allows it."""
+    dp = ["--set", "training.strategy=histogram", "--set", "privacy.epsilon=4"]
+    for name in ("income", "debt_ratio", "late_payments", "tenure_years"):  # DP's declared ranges
+        dp += ["--set", f"features.{name}.min=0", "--set", f"features.{name}.max=1000000"]
+    code, _, err = call_main(monkeypatch, capsys, "profile", trained["config"], "--no-track", *dp)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "error: privacy.epsilon=4 covers the training only: fedmine profile releases" in err
+    model = trained["summary"]["model_file"]
+    code, _, err = call_main(monkeypatch, capsys, "explain", trained["config"], "--model", model, *dp)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "fedmine explain releases exact sums of |SHAP|" in err and "privacy.outside_budget" in err

@@ -141,6 +141,7 @@ def explain_parties(
     from fedmine.privacy.secure_agg import SecureAggregationWarning
     from fedmine.schema.profiler import feature_specs
 
+    cfg.privacy.check_outside_budget("explain")
     links = [p if isinstance(p, Link) else Link(p) for p in parties]
     notices: list[str] = []
     if secure is None:

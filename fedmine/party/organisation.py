@@ -350,12 +350,27 @@ class Party:
         "row_counts": "its row counts are exact and stay with it",
     }
 
+    #: Calls of the commands ``privacy.outside_budget`` may allow under epsilon, by command.
+    _OUTSIDE_BUDGET: ClassVar[dict[str, str]] = {
+        "profile_ranges": "profile",
+        "profile_counts": "profile",
+        "profile_view": "profile",
+        "shap_sums": "explain",
+        "shap_plots": "explain",
+    }
+
     def _check_dp(self, entry: protocol.Call, args: tuple, kwargs: dict) -> None:
         """Under the config's ``privacy.epsilon`` every release carries this party's noise share, or is refused."""
         policy, name = self.policy, entry.name
         epsilon = f"this organisation's config sets privacy.epsilon={policy.epsilon:g}"
         if name in self._EXACT_UNDER_DP:
             raise self._refuse(name, f"{epsilon}; {self._EXACT_UNDER_DP[name]}")
+        command = self._OUTSIDE_BUDGET.get(name)
+        if command is not None and command not in policy.outside_budget:
+            raise self._refuse(
+                name,
+                f"{epsilon}; fedmine {command}'s answers are exact (allowed by privacy.outside_budget: [{command}])",
+            )
         if name == "label_totals":
             variances = args[0] if args else kwargs.get("variances")
             if variances is None:

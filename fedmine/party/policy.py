@@ -61,6 +61,7 @@ class PartyPolicy:
     declared : bool mask of features whose range the schema declares.
     shares_metrics : answers ``own_metrics`` and ``local_baseline`` (``privacy.organisation_metrics: shared``).
     shares_rows : answers ``row_counts`` (shared metrics, or a tree strategy).
+    outside_budget : under epsilon, the commands it answers exactly anyway (``privacy.outside_budget``).
     label_range : ``(privacy.label_min, privacy.label_max)`` (DP: real labels are clipped to it), or None.
     clip_bounds : under epsilon, the largest gradient and hessian clips it accepts (``privacy.gradient_bound``,
         ``privacy.hessian_bound`` or the objective's own bounds), else None.
@@ -77,6 +78,7 @@ class PartyPolicy:
     declared: np.ndarray = field(hash=False, compare=False)
     shares_metrics: bool = True
     shares_rows: bool = True
+    outside_budget: frozenset[str] = frozenset()
     label_range: tuple[float, float] | None = None
     clip_bounds: tuple[float, float] | None = None
     max_nodes_per_request: int = MAX_NODES_PER_REQUEST
@@ -115,6 +117,7 @@ class PartyPolicy:
             declared=declared,
             shares_metrics=cfg.privacy.shares_organisation_metrics,
             shares_rows=cfg.privacy.shares_organisation_metrics or t.strategy != "histogram",
+            outside_budget=frozenset(cfg.privacy.outside_budget),
             label_range=cfg.privacy.label_range,
             clip_bounds=clips,
         )

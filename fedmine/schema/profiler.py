@@ -251,6 +251,7 @@ def profile_parties(
     """
     from fedmine.privacy.secure_agg import SecureAggregationWarning
 
+    cfg.privacy.check_outside_budget("profile")
     links = [p if isinstance(p, Link) else Link(p) for p in parties]
     secure = cfg.secure_aggregation if secure is None else secure
     notices = []
@@ -363,6 +364,7 @@ def profile_federation(
     """
     from fedmine.coordinator.client import connect
 
+    cfg.privacy.check_outside_budget("profile")  # before any organisation's rows are read
     parties: list[Any] = []
     try:
         for org in orgs or list(cfg.organisations):

@@ -8,7 +8,7 @@ import pytest
 
 from fedmine.coordinator.client import RemoteParty
 from fedmine.coordinator.explanation import explain_parties, fixed_point_scale, shap_bound, write_report
-from fedmine.errors import PartyError
+from fedmine.errors import ConfigError, PartyError
 from fedmine.party.server import serve_party
 from tests.coordinator.test_strategies import make
 
@@ -116,6 +116,19 @@ def test_a_party_refuses_a_model_of_another_schema():
     other = text.replace("feature_names=a b c", "feature_names=a b d")
     with pytest.raises(PartyError, match=r"party a: explain refused: the model's features \['a', 'b', 'd'\]"):
         explain_parties(cfg, parties, other, plots=False)
+
+
+def test_under_dp_the_explanation_needs_outside_budget_before_any_party_is_asked():
+    cfg, parties, _, text = trained()
+    cfg.privacy.epsilon = 2.0
+    seen = record(parties, "shap_sums")
+    with pytest.raises(
+        ConfigError,
+        match=r"^privacy.epsilon=2 covers the training only: fedmine explain releases exact sums of \|SHAP\| .*"
+        r"privacy.outside_budget \(allowed: profile, explain\)$",
+    ):
+        explain_parties(cfg, parties, text, plots=False)
+    assert all(not answers for answers in seen.values())
 
 
 def test_the_scale_keeps_every_sum_inside_int64():

@@ -195,6 +195,25 @@ def test_noise_comes_from_the_party_and_stays_on_under_dp(rows):
         bank.call("set_noise", np.ones(3), n_parties=9)
 
 
+def test_profile_and_shap_answers_are_refused_under_dp_unless_outside_budget_allows_them(rows):
+    X, y, parts = rows
+    cfg = cfg_for("binary", ORGS[:3])
+    cfg.privacy.epsilon = 1.0
+    cfg.privacy.secure_aggregation = False  # the summed shap_sums would wait for a key exchange first
+    bank = policy_parties(cfg, X, y, parts)[0]
+    with pytest.raises(
+        PartyError, match=r"profile_ranges refused: .*privacy.epsilon=1; fedmine profile's answers are exact"
+    ):
+        bank.call("profile_ranges")
+    with pytest.raises(PartyError, match=r"shap_sums refused: .*allowed by privacy.outside_budget: \[explain\]"):
+        bank.call("shap_sums", "model", 1.0)
+    cfg.privacy.outside_budget = ["profile"]
+    bank = policy_parties(cfg, X, y, parts)[0]
+    assert bank.call("profile_ranges").shape == (X.shape[1], 2)  # its own config allows it
+    with pytest.raises(PartyError, match=r"shap_sums refused"):
+        bank.call("shap_sums", "model", 1.0)
+
+
 def test_local_training_uses_the_organisations_own_parameters_and_caps(rows):
     X, y, _parts = rows
     cfg = cfg_for("binary", ORGS[:3], strategy="bagging", local_rounds=2, rounds=5)

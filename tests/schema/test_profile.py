@@ -95,6 +95,18 @@ def test_secure_aggregation_gives_the_same_totals(tmp_path):
     assert [f["organisation"] for f in masked.flags] == [f["organisation"] for f in plain.flags]
 
 
+def test_under_dp_the_profile_runs_only_when_every_organisation_allows_it(tmp_path):
+    from fedmine.errors import ConfigError
+
+    cfg = income_federation(tmp_path, strategy="histogram")
+    want = profile_federation(cfg).federation
+    cfg.privacy.epsilon = 1.0
+    with pytest.raises(ConfigError, match=r"^privacy.epsilon=1 covers the training only: fedmine profile releases"):
+        profile_federation(cfg)
+    cfg.privacy.outside_budget = ["profile"]
+    assert json.dumps(profile_federation(cfg).federation) == json.dumps(want)
+
+
 def test_drift_between_profiles(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
