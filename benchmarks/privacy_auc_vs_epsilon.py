@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/privacy_auc_vs_epsilon.py [--data taiwan bank] [--epsilons 0.1 0.25 0.5 1 2 4 8]
-        [--parties 4] [--rounds 80] [--method leaf] [--leaf-trees cyclic] [--seeds 1]
+        [--parties 4] [--rounds 80] [--method leaf] [--leaf-trees cyclic] [--seeds 1] [--first-seed 0]
         [--tasks binary multiclass regression]
         [--tracking-uri sqlite:///mlruns/mlflow.db]
 
@@ -170,6 +170,7 @@ def main(argv=None):
     ap.add_argument("--method", default="leaf", choices=["leaf", "histogram"])
     ap.add_argument("--leaf-trees", default="cyclic", choices=["cyclic", "random"])
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--tasks", nargs="+", default=["binary"], choices=["binary", "multiclass", "regression"])
     ap.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db")
     args = ap.parse_args(argv)
@@ -182,14 +183,14 @@ def main(argv=None):
             full = load(name, task)
             key = metrics.primary(task)
             base = []
-            for s in range(args.seeds):
+            for s in range(args.first_seed, args.first_seed + args.seeds):
                 train_data, (Xt, yt) = split(full, s)
                 coord, wall = train(train_data, args.parties, args.nonprivate_rounds, math.inf, seed=s)
                 base.append((score(task, coord.model_text(), Xt, yt)[key], wall))
             rows.append((name, task, math.inf, key, float(np.mean([b[0] for b in base])), base, None, None, 0.0))
             for eps in args.epsilons:
                 vals, spent, zs, walls = [], [], [], []
-                for s in range(args.seeds):
+                for s in range(args.first_seed, args.first_seed + args.seeds):
                     train_data, (Xt, yt) = split(full, s)
                     coord, wall = train(
                         train_data,
