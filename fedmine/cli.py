@@ -14,7 +14,8 @@ import gc
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -47,12 +48,54 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def _start_prefect_api() -> Callable[[], None]:
+    """Start the Prefect API server of this process's flows now, in the background; the call returned waits for it.
+
+    With no ``PREFECT_API_URL``, Prefect starts a temporary server (a
+    subprocess) at the first flow run and waits for it: 4-7 s, most of them
+    the server importing its modules. Started here, it comes up while the
+    flows' modules load. Nothing starts when the API is a server of its own
+    (``PREFECT_API_URL``, the tests' harness) or the temporary one is up.
+    A server that fails to start raises Prefect's error from the wait.
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return lambda: None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance Prefect's client starts and uses, stopped at exit
+    if server.running:
+        return lambda: None
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            server.start()
+        except BaseException as exc:  # raised again in the main thread by wait()
+            failed.append(exc)
+
+    thread = threading.Thread(target=start, name="prefect-api-start", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failed:
+            raise failed[0]
+
+    return wait
+
+
 _loaded = False  # this process has loaded its flows' modules once (see _loading)
 
 
 @contextlib.contextmanager
 def _loading(verbose: bool) -> Iterator[None]:
-    """Prefect quiet, and the flows' modules imported in the block with the garbage collector paused.
+    """Prefect quiet, its API started, and the flows' modules imported in the block with the garbage collector paused.
+
+    Prefect's API server (see :func:`_start_prefect_api`) starts before the
+    block and is up after it.
 
     Prefect, MLflow, LightGBM, scikit-learn and matplotlib build a few million
     long-lived objects as they load. The cyclic collector would scan them
@@ -68,15 +111,17 @@ def _loading(verbose: bool) -> Iterator[None]:
     if _loaded:
         yield
         return
+    atexit.register(gc.freeze)  # runs after the exit handlers registered later (Prefect's, MLflow's)
     enabled = gc.isenabled()
     gc.disable()
     try:
+        api_up = _start_prefect_api()
         yield
+        api_up()
     finally:
         gc.freeze()
         if enabled:
             gc.enable()
-    atexit.register(gc.freeze)  # runs after the exit handlers registered later (Prefect's, MLflow's)
     _loaded = True
 
 

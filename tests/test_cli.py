@@ -655,7 +655,7 @@ def test_tune_refuses_a_config_without_tune_section(demo_config, monkeypatch, ca
     assert code == 2 and err.strip().startswith(f"error: {config}: no tune section; declare tune.space")
 
 
-def test_loading_pauses_the_collector_and_freezes_what_loaded_once(monkeypatch):
+def test_loading_pauses_the_collector_and_freezes_what_loaded_once(prefect_harness, monkeypatch):
     """The flows' modules load with the cyclic collector paused; what they built, and at exit everything, is frozen."""
     import atexit
     import gc
@@ -671,10 +671,37 @@ def test_loading_pauses_the_collector_and_freezes_what_loaded_once(monkeypatch):
         built = [[i] for i in range(1000)]
     assert gc.isenabled()
     assert gc.get_freeze_count() >= frozen + len(built)
-    assert registered == [gc.freeze]
+    assert registered == [gc.freeze]  # and no Prefect server: the harness's API is in PREFECT_API_URL
     with cli._loading(verbose=False):  # once per process: the second block runs with the collector on
         assert gc.isenabled()
     assert registered == [gc.freeze]
+
+
+@pytest.mark.slow
+def test_loading_starts_prefects_temporary_api_before_the_first_flow():
+    """With no PREFECT_API_URL, Prefect's temporary API server answers when the flows' modules have loaded."""
+    code = """
+import threading
+import httpx
+from fedmine import cli
+with cli._loading(verbose=False):  # the server starts while the block runs
+    print("starting", [t.name for t in threading.enumerate() if t.name == "prefect-api-start"])
+from prefect.server.api.server import SubprocessASGIServer
+server = SubprocessASGIServer()
+print("answers", httpx.get(server.api_url + "/health").status_code)
+from prefect import flow
+from prefect.context import FlowRunContext
+@flow
+def api() -> str:
+    return str(FlowRunContext.get().client.api_url)
+print("flow on", api() == server.api_url + "/", len(SubprocessASGIServer._instances))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_LOGGING", "PREFECT_API_URL"))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[:3] == ["starting ['prefect-api-start']", "answers 200", "flow on True 1"], (
+        result.stdout
+    )
 
 
 def test_profile_and_explain_refuse_differential_privacy_unless_outside_budget_lists_them(trained, monkeypatch, capsys):
