@@ -55,10 +55,6 @@ from fedmine.privacy.accountant import Sensitivity
 HESS_SHARE = 0.15
 #: Share of the budget spent on the noisy bin counts (DP quantiles of every feature).
 BIN_SHARE = 0.1
-#: Share of the budget spent on the noisy class counts of the initial score (binary, multiclass).
-LABEL_SHARE = 0.02
-#: Objectives whose label statistics are class counts (noised under the leaf method).
-COUNTED_LABELS = ("binary", "multiclass")
 #: Cells of the coarse grid the DP quantiles are read from (fewer cells, less accumulated noise).
 DP_GRID_SIZE = 128
 #: Ranges wider than this many units get an asinh-spaced grid (:func:`dp_grids`).
@@ -301,7 +297,6 @@ class LeafTrainer(Trainer):
         seed: int | None = 0,
         trees: str = "cyclic",
         bin_variance: float | None = None,
-        label_variance: float | None = None,
         **kwargs,
     ) -> None:
         kwargs.setdefault("n_grid", DP_GRID_SIZE)
@@ -311,7 +306,6 @@ class LeafTrainer(Trainer):
             raise ConfigError(f"privacy.leaf_trees: {trees!r} is not allowed; allowed: {', '.join(TREES)}")
         self.tree_kind = trees
         self.bin_variance = bin_variance
-        self.label_variance = label_variance
         if self.dp is None:
             raise ConfigError("privacy.dp_method leaf needs privacy.epsilon")
         if trees == "random" and self.params.max_depth < 1:
@@ -363,17 +357,9 @@ class LeafTrainer(Trainer):
             self._rng.bit_generator.state = self._rng_state
 
     def _label_stats(self) -> np.ndarray:
-        """Noisy class counts (binary, multiclass) under ``label_variance``; a resumed run's own initial counts."""
+        """The initial score's label statistics (post-processing of the noisy label totals); a resumed run's own."""
         given = getattr(self, "_given_label_stats", None)
-        if given is not None:
-            return given
-        if self.label_variance is None or self.params.objective not in COUNTED_LABELS:
-            stats = super()._label_stats()
-        else:
-            n_parties = len(self.party.parties) if hasattr(self.party, "parties") else 1
-            stats = self.party.label_stats(self.params, variance=float(self.label_variance), n_parties=n_parties)
-            stats = np.maximum(np.asarray(stats, dtype=np.int64), 1)
-        self.label_stats_ = np.asarray(stats, dtype=np.int64)
+        self.label_stats_ = given if given is not None else np.asarray(super()._label_stats(), dtype=np.int64)
         return self.label_stats_
 
     def _grids(self, ranges: np.ndarray) -> np.ndarray:
