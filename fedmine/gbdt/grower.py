@@ -40,12 +40,6 @@ of the noisy sums. The nodes of one exchange are disjoint within each tree
 (the smaller child of distinct leaves), so one row is in at most one node per
 tree of a release.
 
-The two children of a split are searched at once, one on a second thread
-(the split kernel releases the GIL), as LightGBM searches features on its
-threads: the parties wait for the next request meanwhile, so a core would
-otherwise idle. Each search writes only its own result, so the splits are
-the same bits as one after the other.
-
 Node ids on the wire are *slots* (``tree * NODE_STRIDE + slot``), handed out
 when a split is sent; each node records its slot so a party can find the
 node's rows in its partition.
@@ -53,8 +47,6 @@ node's rows in its partition.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -68,18 +60,6 @@ from fedmine.privacy.noise import clamp_histograms
 
 #: Largest ``lookahead``.
 MAX_LOOKAHEAD = 7
-
-
-_SEARCH_POOL: list[ThreadPoolExecutor] = []
-
-
-def _search_pool() -> ThreadPoolExecutor | None:
-    """The second thread that searches one child of a split while the caller searches the other (one core: None)."""
-    if (os.cpu_count() or 1) < 2:
-        return None
-    if not _SEARCH_POOL:
-        _SEARCH_POOL.append(ThreadPoolExecutor(1, thread_name_prefix="fedmine-split-search"))
-    return _SEARCH_POOL[0]
 
 
 def max_slots(num_leaves: int, lookahead: int) -> int:
@@ -204,12 +184,7 @@ class TreeGrower:
         return nd["count"] >= 2 * self.rules.min_data_in_leaf and nd["count"] >= 2
 
     def _search(self, k: int, st: _TreeState, node: int, hist: np.ndarray) -> None:
-        st.best[node] = self._best_split(k, st, node, hist)
-        st.hist[node] = hist
-
-    def _best_split(self, k: int, st: _TreeState, node: int, hist: np.ndarray):
-        """``(split, bitset)`` of ``node`` (:func:`~fedmine.gbdt.splitting.find_best_split`); reads ``st`` only."""
-        return find_best_split(
+        split, bits = find_best_split(
             hist,
             allowed=self.feature_masks[k],
             n_bins=self.mapper.n_bins,
@@ -220,6 +195,8 @@ class TreeGrower:
             rules=self._rules_array,
             parent_output=st.out[node],
         )
+        st.best[node] = (split, bits)
+        st.hist[node] = hist
 
     def _children_wanted(self, st: _TreeState, node: int) -> bool:
         """Will a child of ``node``'s split be searched if ``node`` splits next?"""
@@ -328,17 +305,9 @@ class TreeGrower:
         st.hist.pop(node, None)
         if len(st.leaf_slots) >= self.num_leaves:
             return
-        todo = [(child, h) for child, h in ((left, h_left), (right, h_right)) if self._searchable(st, child)]
-        pool = _search_pool() if len(todo) == 2 else None
-        if pool is None:
-            for child, h in todo:
+        for child, h in ((left, h_left), (right, h_right)):
+            if self._searchable(st, child):
                 self._search(k, st, child, h)
-            return
-        (first, h_first), (second, h_second) = todo
-        other = pool.submit(self._best_split, k, st, second, h_second)
-        self._search(k, st, first, h_first)
-        st.best[second] = other.result()
-        st.hist[second] = h_second
 
     # ------------------------------------------------------------------
     def open(self) -> None:
