@@ -118,8 +118,12 @@ def _sum(answers: Sequence[Any]) -> Any:
     if isinstance(first, dict):
         return {k: _sum([a[k] for a in answers]) for k in first}
     total = np.asarray(first)
-    for a in answers[1:]:
-        total = total + np.asarray(a)
+    for i, a in enumerate(answers[1:]):
+        a = np.asarray(a)
+        if i and total.shape == np.broadcast_shapes(total.shape, a.shape) and np.can_cast(a.dtype, total.dtype):
+            np.add(total, a, out=total)  # into the sum made by the first add: one array for all the answers
+        else:
+            total = total + a
     return total
 
 

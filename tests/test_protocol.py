@@ -69,6 +69,13 @@ def test_summed_answers_are_integer_sums_and_disclosed_ones_are_kept_apart():
     assert {"describe", "own_metrics", "train_local", "begin_round", "feature_ranges"} <= protocol.disclosed()
     parts = [np.array([1, 2], dtype=np.int64), np.array([10, 20], dtype=np.int64)]
     assert protocol.merge("histograms", parts).tolist() == [11, 22]
+    # four answers, wrapping as masked ones do: the sum is exact and no answer is changed
+    edge = np.iinfo(np.int64)
+    four = [np.array([edge.max, 1]), np.array([1, 2]), np.array([edge.min, 3]), np.array([-1, 4])]
+    before = [a.copy() for a in four]
+    assert protocol.merge("histograms", four).tolist() == [-1, 10]
+    assert all(np.array_equal(a, b) for a, b in zip(four, before))
+    assert protocol.merge("histograms", [np.array([1]), np.array([[1], [2]]), np.array([1])]).tolist() == [[3], [4]]
     assert protocol.merge("describe", [{"n_rows": 1}, {"n_rows": 2}]) == [{"n_rows": 1}, {"n_rows": 2}]
     ranges = protocol.merge("feature_ranges", [np.array([[0.0, 1.0]]), np.array([[-1.0, 0.5]])])
     assert ranges.tolist() == [[-1.0, 1.0]]

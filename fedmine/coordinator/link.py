@@ -98,8 +98,8 @@ class Link:
         size = payload_bytes(answer)
         with self._lock:
             self.calls += 1  # one round trip, a batch included
-            if method == "batch":  # what the receipt lists is what each part answered
-                self.answered.update(name for name, _, _ in protocol.check_parts(args[0] if args else kwargs["parts"]))
+            if method == "batch":  # what the receipt lists is what each part answered (the party checked them)
+                self.answered.update(part[0] for part in (args[0] if args else kwargs["parts"]))
             else:
                 self.answered.add(method)
             self.bytes_received += sent
