@@ -87,6 +87,24 @@ def _start_prefect_api() -> Callable[[], None]:
     return wait
 
 
+@contextlib.contextmanager
+def _without_heartbeats() -> Iterator[None]:
+    """Flow runs in the block send no heartbeats to Prefect's temporary API server (a server of its own gets them).
+
+    Heartbeats let a server tell that a flow run's process died; the temporary
+    server ends with the process, so they tell it nothing, and each flow run
+    ends by waiting for its heartbeat thread's next wake-up (up to a second).
+    ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` in the environment still decides.
+    """
+    from prefect.settings import get_current_settings, temporary_settings
+
+    if get_current_settings().api.url or "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ:
+        yield
+        return
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
+
+
 _loaded = False  # this process has loaded its flows' modules once (see _loading)
 
 
@@ -137,7 +155,8 @@ def _train(
         from fedmine.flows.train import federated_training
 
     def run() -> dict:
-        return federated_training(str(config), overrides, str(summary_json) if summary_json else None, resume)
+        with _without_heartbeats():
+            return federated_training(str(config), overrides, str(summary_json) if summary_json else None, resume)
 
     if not sys.stderr.isatty():
         return run()
@@ -359,7 +378,10 @@ def explain(
     with _loading(verbose):
         from fedmine.flows.explain import federated_explanation
 
-    result = federated_explanation(str(config), model, list(org) or None, list(set_), str(output) if output else None)
+    with _without_heartbeats():
+        result = federated_explanation(
+            str(config), model, list(org) or None, list(set_), str(output) if output else None
+        )
     if summary_json is not None:
         summary_json.write_text(json.dumps(result, indent=2))
     outputs = result["outputs"]
@@ -414,7 +436,7 @@ def tune(
             return
         typer.echo(f"\r  round {r}/{total}", nl=False, err=True)
 
-    with progress.listening(on_round):
+    with progress.listening(on_round), _without_heartbeats():
         summary = federated_tuning(str(config), trials, list(set_), str(out) if out else None)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=2, default=float))
@@ -575,7 +597,8 @@ def party_serve(
     with _loading(verbose):
         from fedmine.flows.prepare import prepare_organisation
 
-    party = prepare_organisation(cfg, org)
+    with _without_heartbeats():
+        party = prepare_organisation(cfg, org)
     party.output_dir = output.resolve()
     if (where := party.where()) is not None:
         typer.echo(f"party {org}: {where}")

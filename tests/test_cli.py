@@ -679,7 +679,10 @@ def test_loading_pauses_the_collector_and_freezes_what_loaded_once(prefect_harne
 
 @pytest.mark.slow
 def test_loading_starts_prefects_temporary_api_before_the_first_flow():
-    """With no PREFECT_API_URL, Prefect's temporary API server answers when the flows' modules have loaded."""
+    """With no PREFECT_API_URL, Prefect's temporary API server answers when the flows' modules have loaded.
+
+    The flow runs on it, and sends it no heartbeats.
+    """
     code = """
 import threading
 import httpx
@@ -691,17 +694,34 @@ server = SubprocessASGIServer()
 print("answers", httpx.get(server.api_url + "/health").status_code)
 from prefect import flow
 from prefect.context import FlowRunContext
+from prefect.settings import get_current_settings
 @flow
-def api() -> str:
-    return str(FlowRunContext.get().client.api_url)
-print("flow on", api() == server.api_url + "/", len(SubprocessASGIServer._instances))
+def api() -> tuple:
+    return str(FlowRunContext.get().client.api_url), get_current_settings().flows.heartbeat_frequency
+with cli._without_heartbeats():
+    url, heartbeats = api()
+print("flow on", url == server.api_url + "/", len(SubprocessASGIServer._instances), "heartbeats", heartbeats)
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_LOGGING", "PREFECT_API_URL"))}
+    env.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split("\n")[:3] == ["starting ['prefect-api-start']", "answers 200", "flow on True 1"], (
-        result.stdout
-    )
+    assert result.stdout.split("\n")[:3] == [
+        "starting ['prefect-api-start']",
+        "answers 200",
+        "flow on True 1 heartbeats None",
+    ], result.stdout
+
+
+def test_flow_runs_keep_their_heartbeats_on_a_prefect_server_of_its_own(prefect_harness):
+    """The harness's server (PREFECT_API_URL) outlives the process: its flow runs send heartbeats as configured."""
+    from prefect.settings import get_current_settings
+
+    from fedmine import cli
+
+    configured = get_current_settings().flows.heartbeat_frequency
+    with cli._without_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency == configured is not None
 
 
 def test_profile_and_explain_refuse_differential_privacy_unless_outside_budget_lists_them(trained, monkeypatch, capsys):
