@@ -153,6 +153,9 @@ def _train(
     with _loading(verbose):
         from fedmine import progress
         from fedmine.flows.train import federated_training
+        from fedmine.tracking import open_store
+
+        open_store(cfg)  # while Prefect's API server starts
 
     def run() -> dict:
         with _without_heartbeats():

@@ -115,6 +115,29 @@ def prepare_store(uri: str) -> None:
         db.resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
+def _quiet_store() -> None:
+    """The store's failures reach the user as one TrackingError line, not as MLflow's logged tracebacks."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+def open_store(cfg: FederationConfig) -> None:
+    """Open the config's MLflow store now: its tables created or checked, its experiment looked up.
+
+    MLflow builds one store object per URI in a process (for SQLite: its
+    modules loaded, an engine, the schema's migrations checked, about 0.7 s;
+    more on a new store), which the training's :class:`Tracker` then reuses,
+    so its run starts at once. The CLI calls this while Prefect's API server
+    starts. A store that cannot be opened is left as it is: the Tracker
+    reports it, in its own words, when the training starts.
+    """
+    _quiet_store()
+    try:
+        prepare_store(cfg.tracking.uri)
+        MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri).get_experiment_by_name(cfg.name)
+    except Exception:  # the Tracker's to report
+        return
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -138,8 +161,7 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        # the store's failures reach the user as one TrackingError line, not as MLflow's logged tracebacks
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+        _quiet_store()
         self.run_id: str | None = None
         self.org_runs: dict[str, str] = {}
         self.experiment_id: str | None = None
