@@ -29,14 +29,18 @@ from fedmine.transport import wire
 from fedmine.transport.certs import ServerTLS
 from fedmine.transport.flight import (
     _ENDPOINT,
+    ANSWER,
+    CALL_STREAM,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    ERROR,
     ERRORS,
     LOCK_FREE,
     MAX_REQUEST_BYTES,
     _error,
     _one_line,
     check_request,
+    split_request,
 )
 from fedmine.transport.wire import WireError
 
@@ -58,7 +62,9 @@ class PartyServer(flight.FlightServerBase):
 
     The server is listening once constructed; :meth:`serve` blocks until
     :meth:`shutdown`. Calls to the party are serialised by a lock (the party
-    is a state machine), except those in :data:`LOCK_FREE`.
+    is a state machine), except those in :data:`LOCK_FREE`. Calls arrive on
+    call streams (``do_exchange``, one frame per call) or as actions
+    (``do_action``), answered alike.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class PartyServer(flight.FlightServerBase):
                 )
         self._actions = self.allowed_calls
         self._lock = threading.Lock()
+        self._stopping = False  # set by shutdown: open streams end after their current call
         if tls is None:
             if not allow_insecure:
                 raise ConfigError(f"party {self.name}: serving without TLS needs allow_insecure=True")
@@ -135,10 +142,56 @@ class PartyServer(flight.FlightServerBase):
         self._authorise(context, "do_action")
         return [flight.Result(pa.py_buffer(self._answer(action.type, action.body)))]
 
-    def _answer(self, name: str, body: pa.Buffer | None) -> bytes:
-        """The encoded answer to one action, or the Flight error that says why not (the conversion point)."""
+    def do_exchange(self, context, descriptor, reader, writer):
+        """A call stream: request frames one after another, each answered with one frame, in order."""
+        self._authorise(context, "do_exchange")
+        if descriptor.descriptor_type != flight.DescriptorType.CMD or descriptor.command != CALL_STREAM:
+            raise _error(
+                flight.FlightServerError,
+                "PartyError",
+                f"party {self.name}: do_exchange serves only the call stream {CALL_STREAM.decode()!r}",
+            )
+        while not self._stopping:
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:  # the client ended the stream
+                return
+            except (flight.FlightError, pa.ArrowException) as exc:  # cancelled, or the connection went
+                log.debug("party %s: call stream ended: %s", self.name, _one_line(str(exc)))
+                return
+            if self._stopping:  # neither applied nor answered: the client asks again
+                return
+            frame = self._frame_answer(chunk.app_metadata)
+            try:
+                writer.write_metadata(pa.py_buffer(frame))
+            except (flight.FlightError, pa.ArrowException) as exc:
+                log.debug("party %s: call stream ended: %s", self.name, _one_line(str(exc)))
+                return
+
+    def _frame_answer(self, frame: pa.Buffer | None) -> bytes:
+        """The answer frame to one request frame: ``ANSWER`` + the answer, or ``ERROR`` + why not."""
+        try:
+            try:
+                if frame is None:
+                    raise WireError("no request in the message's metadata")
+                name, body = split_request(frame)
+            except WireError as exc:
+                raise _error(
+                    flight.FlightServerError, "WireError", f"party {self.name}: bad request frame: {exc}"
+                ) from None
+            return self._answer(name, body, prefix=ANSWER)
+        except flight.FlightError as exc:
+            return ERROR + (exc.extra_info or b"")
+
+    def shutdown(self) -> None:
+        """Stop serving: open call streams end after their current call; blocks until every call has ended."""
+        self._stopping = True
+        super().shutdown()
+
+    def _answer(self, name: str, body: Any, *, prefix: bytes = b"") -> bytes:
+        """The encoded answer to one call (after ``prefix``), or the Flight error saying why not (conversion point)."""
         t0 = time.perf_counter()
-        size = 0 if body is None else body.size
+        size = 0 if body is None else len(body)
         if name not in self._actions:
             raise _error(
                 flight.FlightServerError,
@@ -182,7 +235,7 @@ class PartyServer(flight.FlightServerBase):
                 with self._lock:
                     answer = self.party.call(name, *args, **kwargs)
             try:
-                out = wire.encode(answer)
+                out = wire.encode(answer, prefix=prefix)
             except WireError as exc:  # the party's bug, not the coordinator's input
                 raise PartyError(f"party {self.name}: {name}: answer cannot travel: {exc}") from None
         except Exception as exc:  # the server's one conversion point: the reason travels, the traceback stays
@@ -229,9 +282,6 @@ class PartyServer(flight.FlightServerBase):
 
     def do_put(self, context, descriptor, reader, writer):
         self._unsupported(context, "do_put")
-
-    def do_exchange(self, context, descriptor, reader, writer):
-        self._unsupported(context, "do_exchange")
 
 
 def serve_party(

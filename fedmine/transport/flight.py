@@ -1,29 +1,36 @@
 """The Flight transport: how one protocol call crosses the network.
 
 This module owns what both ends of the wire share (see docs/transport.md):
-limits, defaults, the endpoint syntax, the request shape and the error
-conversion. The party's end is :class:`~fedmine.party.server.PartyServer`,
-the coordinator's :class:`~fedmine.coordinator.client.RemoteParty`::
+limits, defaults, the endpoint syntax, the request shape, the call stream's
+frames and the error conversion. The party's end is
+:class:`~fedmine.party.server.PartyServer`, the coordinator's
+:class:`~fedmine.coordinator.client.RemoteParty`::
 
     coordinator                                  organisation
     Link(RemoteParty).call("evaluate")
       RemoteParty.call("evaluate")
-        do_action("evaluate", encode((args, kwargs)))  --mTLS-->  PartyServer.do_action
-                                                                    check peer = coordinator
-                                                                    check action in the protocol table
-                                                                    decode, lock, party.call("evaluate")
-        decode(answer)                            <--------------  encode(answer) | error
+        call stream (one open do_exchange):
+          request_frame("evaluate", args, kwargs)  --mTLS-->  PartyServer.do_exchange
+                                                                check peer = coordinator (once per stream)
+                                                                check action in the protocol table
+                                                                decode, lock, party.call("evaluate")
+          ANSWER + encode(answer) | ERROR + error  <--------  (the next call on the same stream)
 
-One Flight action per call of the protocol table (:mod:`fedmine.protocol`),
-named as the call (``describe``, ``start``, ``histograms``, ...). Bodies are
-:mod:`fedmine.transport.wire` messages: the request is ``(args, kwargs)``, the
-answer is the call's return value.
+One call of the protocol table (:mod:`fedmine.protocol`) per frame, named as
+the call (``describe``, ``start``, ``histograms``, ...). The client keeps a
+stream open per caller (:data:`CALL_STREAM`), so a call costs no new gRPC
+call, headers or peer check; a stream idle for :data:`STREAM_IDLE_SECONDS`
+is ended by the client (a server stops once its streams have ended). Each
+call is also a Flight action of the same name (``do_action``), answered the
+same way: bodies are :mod:`fedmine.transport.wire` messages, the request is
+``(args, kwargs)``, the answer is the call's return value.
 
-Errors cross as Flight errors whose ``extra_info`` is a wire message
-``{"type": class name, "message": one line}``. The client re-raises the
-allow-listed classes (:data:`ERRORS`) by name with the same message, and
-:class:`PartyError` for anything else. ``PartyServer._answer`` and
-``RemoteParty._call`` are the two conversion points.
+Errors cross as Flight errors (actions) or ``ERROR`` frames (the stream)
+carrying the wire message ``{"type": class name, "message": one line}``. The
+client re-raises the allow-listed classes (:data:`ERRORS`) by name with the
+same message, and :class:`PartyError` for anything else.
+``PartyServer._answer`` and ``RemoteParty._call`` are the two conversion
+points.
 """
 
 from __future__ import annotations
@@ -57,6 +64,16 @@ MAX_ANSWER_BYTES = wire.MAX_MESSAGE_BYTES
 MAX_ERROR_BYTES = 64 * 1024
 #: Longest error message sent (characters).
 MAX_REASON_CHARS = 1000
+
+#: The command of the Flight descriptor that opens a call stream (``do_exchange``).
+CALL_STREAM = b"fedmine.calls"
+#: Seconds a client keeps an idle call stream open (during a training calls follow each other within
+#: milliseconds; a server's shutdown waits for its open streams to end).
+STREAM_IDLE_SECONDS = 0.1
+#: First byte of an answer frame on the call stream: the answer's wire message, or an error description.
+ANSWER, ERROR = b"A", b"E"
+#: Longest call name in a request frame (bytes of UTF-8).
+MAX_NAME_BYTES = 255
 
 #: Client defaults: seconds per call, retries of transport failures, first backoff.
 DEFAULT_TIMEOUT = 600.0
@@ -108,3 +125,26 @@ def check_request(value: Any) -> tuple[tuple, dict]:
     ):
         raise WireError("request kwargs must be a dict with keyword names")
     return tuple(args), kwargs
+
+
+def request_frame(name: str, args: tuple, kwargs: dict) -> bytes:
+    """One call on the stream: u8 n, the call's name (n bytes of UTF-8), the wire message ``(args, kwargs)``."""
+    raw = name.encode("utf-8")
+    if len(raw) > MAX_NAME_BYTES:
+        raise WireError(f"call name of {len(raw)} bytes exceeds {MAX_NAME_BYTES}")
+    return wire.encode((tuple(args), dict(kwargs)), prefix=bytes([len(raw)]) + raw)
+
+
+def split_request(frame: Any) -> tuple[str, memoryview]:
+    """(call name, request message) of a request frame; the message is a view of the frame (no copy)."""
+    view = memoryview(frame).cast("B")
+    if not len(view):
+        raise WireError("empty request frame")
+    n = view[0]
+    if 1 + n > len(view):
+        raise WireError(f"request frame of {len(view)} bytes cannot hold a call name of {n} bytes")
+    try:
+        name = str(view[1 : 1 + n], "utf-8")
+    except UnicodeDecodeError:
+        raise WireError("call name is not valid utf-8") from None
+    return name, view[1 + n :]

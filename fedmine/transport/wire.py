@@ -347,15 +347,18 @@ def _enc(value: Any, out: list, depth: int) -> None:
         raise WireError(f"values of type {t.__module__}.{t.__qualname__} cannot travel")
 
 
-def encode(value: Any) -> bytes:
+def encode(value: Any, *, prefix: bytes = b"") -> bytes:
     """One message holding ``value`` (see the module docstring for what may travel).
+
+    ``prefix`` goes before the message in the same bytes (a transport's
+    framing), so the arrays are copied once.
 
     Raises
     ------
     WireError
         A type, dtype or record that is not allow-listed, or a value past the limits.
     """
-    out: list = [MAGIC]
+    out: list = [prefix, MAGIC] if prefix else [MAGIC]
     try:
         _enc(value, out, 0)
     except WireError:

@@ -32,6 +32,7 @@ from fedmine.party.organisation import Party
 from fedmine.party.server import PartyServer, serve_party
 from fedmine.transport import wire
 from fedmine.transport.certs import ClientTLS, client_tls, init_ca, issue, server_tls
+from fedmine.transport.flight import ANSWER, CALL_STREAM, ERROR, STREAM_IDLE_SECONDS, request_frame
 
 ORGS = ("bank", "clinic")
 FEATURES = {"a": {}, "b": {}, "c": {"type": "category", "categories": ["x", "y", "z"]}}
@@ -278,6 +279,164 @@ def test_a_batch_with_a_call_not_served_is_refused_whole(pki, serve):
 def test_allowed_calls_must_be_in_the_protocol_table(pki):
     with pytest.raises(FedmineError, match=r"party bank: allowed call 'shell' is not in the protocol table; allowed: "):
         serve_party(make_party("bank"), port=0, tls=server_tls(pki[0], "bank"), allowed_calls=("describe", "shell"))
+
+
+# ---------------------------------------------------------------------------
+# call streams
+# ---------------------------------------------------------------------------
+
+
+class CountingServer(PartyServer):
+    """A party server that counts the call streams opened to it."""
+
+    def __init__(self, *args, **kwargs):
+        self.streams = 0
+        super().__init__(*args, **kwargs)
+
+    def do_exchange(self, context, descriptor, reader, writer):
+        self.streams += 1
+        return super().do_exchange(context, descriptor, reader, writer)
+
+
+def counting_server(pki, party, port=0):
+    return CountingServer(party, f"grpc+tls://127.0.0.1:{port}", tls=server_tls(pki[0], party.name))
+
+
+def test_calls_share_one_open_stream_and_errors_keep_it(pki):
+    server = counting_server(pki, make_party("bank"))
+    try:
+        party = remote(pki, "bank", server)
+        for _ in range(5):
+            assert party.label_totals()[0] == 225
+        with pytest.raises(ProtocolError, match=r"^evaluate is not accepted in stage 'new'"):
+            party.evaluate()
+        assert party.describe()["n_features"] == 3
+        assert server.streams == 1
+        party.close()
+    finally:
+        server.shutdown()
+
+
+def test_idle_streams_end_so_a_server_stops_while_its_client_lives(pki):
+    server = counting_server(pki, make_party("bank"))
+    party = remote(pki, "bank", server)
+    assert party.label_totals()[0] == 225
+    time.sleep(STREAM_IDLE_SECONDS + 0.3)  # the client ends the idle stream
+    assert party.label_totals()[0] == 225  # on a new stream
+    assert server.streams == 2
+    t0 = time.perf_counter()
+    server.shutdown()  # the client is not closed: its idle stream ends by itself
+    assert time.perf_counter() - t0 < STREAM_IDLE_SECONDS + 5
+
+
+SERVE_BANK = """
+import sys
+import numpy as np
+from fedmine.transport.certs import server_tls
+from fedmine.party.server import run_party_server, serve_party
+from fedmine.party.organisation import Party, TrainValidRows
+X, y = np.zeros((4, 1)), np.zeros(4)
+party = Party("bank", TrainValidRows(X, y, X[:0], y[:0]), objective="binary", num_class=1, feature_names=["a"],
+              categorical=[])
+server = serve_party(party, port=int(sys.argv[2]), tls=server_tls(sys.argv[1], "bank"))
+run_party_server(server, ready=lambda: print(server.endpoint, flush=True))
+print("stopped", flush=True)
+"""
+
+
+def serve_bank_process(pki, port):
+    """A bank party server in its own process on ``port``; (process, endpoint)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE_BANK, str(pki[0]), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    endpoint = proc.stdout.readline().strip()
+    assert endpoint.startswith("grpc+tls://127.0.0.1:"), proc.stderr.read()
+    return proc, endpoint
+
+
+def test_a_stream_to_a_killed_and_restarted_server_is_replaced_without_a_retry(pki, monkeypatch):
+    import fedmine.coordinator.client as client_module
+
+    monkeypatch.setattr(client_module, "STREAM_IDLE_SECONDS", 600.0)  # the stream stays open across the restart
+    port = free_port()
+    procs = [serve_bank_process(pki, port)[0]]
+    try:
+        party = RemoteParty("bank", f"127.0.0.1:{port}", tls=client_tls(pki[0]), retries=0)
+        assert party.label_totals()[0] == 4
+        procs[0].kill()  # no shutdown: the open stream is left broken
+        procs[0].wait()
+        procs.append(serve_bank_process(pki, port)[0])
+        assert party.label_totals()[0] == 4  # the broken stream fails; a fresh one answers, no retry spent
+        party.close()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def raw_stream(server, pki):
+    c = client_tls(pki[0])
+    client = flight.FlightClient(
+        server.endpoint, tls_root_certs=c.ca, cert_chain=c.cert, private_key=c.key, override_hostname="bank"
+    )
+    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(CALL_STREAM))
+    return client, writer, reader
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frame=st.binary(min_size=1, max_size=200))
+def test_garbage_frames_get_error_frames_and_the_stream_goes_on(hostile, pki, frame):
+    server, _ = hostile
+    client, writer, reader = raw_stream(server, pki)
+    try:
+        for body in (frame, bytes([8]) + b"describe" + frame):
+            writer.write_metadata(pa.py_buffer(body))
+            answer = reader.read_chunk().app_metadata.to_pybytes()
+            if answer[:1] == ANSWER:  # the garbage happened to be a valid request
+                continue
+            assert answer[:1] == ERROR
+            desc = wire.decode(answer[1:])
+            assert desc["type"] in ("WireError", "PartyError") and "\n" not in desc["message"], desc
+        writer.write_metadata(pa.py_buffer(request_frame("label_totals", (), {})))
+        answer = reader.read_chunk().app_metadata.to_pybytes()
+        assert answer[:1] == ANSWER and wire.decode(answer[1:])[0] == 225
+        writer.done_writing()
+    finally:
+        client.close()
+
+
+def test_an_empty_frame_ends_the_stream_and_the_server_goes_on(hostile, pki):
+    server, _ = hostile
+    client, writer, reader = raw_stream(server, pki)
+    writer.write_metadata(pa.py_buffer(b""))
+    with pytest.raises(StopIteration):
+        reader.read_chunk()
+    client.close()
+    assert remote(pki, "bank", server).label_totals()[0] == 225
+
+
+def test_only_the_call_stream_is_exchanged(pki, serve):
+    server = serve(make_party("bank"))
+    c = client_tls(pki[0])
+    client = flight.FlightClient(
+        server.endpoint, tls_root_certs=c.ca, cert_chain=c.cert, private_key=c.key, override_hostname="bank"
+    )
+    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(b"other"))
+    with pytest.raises(flight.FlightServerError) as info:
+        reader.read_chunk()
+    assert wire.decode(info.value.extra_info) == {
+        "type": "PartyError",
+        "message": "party bank: do_exchange serves only the call stream 'fedmine.calls'",
+    }
+    with pytest.raises(flight.FlightServerError):
+        writer.close()
+    client.close()
 
 
 # ---------------------------------------------------------------------------
