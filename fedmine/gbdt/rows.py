@@ -26,7 +26,7 @@ enough, and a transport can do the same.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -244,10 +244,18 @@ class SumOfSources:
         self.aggregate_seconds_ = 0.0
 
     def map(self, fn, *args, **kwargs) -> list:
-        """``[fn(source, *args, **kwargs) for source in sources]``, concurrently if n_threads > 1."""
+        """``[fn(source, *args, **kwargs) for source in sources]``, concurrently if n_threads > 1.
+
+        Every call has ended when this returns or raises (the first failure,
+        in source order): a call to one source does not run on, unseen, into
+        what the caller does after another failed (a round restarted among
+        the remaining parties, their state reset and masks renewed).
+        """
         if self._pool is None:
             return [fn(s, *args, **kwargs) for s in self.sources]
-        return list(self._pool.map(lambda s: fn(s, *args, **kwargs), self.sources))
+        futures = [self._pool.submit(fn, s, *args, **kwargs) for s in self.sources]
+        wait(futures)
+        return [f.result() for f in futures]
 
     def histograms(self, node_ids: np.ndarray) -> np.ndarray:
         node_ids = np.asarray(node_ids, dtype=np.int64).ravel()

@@ -619,9 +619,16 @@ class Party:
         self._masker = Masker(self.name, self._keypair, peers, self._key_session)
 
     def secure_restart(self, remaining: list[str], epoch: int) -> None:
-        """Fresh masks among the ``remaining`` parties (a party dropped out)."""
+        """Fresh masks among the ``remaining`` parties (a party dropped out); message ids count from 0 again.
+
+        The epoch is bound into every nonce, so ids may repeat in it; counting
+        afresh keeps the remaining parties' ids in step whatever each of them
+        masked of the round trip that failed (a party asked before the failed
+        one answered it, one asked after it was not asked).
+        """
         if self._masker is not None:
             self._masker.restart([p for p in remaining if p != self.name], epoch=epoch)
+            self._masked = 0
 
     def _current_valid_raw(self) -> np.ndarray:
         """Raw validation scores of the model this party follows."""

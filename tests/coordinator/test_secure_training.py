@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -180,13 +183,33 @@ class FailingEngineParty(Party):
         return super().call(name, *args, **kwargs)
 
 
-def test_histogram_round_restarts_among_the_remaining_parties():
+class LateEngineParty(FailingEngineParty):
+    """As :class:`FailingEngineParty`; shop answers the exchange clinic fails only after clinic has failed it."""
+
+    clinic_failed = threading.Event()
+    seen = 0
+
+    def call(self, name, *args, **kwargs):
+        if self.name == "shop" and name in ("histograms", "split_histograms"):
+            LateEngineParty.seen += 1
+            if LateEngineParty.seen == 25 and LateEngineParty.clinic_failed.wait(5):
+                time.sleep(0.05)  # a slow link: the coordinator has seen clinic fail and must wait for this answer
+        try:
+            return super().call(name, *args, **kwargs)
+        except ConnectionError:
+            LateEngineParty.clinic_failed.set()
+            raise
+
+
+@pytest.mark.parametrize("cls", [FailingEngineParty, LateEngineParty])
+def test_histogram_round_restarts_among_the_remaining_parties(cls):
     X, y = make_rows("binary")
     parts = partition(y, 3, "iid")
     cfg = cfg_for("binary", ORGS[:3], rounds=6)
     cfg.privacy.on_party_failure = "continue"
-    FailingEngineParty.exchanges = 0
-    coord = Coordinator(cfg, parties_for(cfg, X, y, parts, cls=FailingEngineParty))
+    FailingEngineParty.exchanges = LateEngineParty.seen = 0
+    LateEngineParty.clinic_failed.clear()
+    coord = Coordinator(cfg, parties_for(cfg, X, y, parts, cls=cls))
     coord.start()
     for r in range(1, 7):
         result = coord.run_round(r)
