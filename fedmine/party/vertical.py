@@ -352,6 +352,18 @@ class VerticalParty(Party):
             state.forget_older()
         return int(rows.shape[0])
 
+    def _holder_args(self) -> dict[str, Any]:
+        """What a label holder is built from besides its rows: for training, and for predicting after a restart."""
+        return {
+            "own": self.own,
+            "owners": self.owners,
+            "feature_names": self.all_features,
+            "categorical": self.categorical_all,
+            "objective": self.objective,
+            "num_class": self.num_class,
+            "cipher": self.cipher,
+        }
+
     def _take_rows(self, rows: np.ndarray) -> None:
         """Its shared rows, in the common order: training and validation rows, and its role over them."""
         self.shared_ = rows = np.asarray(rows, dtype=np.int64)
@@ -369,13 +381,7 @@ class VerticalParty(Party):
                 d.y_train,
                 d.X_valid,
                 d.y_valid,
-                own=self.own,
-                owners=self.owners,
-                feature_names=self.all_features,
-                categorical=self.categorical_all,
-                objective=self.objective,
-                num_class=self.num_class,
-                cipher=self.cipher,
+                **self._holder_args(),
                 key_bits=self.key_bits,
                 row_ids=self.row_ids_,
                 message_bytes=self.message_bytes,
@@ -534,17 +540,7 @@ class VerticalParty(Party):
         state = None if folder is None else latest_predict_state(folder)
         if state is None:
             raise self._no_model("no --output folder" if folder is None else f"no finished training in {folder}")
-        lead = LabelHolder.from_predict_state(
-            self.name,
-            state.load("predict"),
-            own=self.own,
-            owners=self.owners,
-            feature_names=self.all_features,
-            categorical=self.categorical_all,
-            objective=self.objective,
-            num_class=self.num_class,
-            cipher=self.cipher,
-        )
+        lead = LabelHolder.from_predict_state(self.name, state.load("predict"), **self._holder_args())
         self._kept = (state.folder.name, lead)
         return lead, state.folder.name
 
