@@ -32,6 +32,7 @@ def _prepare(cfg: FederationConfig, org: str) -> Party:
 def federated_profile(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Profile the federation in ``config``; return the run id, the flags and the drift."""
     cfg = load_config(config, overrides)
+    cfg.privacy.check_outside_budget("profile")  # before any organisation's rows are read
     futures = [
         connect_party.submit(cfg, org) if spec.endpoint else _prepare.submit(cfg, org)
         for org, spec in cfg.organisations.items()
