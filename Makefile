@@ -2,12 +2,16 @@
 # `make test-fast` the unit tests only. All create .venv and install the pinned dependencies
 # (constraints.txt) first; the tests also need PostgreSQL and Chromium, which .ci/ensure-postgres and
 # .ci/ensure-chromium install from Debian when missing. `make lint` runs the checks alone: ruff, mypy,
-# import-linter, deptry.
+# import-linter, deptry. The suites run on two pytest-xdist workers, each taking a whole test file at a time
+# (TEST_WORKERS=0 runs them in this process).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 LINT_FORMAT ?= $(BIN)/ruff format --check .
 
@@ -37,12 +41,12 @@ lint-imports: $(STAMP)
 test: lint
 	bash .ci/ensure-postgres
 	bash .ci/ensure-chromium
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: $(STAMP)
 	bash .ci/ensure-postgres
 	bash .ci/ensure-chromium
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 ui: $(STAMP)
 	$(BIN)/fedmine ui
