@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedmine.coordinator.ensemble import Ensemble, scale_tree
-from fedmine.coordinator.link import BatchedGroup, EngineProxy, Link
+from fedmine.coordinator.link import BatchedGroup, EngineProxy, Link, party_threads
 from fedmine.gbdt.model import Tree, tree_arrays, trees_from_arrays
 
 
@@ -288,7 +288,7 @@ class HistogramStrategy(Strategy):
         self.group = FederationGroup(
             [EngineProxy(link) for link in ctx.links],
             totals={"n_rows": ctx.n_rows, "n_valid": ctx.n_valid, "n_features": len(ctx.feature_names)},
-            n_threads=len(ctx.links),
+            n_threads=party_threads(ctx.links, ctx.n_rows),
             label_stats=ctx.label_stats,
             evaluate=evaluate,
         )

@@ -76,6 +76,8 @@ class ClusterParty(Party):
     The rest are :class:`Party`'s.
     """
 
+    in_process = False  # its engine calls wait on the cluster's workers
+
     def __init__(
         self,
         name: str,

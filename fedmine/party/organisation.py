@@ -156,6 +156,9 @@ class Party:
         None enforces the protocol's stages only.
     """
 
+    #: its rows and engine are in the caller's process (not behind a server, not on a cluster)
+    in_process: ClassVar[bool] = True
+
     def __init__(
         self,
         name: str,

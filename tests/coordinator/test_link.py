@@ -7,6 +7,7 @@ pooled rows, so nothing here is timed.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import lightgbm as lgb
@@ -172,6 +173,7 @@ class Meeting(Party):
     """A party whose histograms wait until every organisation's request has arrived (a barrier, not a clock)."""
 
     barrier: threading.Barrier
+    in_process = False  # as a party behind a server: organisations in this process of this size answer in turn
 
     def call(self, name, *args, **kwargs):
         if name == "histograms":
@@ -191,6 +193,23 @@ def test_requests_to_all_organisations_are_in_flight_together():
     coord, _, trips = train(cfg, parties)
     assert not Meeting.barrier.broken and coord.model_text() == pooled(cfg, X, y, parts)[0]
     assert len(set(trips.values())) == 1
+
+
+def test_parties_in_this_process_answer_in_turn_unless_large_and_remote_ones_all_at_once():
+    from types import SimpleNamespace
+
+    from fedmine.coordinator.link import IN_TURN_ROWS, party_threads
+
+    X, y = make_rows("binary", n=400, seed=4)
+    cfg = cfg_for("binary", ORGS[:4], rounds=1)
+    here = [Link(p) for p in organisations(cfg, X, y, partition(y, 4, "iid"))]
+    cores = len(os.sched_getaffinity(0))
+    assert party_threads(here, 400) == 1
+    assert party_threads(here, 4 * IN_TURN_ROWS - 1) == 1
+    assert party_threads(here, 4 * IN_TURN_ROWS) == min(4, cores)
+    remote = Link(SimpleNamespace(name="far"))  # a RemoteParty has no in_process: its round trips overlap
+    assert party_threads([*here[:3], remote], 400) == 4
+    assert party_threads([], 0) == 1
 
 
 class _Record:
