@@ -84,3 +84,16 @@ def test_engine_does_not_import_prefect():
         "assert 'prefect' not in sys.modules, sorted(k for k in sys.modules if k.startswith('prefect'))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_fedmine_lets_idle_openmp_threads_sleep_unless_the_environment_says(given, expected):
+    """OMP_WAIT_POLICY is set before numba or LightGBM loads the OpenMP runtime; a user's own setting stays."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, sys, fedmine; print(os.environ['OMP_WAIT_POLICY'], 'lightgbm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.stdout.split() == [expected, "False"]
