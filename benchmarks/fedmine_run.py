@@ -101,9 +101,10 @@ GOALS = {  # (label, figure key, bound)
     "small": [
         ("train_seconds", "train_seconds", 3.0),
         ("KB per tree / full layout's", "bytes_ratio", 0.25),
-        ("peak RSS fedmine / LightGBM", "rss_ratio", 1.3),
+        ("per round outside the engine (MLflow logging, checkpoint, progress)", "outside_ms", 10.0),
     ],
 }
+UNITS = {"train_seconds": " s", "outside_ms": " ms"}  # the other figures are ratios
 
 
 # -- data --------------------------------------------------------------------
@@ -467,6 +468,9 @@ def print_case(
         "wall_ratio": ratio(fed["wall"], lgb_all),
         "bytes_ratio": ratio(bytes_total, full),
         "rss_ratio": ratio(fed["rss_mb"], lgbm["rss_mb"]),
+        "outside_ms": float("nan")
+        if isinstance(phases, str)
+        else 1000 * phases["phases"]["  per-round MLflow logging + checkpoints"] / n_trees,
     }
     print(
         f"\n== {case}: {n_rows:,} rows, {k} organisations, {rounds} rounds, 31 leaves, 255 bins, histogram "
@@ -521,7 +525,7 @@ def print_case(
     print("goals:")
     for label, key, bound in GOALS[case]:
         value = fig[key]
-        unit = " s" if key == "train_seconds" else "x"
+        unit = UNITS.get(key, "x")
         print(f"  {label} <= {bound:g}{unit}: {value:.2f}{unit}  {'MET' if value <= bound else 'NOT MET'}")
     return fig
 
