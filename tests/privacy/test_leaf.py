@@ -194,8 +194,10 @@ def test_leaf_training_spends_exactly_its_budget_on_bins_and_leaves_and_says_so(
 
 @pytest.mark.parametrize("trees", leaf.TREES)
 def test_leaf_training_learns_and_more_budget_learns_more(trees):
+    """Every party draws fresh noise, so the tight run's AUC varies: at epsilon 0.05 it reached 0.72 once
+    (12 runs of each kind: 0.43-0.68); at 0.01, 0.42-0.62, well below the loose run's 0.77 less 0.05."""
     loose, _, X, y = leaf_training(1e5, rounds=12, leaf_trees=trees)
-    tight, *_ = leaf_training(0.05, rounds=12, leaf_trees=trees)
+    tight, *_ = leaf_training(0.01, rounds=12, leaf_trees=trees)
     assert loose.receipt().as_dict()["param.leaf_trees"] == trees
     a_loose = auc(y, lgb.Booster(model_str=loose.model_text()).predict(X))
     a_tight = auc(y, lgb.Booster(model_str=tight.model_text()).predict(X))
