@@ -11,11 +11,11 @@ round trips and seconds and is the one place where a party's failure becomes a
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
 
+import numba
 import numpy as np
 
 from fedmine import protocol
@@ -72,7 +72,7 @@ def party_threads(links: list[Link], n_rows: int) -> int:
 
     All of them when any is not in this process (a server's or a cluster's round trips overlap);
     for parties in this process, one (in turn) below :data:`IN_TURN_ROWS` rows each on average,
-    else one per core.
+    else one per core numba's kernels use (``numba.get_num_threads()``, as for an :class:`EngineGroup`).
     """
     if not links:
         return 1
@@ -80,7 +80,7 @@ def party_threads(links: list[Link], n_rows: int) -> int:
         return len(links)
     if n_rows < IN_TURN_ROWS * len(links):
         return 1
-    return max(1, min(len(links), len(os.sched_getaffinity(0))))
+    return min(len(links), numba.get_num_threads())  # the cores the engine's kernels use (EngineGroup's default)
 
 
 class Link:

@@ -7,10 +7,10 @@ pooled rows, so nothing here is timed.
 
 from __future__ import annotations
 
-import os
 import threading
 
 import lightgbm as lgb
+import numba
 import numpy as np
 import pytest
 
@@ -203,7 +203,7 @@ def test_parties_in_this_process_answer_in_turn_unless_large_and_remote_ones_all
     X, y = make_rows("binary", n=400, seed=4)
     cfg = cfg_for("binary", ORGS[:4], rounds=1)
     here = [Link(p) for p in organisations(cfg, X, y, partition(y, 4, "iid"))]
-    cores = len(os.sched_getaffinity(0))
+    cores = numba.get_num_threads()
     assert party_threads(here, 400) == 1
     assert party_threads(here, 4 * IN_TURN_ROWS - 1) == 1
     assert party_threads(here, 4 * IN_TURN_ROWS) == min(4, cores)
